@@ -1,0 +1,1 @@
+"""mdiff.provenance frontend (see DESIGN.md)."""

@@ -1,0 +1,1 @@
+"""mdiff.text frontend (see DESIGN.md)."""

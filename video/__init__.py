@@ -1,0 +1,1 @@
+"""mdiff.video frontend (see DESIGN.md)."""
