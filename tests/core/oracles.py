@@ -1,7 +1,5 @@
 """Closed-form oracles shared by the core tests."""
 
-import torch
-
 MU, S = 3.0, 0.5  # N(0, 1) source → N(MU, S²) data
 
 

@@ -100,11 +100,11 @@ def test_nelbo_equals_nll_for_exact_denoiser_and_bounds_it_otherwise():
     nll = -torch.log(probs[probs.argsort(descending=True)[:5]])
     exact = losses.discrete_nelbo(exact_denoiser(seqs, probs), x, path, exact=True)
     assert torch.allclose(exact, nll, atol=1e-9)
-    # a wrong model (uniform posterior, or the marginals only) is a strict upper bound
+
+    # a wrong model (here a uniform posterior) gives a strict upper bound
     def uniform(x, t):
-        return torch.zeros(x.shape[0], L, V + 1).index_fill_(
-            2, torch.tensor([MASK]), -1e9
-        )
+        return torch.zeros(x.shape[0], L, V + 1).index_fill_(2, torch.tensor([MASK]), -1e9)
+
     assert bool((losses.discrete_nelbo(uniform, x, path, exact=True) > nll + 1e-6).all())
     assert losses.discrete_nelbo(uniform, x, path, exact=True)[0].item() == pytest.approx(
         L * math.log(3)

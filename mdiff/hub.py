@@ -1,0 +1,350 @@
+"""Checkpoints as directories: `config.json` + `model.safetensors`, and built-in names.
+
+A model that mixes in `PretrainedMixin` and takes one dataclass config round-trips with::
+
+    model.save_pretrained("runs/my-model")          # config.json + model.safetensors, atomically
+    model = MyModel.from_pretrained("runs/my-model")  # strict keys and shapes, never unpickles
+    model = MyModel.from_pretrained("shapes-tiny")    # a built-in name (frontend package data)
+
+Built-in checkpoints live in the frontends' package data, `<pkg>/checkpoints/<name>/` for
+pkg in `BUILTIN_PACKAGES`. They are found through `importlib.util.find_spec`, so the core
+never imports a frontend. Loading reads safetensors only: nothing is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib.metadata
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import tempfile
+import types
+import typing
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from mdiff.errors import CheckpointError
+
+logger = logging.getLogger(__name__)
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+BUILTIN_PACKAGES = ("mdiff.video", "mdiff.text")
+_SHOW = 5  # how many key names an error message lists
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("mdiff")
+    except importlib.metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+# ---------------------------------------------------------------- atomic files and tensors
+
+
+def publish_dir(tmp: str | os.PathLike, final: str | os.PathLike) -> Path:
+    """Move the finished directory `tmp` to `final`, replacing an old `final` if present.
+
+    `final` is never half-written: it is either the old directory or the complete new one.
+    """
+    tmp, final = Path(tmp), Path(final)
+    old = None
+    if final.exists():
+        old = final.with_name(f".{final.name}.old-{os.getpid()}")
+        os.replace(final, old)
+    os.replace(tmp, final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write `text` to `path` through a temp file beside it and a rename."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _unshare(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """CPU, contiguous tensors with no two sharing storage (safetensors refuses shared storage).
+
+    Tied weights (one Parameter under two names) are saved twice; loading puts both copies
+    back into the one shared Parameter.
+    """
+    out, seen = {}, set()
+    for name, t in tensors.items():
+        t = t.detach().cpu()
+        ptr = (t.device.type, t.untyped_storage().data_ptr()) if t.numel() else None
+        if ptr in seen or not t.is_contiguous():
+            t = t.contiguous().clone()
+        elif ptr is not None:
+            seen.add(ptr)
+        out[name] = t
+    return out
+
+
+def save_state_dict(
+    tensors: Mapping[str, torch.Tensor],
+    path: str | os.PathLike,
+    metadata: Mapping[str, str] | None = None,
+) -> Path:
+    """Write tensors to a safetensors file atomically (temp file beside it, then rename)."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(_unshare(tensors), tmp, metadata=dict(metadata) if metadata else None)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_state_dict(path: str | os.PathLike, device: str | torch.device = "cpu") -> dict:
+    """Read every tensor of a safetensors file (no pickle involved)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no weights file at {path}")
+    try:
+        with safe_open(str(path), framework="pt", device=str(device)) as f:
+            return {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no iter)
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"cannot read safetensors file {path}: {e}") from e
+
+
+def _names(keys: list[str]) -> str:
+    keys = sorted(keys)
+    more = f" (+{len(keys) - _SHOW} more)" if len(keys) > _SHOW else ""
+    return ", ".join(keys[:_SHOW]) + more
+
+
+def check_state_dict(module: torch.nn.Module, tensors: Mapping[str, torch.Tensor], source) -> None:
+    """Raise `CheckpointError` unless `tensors` has exactly the module's keys and shapes."""
+    expected = module.state_dict()
+    missing = [k for k in expected if k not in tensors]
+    unexpected = [k for k in tensors if k not in expected]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing keys: {_names(missing)}")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected keys: {_names(unexpected)}")
+    shapes = [
+        f"{k} {tuple(tensors[k].shape)} vs model {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in tensors and tensors[k].shape != v.shape
+    ]
+    if shapes:
+        problems.append(f"{len(shapes)} shape mismatches: {'; '.join(shapes[:_SHOW])}")
+    if problems:
+        kind = type(module).__name__
+        raise CheckpointError(f"weights in {source} do not fit {kind}: " + "; ".join(problems))
+
+
+def load_weights(module: torch.nn.Module, path: str | os.PathLike) -> None:
+    """Load a safetensors file into `module` strictly (keys and shapes must match)."""
+    tensors = load_state_dict(path)
+    check_state_dict(module, tensors, path)
+    module.load_state_dict(tensors, strict=True)
+
+
+def _tensor_bytes(t: torch.Tensor) -> bytes:
+    t = t.detach().cpu().contiguous().reshape(-1)
+    return t.view(torch.uint8).numpy().tobytes()
+
+
+def weights_sha256(source: str | os.PathLike | torch.nn.Module | Mapping[str, torch.Tensor]) -> str:
+    """A provenance hash of model weights, independent of file layout.
+
+    Hashes name, dtype, shape and raw bytes of every tensor in sorted-name order. `source` is a
+    module, a state dict, a safetensors file or a checkpoint directory; a directory and the
+    module loaded from it (same dtype) hash the same.
+    """
+    if isinstance(source, torch.nn.Module):
+        tensors = source.state_dict()
+    elif isinstance(source, Mapping):
+        tensors = source
+    else:
+        path = Path(source)
+        tensors = load_state_dict(path / WEIGHTS_NAME if path.is_dir() else path)
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name]
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(_tensor_bytes(t))
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------- built-in names
+
+
+def _builtin_roots() -> Iterator[Path]:
+    """The `checkpoints/` folders of the frontends, located without importing them."""
+    for pkg in BUILTIN_PACKAGES:
+        try:
+            spec = importlib.util.find_spec(pkg)
+        except (ImportError, ValueError):
+            continue
+        for location in (spec and spec.submodule_search_locations) or []:
+            yield Path(location) / "checkpoints"
+
+
+def list_builtin() -> list[str]:
+    """Names of the built-in checkpoints shipped as frontend package data."""
+    names = set()
+    for root in _builtin_roots():
+        if root.is_dir():
+            names.update(p.name for p in root.iterdir() if (p / CONFIG_NAME).is_file())
+    return sorted(names)
+
+
+def resolve(name_or_path: str | os.PathLike) -> Path:
+    """Turn a path or a built-in name into a checkpoint directory.
+
+    An existing path wins. A bare name is looked up among the built-in checkpoints.
+    """
+    path = Path(name_or_path)
+    if path.exists():
+        return path
+    name = str(name_or_path)
+    if "/" not in name and os.sep not in name and not name.startswith("."):
+        for root in _builtin_roots():
+            if (root / name).is_dir():
+                return root / name
+    available = ", ".join(list_builtin()) or "none installed"
+    raise CheckpointError(
+        f"no checkpoint directory {name!r}: it is neither an existing path nor a built-in name "
+        f"(built-in names: {available})"
+    )
+
+
+# ---------------------------------------------------------------- config (de)serialisation
+
+
+def _from_json(hint: Any, value: Any) -> Any:
+    """Undo JSON's flattening of a dataclass field: lists back to tuples, dicts to dataclasses."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):  # Optional[X] / X | None
+        options = [a for a in typing.get_args(hint) if a is not type(None)]
+        return _from_json(options[0], value) if len(options) == 1 and value is not None else value
+    if dataclasses.is_dataclass(hint) and isinstance(value, dict):
+        return _config_from_dict(hint, value, hint.__name__)
+    if (hint is tuple or origin is tuple) and isinstance(value, list):
+        args = typing.get_args(hint)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_from_json(args[0], v) for v in value)
+        if len(args) == len(value):
+            return tuple(_from_json(a, v) for a, v in zip(args, value, strict=True))
+        return tuple(value)
+    return value
+
+
+def _config_from_dict(config_class: type, data: dict, source: Any) -> Any:
+    fields = {f.name: f for f in dataclasses.fields(config_class) if f.init}
+    unknown = sorted(k for k in data if k not in fields)
+    if unknown:
+        raise CheckpointError(
+            f"config in {source} has keys unknown to {config_class.__name__}: {', '.join(unknown)}"
+        )
+    try:
+        hints = typing.get_type_hints(config_class)
+    except (NameError, TypeError):  # unresolvable forward references: take values as they are
+        hints = {}
+    kwargs = {k: _from_json(hints.get(k, Any), v) for k, v in data.items()}
+    try:
+        return config_class(**kwargs)
+    except (TypeError, ValueError) as e:
+        name = config_class.__name__
+        raise CheckpointError(f"config in {source} is not a valid {name}: {e}") from e
+
+
+def read_config(config_class: type, directory: str | os.PathLike, class_name: str = "") -> Any:
+    """Read `config.json` of a checkpoint directory into `config_class`.
+
+    `class_name`, if given, is compared with the `_class_name` the file records (a warning only).
+    """
+    path = Path(directory) / CONFIG_NAME
+    if not path.is_file():
+        raise CheckpointError(f"no {CONFIG_NAME} in {directory}")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"cannot read {path}: {e}") from e
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path} does not hold a JSON object")
+    saved_class = data.get("_class_name")
+    if class_name and saved_class and saved_class != class_name:
+        logger.warning("loading a %s checkpoint from %s as %s", saved_class, directory, class_name)
+    data = {k: v for k, v in data.items() if not k.startswith("_")}
+    return _config_from_dict(config_class, data, path)
+
+
+# ---------------------------------------------------------------- the mixin
+
+
+class PretrainedMixin:
+    """Adds `save_pretrained` / `from_pretrained` to an `nn.Module` built from one config.
+
+    The subclass sets `config_class` (a dataclass), takes that config as the only argument of
+    `__init__`, and stores it as `self.config`.
+    """
+
+    config_class: ClassVar[type]
+    config: Any
+
+    def save_pretrained(self, directory: str | os.PathLike) -> Path:
+        """Write `config.json` and `model.safetensors` into `directory`, atomically."""
+        final = Path(directory)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.tmp-"))
+        try:
+            init = {f.name for f in dataclasses.fields(self.config) if f.init}
+            config = {k: v for k, v in dataclasses.asdict(self.config).items() if k in init}
+            config["_class_name"] = type(self).__name__
+            config["_mdiff_version"] = _version()
+            text = json.dumps(config, indent=2, sort_keys=True) + "\n"
+            (tmp / CONFIG_NAME).write_text(text, encoding="utf-8")
+            save_state_dict(self.state_dict(), tmp / WEIGHTS_NAME, {"format": "pt"})
+            return publish_dir(tmp, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str | os.PathLike,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | None = None,
+    ):
+        """Build the model from a checkpoint directory or a built-in name, in eval mode."""
+        directory = resolve(name_or_path)
+        if not directory.is_dir():
+            raise CheckpointError(f"{directory} is not a checkpoint directory")
+        weights = directory / WEIGHTS_NAME
+        if not weights.is_file():
+            pickled = [p.name for p in directory.glob("*.bin")] + [
+                p.name for p in directory.glob("*.pt*")
+            ]
+            hint = f" (found {', '.join(pickled)}, which would need unpickling)" if pickled else ""
+            raise CheckpointError(f"no {WEIGHTS_NAME} in {directory}{hint}")
+        config = read_config(cls.config_class, directory, cls.__name__)
+        model = cls(config)
+        load_weights(model, weights)
+        return model.to(device=device, dtype=dtype).eval()
