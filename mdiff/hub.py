@@ -20,8 +20,6 @@ import importlib.util
 import json
 import logging
 import os
-import shutil
-import tempfile
 import types
 import typing
 from collections.abc import Iterator, Mapping
@@ -32,6 +30,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from mdiff.atomic import atomic_dir, atomic_file
 from mdiff.errors import CheckpointError
 
 logger = logging.getLogger(__name__)
@@ -49,36 +48,7 @@ def _version() -> str:
         return "0+unknown"
 
 
-# ---------------------------------------------------------------- atomic files and tensors
-
-
-def publish_dir(tmp: str | os.PathLike, final: str | os.PathLike) -> Path:
-    """Move the finished directory `tmp` to `final`, replacing an old `final` if present.
-
-    `final` is never half-written: it is either the old directory or the complete new one.
-    """
-    tmp, final = Path(tmp), Path(final)
-    old = None
-    if final.exists():
-        old = final.with_name(f".{final.name}.old-{os.getpid()}")
-        os.replace(final, old)
-    os.replace(tmp, final)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-    return final
-
-
-def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    """Write `text` to `path` through a temp file beside it and a rename."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+# ---------------------------------------------------------------- tensors
 
 
 def _unshare(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -106,14 +76,8 @@ def save_state_dict(
 ) -> Path:
     """Write tensors to a safetensors file atomically (temp file beside it, then rename)."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_file(path) as tmp:
         save_file(_unshare(tensors), tmp, metadata=dict(metadata) if metadata else None)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path
 
 
@@ -310,21 +274,15 @@ class PretrainedMixin:
 
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
         """Write `config.json` and `model.safetensors` into `directory`, atomically."""
-        final = Path(directory)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.tmp-"))
-        try:
-            init = {f.name for f in dataclasses.fields(self.config) if f.init}
-            config = {k: v for k, v in dataclasses.asdict(self.config).items() if k in init}
-            config["_class_name"] = type(self).__name__
-            config["_mdiff_version"] = _version()
+        init = {f.name for f in dataclasses.fields(self.config) if f.init}
+        config = {k: v for k, v in dataclasses.asdict(self.config).items() if k in init}
+        config["_class_name"] = type(self).__name__
+        config["_mdiff_version"] = _version()
+        with atomic_dir(directory) as tmp:
             text = json.dumps(config, indent=2, sort_keys=True) + "\n"
             (tmp / CONFIG_NAME).write_text(text, encoding="utf-8")
             save_state_dict(self.state_dict(), tmp / WEIGHTS_NAME, {"format": "pt"})
-            return publish_dir(tmp, final)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+        return Path(directory)
 
     @classmethod
     def from_pretrained(

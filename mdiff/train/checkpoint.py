@@ -23,8 +23,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from mdiff.atomic import publish_dir, write_text_atomic
 from mdiff.errors import CheckpointError
-from mdiff.hub import load_state_dict, publish_dir, save_state_dict, write_text_atomic
+from mdiff.hub import load_state_dict, save_state_dict
 
 LATEST = "latest"
 _SCALARS = (bool, int, float, str, type(None))

@@ -89,31 +89,32 @@ def _tamper(path, fn):
     hub.save_state_dict(tensors, path / "model.safetensors")
 
 
-def test_missing_key_is_named(tmp_path):
-    _model().save_pretrained(tmp_path)
-    _tamper(tmp_path, lambda t: t.pop("mlp.1.bias"))
-    with pytest.raises(CheckpointError, match=r"1 missing keys: mlp\.1\.bias"):
-        TinyModel.from_pretrained(tmp_path)
-
-
-def test_unexpected_key_is_named(tmp_path):
-    _model().save_pretrained(tmp_path)
-    _tamper(tmp_path, lambda t: t.update({"extra.weight": torch.zeros(2)}))
-    with pytest.raises(CheckpointError, match=r"1 unexpected keys: extra\.weight"):
-        TinyModel.from_pretrained(tmp_path)
-
-
-def test_many_missing_keys_are_counted(tmp_path):
-    _model(hidden=(4, 4, 4, 4, 4)).save_pretrained(tmp_path)
-    _tamper(tmp_path, lambda t: [t.pop(k) for k in list(t) if k.startswith("mlp.")])
-    with pytest.raises(CheckpointError, match=r"12 missing keys: mlp\.0\.bias, .* \(\+7 more\)"):
-        TinyModel.from_pretrained(tmp_path)
-
-
-def test_shape_mismatch(tmp_path):
-    _model().save_pretrained(tmp_path)
-    _tamper(tmp_path, lambda t: t.update({"mlp.0.bias": torch.zeros(99)}))
-    with pytest.raises(CheckpointError, match=r"mlp\.0\.bias \(99,\) vs model \(16,\)"):
+@pytest.mark.parametrize(
+    "hidden, tamper, message",
+    [
+        ((16,), lambda t: t.pop("mlp.1.bias"), r"1 missing keys: mlp\.1\.bias"),
+        (
+            (16,),
+            lambda t: t.update({"extra.weight": torch.zeros(2)}),
+            r"1 unexpected keys: extra\.weight",
+        ),
+        (
+            (4, 4, 4, 4, 4),
+            lambda t: [t.pop(k) for k in list(t) if k.startswith("mlp.")],
+            r"12 missing keys: mlp\.0\.bias, .* \(\+7 more\)",
+        ),
+        (
+            (16,),
+            lambda t: t.update({"mlp.0.bias": torch.zeros(99)}),
+            r"mlp\.0\.bias \(99,\) vs model \(16,\)",
+        ),
+    ],
+    ids=["missing", "unexpected", "many-missing", "shape"],
+)
+def test_bad_weights_are_named(tmp_path, hidden, tamper, message):
+    _model(hidden=hidden).save_pretrained(tmp_path)
+    _tamper(tmp_path, tamper)
+    with pytest.raises(CheckpointError, match=message):
         TinyModel.from_pretrained(tmp_path)
 
 
