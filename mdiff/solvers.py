@@ -38,6 +38,7 @@ __all__ = [
     "schedule_count",
     "solve",
     "stochastic_euler",
+    "uniform_like",
     "unmask",
 ]
 
@@ -46,13 +47,14 @@ ModelFn = Callable[..., Tensor]
 
 @dataclass(frozen=True)
 class Step:
-    """What a step callback sees: step index, the interval, the new state and the velocity used."""
+    """What a step callback sees: step index, the interval, the new state, and the model output
+    the step used (the velocity for ODE solvers, the logits for ``unmask``)."""
 
     i: int
     t: float
     t_next: float
     x: Tensor
-    v: Tensor
+    out: Tensor
 
 
 def _check_grid(grid: Tensor) -> None:
@@ -125,15 +127,32 @@ def solve(method: str, model_fn: ModelFn, x_init: Tensor, grid: Tensor, **kwargs
 # ----------------------------------------------------------------------------------------------
 
 
-def sample_categorical(logits: Tensor, generator=None, temperature: float = 1.0) -> Tensor:
-    """Draw token ids from logits (..., V) by the Gumbel-max trick in float64.
+Generators = torch.Generator | list[torch.Generator] | tuple[torch.Generator, ...] | None
+
+
+def uniform_like(shape: tuple[int, ...], generator: Generators, device) -> Tensor:
+    """float64 uniforms of ``shape`` (B, ...). A list of B generators draws row b from the b-th,
+    so a row's randomness does not depend on which other rows share the batch."""
+    if not isinstance(generator, list | tuple):
+        return torch.rand(shape, generator=generator, device=device, dtype=torch.float64)
+    if len(generator) != shape[0]:
+        raise InvalidInputError(f"{len(generator)} generators for a batch of {shape[0]} rows")
+    rows = [
+        torch.rand(shape[1:], generator=g, device=device, dtype=torch.float64) for g in generator
+    ]
+    return torch.stack(rows)
+
+
+def sample_categorical(logits: Tensor, generator: Generators = None, temperature=1.0) -> Tensor:
+    """Draw token ids from logits (B, ..., V) by the Gumbel-max trick in float64.
 
     float64 matters: float32/bf16 Gumbel noise truncates the tail and biases low-temperature
-    sampling. ``temperature = 0`` is argmax.
+    sampling. ``temperature = 0`` is argmax. ``generator`` may be one per row (see
+    :func:`uniform_like`).
     """
     if temperature == 0:
         return logits.argmax(-1)
-    u = torch.rand(logits.shape, generator=generator, device=logits.device, dtype=torch.float64)
+    u = uniform_like(tuple(logits.shape), generator, logits.device)
     gumbel = -torch.log(-torch.log(u.clamp_min(1e-300)))
     return (logits.double() / temperature + gumbel).argmax(-1)
 
@@ -149,7 +168,7 @@ class UnmaskState:
     t: Tensor  # (B,) current time
     t_next: Tensor  # (B,) time after this step
     kappa: ConvexSchedule
-    generator: torch.Generator | None
+    generator: Generators
 
 
 Policy = Callable[[UnmaskState], Tensor]
@@ -164,8 +183,7 @@ def stochastic_euler(state: UnmaskState) -> Tensor:
     k0 = state.kappa.kappa(state.t.double())[:, None]
     k1 = state.kappa.kappa(state.t_next.double())[:, None]
     p = ((k1 - k0) / (1 - k0).clamp_min(1e-12)).clamp(0, 1)
-    dev = state.masked.device
-    u = torch.rand(state.masked.shape, generator=state.generator, device=dev, dtype=torch.float64)
+    u = uniform_like(tuple(state.masked.shape), state.generator, state.masked.device)
     return state.masked & (u < p)
 
 
@@ -201,11 +219,15 @@ def unmask(
     policy: Policy = stochastic_euler,
     kappa: ConvexSchedule | None = None,
     temperature: float = 1.0,
-    generator=None,
+    generator: Generators = None,
     callback=None,
     **cond,
 ) -> Tensor:
     """Fill the ``[MASK]`` positions of ``x_init`` (B, L) by stepping along ``grid``.
+
+    ``generator`` is one ``torch.Generator`` or a list with one per row; with one per row, a
+    row's result is the same whatever else is in the batch (for a model that treats rows
+    independently).
 
     At the last step every position still masked commits its proposal, whatever the policy,
     so the result never contains ``mask_id`` where the model can avoid predicting it.

@@ -148,7 +148,7 @@ def format_toy_2d(r: Toy2DResult) -> str:
         "  energy distance to held-out data, mean over the 2 classes (lower is better):",
         f"    untrained model          {r.untrained:.4f}",
         f"    trained, conditional     {r.conditional:.4f}",
-        f"    trained, CFG w={r.scale:<4g}       {r.guided:.4f}",
+        f"    {f'trained, CFG w={r.scale:g}':<25}{r.guided:.4f}",
         f"    held-out vs held-out     {r.floor:.4f}   (floor of the estimate)",
     ])  # fmt: skip
 
@@ -268,7 +268,7 @@ def format_toy_discrete(r: ToyDiscreteResult) -> str:
         "  total variation between sampled and true sequence laws (lower is better):",
         f"    untrained model              {r.untrained_tv:.4f}",
     ]
-    lines += [f"    trained, {n:>2} unmasking steps  {v:.4f}" for n, v in r.tv.items()]
+    lines += [f"    {f'trained, steps={n}':<29}{v:.4f}" for n, v in r.tv.items()]
     lines += [
         f"    true samples vs truth        {r.floor:.4f}   (floor: same number of exact draws)",
         "  exact negative ELBO on the 64 likeliest sequences (nats/sequence, p-weighted):",

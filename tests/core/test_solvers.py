@@ -164,3 +164,34 @@ def test_unmask_rejects_float_tokens():
         solvers.unmask(
             onehot_model(torch.zeros(4).long()), torch.zeros(1, 4), time.uniform_grid(2), MASK
         )
+
+
+def rowwise_model(x, t):
+    """Logits that depend on each row's own tokens only (like a transformer without padding)."""
+    g = torch.Generator().manual_seed(11)
+    table = torch.randn(V, V, generator=g)
+    logits = table[x].sum(1, keepdim=True).expand(-1, x.shape[1], -1).clone()  # (B, L, V)
+    logits[..., MASK] = -torch.inf
+    return logits + torch.arange(x.shape[1])[None, :, None] * 0.1
+
+
+def _unmask_rows(x, generator):
+    return solvers.unmask(rowwise_model, x, time.uniform_grid(6), MASK, generator=generator)
+
+
+def test_one_generator_per_row_makes_rows_batch_invariant():
+    x = torch.full((3, 12), MASK)
+    seeds = [5, 6, 7]
+
+    def run(rows):
+        return _unmask_rows(x[rows], [torch.Generator().manual_seed(seeds[r]) for r in rows])
+
+    batch = run([0, 1, 2])
+    for r in range(3):
+        assert torch.equal(run([r])[0], batch[r])
+    assert torch.equal(run([2, 0])[1], batch[0])
+    # negative control: with one generator for the whole batch, row 1 depends on the batch size
+    one = [_unmask_rows(x[:n], torch.Generator().manual_seed(5)) for n in (2, 3)]
+    assert not torch.equal(one[0][1], one[1][1])
+    with pytest.raises(InvalidInputError, match="2 generators for a batch of 3"):
+        _unmask_rows(x, [torch.Generator(), torch.Generator()])
