@@ -236,7 +236,10 @@ class Trainer:
             logs = {"loss": loss_value, "lr": lr, "grad_norm": grad_norm, **sums}
             bar.update(1)
             bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}", refresh=False)
-            if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+            log_now = self.step % cfg.log_every == 0 or self.step == cfg.steps
+            if (
+                log_now and acc.is_main_process
+            ):  # loss is averaged over ranks; other logs are rank 0's
                 text = " ".join(f"{k} {v:.4g}" for k, v in logs.items())
                 logger.info("step %d/%d %s", self.step, cfg.steps, text)
             if (cfg.save_every and self.step % cfg.save_every == 0) or self.step == cfg.steps:
@@ -265,7 +268,8 @@ class Trainer:
         if self.ema is not None:
             parts["ema"] = self.ema.state_dict()
         path = write_checkpoint(acc, final, parts, {"rng": rng_state(self.generator)})
-        logger.info("saved step %d to %s", self.step, path)
+        if acc.is_main_process:
+            logger.info("saved step %d to %s", self.step, path)
         return path
 
     def resume(self, path: str | Path = "latest") -> int:
