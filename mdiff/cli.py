@@ -80,8 +80,24 @@ def doctor_report() -> list[tuple[str, str]]:
         ("numpy", "numpy"),
     ]:
         rows.append((name, _version(module)))
+    rows.append(("attention", _attention_backends()))
     rows.append(("threads", f"torch {torch.get_num_threads()}, physical cores {physical_cores()}"))
     return rows
+
+
+def _attention_backends() -> str:
+    """Which attention backends run here (see mdiff.nn.attention), and any override."""
+    import torch
+
+    from mdiff.nn.attention import ENV_VAR, available_backends
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    names = [
+        "flex (forward-only)" if n == "flex" and device == "cpu" else n
+        for n in available_backends(device)
+    ]
+    override = f"; ${ENV_VAR}={os.environ[ENV_VAR]}" if os.environ.get(ENV_VAR) else ""
+    return ", ".join(names) + f" on {device}{override}"
 
 
 def _doctor(args: argparse.Namespace) -> int:

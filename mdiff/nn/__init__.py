@@ -7,6 +7,7 @@ from mdiff.nn.attention import (
     Causal,
     Dense,
     attend,
+    available_backends,
     resolve_backend,
 )
 from mdiff.nn.block import MLP, Attention, BlockConfig, FinalLayer, TransformerBlock
@@ -39,6 +40,7 @@ __all__ = [
     "apply_rope",
     "arange_positions",
     "attend",
+    "available_backends",
     "axial_dims",
     "grid_positions",
     "modulate",

@@ -111,11 +111,33 @@ class Dense:
 AttnMask = Causal | BlockCausal | Dense | None
 
 
+def _check_available(name: str, device: torch.device | str | None) -> None:
+    """Raise BackendUnavailableError unless backend `name` can run on `device` here."""
+    if name == "flex" and importlib.util.find_spec("torch.nn.attention.flex_attention") is None:
+        raise BackendUnavailableError("the flex attention backend needs torch >= 2.5")
+    if name == "xformers":
+        _import_xformers()
+        if device is not None and torch.device(device).type != "cuda":
+            raise BackendUnavailableError("the xformers attention backend needs a CUDA device")
+
+
+def available_backends(device: torch.device | str | None = None) -> list[str]:
+    """The backends that can run on `device` here (the environment override plays no part)."""
+    out = []
+    for name in BACKENDS:
+        try:
+            _check_available(name, device)
+        except BackendUnavailableError:
+            continue
+        out.append(name)
+    return out
+
+
 def resolve_backend(name: str = "auto", device: torch.device | str | None = None) -> str:
     """Choose the attention backend once per model. `MDIFF_ATTENTION` overrides `name`.
 
-    "auto" resolves to "sdpa". "xformers" is checked eagerly (installed, and `device` is CUDA
-    when given) so a model fails at build time, not in the middle of a forward pass.
+    "auto" resolves to "sdpa". Availability is checked eagerly (xformers installed, `device`
+    CUDA when given) so a model fails at build time, not in the middle of a forward pass.
     """
     source = f"${ENV_VAR}" if os.environ.get(ENV_VAR) else "argument"
     chosen = (os.environ.get(ENV_VAR) or name).strip().lower()
@@ -126,12 +148,7 @@ def resolve_backend(name: str = "auto", device: torch.device | str | None = None
             f"unknown attention backend {chosen!r} (from {source}); "
             f"choose from {BACKENDS} or 'auto'"
         )
-    if chosen == "flex" and importlib.util.find_spec("torch.nn.attention.flex_attention") is None:
-        raise BackendUnavailableError("the flex attention backend needs torch >= 2.5")
-    if chosen == "xformers":
-        _import_xformers()
-        if device is not None and torch.device(device).type != "cuda":
-            raise BackendUnavailableError("the xformers attention backend needs a CUDA device")
+    _check_available(chosen, device)
     logger.debug("attention backend: %s", chosen)
     return chosen
 

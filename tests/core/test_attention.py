@@ -225,3 +225,11 @@ def test_cuda_backends_match_sdpa(backend, kind, lq, lk):
     ref.square().sum().backward()
     for a, b in zip(leaves, ref_leaves, strict=True):
         torch.testing.assert_close(a.grad, b.grad, atol=1e-3, rtol=1e-3)
+
+
+def test_available_backends_ignore_the_override(monkeypatch):
+    from mdiff.nn.attention import available_backends
+
+    monkeypatch.setenv("MDIFF_ATTENTION", "math")
+    names = available_backends("cpu")
+    assert {"sdpa", "math", "flex"} <= set(names) and "xformers" not in names
