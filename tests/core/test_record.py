@@ -1,0 +1,43 @@
+"""GenerationRecord: prompt privacy, JSON round trip, validation."""
+
+import json
+
+import pytest
+
+from mdiff.errors import InvalidInputError
+from mdiff.record import GenerationRecord, WatermarkInfo, sha256_text
+
+
+def test_prompt_is_hashed_not_kept_by_default():
+    r = GenerationRecord.create("video", "shapes-t2v", prompt="a red circle", seed=3)
+    assert r.prompt is None and r.prompt_sha256 == sha256_text("a red circle")
+    assert "a red circle" not in json.dumps(r.to_dict())
+    kept = GenerationRecord.create("video", "m", prompt="a red circle", keep_prompt=True)
+    assert kept.prompt == "a red circle"
+
+
+def test_round_trip_through_json():
+    r = GenerationRecord.create(
+        "video",
+        "shapes-t2v",
+        prompt="p",
+        weights_sha256="ab" * 32,
+        sampler="heun",
+        steps=20,
+        guidance={"kind": "cfg", "scale": 4.0},
+        seed=7,
+        sizes={"width": 64, "frames": 17},
+        inputs=["first.png"],
+        edited=True,
+    ).with_watermark(WatermarkInfo("mdiff-pixel-v1", "k1", "a1b2c3d4", {"alpha": 2.0}))
+    back = GenerationRecord.from_dict(json.loads(json.dumps(r.to_dict())))
+    assert back == r
+
+
+def test_validation():
+    with pytest.raises(InvalidInputError):
+        GenerationRecord.create("audio", "m")
+    with pytest.raises(InvalidInputError):
+        GenerationRecord.create("text", "")
+    with pytest.raises(InvalidInputError, match="unknown GenerationRecord fields: bogus"):
+        GenerationRecord.from_dict({"modality": "text", "model_id": "m", "bogus": 1})
