@@ -1,1 +1,1 @@
-"""mdiff.provenance frontend (see DESIGN.md)."""
+"""mdiff.provenance: C2PA manifests, invisible watermarks and verification for every output."""

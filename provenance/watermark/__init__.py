@@ -1,0 +1,1 @@
+"""Invisible watermarks: keyed spread-spectrum for pixels, green lists for text."""
