@@ -1,0 +1,135 @@
+"""Minimal media IO for stamping and verification: images (PNG/JPEG) and H.264 MP4.
+
+Frames at this boundary are ``uint8`` tensors ``(T, H, W, 3)`` (one frame for an image). The
+video frontend has richer IO (live fragmented MP4, random access); this module holds only
+what provenance needs to write a stamped output and read a file back for watermark detection.
+Every write is atomic. Reads stop at ``max_frames`` so a huge file cannot exhaust memory.
+"""
+
+from __future__ import annotations
+
+import os
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mdiff.atomic import atomic_file
+from mdiff.errors import InvalidInputError, VideoIOError
+
+IMAGE_SUFFIXES = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG"}
+VIDEO_SUFFIXES = {".mp4", ".m4v", ".mov"}
+TEXT_SUFFIXES = {".txt", ".py", ".md", ".json", ".c", ".js", ".ts", ".rs", ".go", ".java"}
+MAX_FRAMES = 10_000
+
+
+def kind_of(path: str | os.PathLike) -> str:
+    """ "image", "video" or "text" from the file name (content checks happen when reading)."""
+    suffix = Path(path).suffix.lower()
+    if suffix in IMAGE_SUFFIXES:
+        return "image"
+    if suffix in VIDEO_SUFFIXES:
+        return "video"
+    if suffix in TEXT_SUFFIXES:
+        return "text"
+    raise InvalidInputError(
+        f"unsupported file type {suffix or '(none)'!r} for {Path(path).name}: expected an image "
+        f"({', '.join(IMAGE_SUFFIXES)}), a video ({', '.join(sorted(VIDEO_SUFFIXES))}) or text"
+    )
+
+
+def check_frames(frames: torch.Tensor) -> torch.Tensor:
+    """Validate ``uint8 (T, H, W, 3)`` frames and return them on the CPU."""
+    if not torch.is_tensor(frames) or frames.dtype != torch.uint8:
+        raise InvalidInputError("frames must be a uint8 tensor of shape (T, H, W, 3)")
+    if frames.dim() != 4 or frames.shape[-1] != 3 or 0 in frames.shape:
+        raise InvalidInputError(f"frames must have shape (T, H, W, 3), got {tuple(frames.shape)}")
+    return frames.cpu()
+
+
+def write_image(frame: torch.Tensor, path: str | os.PathLike, *, quality: int = 95) -> Path:
+    """Write one ``uint8 (H, W, 3)`` frame as PNG or JPEG (by suffix), atomically."""
+    from PIL import Image
+
+    path = Path(path)
+    fmt = IMAGE_SUFFIXES.get(path.suffix.lower())
+    if fmt is None:
+        raise InvalidInputError(f"an image must be saved as .png or .jpg, not {path.name}")
+    array = check_frames(frame[None])[0].numpy()
+    with atomic_file(path) as tmp:
+        options = {"quality": quality} if fmt == "JPEG" else {}
+        Image.fromarray(array).save(tmp, format=fmt, **options)
+    return path
+
+
+def write_mp4(
+    frames: torch.Tensor, path: str | os.PathLike, *, fps: float = 16.0, crf: int = 18
+) -> Path:
+    """Encode frames with H.264 (yuv420p) into an MP4, atomically; odd sizes are edge-padded."""
+    import av
+
+    frames = check_frames(frames)
+    if fps <= 0:
+        raise InvalidInputError(f"fps must be positive, got {fps}")
+    if frames.shape[1] % 2:  # yuv420p needs even sizes: repeat the last row / column
+        frames = torch.cat([frames, frames[:, -1:]], dim=1)
+    if frames.shape[2] % 2:
+        frames = torch.cat([frames, frames[:, :, -1:]], dim=2)
+    with atomic_file(path) as tmp, av.open(str(tmp), "w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
+        stream.width, stream.height = frames.shape[2], frames.shape[1]
+        stream.pix_fmt = "yuv420p"
+        stream.options = {"crf": str(crf), "preset": "medium"}
+        for array in frames.numpy():
+            for packet in stream.encode(av.VideoFrame.from_ndarray(array, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return Path(path)
+
+
+def read_image(path: str | os.PathLike) -> torch.Tensor:
+    """Read an image as ``uint8 (1, H, W, 3)``."""
+    from PIL import Image, UnidentifiedImageError
+
+    _check_file(path)
+    try:
+        with Image.open(path) as image:
+            array = np.asarray(image.convert("RGB"))
+    except (UnidentifiedImageError, OSError) as exc:
+        raise VideoIOError(f"cannot read image {Path(path).name}: {exc}") from exc
+    return torch.from_numpy(array.copy())[None]
+
+
+def read_video(
+    path: str | os.PathLike, *, max_frames: int = MAX_FRAMES
+) -> tuple[torch.Tensor, float]:
+    """Decode up to ``max_frames`` frames as ``uint8 (T, H, W, 3)``, with the stream's fps."""
+    import av
+
+    _check_file(path)
+    frames = []
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise VideoIOError(f"{Path(path).name} has no video stream")
+            stream = container.streams.video[0]
+            fps = float(stream.average_rate or stream.guessed_rate or 0) or 16.0
+            for frame in container.decode(stream):
+                frames.append(frame.to_ndarray(format="rgb24"))
+                if len(frames) >= max_frames:
+                    break
+    except av.FFmpegError as exc:
+        raise VideoIOError(f"cannot decode video {Path(path).name}: {exc}") from exc
+    if not frames:
+        raise VideoIOError(f"{Path(path).name} holds no decodable frame")
+    return torch.from_numpy(np.stack(frames)), fps
+
+
+def _check_file(path: str | os.PathLike) -> None:
+    path = Path(path)
+    if not path.is_file():
+        raise InvalidInputError(f"no such file: {path}")
+    if path.stat().st_size == 0:
+        raise VideoIOError(f"{path.name} is empty")

@@ -1,0 +1,150 @@
+"""The single path every output goes through: watermark, attach the record, sign on save.
+
+    stamper = Stamper()                                   # the user's identity and keys
+    out = stamper.frames(frames, record)                  # uint8 (T, H, W, 3) → watermarked
+    stamper.save(out, "clip.mp4")                         # encode + embedded C2PA manifest
+    policy = stamper.text_watermark(vocab_size)           # the text sampler biases with this
+    stamper.save(stamper.text(code, record, policy), "completion.py")   # + completion.py.c2pa
+
+Only a :class:`Stamped` value can be saved, and only :class:`Stamper` makes one, so an output
+cannot reach a file without its watermark and record. There is no switch to turn this off.
+Streams write their own fragmented MP4 and call :meth:`Stamper.sign` on the finished file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from mdiff.atomic import atomic_file
+from mdiff.errors import InvalidInputError
+from mdiff.provenance import keys, media, sign
+from mdiff.provenance.watermark import pixel, text
+from mdiff.record import GenerationRecord, WatermarkInfo
+
+__all__ = ["Stamped", "Stamper", "payload_of"]
+
+
+def payload_of(record: GenerationRecord) -> int:
+    """A 32-bit payload identifying the output: the first 4 bytes of SHA-256 of its record.
+
+    Stable across the chunks of one stream (they share the record), and it lets a stripped
+    file's watermark be matched against a manifest store.
+    """
+    plain = dataclasses.replace(record, watermark=None).to_dict()
+    digest = hashlib.sha256(json.dumps(plain, sort_keys=True).encode()).digest()
+    return int.from_bytes(digest[:4], "big")
+
+
+@dataclass(frozen=True)
+class Stamped:
+    """Watermarked content with its record. Create through :class:`Stamper`, never by hand."""
+
+    record: GenerationRecord
+    frames: torch.Tensor | None = None  # uint8 (T, H, W, 3)
+    text: str | None = None
+    fps: float | None = None
+    _token: object = dataclasses.field(default=None, repr=False, compare=False)
+
+
+_TOKEN = object()  # proves a Stamped came from a Stamper
+
+
+class Stamper:
+    """Holds the signing identity and the watermark keys of one user (or deployment)."""
+
+    def __init__(self, identity: keys.Identity | None = None, *, home=None, key_id=None,
+                 alpha: float = 2.0):  # fmt: skip
+        self.home = home
+        self._identity = identity
+        self.key_id = key_id or keys.default_key_id(home)
+        self.alpha = alpha
+        self._pixel: pixel.PixelWatermark | None = None
+
+    @property
+    def identity(self) -> keys.Identity:
+        if self._identity is None:
+            self._identity = keys.default_identity(self.home)  # created on first use, logged
+        return self._identity
+
+    def _key(self, scheme: str) -> bytes:
+        return keys.watermark_key(self.key_id, scheme, keys.master_secret(self.home))
+
+    @property
+    def pixel_watermark(self) -> pixel.PixelWatermark:
+        if self._pixel is None:
+            self._pixel = pixel.PixelWatermark(self._key(pixel.SCHEME), alpha=self.alpha)
+        return self._pixel
+
+    def text_watermark(self, vocab_size: int, ignore_ids=()) -> text.TextWatermark:
+        """The policy a masked-diffusion sampler applies to every committed token."""
+        return text.TextWatermark(self._key(text.SCHEME), vocab_size, ignore_ids=ignore_ids)
+
+    # ------------------------------------------------------------------------------- stamping
+
+    def frames(self, frames: torch.Tensor, record: GenerationRecord, *, fps=None) -> Stamped:
+        """Watermark ``uint8 (T, H, W, 3)`` frames (an image is T = 1) and attach the record."""
+        if record.modality not in ("image", "video"):
+            raise InvalidInputError(f"frames need an image or video record, not {record.modality}")
+        payload = payload_of(record)
+        marked = self.pixel_watermark.embed(media.check_frames(frames).to(frames.device), payload)
+        info = WatermarkInfo(pixel.SCHEME, self.key_id, f"{payload:08x}", {"alpha": self.alpha})
+        return Stamped(record.with_watermark(info), frames=marked, fps=fps, _token=_TOKEN)
+
+    def text(self, content: str, record: GenerationRecord, policy: text.TextWatermark | None):
+        """Attach the record to text the sampler generated (and watermarked with ``policy``).
+
+        ``policy=None`` states that the text carries no watermark (e.g. a user's own file);
+        the record then says so and the manifest still binds the exact bytes.
+        """
+        if record.modality not in ("text", "code"):
+            raise InvalidInputError(f"text needs a text or code record, not {record.modality}")
+        if policy is not None:
+            params = {"gamma": policy.gamma, "delta": policy.delta}
+            record = record.with_watermark(WatermarkInfo(text.SCHEME, self.key_id, "", params))
+        return Stamped(record, text=content, _token=_TOKEN)
+
+    # --------------------------------------------------------------------------------- saving
+
+    def save(self, output: Stamped, path: str | os.PathLike) -> Path:
+        """Write the output and sign it: embedded for PNG/JPEG/MP4, a ``.c2pa`` sidecar for text.
+
+        Nothing is left behind when encoding or signing fails.
+        """
+        if not isinstance(output, Stamped) or output._token is not _TOKEN:
+            raise InvalidInputError("only outputs returned by Stamper.frames/text can be saved")
+        path = Path(path)
+        kind = media.kind_of(path)
+        if output.text is not None:
+            if kind != "text":
+                raise InvalidInputError(f"text output must be saved as text, not {path.name}")
+            with atomic_file(path) as tmp:
+                tmp.write_text(output.text, encoding="utf-8")
+                sign.sign_sidecar(tmp, output.record, self.identity, sidecar=_sidecar(path))
+            return path
+        frames = output.frames
+        if kind == "image" and frames.shape[0] != 1:
+            raise InvalidInputError(f"{frames.shape[0]} frames cannot be saved as an image")
+        if kind not in ("image", "video"):
+            raise InvalidInputError(f"frames must be saved as .png, .jpg or .mp4, not {path.name}")
+        with atomic_file(path) as tmp:
+            if kind == "image":
+                media.write_image(frames[0], tmp)
+            else:
+                media.write_mp4(frames, tmp, fps=output.fps or 16.0)
+            sign.sign_file(tmp, tmp, output.record, self.identity)
+        return path
+
+    def sign(self, path: str | os.PathLike, record: GenerationRecord) -> Path:
+        """Sign a file written elsewhere (a finished fragmented MP4 of a stream), in place."""
+        return sign.sign_file(path, path, record, self.identity)
+
+
+def _sidecar(path: Path) -> Path:
+    return path.with_name(path.name + ".c2pa")
