@@ -25,14 +25,33 @@ def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
     extension (PNG, MP4, safetensors) write the right one.
     """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
-    os.close(fd)
+    tmp = _new_temp(path)
     try:
         yield Path(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _new_temp(path: Path) -> str:
+    """Create an empty sibling of ``path`` with the permissions a plain ``open`` would give.
+
+    ``mkstemp`` makes files 0600, which would leave every output private; here the umask
+    applies, or the mode of the file being replaced is kept.
+    """
+    mode = path.stat().st_mode & 0o7777 if path.exists() else 0o666
+    for _ in range(100):
+        name = path.parent / f".{path.stem}.{os.urandom(4).hex()}{path.suffix}"
+        try:
+            fd = os.open(name, os.O_CREAT | os.O_EXCL | os.O_WRONLY, mode)
+        except FileExistsError:
+            continue
+        os.close(fd)
+        if path.exists():
+            os.chmod(name, mode)  # keep the old file's mode exactly (umask does not apply)
+        return str(name)
+    raise FileExistsError(f"could not create a temporary file beside {path}")
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import itertools
 import math
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -97,6 +97,8 @@ class Toy2DResult:
     floor: float
     scale: float
     seconds: float
+    samples: torch.Tensor = field(repr=False, compare=False, default=None)  # (2n, 2) conditional
+    labels: torch.Tensor = field(repr=False, compare=False, default=None)  # (2n,)
 
 
 def run_toy_2d(steps=1500, seed=0, scale=1.5, n_eval=1500, progress=False) -> Toy2DResult:
@@ -138,7 +140,22 @@ def run_toy_2d(steps=1500, seed=0, scale=1.5, n_eval=1500, progress=False) -> To
         Trainer(model, objective, TensorDataset(train_x, train_y), config).fit()
     seconds = clock.perf_counter() - start
     model.eval()
-    return Toy2DResult(untrained, score(1.0, held[0]), score(scale, held[0]), floor, scale, seconds)
+    labels = torch.arange(2).repeat_interleave(n_eval)
+    samples = sample_2d(model, labels, 1.0, steps=16, seed=seed + 2)
+    scores = score(1.0, held[0]), score(scale, held[0])
+    return Toy2DResult(untrained, *scores, floor, scale, seconds, samples, labels)
+
+
+def render_scatter(points: torch.Tensor, labels: torch.Tensor, size: int = 128) -> torch.Tensor:
+    """Draw 2-D points as a ``uint8 (1, size, size, 3)`` image: class 0 red, class 1 blue."""
+    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    image = torch.stack([235 - xx * 40 // size, 232 - yy * 30 // size, 220 + 0 * xx], -1)
+    pix = ((points.clamp(-2.4, 2.4) + 2.5) / 5 * size).long().clamp(0, size - 2)
+    colours = torch.tensor([[200, 40, 40], [40, 70, 200]])[labels]
+    for dy in (0, 1):
+        for dx in (0, 1):
+            image[size - 1 - pix[:, 1] - dy, pix[:, 0] + dx] = colours
+    return image.to(torch.uint8)[None]
 
 
 def format_toy_2d(r: Toy2DResult) -> str:
@@ -212,6 +229,9 @@ class ToyDiscreteResult:
     untrained_nelbo: float
     entropy: float
     seconds: float
+    samples: torch.Tensor = field(
+        repr=False, compare=False, default=None
+    )  # (n, length) at 20 steps
 
 
 def run_toy_discrete(
@@ -231,11 +251,14 @@ def run_toy_discrete(
         logits[..., vocab] = -torch.inf
         return logits
 
+    drawn = {}
+
     @torch.no_grad()
     def evaluate(n_steps: int) -> float:
         x = torch.full((n_samples, length), vocab)
         g_sample = torch.Generator().manual_seed(seed)
         out = solvers.unmask(never_mask, x, time.uniform_grid(n_steps), vocab, generator=g_sample)
+        drawn[n_steps] = out
         return total_variation(out, probs, vocab)
 
     def nelbo() -> float:
@@ -259,7 +282,10 @@ def run_toy_discrete(
     model.eval()
     tv = {n: evaluate(n) for n in (1, 2, length, 4 * length)}
     bound, entropy = nelbo()
-    return ToyDiscreteResult(tv, untrained_tv, floor, bound, untrained_nelbo, entropy, seconds)
+    samples = drawn[4 * length][:64]
+    return ToyDiscreteResult(
+        tv, untrained_tv, floor, bound, untrained_nelbo, entropy, seconds, samples
+    )
 
 
 def format_toy_discrete(r: ToyDiscreteResult) -> str:

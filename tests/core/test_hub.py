@@ -226,3 +226,24 @@ def test_real_frontends_are_not_imported(monkeypatch):
     with pytest.raises(CheckpointError, match="built-in names"):
         hub.resolve("surely-not-a-model")
     assert not [m for m in sys.modules if m.startswith(("mdiff.video", "mdiff.text"))]
+
+
+def test_atomic_file_permissions_follow_umask_or_the_replaced_file(tmp_path):
+    import os
+
+    from mdiff.atomic import atomic_file, write_text_atomic
+
+    old = os.umask(0o022)
+    try:
+        write_text_atomic(tmp_path / "new.txt", "x")
+        assert (tmp_path / "new.txt").stat().st_mode & 0o777 == 0o644
+        (tmp_path / "kept.txt").write_text("old")
+        (tmp_path / "kept.txt").chmod(0o640)
+        write_text_atomic(tmp_path / "kept.txt", "new")
+        assert (tmp_path / "kept.txt").stat().st_mode & 0o777 == 0o640
+    finally:
+        os.umask(old)
+    with pytest.raises(RuntimeError), atomic_file(tmp_path / "fail.bin") as tmp:
+        tmp.write_bytes(b"partial")
+        raise RuntimeError("boom")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kept.txt", "new.txt"]
