@@ -126,7 +126,9 @@ class Stamper:
                 raise InvalidInputError(f"text output must be saved as text, not {path.name}")
             with atomic_file(path) as tmp:
                 tmp.write_text(output.text, encoding="utf-8")
-                sign.sign_sidecar(tmp, output.record, self.identity, sidecar=_sidecar(path))
+                sign.sign_sidecar(
+                    tmp, output.record, self.identity, sidecar=_sidecar(path), title=path.name
+                )
             return path
         frames = output.frames
         if kind == "image" and frames.shape[0] != 1:
@@ -138,7 +140,7 @@ class Stamper:
                 media.write_image(frames[0], tmp)
             else:
                 media.write_mp4(frames, tmp, fps=output.fps or 16.0)
-            sign.sign_file(tmp, tmp, output.record, self.identity)
+            sign.sign_file(tmp, tmp, output.record, self.identity, title=path.name)
         return path
 
     def sign(self, path: str | os.PathLike, record: GenerationRecord) -> Path:

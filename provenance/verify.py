@@ -70,14 +70,16 @@ class ProvenanceReport:
             lines.append("            " + stamp)
             if m.record is not None:
                 r = m.record
+                source = (m.digital_source_type or "created").rsplit("/", 1)[-1]
                 lines.append(
-                    f"            {m.digital_source_type or 'created'} by {m.claim_generator}; "
+                    f"            {source} by {m.claim_generator}; "
                     f"model {r.model_id} seed {r.seed} sampler {r.sampler} steps {r.steps}"
                 )
             lines += [f"            ingredient {i.title} ({i.relationship}) {i.state.upper()}"
                       for i in m.ingredients]  # fmt: skip
             lines += [f"            failure {code}: {why}" for code, why in m.failures]
-            lines += [f"            warning {code}: {why}" for code, why in m.warnings]
+            lines += [f"            warning {code}: {why}" for code, why in m.warnings
+                      if code != inspect.NO_TIMESTAMP[0]]  # said on the timestamp line  # fmt: skip
         lines.append(
             "Watermark   " + _watermark_line(self.watermark, self.payload_matches_manifest)
         )
@@ -92,8 +94,9 @@ _NO_TSA = "no trusted timestamp (valid only while the signing certificate is)"
 def _signer_line(m) -> str:
     if not m.signer:
         return ""
-    chain = " ← ".join(subject for subject, _issuer in m.signer)
-    return f"   signer {chain}"
+    names = [subject for subject, _issuer in m.signer] + [m.signer[-1][1]]
+    anchor = "  [trusted root]" if m.state == "trusted" else ""
+    return "   signer " + " ← ".join(names) + anchor
 
 
 def _watermark_line(wm: dict | None, matches: bool | None) -> str:
