@@ -134,7 +134,7 @@ def _demo_outputs(args: argparse.Namespace, r2d, rdisc) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stamper = Stamper(home=args.home)
-    image = toys.render_scatter(r2d.samples, r2d.labels)
+    image = toys.render_scatter(r2d.samples, r2d.labels, size=256)
     record = GenerationRecord.create(
         "image", "mdiff-toy-2d", sampler="heun", steps=16, seed=args.seed,
         sizes={"width": image.shape[2], "height": image.shape[1]},
@@ -151,7 +151,14 @@ def _demo_outputs(args: argparse.Namespace, r2d, rdisc) -> int:
     worst = 0
     for path in files:
         report = verify(path, home=args.home)
-        print(f"  {path}: {report.verdict} (exit {report.exit_code})")
+        wm = report.watermark or {}
+        if wm.get("detected"):
+            mark = f"watermark z={wm['z']:.1f}"
+        elif wm.get("checked") is False:
+            mark = f"watermark not checked: {wm['reason']}"
+        else:
+            mark = "watermark NOT detected"
+        print(f"  {path}: {report.verdict} (exit {report.exit_code}; {mark})")
         worst = max(worst, report.exit_code)
     return 0 if worst == 0 else EXIT_ERROR
 

@@ -1,0 +1,241 @@
+"""mdiff-pixel-v1: robustness per attack, null calibration, imperceptibility, bad input.
+
+Robustness is checked on procedural video (a panning 1/f texture with moving shapes, see
+``media.py``), the payload in every frame, each 10-frame window decoded on its own, for several
+keys and clips. Sizes are the smallest where the default strength (α = 2) passes reliably; what
+fails below them (64²: H.264, crop, resize; 128²: CRF 28) is measured by
+``benchmarks/watermark.py``.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from mdiff.errors import InvalidInputError
+from mdiff.provenance.watermark import spectral as sp
+from mdiff.provenance.watermark.pixel import BANDS, SCHEME, PixelWatermark, payload_bits
+
+from . import media
+
+KEY = b"test-key-1"
+PAYLOAD = 0xA1B2C3D4
+
+
+@pytest.fixture(scope="module")
+def wm():
+    return PixelWatermark(KEY)
+
+
+def _clip(size, *, pan=1.0, frames=20, seed=1, contrast=8.0):
+    return media.moving_shapes(frames, size, seed=seed, pan=pan, contrast=contrast)
+
+
+def _assert_every_window(wm, frames, min_z=8.0):
+    windows = wm.detect_windows(frames, 10)
+    assert windows, "no windows"
+    for d in windows:
+        assert d.payload == PAYLOAD and d.detected and d.check_ok, d
+        assert d.z >= min_z, d
+
+
+# ----------------------------------------------------------------------------------------------
+# Robustness
+# ----------------------------------------------------------------------------------------------
+
+
+KEYS = (b"robust-a", b"robust-b", b"robust-c")
+
+
+@pytest.fixture(scope="module")
+def marked_small():
+    """(key, marked panning clip) for 3 keys × clips, at 64² and 128²."""
+    out = {}
+    for size in (64, 128):
+        for i, key in enumerate(KEYS):
+            out[size, key] = PixelWatermark(key).embed(_clip(size, seed=1 + i), PAYLOAD)
+    return out
+
+
+@pytest.mark.parametrize(
+    "size,attack",
+    [(128, a) for a in ("none", "crf23", "crop10", "resize0.5", "bright+20")]
+    + [(64, a) for a in ("none", "bright+20")],
+)
+def test_survives_attack_small_frames(marked_small, size, attack):
+    """The built-in models' sizes: every 10-frame window, 3 keys × 3 clips."""
+    for key in KEYS:
+        _assert_every_window(PixelWatermark(key), media.ATTACKS[attack](marked_small[size, key]))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_still_chart_128_png(seed):
+    """One 128×128 still (dots on a smooth background), saved as PNG: z ≥ 8, exact payload."""
+    wm = PixelWatermark(KEYS[seed])
+    x = media.scatter_plot(128, seed=seed)
+    y = media.png_roundtrip(wm.embed(x, PAYLOAD))
+    assert media.psnr(x, y) >= 39.0
+    _assert_every_window(wm, y)
+    assert not wm.detect(x).detected
+
+
+@pytest.fixture(scope="module")
+def marked_256(wm):
+    return wm.embed(_clip(256), PAYLOAD)
+
+
+@pytest.mark.parametrize("attack", ["none", "crf23", "crop10", "resize0.5", "bright+20"])
+def test_survives_attack_256(wm, marked_256, attack):
+    _assert_every_window(wm, media.ATTACKS[attack](marked_256))
+
+
+def test_survives_crf28_384(wm):
+    marked = wm.embed(_clip(384), PAYLOAD)
+    _assert_every_window(wm, media.h264_roundtrip(marked, 28)[0])
+
+
+def test_survives_crop_resize_crf28_chain_384_static_camera(wm):
+    marked = wm.embed(_clip(384, pan=0.0), PAYLOAD)
+    _assert_every_window(wm, media.ATTACKS["crop+resize+crf28"](marked))
+
+
+def test_small_frames_whole_clip(wm):
+    """64×64 (the built-in models' size): the unattacked clip decodes when folded as a whole."""
+    x = _clip(64, frames=60, contrast=4.0)
+    d = wm.detect(wm.embed(x, PAYLOAD))
+    assert d.detected and d.payload == PAYLOAD and d.tile == 64, d
+    assert not wm.detect(x).detected
+
+
+def test_resize_half_is_found_by_scale_search(wm, marked_256):
+    small = media.resize(marked_256[:10], 0.5)
+    assert not wm.detect(small, scales=None).detected  # scale 1 only: nothing
+    d = wm.detect(small)
+    assert d.detected and abs(d.scale - 0.5) < 0.01 and d.scales_searched > 1
+
+
+# ----------------------------------------------------------------------------------------------
+# False positives
+# ----------------------------------------------------------------------------------------------
+
+
+def _null_folds(n_clips=25, size=64, tile=64):
+    """Phase-only folded spectra of unmarked clips, ``(n, T, T)``, the detector's scale-1 path."""
+    band = sp.band_mask(tile, BANDS[tile])
+    out = []
+    for seed in range(n_clips):
+        x = media.moving_shapes(10, size, seed=100 + seed, contrast=4.0 + seed % 5 * 6)
+        y = PixelWatermark._mean_luma(x)
+        out.append(sp.phase_only(sp.fold(y, tile), band))
+    return torch.stack(out)
+
+
+def test_null_calibration_2000_keys():
+    """2 000 random keys × 25 unmarked clips: max z < 8 and P(z > 5) within 2× of T²·Q(5)."""
+    g = _null_folds()  # (25, 64, 64)
+    zs = []
+    for k in range(2000):
+        pat = PixelWatermark(k.to_bytes(4, "big") + b"null").patterns(64)
+        c = sp.correlate(g, pat.pilot_hat)  # (25, 64, 64)
+        zs += [sp.robust_z(ci)[0] for ci in c]
+    zs = torch.tensor(zs)
+    bound = 64**2 * sp.gaussian_tail(5.0)  # 1.17e-3
+    p5 = (zs > 5).double().mean().item()
+    assert zs.max() < 8, zs.max()
+    assert bound / 2 <= p5 <= 2 * bound, (p5, bound)
+
+
+def test_null_with_scale_search_and_reported_bound(wm):
+    """Unmarked clips under the full search: not detected, and the bound is T²·S·Q(z)."""
+    for seed in range(4):
+        d = PixelWatermark(b"other-%d" % seed).detect(_clip(128, frames=10, seed=seed))
+        assert d.z < 8 and not d.detected
+        assert d.scales_searched > 1
+        # Σ T² over the searched (tile, scale) pairs: 64² per scale, plus 128² where a scale
+        # makes the unresized frame large enough for the 128 tile.
+        q = d.scales_searched * sp.gaussian_tail(d.z)
+        assert min(1.0, 64**2 * q) * (1 - 1e-9) <= d.fpr_bound <= min(1.0, 128**2 * q)
+
+
+def test_wrong_key_not_detected(wm, marked_256):
+    d = PixelWatermark(b"wrong key").detect(marked_256[:10])
+    assert not d.detected and d.z < 8 and d.payload is None
+
+
+# ----------------------------------------------------------------------------------------------
+# Imperceptibility, determinism, API
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", [64, 128, 256])
+def test_psnr_at_default_strength(wm, size):
+    x = _clip(size, frames=4, contrast=16.0)
+    y = wm.embed(x, PAYLOAD)
+    assert media.psnr(x, y) >= 38.0
+    diff = y.int() - x.int()  # luma only: the same Δ on R, G, B except where a channel clips
+    unclipped = ((y > 0) & (y < 255)).all(-1)
+    assert (diff[..., 0] == diff[..., 1])[unclipped].all()
+    assert (diff[..., 1] == diff[..., 2])[unclipped].all()
+
+
+def test_deterministic_and_shape_preserving(wm):
+    x = _clip(64, frames=3)
+    a, b = wm.embed(x, 7), PixelWatermark(KEY).embed(x, 7)
+    assert torch.equal(a, b)
+    assert a.shape == x.shape and a.dtype == torch.uint8 and a.device == x.device
+    assert not torch.equal(a, PixelWatermark(b"another").embed(x, 7))
+    assert not torch.equal(a, wm.embed(x, 8))
+    assert wm.embed(a, 7).shape == a.shape  # embedding again keeps shape and dtype
+
+
+def test_bits_and_json(wm, marked_256):
+    d = wm.detect(marked_256[:10])
+    assert d.bits == payload_bits(PAYLOAD) and len(d.bits) == 40
+    back = json.loads(json.dumps(d.to_dict()))
+    assert back["payload"] == PAYLOAD and back["shift"] == list(d.shift)
+    assert SCHEME == "mdiff-pixel-v1"
+
+
+def test_tile_for(wm):
+    assert wm.tile_for(64, 64) == 64 and wm.tile_for(128, 96) == 64
+    assert wm.tile_for(720, 1280) == 128
+    assert PixelWatermark(KEY, tile=96).tile_for(64, 64) == 96
+
+
+@pytest.mark.parametrize(
+    "frames",
+    [
+        torch.zeros(2, 64, 64, 3),  # float
+        torch.zeros(2, 64, 64, 4, dtype=torch.uint8),  # RGBA
+        torch.zeros(64, 64, 3, dtype=torch.uint8),  # no time axis
+        torch.zeros(2, 16, 64, 3, dtype=torch.uint8),  # too small to mark
+        torch.zeros(0, 64, 64, 3, dtype=torch.uint8),  # no frames
+        [[0]],
+    ],
+)
+def test_bad_frames(wm, frames):
+    with pytest.raises(InvalidInputError):
+        wm.embed(frames, 1)
+
+
+@pytest.mark.parametrize("payload", [-1, 2**32, 1.5, True])
+def test_bad_payload(wm, payload):
+    with pytest.raises(InvalidInputError):
+        wm.embed(torch.zeros(1, 64, 64, 3, dtype=torch.uint8), payload)
+
+
+def test_bad_detect_and_config(wm):
+    with pytest.raises(InvalidInputError):
+        wm.detect(torch.zeros(1, 8, 8, 3, dtype=torch.uint8))
+    with pytest.raises(InvalidInputError):
+        wm.detect(torch.zeros(1, 64, 64, 3, dtype=torch.float32))
+    with pytest.raises(InvalidInputError):
+        PixelWatermark(b"")
+    with pytest.raises(InvalidInputError):
+        PixelWatermark(KEY, alpha=-1)
+    with pytest.raises(InvalidInputError):
+        PixelWatermark(KEY, band=(0.2, 0.1))
+    with pytest.raises(InvalidInputError):
+        PixelWatermark(KEY, tile=16)  # too few band bins for 40 bits

@@ -1,0 +1,201 @@
+"""End to end: Stamper → file → verify, the verdicts and exit codes, and the CLI commands."""
+
+import dataclasses
+import json
+
+import pytest
+
+from mdiff import cli
+from mdiff.errors import InvalidInputError
+from mdiff.provenance import keys, media
+from mdiff.provenance.stamp import Stamped, Stamper, payload_of
+from mdiff.provenance.verify import verify
+from mdiff.record import GenerationRecord
+
+from .media import moving_shapes
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory):
+    path = tmp_path_factory.mktemp("mdiff-home")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MDIFF_HOME", str(path))
+        keys.init_dev_identity(path)
+        yield path
+
+
+def clip(frames=12, size=256, seed=0):
+    """Moving shapes over a panning texture (the watermark is robust from 256 px up)."""
+    return moving_shapes(frames, size, seed=seed, contrast=8.0)
+
+
+def record(modality, **kw):
+    return GenerationRecord.create(modality, "test-model", prompt="a red disc", seed=1, **kw)
+
+
+@pytest.fixture(scope="module")
+def signed(home, tmp_path_factory):
+    """One signed PNG, MP4 and text file made through the Stamper."""
+    d = tmp_path_factory.mktemp("signed")
+    st = Stamper(home=home)
+    files = {
+        "png": st.save(st.frames(clip(1), record("image")), d / "image.png"),
+        "mp4": st.save(st.frames(clip(12), record("video"), fps=8), d / "clip.mp4"),
+        "txt": st.save(st.text("def f():\n    return 1\n", record("code"), None), d / "f.py"),
+    }
+    return files
+
+
+@pytest.mark.parametrize("kind", ["png", "mp4"])
+def test_stamped_media_verifies_intact_with_matching_watermark(signed, home, kind):
+    report = verify(signed[kind], home=home)
+    assert report.manifest.state == "trusted"
+    assert report.watermark["detected"] and report.watermark["z"] >= 8
+    assert report.payload_matches_manifest is True
+    assert report.exit_code == 0 and report.verdict == "AI-generated, provenance intact"
+    assert report.manifest.record.prompt is None  # the raw prompt never reaches the file
+
+
+def test_text_sidecar_verifies_and_says_why_the_watermark_was_not_checked(signed, home):
+    assert signed["txt"].with_name("f.py.c2pa").is_file()
+    report = verify(signed["txt"], home=home)
+    assert report.manifest.state == "trusted" and report.exit_code == 0
+    assert report.watermark["checked"] is False
+
+
+def test_tampered_pixels_read_invalid(signed, home, tmp_path):
+    data = bytearray(signed["mp4"].read_bytes())
+    mdat = data.find(b"mdat")
+    data[mdat + 200] ^= 0x10
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(bytes(data))
+    report = verify(bad, home=home)
+    assert report.manifest.state == "invalid" and report.exit_code == 2
+    assert report.verdict.startswith("TAMPERED")
+
+
+def test_stripped_manifest_with_watermark_is_flagged(signed, home, tmp_path):
+    frames, fps = media.read_video(signed["mp4"])
+    stripped = media.write_mp4(frames, tmp_path / "reencoded.mp4", fps=fps, crf=23)
+    report = verify(stripped, home=home)
+    assert report.manifest.state == "absent" and report.watermark["detected"]
+    assert report.exit_code == 1 and "provenance stripped" in report.verdict
+
+
+def test_image_reencoded_as_jpeg_keeps_the_watermark(signed, home, tmp_path):
+    frame = media.read_image(signed["png"])[0]
+    jpeg = media.write_image(frame, tmp_path / "copy.jpg", quality=90)
+    report = verify(jpeg, home=home)
+    assert report.manifest.state == "absent" and report.watermark["detected"]
+    assert report.watermark["payload_hex"] == report_payload(signed["png"], home)
+    assert report.exit_code == 1
+
+
+def report_payload(path, home):
+    return verify(path, home=home).manifest.record.watermark.payload_hex
+
+
+def test_unmarked_unsigned_file_is_nothing_found(home, tmp_path):
+    path = media.write_image(clip(1)[0], tmp_path / "plain.png")
+    report = verify(path, home=home)
+    assert report.manifest.state == "absent" and not report.watermark["detected"]
+    assert report.exit_code == 3
+
+
+def test_untrusted_signer_is_a_warning(signed, home):
+    report = verify(signed["png"], home=home, trust=keys.TrustConfig([]))
+    assert report.manifest.state == "valid" and report.exit_code == 1
+    assert "not trusted" in report.verdict
+
+
+def test_payload_is_stable_per_record_and_differs_between_records():
+    assert payload_of(record("video")) == payload_of(record("video"))
+    assert payload_of(record("video")) != payload_of(record("video", steps=3))
+
+
+def test_only_stamped_outputs_can_be_saved(home, tmp_path):
+    st = Stamper(home=home)
+    forged = Stamped(record("image"), frames=clip(1))
+    with pytest.raises(InvalidInputError, match="only outputs returned by Stamper"):
+        st.save(forged, tmp_path / "x.png")
+    with pytest.raises(InvalidInputError):
+        st.save(st.frames(clip(3), record("video")), tmp_path / "x.png")  # 3 frames as an image
+    with pytest.raises(InvalidInputError):
+        st.save(st.frames(clip(1), record("image")), tmp_path / "x.txt")
+    assert list(tmp_path.iterdir()) == []  # nothing half-written
+
+
+def test_signing_failure_leaves_no_file(home, tmp_path):
+    ident = keys.Identity.load(home)
+    production = dataclasses.replace(ident, production=True, tsa_url=None)
+    st = Stamper(production, home=home)
+    with pytest.raises(Exception, match="(?i)TSA|timestamp"):
+        st.save(st.frames(clip(1), record("image")), tmp_path / "x.png")
+    assert list(tmp_path.iterdir()) == []
+
+
+# ---------------------------------------------------------------------------------------- CLI
+
+
+def test_cli_verify_json_schema_and_exit_code(signed, home, capsys):
+    code = cli.main(["--home", str(home), "verify", "--json", str(signed["png"])])
+    out = json.loads(capsys.readouterr().out)
+    assert code == 0 and out["exit_code"] == 0 and out["schema"] == "mdiff-verify/1"
+    assert set(out) >= {"file", "kind", "manifest", "watermark", "verdict", "notes"}
+    assert out["manifest"]["state"] == "trusted" and out["watermark"]["detected"] is True
+
+
+def test_cli_verify_human_report(signed, home, capsys):
+    assert cli.main(["--home", str(home), "verify", str(signed["mp4"])]) == 0
+    text = capsys.readouterr().out
+    assert "C2PA        TRUSTED" in text and "Watermark   DETECTED" in text
+    assert text.strip().endswith("Verdict     AI-generated, provenance intact")
+
+
+@pytest.mark.parametrize("name, content", [
+    ("missing.png", None), ("empty.png", b""), ("corrupt.png", b"\x89PNG\r\n\x1a\nnot really"),
+    ("table.xlsx", b"PK\x03\x04"), ("broken.mp4", b"\x00\x00\x00\x18ftypisom" + b"\x00" * 40),
+])  # fmt: skip
+def test_cli_verify_unreadable_files_give_one_line_and_code_4(
+    home, tmp_path, capsys, name, content
+):
+    path = tmp_path / name
+    if content is not None:
+        path.write_bytes(content)
+    assert cli.main(["--home", str(home), "verify", str(path)]) == 4
+    err = capsys.readouterr().err
+    assert err.startswith("mdiff: error:") and err.count("\n") == 1
+
+
+def test_cli_verify_usage_error_is_code_4():
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["verify", "--bogus"])
+    assert exc.value.code == 4
+
+
+def test_cli_sign_existing_files(home, tmp_path, capsys):
+    image = media.write_image(clip(1)[0], tmp_path / "theirs.png")
+    assert cli.main(["--home", str(home), "sign", str(image)]) == 0
+    signed = tmp_path / "theirs-signed.png"
+    report = verify(signed, home=home)
+    assert report.exit_code == 0 and report.watermark["detected"]
+    video = media.write_mp4(clip(10), tmp_path / "theirs.mp4", fps=10)
+    assert cli.main(["--home", str(home), "sign", str(video), "-o", str(tmp_path / "v.mp4")]) == 0
+    report = verify(tmp_path / "v.mp4", home=home)
+    assert report.exit_code == 0 and report.watermark["detected"]
+    assert report.manifest.record.sizes["frames"] == 10
+    code = tmp_path / "tool.py"
+    code.write_text("print('hi')\n")
+    assert cli.main(["--home", str(home), "sign", str(code)]) == 0
+    assert code.read_text() == "print('hi')\n" and verify(code, home=home).exit_code == 0
+
+
+def test_cli_keys_init_refuses_to_overwrite(tmp_path, capsys):
+    assert cli.main(["--home", str(tmp_path), "keys", "init"]) == 0
+    key = tmp_path / "identity" / "signer.key"
+    assert key.stat().st_mode & 0o777 == 0o600
+    before = key.read_bytes()
+    assert cli.main(["--home", str(tmp_path), "keys", "init"]) == cli.EXIT_ERROR
+    assert "force" in capsys.readouterr().err and key.read_bytes() == before
+    assert cli.main(["--home", str(tmp_path), "keys", "init", "--force"]) == 0
+    assert key.read_bytes() != before
