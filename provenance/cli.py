@@ -8,8 +8,9 @@ import logging
 import sys
 from pathlib import Path
 
+from mdiff import media
 from mdiff.errors import InvalidInputError, MdiffError
-from mdiff.provenance import keys, media
+from mdiff.provenance import keys
 from mdiff.provenance.stamp import Stamper
 from mdiff.provenance.verify import EXIT_CODES, verify
 from mdiff.record import GenerationRecord

@@ -22,9 +22,10 @@ from pathlib import Path
 
 import torch
 
+from mdiff import media
 from mdiff.atomic import atomic_file
 from mdiff.errors import InvalidInputError
-from mdiff.provenance import keys, media, sign
+from mdiff.provenance import keys, sign
 from mdiff.provenance.watermark import pixel, text
 from mdiff.record import GenerationRecord, WatermarkInfo
 

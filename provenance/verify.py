@@ -22,8 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mdiff import media
 from mdiff.errors import InvalidInputError
-from mdiff.provenance import inspect, keys, media
+from mdiff.provenance import inspect, keys
 from mdiff.provenance.watermark import pixel, text
 
 __all__ = ["EXIT_CODES", "ProvenanceReport", "verify"]

@@ -5,9 +5,9 @@ import json
 
 import pytest
 
-from mdiff import cli
+from mdiff import cli, media
 from mdiff.errors import InvalidInputError
-from mdiff.provenance import keys, media
+from mdiff.provenance import keys
 from mdiff.provenance.stamp import Stamped, Stamper, payload_of
 from mdiff.provenance.verify import verify
 from mdiff.record import GenerationRecord

@@ -1,9 +1,10 @@
-"""Minimal media IO for stamping and verification: images (PNG/JPEG) and H.264 MP4.
+"""Minimal media IO shared by the frontends: images (PNG/JPEG) and H.264 MP4.
 
-Frames at this boundary are ``uint8`` tensors ``(T, H, W, 3)`` (one frame for an image). The
-video frontend has richer IO (live fragmented MP4, random access); this module holds only
-what provenance needs to write a stamped output and read a file back for watermark detection.
-Every write is atomic. Reads stop at ``max_frames`` so a huge file cannot exhaust memory.
+Frames at this boundary are ``uint8`` tensors ``(T, H, W, 3)`` (one frame for an image). It
+lives in the core because two frontends need it: provenance writes stamped outputs and reads
+files back for watermark detection; the video frontend builds its richer IO (live fragmented
+MP4, random access with decord, datasets) on top. Every write is atomic. Reads stop at
+``max_frames`` so a huge file cannot exhaust memory.
 """
 
 from __future__ import annotations
