@@ -9,7 +9,9 @@ MP4, random access with decord, datasets) on top. Every write is atomic. Reads s
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
 
@@ -49,6 +51,16 @@ def check_frames(frames: torch.Tensor) -> torch.Tensor:
     return frames.cpu()
 
 
+def pad_even(frames: torch.Tensor) -> torch.Tensor:
+    """Edge-pad ``(T, H, W, 3)`` frames to even H and W (yuv420p needs them): repeat the last
+    row / column. Frames that are already even are returned unchanged."""
+    if frames.shape[1] % 2:
+        frames = torch.cat([frames, frames[:, -1:]], dim=1)
+    if frames.shape[2] % 2:
+        frames = torch.cat([frames, frames[:, :, -1:]], dim=2)
+    return frames
+
+
 def write_image(frame: torch.Tensor, path: str | os.PathLike, *, quality: int = 95) -> Path:
     """Write one ``uint8 (H, W, 3)`` frame as PNG or JPEG (by suffix), atomically."""
     from PIL import Image
@@ -73,10 +85,7 @@ def write_mp4(
     frames = check_frames(frames)
     if fps <= 0:
         raise InvalidInputError(f"fps must be positive, got {fps}")
-    if frames.shape[1] % 2:  # yuv420p needs even sizes: repeat the last row / column
-        frames = torch.cat([frames, frames[:, -1:]], dim=1)
-    if frames.shape[2] % 2:
-        frames = torch.cat([frames, frames[:, :, -1:]], dim=2)
+    frames = pad_even(frames)
     with atomic_file(path) as tmp, av.open(str(tmp), "w", format="mp4") as container:
         stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
         stream.width, stream.height = frames.shape[2], frames.shape[1]
@@ -107,25 +116,62 @@ def read_video(
     path: str | os.PathLike, *, max_frames: int = MAX_FRAMES
 ) -> tuple[torch.Tensor, float]:
     """Decode up to ``max_frames`` frames as ``uint8 (T, H, W, 3)``, with the stream's fps."""
+    frames = []
+    for array in decode_frames(path):
+        frames.append(array)
+        if len(frames) >= max_frames:
+            break
+    if not frames:
+        raise VideoIOError(f"{Path(path).name} holds no decodable frame")
+    return torch.from_numpy(np.stack(frames)), video_fps(path)
+
+
+def video_fps(path: str | os.PathLike) -> float:
+    """The frame rate a video's first stream declares (16 when it declares none)."""
+    with _open_video(path) as (_, stream):
+        return float(stream.average_rate or stream.guessed_rate or 0) or 16.0
+
+
+def decode_frames(
+    path: str | os.PathLike, *, max_pixels: int | None = None, partial: bool = False
+) -> Iterator[np.ndarray]:
+    """Yield the frames of a video's first stream as ``uint8 (H, W, 3)`` arrays, in order.
+
+    ``max_pixels`` rejects frames larger than ``H * W`` before anything is decoded (a guard
+    against decompression bombs). ``partial=True`` ends the iteration quietly where the data
+    stops being decodable (a growing or cut fragmented MP4) instead of raising.
+    """
+    import av
+
+    with _open_video(path) as (container, stream):
+        size = (stream.codec_context.width or 0) * (stream.codec_context.height or 0)
+        if max_pixels is not None and size > max_pixels:
+            raise VideoIOError(
+                f"{Path(path).name}: {stream.codec_context.width}x{stream.codec_context.height}"
+                f" frames exceed the limit of {max_pixels} pixels"
+            )
+        try:
+            for frame in container.decode(stream):
+                yield frame.to_ndarray(format="rgb24")
+        except (av.FFmpegError, ValueError) as exc:
+            if not partial:
+                raise VideoIOError(f"cannot decode video {Path(path).name}: {exc}") from exc
+
+
+@contextlib.contextmanager
+def _open_video(path: str | os.PathLike) -> Iterator[tuple]:
+    """Open a video with PyAV as ``(container, first video stream)``; errors as VideoIOError."""
     import av
 
     _check_file(path)
-    frames = []
     try:
-        with av.open(str(path)) as container:
-            if not container.streams.video:
-                raise VideoIOError(f"{Path(path).name} has no video stream")
-            stream = container.streams.video[0]
-            fps = float(stream.average_rate or stream.guessed_rate or 0) or 16.0
-            for frame in container.decode(stream):
-                frames.append(frame.to_ndarray(format="rgb24"))
-                if len(frames) >= max_frames:
-                    break
-    except av.FFmpegError as exc:
-        raise VideoIOError(f"cannot decode video {Path(path).name}: {exc}") from exc
-    if not frames:
-        raise VideoIOError(f"{Path(path).name} holds no decodable frame")
-    return torch.from_numpy(np.stack(frames)), fps
+        container = av.open(str(path))
+    except (av.FFmpegError, ValueError, OSError) as exc:
+        raise VideoIOError(f"cannot open video {Path(path).name}: {exc}") from exc
+    with container:
+        if not container.streams.video:
+            raise VideoIOError(f"{Path(path).name} has no video stream")
+        yield container, container.streams.video[0]
 
 
 def _check_file(path: str | os.PathLike) -> None:
