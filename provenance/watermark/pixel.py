@@ -1,9 +1,9 @@
 """``mdiff-pixel-v1``: a keyed, tiled, band-limited spread-spectrum watermark on luma.
 
-Embedding. A keyed ``T×T`` tile (see :mod:`.spectral`) carries a pilot and 40 payload bits
-(32-bit payload + CRC-8). It is repeated over the frame, weighted by a local-activity mask
-``m`` and the strength ``α`` (8-bit levels), and the same ``Δ = α·m·tile`` is added to R, G
-and B, so only luma changes:
+Embedding. A keyed ``T×T`` tile (see :mod:`.spectral`) carries a pilot and 92 coded bits: the
+32-bit payload + CRC-8, encoded by a rate-½ convolutional code (:mod:`.ecc`). It is repeated
+over the frame, weighted by a local-activity mask ``m`` and the strength ``α`` (8-bit levels),
+and the same ``Δ = α·m·tile`` is added to R, G and B, so only luma changes:
 
     x' = clip(round(x + Δ), 0, 255),  Δ(u) = α · m(u) · tile(u mod T).
 
@@ -15,9 +15,10 @@ crop offset) and
 
 Under no watermark each ``C(d)`` is ≈ N(0, 1) after this normalisation, so for ``S`` searched
 scales the chance that any of the ``T²·S`` values exceeds ``z`` is at most ``T²·S·Q(z)``
-(Bonferroni; measured to be tight). The bits are the signs of the payload correlations at the
-peak. A resize is undone by resampling before the fold; the scale is searched around
-1, ½, ¾, ⅔ and around period estimates from the spectrally flattened autocorrelation.
+(Bonferroni; measured to be tight). The soft coded bits are the payload correlations at the
+peak, decoded by soft-decision Viterbi (the CRC-8 then checks them). A resize is undone by
+resampling before the fold; the scale is searched around 1, ½, ¾, ⅔ and around period
+estimates from the spectrally flattened autocorrelation.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from torch import Tensor
 
 from mdiff.errors import InvalidInputError
 
+from . import ecc
 from . import spectral as sp
 
 __all__ = ["SCHEME", "PixelDetection", "PixelWatermark"]
@@ -39,6 +41,7 @@ __all__ = ["SCHEME", "PixelDetection", "PixelWatermark"]
 SCHEME = "mdiff-pixel-v1"
 PAYLOAD_BITS = 32
 CHECK_BITS = 8
+CODED_BITS = ecc.coded_length(PAYLOAD_BITS + CHECK_BITS)  # 92 patterns
 Z_THRESHOLD = 8.0
 # Radial bands (cycles/px) by tile: the 64-px tile reaches higher to get enough bins (≈ 360
 # conjugate pairs instead of ≈ 180); ×0.5 resizing keeps the part below 0.25 c/px.
@@ -63,7 +66,7 @@ class PixelDetection:
     z: float
     fpr_bound: float  # T²·S·Q(z), summed over the searched (tile, scale) candidates
     payload: int | None  # the 32-bit payload when the check code matches, else None
-    bits: list[int]  # the 40 decoded bits: payload (MSB first), then the CRC-8
+    bits: list[int]  # the 40 decoded information bits: payload (MSB first), then the CRC-8
     check_ok: bool
     frames_used: int
     scale: float
@@ -156,9 +159,8 @@ class PixelWatermark:
             cpu = (tile, "cpu")
             if cpu not in self._cache:
                 try:
-                    nbits = PAYLOAD_BITS + CHECK_BITS
                     self._cache[cpu] = sp.make_patterns(
-                        self.key, tile, self.band_for(tile), nbits, PILOT_SHARE
+                        self.key, tile, self.band_for(tile), CODED_BITS, PILOT_SHARE
                     )
                 except ValueError as e:
                     raise InvalidInputError(str(e)) from None
@@ -173,7 +175,8 @@ class PixelWatermark:
             raise InvalidInputError(f"payload must be an int in [0, 2³²), got {payload!r}")
         _, h, w, _ = frames.shape
         pat = self.patterns(self.tile_for(h, w), frames.device)
-        signs = torch.tensor(payload_bits(payload), dtype=torch.float64, device=frames.device)
+        coded = ecc.encode(payload_bits(payload))
+        signs = torch.tensor(coded, dtype=torch.float64, device=frames.device)
         spec = pat.pilot_hat + torch.tensordot(
             (2 * signs - 1).to(pat.payload_hat.dtype), pat.payload_hat, 1
         )
@@ -199,13 +202,15 @@ class PixelWatermark:
         t = pat.tile
         y = sp.luma(x)
         mask = sp.activity_mask(y)
-        hp = sp.highpass(y)
-        nominal = torch.fft.ifft2(spec).real.float() / pat.std
+        hp = sp.highpass_fast(y)
+        gain = sp.highpass_gain(t).to(x.device)
+        # the nominal mark as the detector's high-pass sees it (≈ α·m·high-passed tile)
+        nominal = torch.fft.ifft2(spec * gain).real.float() / pat.std
         nominal = self.alpha * mask * nominal.repeat(-(-h // t), -(-w // t))[:h, :w]
-        inv = 1 / (sp.local_std(hp + sp.highpass(nominal)) + WHITEN)  # as the detector will see
+        inv = 1 / (sp.local_std(hp + nominal) + WHITEN)  # as the detector will see
         host = torch.fft.fft2(sp.fold((hp * inv).mean(0), t).double())  # (T, T)
         g = float((self.alpha * mask * inv).double().mean()) / pat.std
-        gain = g * sp.highpass_gain(t).to(x.device)  # detector units per unit of U
+        gain = g * gain  # detector units per unit of U
         u = spec / spec.abs().clamp_min(1e-12)
         r = (host + gain * spec) * u.conj()
         p, q = sp.project_cone(r.real, r.imag, INFORMED[0] * gain, INFORMED[1])
@@ -246,8 +251,8 @@ class PixelWatermark:
         if best is None:
             raise InvalidInputError(f"no scale candidate fits frames of shape {tuple(y.shape)}")
         z, shift, scale, tile, g, pat = best
-        soft = sp.correlate(g[None], pat.payload_hat)[:, shift[0], shift[1]]  # (K,)
-        bits = (soft > 0).long().tolist()
+        soft = sp.correlate(g[None], pat.payload_hat)[:, shift[0], shift[1]]  # (92,)
+        bits = ecc.decode(soft.tolist(), PAYLOAD_BITS + CHECK_BITS)
         payload, check_ok = decode_bits(bits)
         return PixelDetection(
             detected=bool(z >= Z_THRESHOLD and check_ok),
