@@ -1,5 +1,6 @@
 """mdiff.video frontend (see DESIGN.md)."""
 
+from mdiff.video.train_vae import VAEObjective, evaluate, export, shapes_vae_config
 from mdiff.video.vae import CausalVAE, CausalVAEConfig
 from mdiff.video.vae_stream import DecodeSession, EncodeSession, Tiling, VAEStreamState
 
@@ -9,5 +10,9 @@ __all__ = [
     "DecodeSession",
     "EncodeSession",
     "Tiling",
+    "VAEObjective",
     "VAEStreamState",
+    "evaluate",
+    "export",
+    "shapes_vae_config",
 ]

@@ -153,6 +153,22 @@ def write_checkpoint(
     return final
 
 
+def prune_checkpoints(checkpoints_dir: Path, keep_last: int, keep_every: int = 0) -> list[Path]:
+    """Delete every ``step_*`` checkpoint but the newest ``keep_last``, those at multiples of
+    ``keep_every`` (0: none) and the one ``latest`` names; returns the deleted paths."""
+    directory = Path(checkpoints_dir)
+    pointer = directory / LATEST
+    latest = pointer.read_text(encoding="utf-8").strip() if pointer.is_file() else None
+    found = sorted(p for p in directory.glob("step_*") if p.is_dir() and p.name[5:].isdigit())
+    deleted = []
+    for path in found[: max(0, len(found) - keep_last)]:
+        if path.name == latest or (keep_every and int(path.name[5:]) % keep_every == 0):
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        deleted.append(path)
+    return deleted
+
+
 def find_checkpoint(path: str | os.PathLike, checkpoints_dir: Path) -> Path:
     """`path` itself, or for `"latest"` the directory `checkpoints_dir/latest` names."""
     if str(path) == LATEST:

@@ -29,9 +29,9 @@ Checkpoints of multi-process runs assume a file system shared by all ranks.
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import logging
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,65 +46,17 @@ from mdiff.hub import check_state_dict
 from mdiff.train.checkpoint import (
     find_checkpoint,
     load_tree,
+    prune_checkpoints,
     rng_state,
     set_rng_state,
     write_checkpoint,
 )
+from mdiff.train.config import TrainConfig, lr_at
 from mdiff.train.data import ShardedSampler
 from mdiff.train.ema import EMA
+from mdiff.train.metrics import MetricsLog
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class TrainConfig:
-    """Everything the loop needs. `batch_size` is per process and per micro-batch."""
-
-    steps: int = 1000
-    batch_size: int = 32
-    grad_accum: int = 1
-    lr: float = 1e-4
-    lr_schedule: str = "constant"  # constant | cosine | linear
-    warmup_steps: int = 0
-    min_lr_ratio: float = 0.0  # cosine / linear decay to lr * min_lr_ratio
-    weight_decay: float = 0.0  # applied to parameters with ≥ 2 dims only
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-8
-    clip_grad_norm: float | None = 1.0
-    mixed_precision: str = "no"  # no | bf16 | fp16
-    ema: bool = True
-    ema_max_decay: float = 0.9999
-    ema_warmup_gamma: float = 1.0
-    ema_warmup_power: float = 2 / 3
-    seed: int = 0
-    save_every: int = 0  # 0: only at the end
-    log_every: int = 50
-    out_dir: str = "runs/mdiff"
-    num_workers: int = 0
-    progress: bool = True  # tqdm bar on the main process
-    expected_processes: int | None = None  # assert accelerate started this many processes
-
-    def __post_init__(self):
-        if self.lr_schedule not in ("constant", "cosine", "linear"):
-            raise InvalidInputError(f"unknown lr_schedule {self.lr_schedule!r}")
-        if self.mixed_precision not in ("no", "bf16", "fp16"):
-            raise InvalidInputError(f"unknown mixed_precision {self.mixed_precision!r}")
-        if min(self.steps, self.batch_size, self.grad_accum, self.log_every) < 1:
-            raise InvalidInputError("steps, batch_size, grad_accum and log_every must be ≥ 1")
-
-
-def lr_at(step: int, config: TrainConfig) -> float:
-    """Learning rate for optimizer step `step` (0-based): linear warm-up, then the schedule."""
-    base, warmup = config.lr, config.warmup_steps
-    if step < warmup:
-        return base * (step + 1) / warmup
-    if config.lr_schedule == "constant":
-        return base
-    floor = base * config.min_lr_ratio
-    progress = min(1.0, (step - warmup) / max(1, config.steps - warmup))
-    if config.lr_schedule == "linear":
-        return base - (base - floor) * progress
-    return floor + (base - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 @dataclass
@@ -128,8 +80,14 @@ def _derived_seed(seed: int, rank: int, stream: int) -> int:
 class Trainer:
     """Trains `model` on `dataset` with `objective`; see the module docstring."""
 
-    def __init__(self, model, objective, dataset: Dataset, config: TrainConfig, *, collate_fn=None):
-        self.config, self.objective = config, objective
+    def __init__(
+        self, model, objective, dataset: Dataset, config: TrainConfig, *, collate_fn=None,
+        evaluate=None,
+    ):  # fmt: skip
+        """`evaluate(model) -> dict[str, float]` (optional) runs every `eval_every` steps on a
+        copy holding the EMA weights (the model itself without EMA); rows go to metrics.jsonl."""
+        self.config, self.objective, self.evaluate = config, objective, evaluate
+        self._eval_model = None
         self.dataset, self.collate_fn = dataset, collate_fn
         self.accelerator = acc = Accelerator(mixed_precision=config.mixed_precision)
         if config.expected_processes not in (None, acc.num_processes):
@@ -204,6 +162,7 @@ class Trainer:
         history: list[tuple[int, float]] = []
         logs: dict[str, float] = {}
         loss_value = float("nan")
+        metrics = MetricsLog(cfg.out_dir) if acc.is_main_process else None
         while self.step < cfg.steps:
             lr = lr_at(self.step, cfg)
             for group in self.optimizer.param_groups:
@@ -236,16 +195,35 @@ class Trainer:
             logs = {"loss": loss_value, "lr": lr, "grad_norm": grad_norm, **sums}
             bar.update(1)
             bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}", refresh=False)
-            log_now = self.step % cfg.log_every == 0 or self.step == cfg.steps
-            if (
-                log_now and acc.is_main_process
-            ):  # loss is averaged over ranks; other logs are rank 0's
-                text = " ".join(f"{k} {v:.4g}" for k, v in logs.items())
-                logger.info("step %d/%d %s", self.step, cfg.steps, text)
+            if metrics is not None:  # loss is averaged over ranks; other logs are rank 0's
+                metrics.add(logs)
+                if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                    row = metrics.flush(self.step)
+                    text = " ".join(f"{k} {v:.4g}" for k, v in row.items())
+                    logger.info("step %d/%d %s", self.step, cfg.steps, text)
+            if self.evaluate and cfg.eval_every and self.step % cfg.eval_every == 0:
+                self._run_evaluation(metrics)
             if (cfg.save_every and self.step % cfg.save_every == 0) or self.step == cfg.steps:
                 self.save_state()
         bar.close()
         return FitResult(self.step, loss_value, history, logs)
+
+    def _run_evaluation(self, metrics: MetricsLog | None) -> None:
+        """Evaluate the EMA weights (on the main process) without touching any RNG."""
+        if metrics is None:
+            return
+        model = self.unwrapped_model
+        if self.ema is not None:
+            if self._eval_model is None:
+                self._eval_model = copy.deepcopy(model)
+            self.ema.copy_to(self._eval_model)
+            model = self._eval_model
+        with torch.random.fork_rng(devices=[]), torch.no_grad():
+            was_training = model.training
+            result = self.evaluate(model.eval())
+            model.train(was_training)
+        metrics.write({"kind": "eval", "step": self.step, **result})
+        logger.info("eval at step %d: %s", self.step, result)
 
     # ------------------------------------------------------------ checkpoints
 
@@ -270,6 +248,10 @@ class Trainer:
         path = write_checkpoint(acc, final, parts, {"rng": rng_state(self.generator)})
         if acc.is_main_process:
             logger.info("saved step %d to %s", self.step, path)
+            if self.config.keep_last:
+                prune_checkpoints(
+                    self.checkpoints_dir, self.config.keep_last, self.config.keep_every
+                )
         return path
 
     def resume(self, path: str | Path = "latest") -> int:

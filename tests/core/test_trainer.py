@@ -152,6 +152,39 @@ def test_kill_and_resume_is_bit_identical(tmp_path, monkeypatch):
     assert (ckpt / "latest").read_text().strip() == "step_00000007"
 
 
+def test_metrics_pruning_and_ema_evaluation_leave_the_run_unchanged(tmp_path):
+    from mdiff.train.metrics import read_metrics
+
+    plain = _trainer(_config(tmp_path / "plain"))
+    plain.fit()
+    holder, checks = {}, []
+
+    def evaluate(model):
+        trainer = holder["trainer"]
+        given = [p.detach() for p in model.parameters()]
+        ema = [trainer.ema.shadow[n] for n, _ in trainer.unwrapped_model.named_parameters()]
+        raw = [p.detach() for p in trainer.unwrapped_model.parameters()]
+        checks.append(
+            all(torch.equal(g, e.to(g.dtype)) for g, e in zip(given, ema, strict=True))
+            and not all(torch.equal(g, r) for g, r in zip(given, raw, strict=True))
+        )
+        torch.rand(3)  # an evaluation that draws random numbers must not shift training
+        return {"param_sum": float(sum(g.sum() for g in given))}
+
+    cfg = _config(tmp_path / "run", eval_every=3, save_every=2, keep_last=1, keep_every=4)
+    torch.manual_seed(0)
+    holder["trainer"] = run = Trainer(Velocity(), flow_matching, Points(), cfg, evaluate=evaluate)
+    run.fit()
+    assert checks == [True, True]  # evaluated the EMA weights, at steps 3 and 6
+    _assert_same_state(plain, run)  # evaluation and pruning change nothing in the run
+    rows = read_metrics(tmp_path / "run")
+    assert [r["step"] for r in rows if r["kind"] == "train"] == [2, 4, 6, 7]
+    assert [r["step"] for r in rows if r["kind"] == "eval"] == [3, 6]
+    assert {"loss", "lr", "grad_norm", "t_mean", "steps_per_s"} <= set(rows[0])
+    kept = sorted(p.name for p in (tmp_path / "run" / "checkpoints").glob("step_*"))
+    assert kept == ["step_00000004", "step_00000007"]  # the newest, and a multiple of 4
+
+
 def test_resume_rejects_missing_checkpoint(tmp_path):
     trainer = _trainer(_config(tmp_path))
     with pytest.raises(CheckpointError, match="no latest checkpoint"):
