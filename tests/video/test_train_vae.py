@@ -43,10 +43,11 @@ def test_objective_loss_decreases():
     data = ShapesDataset(4, num_frames=5, height=16, width=16)
     batch = {"pixels": torch.stack([data[i]["pixels"] for i in range(4)])}
     objective = VAEObjective()
-    opt = torch.optim.Adam(vae.parameters(), lr=1e-2)
+    # lr 1e-2 overfits this batch unstably (the trajectory then depends on the thread count)
+    opt = torch.optim.Adam(vae.parameters(), lr=3e-3)
     gen = torch.Generator().manual_seed(0)
     losses = []
-    for _ in range(30):
+    for _ in range(60):
         loss, logs = objective(vae, batch, gen)
         assert loss.shape == (4,)
         assert set(logs) >= {"psnr", "kl", "recon", "sharp"}
