@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import importlib.metadata
 import importlib.util
 import json
 import logging
@@ -30,6 +29,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+import mdiff
 from mdiff.atomic import atomic_dir, atomic_file
 from mdiff.errors import CheckpointError
 
@@ -39,13 +39,6 @@ CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 BUILTIN_PACKAGES = ("mdiff.video", "mdiff.text")
 _SHOW = 5  # how many key names an error message lists
-
-
-def _version() -> str:
-    try:
-        return importlib.metadata.version("mdiff")
-    except importlib.metadata.PackageNotFoundError:
-        return "0+unknown"
 
 
 # ---------------------------------------------------------------- tensors
@@ -277,7 +270,7 @@ class PretrainedMixin:
         init = {f.name for f in dataclasses.fields(self.config) if f.init}
         config = {k: v for k, v in dataclasses.asdict(self.config).items() if k in init}
         config["_class_name"] = type(self).__name__
-        config["_mdiff_version"] = _version()
+        config["_mdiff_version"] = mdiff.__version__
         with atomic_dir(directory) as tmp:
             text = json.dumps(config, indent=2, sort_keys=True) + "\n"
             (tmp / CONFIG_NAME).write_text(text, encoding="utf-8")

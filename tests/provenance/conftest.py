@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from mdiff.record import GenerationRecord, WatermarkInfo
 
@@ -26,18 +27,18 @@ def procedural_frames(n: int, h: int, w: int, seed: int = 0):
 
 
 def write_mp4(path: Path, n: int = 12, h: int = 64, w: int = 64, *, fragmented: bool = False,
-              fps: int = 12, crf: int | None = None) -> Path:  # fmt: skip
-    """Encode procedural frames with libx264 (``fragmented``: one moof/mdat per keyframe)."""
-    import av
+              fps: int = 12, crf: int = 23) -> Path:  # fmt: skip
+    """Encode procedural frames with the library's writers (``fragmented``: one fragment per
+    4-frame chunk, through the live fragmented-MP4 writer)."""
+    from mdiff import media
+    from mdiff.video.io import FragmentedMP4Writer
 
-    opts = {"movflags": "frag_keyframe+empty_moov+default_base_moof"} if fragmented else {}
-    with av.open(str(path), "w", format="mp4", options=opts) as out:
-        stream = out.add_stream("libx264", rate=fps)
-        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
-        stream.options = {"g": "4", "preset": "ultrafast", **({"crf": str(crf)} if crf else {})}
-        for frame in procedural_frames(n, h, w):
-            out.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
-        out.mux(stream.encode())
+    frames = torch.from_numpy(np.stack(list(procedural_frames(n, h, w))))
+    if not fragmented:
+        return media.write_mp4(frames, path, fps=fps, crf=crf)
+    with FragmentedMP4Writer(path, fps=fps, crf=crf) as writer:
+        for chunk in frames.split(4):
+            writer.write(chunk)
     return path
 
 
