@@ -70,7 +70,9 @@ def save_state_dict(
     """Write tensors to a safetensors file atomically (temp file beside it, then rename)."""
     path = Path(path)
     with atomic_file(path) as tmp:
+        mode = tmp.stat().st_mode & 0o7777
         save_file(_unshare(tensors), tmp, metadata=dict(metadata) if metadata else None)
+        tmp.chmod(mode)  # safetensors recreates the file as 0600; keep the umask's mode
     return path
 
 

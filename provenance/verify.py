@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mdiff import media
-from mdiff.errors import InvalidInputError
+from mdiff import hub, media
+from mdiff.errors import InvalidInputError, MdiffError
 from mdiff.provenance import inspect, keys
 from mdiff.provenance.watermark import pixel, text
 
@@ -127,12 +127,40 @@ def _check_watermark(path: Path, kind: str, manifest, home, tokenize) -> dict[st
         if result.get("payload") is not None:
             result["payload_hex"] = f"{result['payload']:08x}"
         return {"scheme": pixel.SCHEME, "key_id": key_id, **result}
+    record = manifest.record
+    if tokenize is None and record is not None:
+        tokenize = _model_tokenizer(record.model_id)
     if tokenize is None:
         return {"checked": False, "reason": "text needs the generating model's tokenizer"}
-    vocab = int((manifest.record.extra or {}).get("vocab_size", 0)) if manifest.record else 0
-    wm = text.TextWatermark(keys.watermark_key(key_id, text.SCHEME, secret), max(vocab, 1))
-    ids = tokenize(path.read_text(encoding="utf-8", errors="replace"))
-    return {"key_id": key_id, **wm.detect(ids).to_dict()}
+    extra = (record.extra or {}) if record is not None else {}
+    vocab = int(extra.get("vocab_size", 0))
+    if vocab < 2:
+        return {"checked": False, "reason": "the manifest does not give the model's vocabulary"}
+    wm = text.TextWatermark(keys.watermark_key(key_id, text.SCHEME, secret), vocab)
+    content = path.read_text(encoding="utf-8", errors="replace")
+    spans = extra.get("generated_spans") if manifest.state in ("trusted", "valid") else None
+    if spans:  # a signed completion names the characters the model wrote; score only those
+        ids = [i for a, b in spans for i in tokenize(content[int(a) : int(b)])]
+    else:
+        ids = tokenize(content)
+    result = wm.detect(ids).to_dict()
+    return {"key_id": key_id, **result, "scored": "generated spans" if spans else "whole file"}
+
+
+def _model_tokenizer(model_id: str) -> Callable[[str], list[int]] | None:
+    """The tokenizer shipped beside a model (``tokenizer.json`` in its checkpoint directory),
+    found by name without importing the text frontend; None when there is none."""
+    try:
+        directory = hub.resolve(model_id)
+    except MdiffError:
+        return None
+    path = directory / "tokenizer.json"
+    if not path.is_file():
+        return None
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(path))
+    return lambda s: tok.encode(s, add_special_tokens=False).ids
 
 
 def _first_up(s: str) -> str:

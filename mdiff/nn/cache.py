@@ -11,6 +11,9 @@ RoPE, so they stay valid whatever comes later. Reading and writing are separate:
     cache.commit()    # append every layer's staged k/v      (e.g. the clean pass of a chunk)
     cache.discard()   # or drop them: the step only read     (e.g. a text denoising step)
 
+    k_all, v_all = cache.layer(i, at=s).extend(k_new, v_new)  # cached keys with positions
+    # [s, s + Lnew) replaced by the new ones, for this read only; nothing staged (dual cache)
+
 A query block that reads the cache sits at the end of the key sequence, which is exactly how
 `attend` aligns Lq < Lk. Rolling windows drop positions with `evict` / `keep_window`; since
 keys carry their RoPE rotation, dropped positions leave no gap in the remaining scores.
@@ -45,10 +48,10 @@ class KVCache:
     def has_staged(self) -> bool:
         return any(s is not None for s in self._staged)
 
-    def layer(self, i: int) -> LayerCache:
-        """A view of layer i for a module's forward pass."""
+    def layer(self, i: int, at: int | None = None) -> LayerCache:
+        """A view of layer i for a module's forward pass; `at` = splice instead of extend."""
         self._check_index(i)
-        return LayerCache(self, i)
+        return LayerCache(self, i, at)
 
     def read(self, i: int) -> tuple[Tensor, Tensor] | None:
         """Committed (k, v) of layer i, each (B, Hk, L, D), or None when empty."""
@@ -82,6 +85,32 @@ class KVCache:
         if old is None:
             return k, v
         return torch.cat([old[0], k], dim=2), torch.cat([old[1], v], dim=2)
+
+    def splice(self, i: int, k: Tensor, v: Tensor, start: int) -> tuple[Tensor, Tensor]:
+        """Layer i's committed (k, v) with positions [start, start + Lnew) replaced by the new
+        (k, v) (B, Hk, Lnew, D), returned for one read; nothing is staged or stored."""
+        self._check_index(i)
+        old = self._kv[i]
+        if old is None:
+            raise InvalidInputError("cannot splice into an empty cache")
+        if k.dim() != 4 or k.shape != v.shape:
+            raise InvalidInputError(
+                f"k {tuple(k.shape)} and v {tuple(v.shape)} must both be (B, H, L, D)"
+            )
+        if old[0].shape[:2] != k.shape[:2] or old[0].shape[3] != k.shape[3]:
+            raise InvalidInputError(
+                f"new keys {tuple(k.shape)} do not match cached keys "
+                f"{tuple(old[0].shape)} in batch, heads or head dim"
+            )
+        end = start + k.shape[2]
+        if not 0 <= start <= end <= old[0].shape[2]:
+            raise InvalidInputError(
+                f"cannot splice positions [{start}, {end}) into a cache of length {old[0].shape[2]}"
+            )
+        return tuple(  # 2 × (B, Hk, L, D)
+            torch.cat([t[:, :, :start], new, t[:, :, end:]], dim=2)
+            for t, new in zip(old, (k, v), strict=True)
+        )
 
     def commit(self) -> None:
         """Append the staged k/v of every layer; every layer must have staged the same length."""
@@ -148,13 +177,20 @@ class KVCache:
 
 @dataclass(frozen=True)
 class LayerCache:
-    """One layer's view of a KVCache, handed to that layer's attention module."""
+    """One layer's view of a KVCache, handed to that layer's attention module.
+
+    With `at` set, `extend` splices the new keys over cached positions [at, at + Lnew) for this
+    read only (`KVCache.splice`) instead of staging them.
+    """
 
     cache: KVCache
     index: int
+    at: int | None = None
 
     def read(self) -> tuple[Tensor, Tensor] | None:
         return self.cache.read(self.index)
 
     def extend(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        if self.at is not None:
+            return self.cache.splice(self.index, k, v, self.at)
         return self.cache.extend(self.index, k, v)

@@ -231,7 +231,8 @@ def test_real_frontends_are_not_imported(monkeypatch):
 def test_atomic_file_permissions_follow_umask_or_the_replaced_file(tmp_path):
     import os
 
-    from mdiff.atomic import atomic_file, write_text_atomic
+    from mdiff.atomic import atomic_dir, atomic_file, write_text_atomic
+    from mdiff.hub import save_state_dict
 
     old = os.umask(0o022)
     try:
@@ -241,9 +242,19 @@ def test_atomic_file_permissions_follow_umask_or_the_replaced_file(tmp_path):
         (tmp_path / "kept.txt").chmod(0o640)
         write_text_atomic(tmp_path / "kept.txt", "new")
         assert (tmp_path / "kept.txt").stat().st_mode & 0o777 == 0o640
+        save_state_dict({"w": torch.zeros(2)}, tmp_path / "w.safetensors")
+        assert (tmp_path / "w.safetensors").stat().st_mode & 0o777 == 0o644
+        with atomic_dir(tmp_path / "pub") as d:
+            (d / "x").write_text("1")
+        assert (tmp_path / "pub").stat().st_mode & 0o777 == 0o755
     finally:
         os.umask(old)
     with pytest.raises(RuntimeError), atomic_file(tmp_path / "fail.bin") as tmp:
         tmp.write_bytes(b"partial")
         raise RuntimeError("boom")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["kept.txt", "new.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "kept.txt",
+        "new.txt",
+        "pub",
+        "w.safetensors",
+    ]

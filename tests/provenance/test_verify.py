@@ -4,6 +4,7 @@ import dataclasses
 import json
 
 import pytest
+import torch
 
 from mdiff import cli, media
 from mdiff.errors import InvalidInputError
@@ -61,6 +62,63 @@ def test_text_sidecar_verifies_and_says_why_the_watermark_was_not_checked(signed
     report = verify(signed["txt"], home=home)
     assert report.manifest.state == "trusted" and report.exit_code == 0
     assert report.watermark["checked"] is False
+
+
+def _word_tokenizer(directory):
+    """A small byte-level BPE saved as ``directory/tokenizer.json`` (a model's tokenizer), and
+    its ids that are whole space-prefixed words: any sequence of them re-tokenizes to itself."""
+    import sysconfig
+    from pathlib import Path
+
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    stdlib = sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py"))[:30]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    trainer = trainers.BpeTrainer(vocab_size=1024, show_progress=False, initial_alphabet=alphabet)
+    tok.train_from_iterator([p.read_text(encoding="utf-8") for p in stdlib], trainer)
+    directory.mkdir()
+    tok.save(str(directory / "tokenizer.json"))
+    words = []
+    for i in range(tok.get_vocab_size()):
+        text = tok.decode([i])
+        if text[:1] == " " and text[1:].isalpha() and tok.encode(text).ids == [i]:
+            words.append(i)
+    return tok, words
+
+
+def test_text_watermark_checked_with_the_models_tokenizer_on_generated_spans(home, tmp_path):
+    tok, words = _word_tokenizer(tmp_path / "code-model")
+    vocab = tok.get_vocab_size()
+    st = Stamper(home=home)
+    wm = st.text_watermark(vocab)
+    gen = torch.Generator().manual_seed(0)
+    ids = [words[0]]
+    for _ in range(250):  # a "sampler" whose every choice is green for its left neighbour
+        cand = torch.tensor(words)[torch.randperm(len(words), generator=gen)]
+        green = wm.green(torch.full_like(cand, ids[-1]), cand)
+        ids.append(int(cand[green.nonzero()[0, 0]]))
+    middle = tok.decode(ids)
+    prefix, suffix = "# written by a person\nx = 1\n", "\nprint(x)\n" * 40
+    content = prefix + middle + suffix
+    spans = [[len(prefix), len(prefix) + len(middle)]]
+    extra = {"vocab_size": vocab, "generated_spans": spans}
+    rec = GenerationRecord.create("code", str(tmp_path / "code-model"), seed=1, extra=extra)
+    path = st.save(st.text(content, rec, wm), tmp_path / "done.py")
+    report = verify(path, home=home)
+    assert report.manifest.state == "trusted" and report.exit_code == 0
+    assert report.watermark["detected"] and report.watermark["scored"] == "generated spans"
+    assert report.watermark["z"] >= 8
+    # the person's lines dilute the score when the whole file is read with the tokenizer
+    whole = verify(path, home=home, tokenize=lambda s: tok.encode(s).ids)
+    assert whole.watermark["scored"] == "generated spans"  # a given tokenizer changes nothing
+    path.with_name("done.py.c2pa").unlink()
+    assert verify(path, home=home).watermark["checked"] is False  # no record, no tokenizer
+    unknown = dataclasses.replace(rec, model_id="no-such-model")
+    path2 = st.save(st.text(content, unknown, wm), tmp_path / "other.py")
+    assert verify(path2, home=home).watermark["reason"].startswith("text needs")
 
 
 def test_tampered_pixels_read_invalid(signed, home, tmp_path):

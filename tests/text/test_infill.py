@@ -1,0 +1,76 @@
+"""Fill-in-the-middle: exact splicing, fixed and automatic lengths, several holes."""
+
+import pytest
+import torch
+
+from mdiff.errors import InvalidInputError
+from mdiff.text.infill import fill, infill
+from mdiff.text.model import TextDenoiser, TextDenoiserConfig
+
+from .fim_oracles import TOK, LengthOracle, V
+
+
+def random_model(seed=0):
+    torch.manual_seed(seed)
+    return TextDenoiser(TextDenoiserConfig.preset("test", vocab_size=V, max_len=128)).eval()
+
+
+def test_fixed_length_splices_exactly():
+    model = random_model()
+    prefix, suffix = "def f(x):\n\treturn ", "  # tail\n\n"
+    r = infill(model, TOK, prefix, suffix, 7)
+    assert r.length == 7 and len(TOK.encode(r.middle)) == 7
+    assert r.text == prefix + r.middle + suffix
+    assert r.text[r.span[0] : r.span[1]] == r.middle
+    assert r.nfe == 7  # one token per step by default
+
+
+def test_auto_length_finds_the_true_length_per_row():
+    cases = [("x = ", "compute(a, b)", "\nprint(x)\n"), ("if ok:\n    ", "go()", "\nelse: pass\n")]
+    model = LengthOracle(cases)
+    results = infill(model, TOK, [c[0] for c in cases], [c[2] for c in cases], "auto",
+                     candidates=range(1, 20))  # fmt: skip
+    for (_, middle, _), r in zip(cases, results, strict=True):
+        assert r.middle == middle and r.length == len(middle)
+        assert max(r.scores, key=r.scores.get) == len(middle)
+
+
+def test_auto_choice_is_reproduced_alone():
+    model = random_model(1)
+    kw = dict(temperature=1.0, seed=5, candidates=(3, 5, 8))
+    auto = infill(model, TOK, "a = [", "]\n", "auto", **kw)
+    alone = infill(model, TOK, "a = [", "]\n", auto.length, **kw)
+    assert alone.middle == auto.middle
+
+
+def test_several_holes_keep_the_text_between_them():
+    model = random_model(2)
+    text = "x = <FILL>\ny = x + <FILL>\nprint(y)\n"
+    out, results = fill(model, TOK, text, length=4)
+    assert len(results) == 2
+    rest = out
+    for piece, r in zip(["x = ", "\ny = x + ", "\nprint(y)\n"], results + [None], strict=True):
+        assert rest.startswith(piece)
+        rest = rest[len(piece) :]
+        if r is not None:
+            assert out[r.span[0] : r.span[1]] == r.middle and rest.startswith(r.middle)
+            rest = rest[len(r.middle) :]
+    assert rest == ""
+
+
+def test_context_is_trimmed_to_the_model_window():
+    model = random_model(3)
+    r = infill(model, TOK, "p" * 300, "s" * 300, 8)  # max_len 128: both sides trimmed
+    assert r.text.startswith("p" * 300) and r.text.endswith("s" * 300)
+
+
+def test_bad_inputs():
+    model = random_model()
+    with pytest.raises(InvalidInputError):
+        infill(model, TOK, "a", "b", 0)
+    with pytest.raises(InvalidInputError):
+        infill(model, TOK, ["a"], ["b", "c"], 3)
+    with pytest.raises(InvalidInputError, match="FILL"):
+        fill(model, TOK, "no marker here")
+    with pytest.raises(InvalidInputError, match="does not fit"):
+        infill(model, TOK, "a", "b", 500)

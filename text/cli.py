@@ -1,0 +1,105 @@
+"""`mdiff complete FILE`: fill ``<FILL>`` markers (or one line) with the code model.
+
+    mdiff complete todo.py                  # print the completed file
+    mdiff complete todo.py --line 12 -o done.py   # regenerate line 12, write + sign
+    mdiff complete todo.py --stream         # committed text and the live draft on stderr
+
+Argument parsing lives in ``mdiff.cli``; this module does the work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from mdiff.errors import InvalidInputError
+from mdiff.text.infill import MARKER
+
+__all__ = ["TerminalStreamer", "line_hole", "run_complete"]
+
+
+def line_hole(text: str, line: int, marker: str = MARKER) -> str:
+    """`text` with the code of 1-based `line` (after its indentation) replaced by `marker`."""
+    lines = text.splitlines(keepends=True)
+    if not 1 <= line <= len(lines):
+        raise InvalidInputError(f"--line {line} is outside the file (1..{len(lines)})")
+    row = lines[line - 1]
+    body = row.rstrip("\r\n")
+    indent = len(body) - len(body.lstrip())
+    lines[line - 1] = body[:indent] + marker + row[len(body) :]
+    return "".join(lines)
+
+
+class TerminalStreamer:
+    """Shows a fill live: committed middle text as it becomes final, and the current draft of
+    the whole middle on one overwritten status line (both on `file`, normally stderr)."""
+
+    def __init__(self, tokenizer, length: int, file=None):
+        self.tok, self.length = tokenizer, length
+        self.file = file if file is not None else sys.stderr
+        self.prompt_len: int | None = None
+        self.committed: list[int] = []
+        self.shown = 0
+
+    def put(self, value) -> None:
+        ids = value.reshape(-1).tolist()
+        if self.prompt_len is None:  # the first call carries the context before the hole
+            self.prompt_len = len(ids)
+            return
+        self.committed += ids
+        text = self.tok.decode(self.committed[: self.length], skip_special_tokens=True)
+        self._status(f"committed: {text!r}")
+
+    def put_draft(self, value, step=None) -> None:
+        if self.prompt_len is None:
+            return
+        ids = value.reshape(-1).tolist()[self.prompt_len : self.prompt_len + self.length]
+        self._status(f"step {step}: {self.tok.decode(ids, skip_special_tokens=True)!r}")
+
+    def _status(self, line: str) -> None:
+        width = 110
+        print("\r\033[K" + line[:width], end="", file=self.file, flush=True)
+
+    def end(self) -> None:
+        print(file=self.file, flush=True)
+
+
+def run_complete(args: argparse.Namespace) -> int:
+    from mdiff.provenance.stamp import Stamper
+    from mdiff.text.pipeline import CodeModel
+
+    src = Path(args.file)
+    if not src.is_file():
+        raise InvalidInputError(f"no such file: {src}")
+    try:
+        text = src.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise InvalidInputError(f"{src} is not UTF-8 text ({e.reason})") from None
+    if args.line is not None:
+        if MARKER in text:
+            raise InvalidInputError(f"{src} already has {MARKER} markers; drop --line")
+        text = line_hole(text, args.line)
+    elif MARKER not in text:
+        raise InvalidInputError(f"{src} has no {MARKER} marker; add one or pass --line N")
+    length: int | str = "auto" if args.length == "auto" else int(args.length)
+    settings = {"schedule": args.schedule, "temperature": args.temperature}
+    if args.steps:
+        settings["steps"] = args.steps
+    cm = CodeModel.from_pretrained(args.model, stamper=Stamper(home=args.home))
+    start = time.perf_counter()
+    factory = (lambda n: TerminalStreamer(cm.tokenizer, n)) if args.stream else None
+    done = cm.fill(text, length=length, seed=args.seed, source=str(src),
+                   streamer_factory=factory, **settings)  # fmt: skip
+    seconds = time.perf_counter() - start
+    tokens = done.record.sizes.get("tokens", 0)
+    stats = (f"{tokens} tokens in {seconds:.2f} s ({tokens / max(seconds, 1e-9):.0f} tok/s, "
+             f"{done.tokens_per_forward:.2f} tokens/forward)")  # fmt: skip
+    if args.output:
+        out = done.save(args.output)
+        print(f"wrote {out} (manifest in {out.name}.c2pa); {stats}", file=sys.stderr)
+    else:
+        sys.stdout.write(done.text)
+        print(stats, file=sys.stderr)
+    return 0

@@ -1,0 +1,133 @@
+"""How the sampler calls a denoiser: padding, classifier-free guidance, KV caches, drift.
+
+`ModelRunner.logits(x, s, e, fresh)` returns the guided logits (B, e − s, V) of window [s, e) of
+the canvas x (B, L) and counts one model forward. Cache modes:
+
+    none    every step runs the whole canvas (LLaDA; future blocks just stay masked)
+    exact   block-causal models (BD3-LM): the cache holds the finished blocks [0, s). A step
+            feeds [cache end, e): the first step of a block also carries the clean blocks
+            finished since, which are committed (then the cache is cropped to s), so a finished
+            block costs no extra forward. Exact, because block j never sees blocks > j.
+    prefix  bidirectional (Fast-dLLM): at a block's first step a full forward fills the cache;
+            it keeps [0, s), and later steps feed [s, L) against it. Approximate.
+    dual    like prefix, but the cache keeps every position and a step feeds only [s, e),
+            spliced over the cached window (``cache_at=s``). Approximate.
+
+``measure_drift`` re-runs the full canvas without a cache at each cached step and records
+max |logits_cached − logits_full| over the window (≈ 0 for exact; the approximation error else).
+
+Guidance (LLaDA's unsupervised CFG): the unconditional canvas has every fixed (prompt or
+context) token replaced by ``[MASK]``; ``l = u + (w + 1)(c − u)``. Both halves run as one
+batch, with or without an attention mask.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from mdiff.errors import InvalidInputError
+
+__all__ = ["CACHE_MODES", "ModelRunner", "resolve_cache_mode"]
+
+CACHE_MODES = ("auto", "none", "exact", "prefix", "dual")
+
+
+def resolve_cache_mode(mode: str, spec, model) -> str:
+    """``auto`` → ``exact`` for a block-causal model with a cache, else ``none``."""
+    if mode not in CACHE_MODES:
+        raise InvalidInputError(f"cache must be one of {CACHE_MODES}, got {mode!r}")
+    can = bool(spec.supports_cache) and callable(getattr(model, "new_cache", None))
+    if mode == "auto":
+        return "exact" if can and spec.attention == "block_causal" else "none"
+    if mode != "none" and not can:
+        raise InvalidInputError(f"cache={mode!r} needs a model with supports_cache and new_cache()")
+    if mode == "exact" and spec.attention != "block_causal":
+        raise InvalidInputError(
+            "cache='exact' needs a block_causal model; a bidirectional one has only the "
+            "approximate 'prefix' and 'dual' caches"
+        )
+    return mode
+
+
+class ModelRunner:
+    """Calls ``model`` on windows of a canvas; owns the cache and the forward / drift counters.
+
+    ``real`` (B, L) marks non-padding slots; ``positions`` (B, L) or None (slots are positions);
+    ``fixed`` (B, L) marks the context tokens that the unconditional branch masks.
+    """
+
+    def __init__(self, model, spec, mode: str, real: Tensor, positions: Tensor | None,
+                 fixed: Tensor, cfg_scale: float = 0.0, measure_drift: bool = False):  # fmt: skip
+        self.model, self.mask_id, self.mode = model, spec.mask_id, mode
+        self.real = None if bool(real.all()) else real
+        self.positions, self.fixed, self.w = positions, fixed, float(cfg_scale)
+        self.cache = None
+        self.nfe = 0
+        self.drift: list[float] | None = [] if measure_drift else None
+
+    def logits(self, x: Tensor, s: int, e: int, fresh: bool) -> Tensor:
+        """Guided logits (B, e − s, V) for window [s, e); ``fresh`` = first step of a block."""
+        L = x.shape[1]
+        self.nfe += 1
+        approx = self.mode in ("prefix", "dual")
+        if self.mode == "none":
+            return self._guide(self._call(x, 0, L))[:, s:e]
+        if approx and fresh:  # refresh: one full forward fills a new cache
+            self.cache = self.model.new_cache()
+            out = self._call(x, 0, L, self.cache)
+            self.cache.commit()
+            if self.mode == "prefix":
+                self.cache.crop(s)
+            return self._guide(out[:, s:e])
+        if self.mode == "exact":
+            if self.cache is None:
+                self.cache = self.model.new_cache()
+            c = self.cache.length
+            if c > s:
+                raise InvalidInputError(f"exact cache holds {c} positions past the window at {s}")
+            out = self._call(x, c, e, self.cache)[:, s - c :]
+            if c < s:  # clean finished blocks rode along: keep them, drop the window's keys
+                self.cache.commit()
+                self.cache.crop(s)
+            else:
+                self.cache.discard()
+        elif self.mode == "prefix":
+            out = self._call(x, s, L, self.cache)[:, : e - s]
+            self.cache.discard()
+        else:  # dual
+            out = self._call(x, s, e, self.cache, cache_at=s)
+        if self.drift is not None:
+            ref = self._call(x, 0, L)[:, s:e]  # not counted in nfe
+            self.drift.append(float((out.double() - ref.double()).abs().max()))
+        return self._guide(out)
+
+    # ---- helpers ------------------------------------------------------------------------------
+
+    def _call(self, x: Tensor, start: int, end: int, cache=None, cache_at=None) -> Tensor:
+        """Raw model logits for slots [start, end) ((2B, ·, V) with guidance)."""
+        ids = x[:, start:end]
+        if self.w:
+            uncond = torch.where(self.fixed, torch.full_like(x, self.mask_id), x)[:, start:end]
+            ids = torch.cat([ids, uncond])
+        keys = None
+        if self.real is not None:
+            stop = x.shape[1] if cache_at is not None else end
+            keys = self.real[:, :stop] if cache is not None else self.real[:, start:end]
+            keys = torch.cat([keys, keys]) if self.w else keys
+        pos = None
+        if self.positions is not None:
+            pos = self.positions[:, start:end]
+            pos = torch.cat([pos, pos]) if self.w else pos
+        out = self.model(ids, attention_mask=keys, position_ids=pos, cache=cache,
+                         cache_at=cache_at)  # fmt: skip
+        if not torch.is_tensor(out) or out.shape[:2] != ids.shape:
+            got = tuple(out.shape) if torch.is_tensor(out) else type(out).__name__
+            raise InvalidInputError(f"the model must return logits (B, L, V), got {got}")
+        return out
+
+    def _guide(self, out: Tensor) -> Tensor:
+        if not self.w:
+            return out
+        cond, uncond = out.chunk(2)
+        return uncond + (self.w + 1) * (cond - uncond)
