@@ -15,6 +15,15 @@ import os
 import platform
 import sys
 
+from mdiff.cli_models import (
+    _Formatter,
+    add_complete,
+    add_eval,
+    add_train,
+    run_complete,
+    run_eval,
+    run_train,
+)
 from mdiff.errors import MdiffError
 
 EXIT_ERROR, EXIT_INTERRUPTED = 2, 130
@@ -208,140 +217,13 @@ def _provenance(name: str):
     return run
 
 
-# ------------------------------------------------------------------------------------- train
-
-
-def _add_train(p: argparse.ArgumentParser) -> None:
-    sub = p.add_subparsers(dest="train_target", metavar="MODEL", required=True)
-    v = sub.add_parser(
-        "vae",
-        help="train the causal video VAE on procedural shapes clips",
-        description="Train the causal video VAE on procedural shapes clips (resumable).",
-        formatter_class=_Formatter,
-    )
-    v.add_argument("--out", default="runs/shapes-vae", help="run folder (default runs/shapes-vae)")
-    v.add_argument("--steps", type=int, default=100_000, help="target step count (default 1e5)")
-    v.add_argument("--batch-size", type=int, default=4, help="clips per step (default 4)")
-    v.add_argument("--resume", action="store_true", help="continue the run in --out exactly")
-    v.add_argument("--size", type=int, default=64, help="frame height and width (default 64)")
-    v.add_argument("--frames", type=int, default=9, choices=[5, 9, 17], help="frames per clip")
-    v.add_argument("--base-dim", type=int, default=16, help="VAE base channels (default 16)")
-    v.add_argument("--z-dim", type=int, default=16, help="latent channels (default 16)")
-    v.add_argument("--res-blocks", type=int, default=1, help="res blocks per level (default 1)")
-    v.add_argument("--lr", type=float, default=2e-4)
-    v.add_argument("--seed", type=int, default=0)
-    v.add_argument("--save-every", type=int, default=200, help="checkpoint period in steps")
-    v.add_argument("--log-every", type=int, default=50, help="metrics.jsonl period in steps")
-    v.add_argument("--eval-every", type=int, default=1000, help="held-out eval period (0: never)")
-    v.add_argument(
-        "--threads", type=int, default=argparse.SUPPRESS, help="torch threads (default: cores)"
-    )
-    v.add_argument("--no-progress", action="store_true", help="no tqdm bar")
-    v.add_argument("--export", metavar="DIR", help="after training, export the EMA VAE to DIR")
-    v.add_argument(
-        "--export-only", action="store_true", help="export --out to --export, no training"
-    )
-    _add_train_text(sub)
-
-
-def _add_train_text(sub) -> None:
-    t = sub.add_parser(
-        "text",
-        help="train a text model on code (masked / block diffusion or the AR FIM baseline)",
-        description="Train a text model on a folder of source files (default: the Python "
-        "standard library), resumable. --kind mdm: masked diffusion (LLaDA/MDLM); block: "
-        "block diffusion (BD3-LM); ar: the causal fill-in-the-middle baseline.",
-        formatter_class=_Formatter,
-    )
-    t.add_argument("--out", default=None, help="run folder (default runs/code-KIND)")
-    t.add_argument("--kind", default="mdm", choices=["mdm", "block", "ar"], help="objective")
-    t.add_argument("--preset", default="code-tiny", help="model size preset (default code-tiny)")
-    t.add_argument("--steps", type=int, default=20_000, help="target step count (default 2e4)")
-    t.add_argument("--batch-size", type=int, default=16, help="sequences per step (default 16)")
-    t.add_argument("--seq-len", type=int, default=256, help="tokens per sequence (default 256)")
-    t.add_argument("--lr", type=float, default=3e-4)
-    t.add_argument("--resume", action="store_true", help="continue the run in --out exactly")
-    t.add_argument("--corpus", default=None, help="folder of sources (default: the stdlib)")
-    t.add_argument("--pattern", default="*.py", help="file glob in --corpus (default *.py)")
-    t.add_argument("--vocab-size", type=int, default=4096, help="BPE vocabulary (default 4096)")
-    t.add_argument("--block-size", type=int, default=16, help="tokens per block (--kind block)")
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--save-every", type=int, default=500, help="checkpoint period in steps")
-    t.add_argument("--log-every", type=int, default=50, help="metrics.jsonl period in steps")
-    t.add_argument("--eval-every", type=int, default=1000, help="held-out eval period (0: never)")
-    t.add_argument(
-        "--threads", type=int, default=argparse.SUPPRESS, help="torch threads (default: cores)"
-    )
-    t.add_argument("--no-progress", action="store_true", help="no tqdm bar")
-    t.add_argument("--export", metavar="DIR", help="after training, export the EMA model to DIR")
-    t.add_argument(
-        "--export-only", action="store_true", help="export --out to --export, no training"
-    )
-
-
-def _train(args: argparse.Namespace) -> int:
-    if args.export_only and not args.export:
-        raise MdiffError("--export-only needs --export DIR")
-    if args.train_target == "text":
-        return _train_text(args)
-    return _train_vae(args)
-
-
-def _train_text(args: argparse.Namespace) -> int:
-    import shlex
-
-    from mdiff.text import train as train_text
-
-    command = shlex.join(["mdiff", *sys.argv[1:]])
-    out = args.out or f"runs/code-{args.kind}"
-    if not args.export_only:
-        result = train_text.train(
-            out, kind=args.kind, preset=args.preset, steps=args.steps,
-            batch_size=args.batch_size, seq_len=args.seq_len, lr=args.lr, resume=args.resume,
-            corpus=args.corpus, pattern=args.pattern, vocab_size=args.vocab_size,
-            block_size=args.block_size, save_every=args.save_every, log_every=args.log_every,
-            eval_every=args.eval_every, seed=args.seed, progress=not args.no_progress,
-            command=command,
-        )  # fmt: skip
-        print(f"trained to step {result.step}, loss {result.loss:.5f} ({out})")
-    if args.export:
-        log = train_text.export(out, args.export, command=command)
-        h = log["heldout"]
-        print(
-            f"exported step {log['step']} to {args.export}: held-out "
-            f"{h['heldout_bits_per_token']:.4f} bits/token, "
-            f"{h['heldout_bits_per_byte']:.4f} bits/byte ({log['kind']}, {h['windows']} windows)"
-        )
-    return 0
-
-
-def _train_vae(args: argparse.Namespace) -> int:
-    import shlex
-
-    from mdiff.video import train_vae
-
-    command = shlex.join(["mdiff", *sys.argv[1:]])
-    if not args.export_only:
-        result = train_vae.train(
-            args.out, steps=args.steps, batch_size=args.batch_size, resume=args.resume,
-            size=args.size, frames=args.frames, base_dim=args.base_dim, z_dim=args.z_dim,
-            num_res_blocks=args.res_blocks, lr=args.lr, save_every=args.save_every,
-            log_every=args.log_every, eval_every=args.eval_every, seed=args.seed,
-            progress=not args.no_progress, command=command,
-        )  # fmt: skip
-        print(f"trained to step {result.step}, loss {result.loss:.5f} ({args.out})")
-    if args.export:
-        log = train_vae.export(args.out, args.export, command=command)
-        h = log["heldout"]
-        print(
-            f"exported step {log['step']} to {args.export}: held-out PSNR {h['psnr_mean']:.2f} dB "
-            f"(min {h['psnr_min']:.2f}), SSIM {h['ssim_mean']:.4f} (min {h['ssim_min']:.4f}), "
-            f"flicker {h['flicker_recon']:.5f} vs original {h['flicker_orig']:.5f}"
-        )
-    return 0
-
-
 COMMANDS = {
+    "complete": (
+        "fill <FILL> markers (or a line) of a source file with the code model",
+        add_complete,
+        run_complete,
+    ),  # fmt: skip
+    "eval": ("evaluate a model (fim: fill-in-the-middle exact match)", add_eval, run_eval),
     "doctor": ("print versions of torch, CUDA, xformers, c2pa, av, decord, threads", None, _doctor),
     "demo": ("run what the library can do so far, end to end", _add_demo, _demo),
     "keys": ("create the signing identity and watermark secret", _add_keys, _provenance("keys")),
@@ -353,8 +235,8 @@ COMMANDS = {
     ),  # fmt: skip
     "train": (
         "train a model (vae: the causal video VAE on shapes; text: a code model)",
-        _add_train,
-        _train,
+        add_train,
+        run_train,
     ),
 }
 
@@ -367,10 +249,6 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str):
         self.print_usage(sys.stderr)
         self.exit(self.usage_exit_code, f"{self.prog}: error: {message}\n")
-
-
-class _Formatter(argparse.RawDescriptionHelpFormatter):
-    pass
 
 
 def build_parser() -> argparse.ArgumentParser:

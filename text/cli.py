@@ -103,3 +103,51 @@ def run_complete(args: argparse.Namespace) -> int:
         sys.stdout.write(done.text)
         print(stats, file=sys.stderr)
     return 0
+
+
+def run_eval_fim(args: argparse.Namespace) -> int:
+    """`mdiff eval fim`: exact match per length mode on held-out code (see `mdiff.text.eval`)."""
+    import json
+
+    from tqdm import tqdm
+
+    from mdiff.text.data import Corpus
+    from mdiff.text.eval import MODES, evaluate_ar_fim, evaluate_fim
+    from mdiff.text.fim_tasks import make_tasks
+    from mdiff.text.pipeline import CodeModel
+
+    modes = tuple(m.strip() for m in args.modes.split(",") if m.strip())
+    if not modes or any(m not in MODES for m in modes):
+        raise InvalidInputError(f"--modes must be a comma list of {', '.join(MODES)}")
+    if args.n < 1:
+        raise InvalidInputError("-n must be at least 1")
+    corpus = Corpus.from_folder(args.corpus) if args.corpus else Corpus.from_folder()
+    files = [(f, t) for f in corpus.heldout_files if (t := corpus.read(f)) is not None]
+    tasks = make_tasks(files, args.kind, args.n, args.seed)
+    if not tasks:
+        raise InvalidInputError(f"no {args.kind}-line tasks could be cut from {corpus.root}")
+    cm = CodeModel.from_pretrained(args.model)
+    settings = {"schedule": args.schedule, "threshold": args.threshold}
+    bar = tqdm(total=len(tasks) * len(modes), desc="fim", file=sys.stderr, leave=False)
+    report = {"model": args.model, "kind": args.kind, "tasks": len(tasks), "settings": settings}
+    report["modes"] = evaluate_fim(
+        cm.model, cm.tokenizer, tasks, modes=modes, fixed_length=args.fixed_length,
+        seed=args.seed, progress=lambda *_: bar.update(), **settings,
+    )  # fmt: skip
+    if args.ar:
+        ar = CodeModel.from_pretrained(args.ar)  # the baseline with its own tokenizer
+        bar.reset(total=len(tasks))
+        report["ar"] = evaluate_ar_fim(
+            ar.model, ar.tokenizer, tasks, progress=lambda *_: bar.update()
+        )
+    bar.close()
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print(f"{args.model}: {len(tasks)} held-out {args.kind}-line tasks from {corpus.root}")
+    rows = [(f"diffusion, {m} length", r) for m, r in report["modes"].items()]
+    rows += [("autoregressive baseline", report["ar"])] if "ar" in report else []
+    for name, r in rows:
+        em, tpf, tps = 100 * r["exact_match"], r["tokens_per_forward"], r["tokens_per_second"]
+        print(f"  {name:<26} EM {em:5.1f}%   {tpf:.2f} tokens/forward   {tps:.0f} tok/s")
+    return 0

@@ -136,3 +136,23 @@ def tiny():
 @pytest.fixture
 def exact():
     return ExactDenoiser
+
+
+@pytest.fixture(scope="session")
+def tiny_code_model(tmp_path_factory):
+    """A model folder as `mdiff train text` exports it: a small random `TextDenoiser` and a
+    byte-level BPE trained on a few standard-library files."""
+    import sysconfig
+    from pathlib import Path
+
+    from mdiff.text.model import TextDenoiser, TextDenoiserConfig
+    from mdiff.text.tokenizer import train_tokenizer
+
+    files = sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py"))[:20]
+    tok = train_tokenizer(files, vocab_size=400)
+    torch.manual_seed(0)
+    cfg = TextDenoiserConfig.preset("test", vocab_size=tok.vocab_size, max_len=256)
+    d = tmp_path_factory.mktemp("models") / "tiny-code"
+    TextDenoiser(cfg).save_pretrained(d)
+    tok.save(d)
+    return d

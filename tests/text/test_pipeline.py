@@ -1,10 +1,6 @@
 """CodeModel end to end: load from a folder, complete, save with a sidecar, verify."""
 
-import sysconfig
-from pathlib import Path
-
 import pytest
-import torch
 
 from mdiff.errors import CheckpointError
 from mdiff.provenance import keys
@@ -12,19 +8,6 @@ from mdiff.provenance.stamp import Stamper
 from mdiff.provenance.verify import verify
 from mdiff.text.model import TextDenoiser, TextDenoiserConfig
 from mdiff.text.pipeline import CodeModel
-from mdiff.text.tokenizer import train_tokenizer
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    files = sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py"))[:20]
-    tok = train_tokenizer(files, vocab_size=400)
-    torch.manual_seed(0)
-    cfg = TextDenoiserConfig.preset("test", vocab_size=tok.vocab_size, max_len=256)
-    d = tmp_path_factory.mktemp("models") / "tiny-code"
-    TextDenoiser(cfg).save_pretrained(d)
-    tok.save(d)
-    return d
 
 
 @pytest.fixture(scope="module")
@@ -34,8 +17,8 @@ def home(tmp_path_factory):
     return path
 
 
-def test_fill_save_verify(model_dir, home, tmp_path):
-    cm = CodeModel.from_pretrained(model_dir, stamper=Stamper(home=home))
+def test_fill_save_verify(tiny_code_model, home, tmp_path):
+    cm = CodeModel.from_pretrained(tiny_code_model, stamper=Stamper(home=home))
     src = "def add(a, b):\n    return <FILL>\n\nprint(add(1, 2))\n"
     done = cm.fill(src, length=6)
     before, after = src.split("<FILL>")
@@ -50,8 +33,8 @@ def test_fill_save_verify(model_dir, home, tmp_path):
     assert report.watermark["scored"] == "generated spans"  # tokenizer found via the model id
 
 
-def test_generated_text_carries_a_detectable_watermark(model_dir, home, tmp_path):
-    cm = CodeModel.from_pretrained(model_dir, stamper=Stamper(home=home))
+def test_generated_text_carries_a_detectable_watermark(tiny_code_model, home, tmp_path):
+    cm = CodeModel.from_pretrained(tiny_code_model, stamper=Stamper(home=home))
     done = cm.generate("import os\n", gen_length=160, temperature=1.0, seed=3)
     report = verify(done.save(tmp_path / "gen.py"), home=home)
     assert not done.record.edited

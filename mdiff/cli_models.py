@@ -1,0 +1,200 @@
+"""The model-development commands of `mdiff`: ``train`` (vae, text), ``eval fim`` and
+``complete``. Parsers only; the work is imported lazily from the frontends."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from mdiff.errors import MdiffError
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    pass
+
+
+# ------------------------------------------------------------------------------------- train
+
+
+def add_train(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="train_target", metavar="MODEL", required=True)
+    v = sub.add_parser(
+        "vae",
+        help="train the causal video VAE on procedural shapes clips",
+        description="Train the causal video VAE on procedural shapes clips (resumable).",
+        formatter_class=_Formatter,
+    )
+    v.add_argument("--out", default="runs/shapes-vae", help="run folder (default runs/shapes-vae)")
+    v.add_argument("--steps", type=int, default=100_000, help="target step count (default 1e5)")
+    v.add_argument("--batch-size", type=int, default=4, help="clips per step (default 4)")
+    v.add_argument("--resume", action="store_true", help="continue the run in --out exactly")
+    v.add_argument("--size", type=int, default=64, help="frame height and width (default 64)")
+    v.add_argument("--frames", type=int, default=9, choices=[5, 9, 17], help="frames per clip")
+    v.add_argument("--base-dim", type=int, default=16, help="VAE base channels (default 16)")
+    v.add_argument("--z-dim", type=int, default=16, help="latent channels (default 16)")
+    v.add_argument("--res-blocks", type=int, default=1, help="res blocks per level (default 1)")
+    v.add_argument("--lr", type=float, default=2e-4)
+    v.add_argument("--seed", type=int, default=0)
+    v.add_argument("--save-every", type=int, default=200, help="checkpoint period in steps")
+    v.add_argument("--log-every", type=int, default=50, help="metrics.jsonl period in steps")
+    v.add_argument("--eval-every", type=int, default=1000, help="held-out eval period (0: never)")
+    v.add_argument(
+        "--threads", type=int, default=argparse.SUPPRESS, help="torch threads (default: cores)"
+    )
+    v.add_argument("--no-progress", action="store_true", help="no tqdm bar")
+    v.add_argument("--export", metavar="DIR", help="after training, export the EMA VAE to DIR")
+    v.add_argument(
+        "--export-only", action="store_true", help="export --out to --export, no training"
+    )
+    _add_train_text(sub)
+
+
+def _add_train_text(sub) -> None:
+    t = sub.add_parser(
+        "text",
+        help="train a text model on code (masked / block diffusion or the AR FIM baseline)",
+        description="Train a text model on a folder of source files (default: the Python "
+        "standard library), resumable. --kind mdm: masked diffusion (LLaDA/MDLM); block: "
+        "block diffusion (BD3-LM); ar: the causal fill-in-the-middle baseline.",
+        formatter_class=_Formatter,
+    )
+    t.add_argument("--out", default=None, help="run folder (default runs/code-KIND)")
+    t.add_argument("--kind", default="mdm", choices=["mdm", "block", "ar"], help="objective")
+    t.add_argument("--preset", default="code-tiny", help="model size preset (default code-tiny)")
+    t.add_argument("--steps", type=int, default=20_000, help="target step count (default 2e4)")
+    t.add_argument("--batch-size", type=int, default=16, help="sequences per step (default 16)")
+    t.add_argument("--seq-len", type=int, default=256, help="tokens per sequence (default 256)")
+    t.add_argument("--lr", type=float, default=3e-4)
+    t.add_argument("--resume", action="store_true", help="continue the run in --out exactly")
+    t.add_argument("--corpus", default=None, help="folder of sources (default: the stdlib)")
+    t.add_argument("--pattern", default="*.py", help="file glob in --corpus (default *.py)")
+    t.add_argument("--vocab-size", type=int, default=4096, help="BPE vocabulary (default 4096)")
+    t.add_argument("--block-size", type=int, default=16, help="tokens per block (--kind block)")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--save-every", type=int, default=500, help="checkpoint period in steps")
+    t.add_argument("--log-every", type=int, default=50, help="metrics.jsonl period in steps")
+    t.add_argument("--eval-every", type=int, default=1000, help="held-out eval period (0: never)")
+    t.add_argument(
+        "--threads", type=int, default=argparse.SUPPRESS, help="torch threads (default: cores)"
+    )
+    t.add_argument("--no-progress", action="store_true", help="no tqdm bar")
+    t.add_argument("--export", metavar="DIR", help="after training, export the EMA model to DIR")
+    t.add_argument(
+        "--export-only", action="store_true", help="export --out to --export, no training"
+    )
+
+
+def run_train(args: argparse.Namespace) -> int:
+    if args.export_only and not args.export:
+        raise MdiffError("--export-only needs --export DIR")
+    if args.train_target == "text":
+        return _train_text(args)
+    return _train_vae(args)
+
+
+def _train_text(args: argparse.Namespace) -> int:
+    import shlex
+
+    from mdiff.text import train as train_text
+
+    command = shlex.join(["mdiff", *sys.argv[1:]])
+    out = args.out or f"runs/code-{args.kind}"
+    if not args.export_only:
+        result = train_text.train(
+            out, kind=args.kind, preset=args.preset, steps=args.steps,
+            batch_size=args.batch_size, seq_len=args.seq_len, lr=args.lr, resume=args.resume,
+            corpus=args.corpus, pattern=args.pattern, vocab_size=args.vocab_size,
+            block_size=args.block_size, save_every=args.save_every, log_every=args.log_every,
+            eval_every=args.eval_every, seed=args.seed, progress=not args.no_progress,
+            command=command,
+        )  # fmt: skip
+        print(f"trained to step {result.step}, loss {result.loss:.5f} ({out})")
+    if args.export:
+        log = train_text.export(out, args.export, command=command)
+        h = log["heldout"]
+        print(
+            f"exported step {log['step']} to {args.export}: held-out "
+            f"{h['heldout_bits_per_token']:.4f} bits/token, "
+            f"{h['heldout_bits_per_byte']:.4f} bits/byte ({log['kind']}, {h['windows']} windows)"
+        )
+    return 0
+
+
+def _train_vae(args: argparse.Namespace) -> int:
+    import shlex
+
+    from mdiff.video import train_vae
+
+    command = shlex.join(["mdiff", *sys.argv[1:]])
+    if not args.export_only:
+        result = train_vae.train(
+            args.out, steps=args.steps, batch_size=args.batch_size, resume=args.resume,
+            size=args.size, frames=args.frames, base_dim=args.base_dim, z_dim=args.z_dim,
+            num_res_blocks=args.res_blocks, lr=args.lr, save_every=args.save_every,
+            log_every=args.log_every, eval_every=args.eval_every, seed=args.seed,
+            progress=not args.no_progress, command=command,
+        )  # fmt: skip
+        print(f"trained to step {result.step}, loss {result.loss:.5f} ({args.out})")
+    if args.export:
+        log = train_vae.export(args.out, args.export, command=command)
+        h = log["heldout"]
+        print(
+            f"exported step {log['step']} to {args.export}: held-out PSNR {h['psnr_mean']:.2f} dB "
+            f"(min {h['psnr_min']:.2f}), SSIM {h['ssim_mean']:.4f} (min {h['ssim_min']:.4f}), "
+            f"flicker {h['flicker_recon']:.5f} vs original {h['flicker_orig']:.5f}"
+        )
+    return 0
+
+
+# ------------------------------------------------------------------------------------- eval
+
+
+def add_eval(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="eval_target", metavar="TASK", required=True)
+    f = sub.add_parser(
+        "fim", formatter_class=_Formatter,
+        help="fill-in-the-middle exact match on held-out code (fixed / true / auto length)",
+        description="Cut single- or multi-line holes from the model's held-out files (or "
+        "--corpus) and report exact match per length mode, tokens per forward and tokens/s.",
+    )  # fmt: skip
+    f.add_argument("--model", default="code-tiny", help="built-in name or model folder")
+    f.add_argument("--ar", metavar="MODEL", help="also score this autoregressive FIM baseline")
+    f.add_argument("--corpus", help="folder of sources (default: the model's held-out files)")
+    f.add_argument("--kind", choices=["single", "multi"], default="single")
+    f.add_argument("-n", type=int, default=50, help="number of tasks (default 50)")
+    f.add_argument("--modes", default="fixed,true,auto", help="comma list of fixed,true,auto")
+    f.add_argument("--fixed-length", type=int, default=16, help="tokens in fixed mode")
+    f.add_argument("--schedule", default="equal", help="equal|dream|cosine|threshold|entropy")
+    f.add_argument("--threshold", type=float, default=0.9, help="for --schedule threshold")
+    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--json", action="store_true", help="print the report as JSON")
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from mdiff.text import cli as text_cli
+
+    return text_cli.run_eval_fim(args)
+
+
+# ---------------------------------------------------------------------------------- complete
+
+
+def add_complete(p: argparse.ArgumentParser) -> None:
+    p.add_argument("file", help="a source file with <FILL> markers (or use --line)")
+    p.add_argument("--line", type=int, help="regenerate the code of this line (1-based)")
+    p.add_argument("-o", "--output", help="write the result here, with a signed .c2pa sidecar")
+    p.add_argument("--stream", action="store_true", help="show committed text and drafts live")
+    p.add_argument("--model", default="code-tiny", help="built-in name or model folder")
+    p.add_argument("--length", default="auto", help="tokens per hole, or auto (default)")
+    p.add_argument("--schedule", default="equal", help="equal|dream|cosine|threshold|entropy")
+    p.add_argument("--steps", type=int, help="denoising steps per hole (default: one per token)")
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def run_complete(args: argparse.Namespace) -> int:
+    from mdiff.text import cli as text_cli
+
+    if args.length != "auto" and not (args.length.isdigit() and int(args.length) > 0):
+        raise MdiffError(f"--length must be a positive integer or auto, got {args.length!r}")
+    return text_cli.run_complete(args)

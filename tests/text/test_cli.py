@@ -1,0 +1,67 @@
+"""`mdiff complete` and `mdiff eval fim` from the command line."""
+
+import json
+
+import pytest
+
+from mdiff import cli
+from mdiff.provenance import keys
+from mdiff.provenance.verify import verify
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory):
+    path = tmp_path_factory.mktemp("home")
+    keys.init_dev_identity(path)
+    return path
+
+
+def test_complete_prints_and_writes_signed(tiny_code_model, home, tmp_path, capsys):
+    src = tmp_path / "todo.py"
+    src.write_text("def f(x):\n    return <FILL>\n\n\ny = f(2)\n", encoding="utf-8")
+    args = ["--home", str(home), "complete", str(src), "--model", str(tiny_code_model)]
+    assert cli.main([*args, "--length", "5"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith("def f(x):\n    return ") and printed.endswith("\n\n\ny = f(2)\n")
+    out = tmp_path / "done.py"
+    assert cli.main([*args, "--length", "5", "-o", str(out), "--stream"]) == 0
+    assert out.read_text(encoding="utf-8") == printed  # streaming changes nothing
+    assert "committed" in capsys.readouterr().err
+    assert verify(out, home=home).manifest.state == "trusted"
+
+
+def test_complete_line_mode_keeps_other_lines(tiny_code_model, home, tmp_path, capsys):
+    src = tmp_path / "a.py"
+    src.write_text("import os\n    x = old_code()\nprint(x)\n", encoding="utf-8")
+    argv = ["--home", str(home), "complete", str(src), "--line", "2", "--length", "3",
+            "--model", str(tiny_code_model)]  # fmt: skip
+    assert cli.main(argv) == 0
+    lines = capsys.readouterr().out.split("\n")
+    assert lines[0] == "import os" and lines[1].startswith("    ") and lines[-2] == "print(x)"
+    assert "old_code" not in lines[1]
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [([], "no <FILL>"), (["--line", "9"], "outside the file"), (["--length", "x"], "--length")],
+)
+def test_complete_errors_are_one_line(tiny_code_model, tmp_path, capsys, extra, message):
+    src = tmp_path / "plain.py"
+    src.write_text("a = 1\n", encoding="utf-8")
+    code = cli.main(["complete", str(src), "--model", str(tiny_code_model), *extra])
+    err = capsys.readouterr().err
+    assert code == cli.EXIT_ERROR and message in err and err.count("\n") == 1
+
+
+def test_eval_fim_json(tiny_code_model, tmp_path, capsys):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for i in range(60):  # enough files that the held-out split holds a few
+        (corpus / f"m{i}.py").write_text(f"def f{i}(x):\n    return x * {i} + 1\n")
+    argv = ["eval", "fim", "--model", str(tiny_code_model), "--corpus", str(corpus), "-n", "3",
+            "--modes", "fixed,true", "--fixed-length", "4", "--json"]  # fmt: skip
+    assert cli.main(argv) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert set(report["modes"]) == {"fixed", "true"}
+    assert 1 <= report["tasks"] <= 3
+    assert report["modes"]["fixed"]["tokens"] == 4 * report["tasks"]
