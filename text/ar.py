@@ -16,10 +16,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor
 
 from mdiff.errors import InvalidInputError
 from mdiff.solvers import sample_categorical
+from mdiff.text.layout import left_pad
 
 __all__ = ["ARResult", "fim_prompt", "generate_ar"]
 
@@ -33,16 +33,6 @@ class ARResult:
 def fim_prompt(prefix_ids: list[int], suffix_ids: list[int], special: dict[str, int]) -> list[int]:
     """``[PRE] prefix [SUF] suffix [MID]`` (PSM order, as the baseline is trained)."""
     return [special["[PRE]"], *prefix_ids, special["[SUF]"], *suffix_ids, special["[MID]"]]
-
-
-def _left_pad(rows: list[list[int]], pad_id: int) -> tuple[Tensor, Tensor]:
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.bool)
-    for b, r in enumerate(rows):
-        ids[b, width - len(r) :] = torch.tensor(r, dtype=torch.long)
-        mask[b, width - len(r) :] = True
-    return ids, mask
 
 
 @torch.no_grad()
@@ -62,7 +52,7 @@ def generate_ar(
     if not prompts or any(len(p) == 0 for p in prompts) or max_new_tokens < 1:
         raise InvalidInputError("need non-empty prompts and max_new_tokens >= 1")
     pad = spec.pad_id if spec.pad_id is not None else spec.mask_id
-    ids, mask = _left_pad(prompts, pad)  # (B, P)
+    ids, mask = left_pad(prompts, pad)  # (B, P)
     device = next(model.parameters()).device
     ids, mask = ids.to(device), mask.to(device)
     pos = (mask.long().cumsum(1) - 1).clamp_min(0)  # (B, P) positions of real tokens from 0

@@ -32,6 +32,7 @@ import torch
 from torch import Tensor
 
 from mdiff.errors import InvalidInputError
+from mdiff.text.layout import left_pad
 from mdiff.text.sampler import GenerationConfig, GenerationOutput, denoise
 
 __all__ = ["DEFAULT_CANDIDATES", "InfillResult", "fill", "fit_context", "infill"]
@@ -71,16 +72,6 @@ def fit_context(
     s = min(len(suf), max(room // 3, room - len(pre)))
     p = min(len(pre), room - s)
     return pre[len(pre) - p :], suf[:s]
-
-
-def _canvas(rows: list[list[int]], pad_id: int) -> tuple[Tensor, Tensor]:
-    width = max(len(r) for r in rows)
-    x = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    real = torch.zeros((len(rows), width), dtype=torch.bool)
-    for b, r in enumerate(rows):
-        x[b, width - len(r) :] = torch.tensor(r, dtype=torch.long)
-        real[b, width - len(r) :] = True
-    return x, real
 
 
 @torch.no_grad()
@@ -132,7 +123,7 @@ def infill(model, tokenizer, prefix: str | list[str], suffix: str | list[str],
             a, b = fit_context(pre, suf, n, limit)
             rows.append(a + [spec.mask_id] * n + b)
             parts.append((i, n, len(a)))
-    x, real = _canvas(rows, pad)
+    x, real = left_pad(rows, pad)
     device = next(model.parameters()).device
     x, real = x.to(device), real.to(device)
     gens = [torch.Generator(device).manual_seed(seed + i) for i, _, _ in parts]

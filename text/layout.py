@@ -22,7 +22,7 @@ from torch import Tensor
 
 from mdiff.errors import InvalidInputError
 
-__all__ = ["Layout", "canvas_from_prompts", "check_canvas", "layout"]
+__all__ = ["Layout", "canvas_from_prompts", "check_canvas", "layout", "left_pad"]
 
 
 @dataclass(frozen=True)
@@ -117,3 +117,14 @@ def canvas_from_prompts(input_ids, attention_mask, spec, gen_length: int, device
         x[b, S - r.numel() : S] = r.to(device)
         real[b, S - r.numel() :] = True
     return x, real
+
+
+def left_pad(rows: list[list[int]], pad_id: int) -> tuple[Tensor, Tensor]:
+    """Token lists → left-padded ids (B, W) and the non-padding mask (B, W)."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    real = torch.zeros((len(rows), width), dtype=torch.bool)
+    for b, r in enumerate(rows):
+        ids[b, width - len(r) :] = torch.tensor(r, dtype=torch.long)
+        real[b, width - len(r) :] = True
+    return ids, real

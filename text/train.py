@@ -158,19 +158,12 @@ def _data(run_dir: Path, run: dict, tokenizer: CodeTokenizer):
 
 def load_ema_model(run_dir: str | Path, checkpoint: str = "latest") -> tuple[TextDenoiser, int]:
     """The EMA weights (the raw weights if the run has no EMA) of a run's checkpoint."""
-    from mdiff.train.checkpoint import find_checkpoint, load_tree  # imports accelerate
+    from mdiff.train.checkpoint import find_checkpoint, load_ema_weights  # imports accelerate
 
     run = read_run(run_dir)
     directory = find_checkpoint(checkpoint, Path(run_dir) / "checkpoints")
     model = TextDenoiser(TextDenoiserConfig(**run["model_config"]))
-    try:
-        state = load_tree(directory, "ema")
-    except Exception:  # noqa: BLE001 - no EMA part: fall back to the model weights
-        state = load_tree(directory, "model")
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if unexpected or any(k in dict(model.named_parameters()) for k in missing):
-        raise CheckpointError(f"{directory}: weights do not match the run's model config")
-    step = int(load_tree(directory, "trainer")["step"])
+    step = load_ema_weights(model, directory)
     return model.eval(), step
 
 

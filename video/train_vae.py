@@ -146,19 +146,12 @@ def _vae_config(d: dict) -> CausalVAEConfig:
 
 def load_ema_vae(run_dir: str | Path, checkpoint: str = "latest") -> tuple[CausalVAE, int]:
     """The EMA weights (the raw weights if the run has no EMA) of a run's checkpoint."""
-    from mdiff.train.checkpoint import find_checkpoint, load_tree  # imports accelerate
+    from mdiff.train.checkpoint import find_checkpoint, load_ema_weights  # imports accelerate
 
     run = read_run(run_dir)
     directory = find_checkpoint(checkpoint, Path(run_dir) / "checkpoints")
     vae = CausalVAE(_vae_config(run["vae_config"]))
-    try:
-        state = load_tree(directory, "ema")
-    except Exception:  # noqa: BLE001 - no EMA part: fall back to the model weights
-        state = load_tree(directory, "model")
-    missing, unexpected = vae.load_state_dict(state, strict=False)
-    if unexpected or any(k in dict(vae.named_parameters()) for k in missing):
-        raise CheckpointError(f"{directory}: weights do not match the run's VAE config")
-    step = int(load_tree(directory, "trainer")["step"])
+    step = load_ema_weights(vae, directory)
     return vae.eval(), step
 
 

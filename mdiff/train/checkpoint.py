@@ -180,3 +180,16 @@ def find_checkpoint(path: str | os.PathLike, checkpoints_dir: Path) -> Path:
     if not path.is_dir():
         raise CheckpointError(f"no checkpoint directory at {path}")
     return path
+
+
+def load_ema_weights(model: torch.nn.Module, directory: Path) -> int:
+    """Load a checkpoint's EMA weights (its raw weights when it has no EMA part) into `model`;
+    returns the checkpoint's step. Raises `CheckpointError` when the names do not match."""
+    try:
+        state = load_tree(directory, "ema")
+    except Exception:  # noqa: BLE001 - no EMA part: fall back to the model weights
+        state = load_tree(directory, "model")
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected or any(k in dict(model.named_parameters()) for k in missing):
+        raise CheckpointError(f"{directory}: weights do not match the run's model config")
+    return int(load_tree(directory, "trainer")["step"])
