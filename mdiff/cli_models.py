@@ -65,6 +65,10 @@ def _add_train_text(sub) -> None:
     t.add_argument("--batch-size", type=int, default=16, help="sequences per step (default 16)")
     t.add_argument("--seq-len", type=int, default=256, help="tokens per sequence (default 256)")
     t.add_argument("--lr", type=float, default=3e-4)
+    t.add_argument(
+        "--mixed-precision", choices=["no", "bf16"], default="no",
+        help="bf16 autocast (2.5x faster on CPUs with AVX512-BF16; default no)",
+    )  # fmt: skip
     t.add_argument("--resume", action="store_true", help="continue the run in --out exactly")
     t.add_argument("--corpus", default=None, help="folder of sources (default: the stdlib)")
     t.add_argument("--pattern", default="*.py", help="file glob in --corpus (default *.py)")
@@ -103,6 +107,7 @@ def _train_text(args: argparse.Namespace) -> int:
         result = train_text.train(
             out, kind=args.kind, preset=args.preset, steps=args.steps,
             batch_size=args.batch_size, seq_len=args.seq_len, lr=args.lr, resume=args.resume,
+            mixed_precision=args.mixed_precision,
             corpus=args.corpus, pattern=args.pattern, vocab_size=args.vocab_size,
             block_size=args.block_size, save_every=args.save_every, log_every=args.log_every,
             eval_every=args.eval_every, seed=args.seed, progress=not args.no_progress,

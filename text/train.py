@@ -225,6 +225,7 @@ def train(
     block_size: int = 16,
     stride: int | None = None,
     warmup_steps: int = 200,
+    mixed_precision: str = "no",
     eval_windows: int = 32,
     save_every: int = 500,
     log_every: int = 50,
@@ -253,7 +254,8 @@ def train(
             heldout_fraction=heldout_fraction, seq_len=seq_len, stride=stride,
             crop_fraction=crop_fraction, fim_rate=fim_rate, block_size=block_size,
             eval_windows=eval_windows, command=command,
-            train={"seed": seed, "batch_size": batch_size, "lr": lr, "warmup_steps": warmup_steps},
+            train={"seed": seed, "batch_size": batch_size, "lr": lr, "warmup_steps": warmup_steps,
+                   "mixed_precision": mixed_precision},
         )  # fmt: skip
     kind, t = run["kind"], run["train"]
     objective = _OBJECTIVES[kind](**run["objective"])
@@ -264,7 +266,7 @@ def train(
         betas=(0.9, 0.95), weight_decay=0.01, clip_grad_norm=1.0, ema=True,
         ema_max_decay=0.999, ema_warmup_power=3 / 4, seed=t["seed"], save_every=save_every,
         keep_last=3, keep_every=5000, log_every=log_every, eval_every=eval_every,
-        out_dir=str(out), progress=progress,
+        out_dir=str(out), progress=progress, mixed_precision=t.get("mixed_precision", "no"),
     )  # fmt: skip
     torch.manual_seed(t["seed"])  # the initial weights
     model = TextDenoiser(TextDenoiserConfig(**run["model_config"]))
