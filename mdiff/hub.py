@@ -44,11 +44,29 @@ _SHOW = 5  # how many key names an error message lists
 # ---------------------------------------------------------------- tensors
 
 
+def tied_aliases(module: torch.nn.Module) -> dict[str, str]:
+    """Tied parameters: each extra name of a Parameter → its first name (e.g. an lm head tied
+    to the embedding: ``{"head.weight": "embed.weight"}``). Checkpoints store the first only."""
+    first: dict[int, str] = {}
+    aliases = {}
+    for name, p in module.named_parameters(remove_duplicate=False):
+        if id(p) in first:
+            aliases[name] = first[id(p)]
+        else:
+            first[id(p)] = name
+    return aliases
+
+
+def module_tensors(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The state dict as a checkpoint holds it: tied aliases left out."""
+    aliases = tied_aliases(module)
+    return {k: v for k, v in module.state_dict().items() if k not in aliases}
+
+
 def _unshare(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """CPU, contiguous tensors with no two sharing storage (safetensors refuses shared storage).
 
-    Tied weights (one Parameter under two names) are saved twice; loading puts both copies
-    back into the one shared Parameter.
+    Two names sharing storage that are not tied aliases (e.g. views) are saved as copies.
     """
     out, seen = {}, set()
     for name, t in tensors.items():
@@ -95,8 +113,9 @@ def _names(keys: list[str]) -> str:
 
 
 def check_state_dict(module: torch.nn.Module, tensors: Mapping[str, torch.Tensor], source) -> None:
-    """Raise `CheckpointError` unless `tensors` has exactly the module's keys and shapes."""
-    expected = module.state_dict()
+    """Raise `CheckpointError` unless `tensors` has exactly the module's keys and shapes (tied
+    aliases may be absent: they load from the name they are tied to)."""
+    expected = module_tensors(module)
     missing = [k for k in expected if k not in tensors]
     unexpected = [k for k in tensors if k not in expected]
     problems = []
@@ -119,7 +138,10 @@ def check_state_dict(module: torch.nn.Module, tensors: Mapping[str, torch.Tensor
 def load_weights(module: torch.nn.Module, path: str | os.PathLike) -> None:
     """Load a safetensors file into `module` strictly (keys and shapes must match)."""
     tensors = load_state_dict(path)
+    aliases = tied_aliases(module)
+    tensors = {k: v for k, v in tensors.items() if k not in aliases}  # older files saved both
     check_state_dict(module, tensors, path)
+    tensors.update({alias: tensors[name] for alias, name in aliases.items()})
     module.load_state_dict(tensors, strict=True)
 
 
@@ -136,7 +158,7 @@ def weights_sha256(source: str | os.PathLike | torch.nn.Module | Mapping[str, to
     module loaded from it (same dtype) hash the same.
     """
     if isinstance(source, torch.nn.Module):
-        tensors = source.state_dict()
+        tensors = module_tensors(source)
     elif isinstance(source, Mapping):
         tensors = source
     else:
@@ -276,7 +298,7 @@ class PretrainedMixin:
         with atomic_dir(directory) as tmp:
             text = json.dumps(config, indent=2, sort_keys=True) + "\n"
             (tmp / CONFIG_NAME).write_text(text, encoding="utf-8")
-            save_state_dict(self.state_dict(), tmp / WEIGHTS_NAME, {"format": "pt"})
+            save_state_dict(module_tensors(self), tmp / WEIGHTS_NAME, {"format": "pt"})
         return Path(directory)
 
     @classmethod

@@ -1,6 +1,6 @@
 """mdiff.text: masked-diffusion language models for code (see README "Text").
 
-    from mdiff.text import CodeModel, GenerationConfig, generate, denoise, infill
+from mdiff.text import CodeModel, GenerationConfig, generate, denoise, infill
 """
 
 from importlib import import_module

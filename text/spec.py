@@ -21,7 +21,8 @@ so the sampler never sees one. With a cache (only when ``spec.supports_cache``):
 
 ``attention`` says what a position may see: ``"bidirectional"`` (everything not padding),
 ``"block_causal"`` (blocks of ``block_size`` tokens; block j sees blocks ≤ j — BD3-LM, which
-makes the block KV cache exact) or ``"causal"`` (the autoregressive baseline).
+makes the block KV cache exact) or ``"causal"`` (the autoregressive baseline: its logits at
+position i score the *next* token, i + 1; only `mdiff.text.ar` drives such a model).
 """
 
 from __future__ import annotations

@@ -186,6 +186,21 @@ def test_shared_and_sliced_tensors_save(tmp_path):
     assert all(torch.equal(loaded[k], v) for k, v in tensors.items())
 
 
+def test_tied_weights_are_stored_once_and_retied(tmp_path):
+    model = _model(seed=3)
+    model.save_pretrained(tmp_path / "m")
+    stored = hub.load_state_dict(tmp_path / "m" / hub.WEIGHTS_NAME)
+    assert "embed.weight" in stored and "head.weight" not in stored
+    loaded = TinyModel.from_pretrained(tmp_path / "m")
+    assert loaded.head.weight is loaded.embed.weight  # one Parameter again
+    _assert_same(model, loaded)
+    assert hub.weights_sha256(model) == hub.weights_sha256(tmp_path / "m")
+    # an older file that stored both names still loads
+    both = {k: v.clone() for k, v in model.state_dict().items()}
+    hub.save_state_dict(both, tmp_path / "m" / hub.WEIGHTS_NAME)
+    _assert_same(model, TinyModel.from_pretrained(tmp_path / "m"))
+
+
 @pytest.fixture
 def fake_builtins(tmp_path, monkeypatch):
     """A top-level package `mdiff_fake_frontend` with checkpoints/ as its package data."""
