@@ -121,7 +121,7 @@ def _doctor(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from mdiff import toys
 
-    print("mdiff demo: the flow-matching core on toy problems (later: video, FIM, verify)\n")
+    print("mdiff demo: the flow-matching core on toy problems, FIM with the code model, verify\n")
     r = toys.run_toy_2d(steps=args.steps, seed=args.seed, progress=True)
     print(toys.format_toy_2d(r))
     print()
@@ -156,6 +156,7 @@ def _demo_outputs(args: argparse.Namespace, r2d, rdisc) -> int:
     )  # fmt: skip
     text_out = stamper.text("\n".join(lines) + "\n", record, policy=None)
     files.append(stamper.save(text_out, out / "toy_sequences.txt"))
+    files += _demo_complete(out, stamper, args.seed)
     print("Outputs (watermarked where the format allows, C2PA-signed), verified:")
     worst = 0
     for path in files:
@@ -176,6 +177,28 @@ def _add_demo(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=1500, help="training steps per toy (default 1500)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="mdiff-demo", help="folder for the demo's outputs")
+
+
+DEMO_SOURCE = '''def mean(values):
+    """The arithmetic mean of a non-empty list."""
+    total = <FILL>
+    return total / len(values)
+'''
+
+
+def _demo_complete(out, stamper, seed: int) -> list:
+    """Complete a small file with the built-in code model (when installed) and sign it."""
+    from mdiff import hub
+
+    if "code-tiny" not in hub.list_builtin():
+        print("FIM: the built-in code model (code-tiny) is not installed; skipping completion\n")
+        return []
+    from mdiff.text.pipeline import CodeModel
+
+    done = CodeModel.from_pretrained("code-tiny", stamper=stamper).fill(DEMO_SOURCE, seed=seed)
+    print("FIM: the built-in code model filled <FILL> in:\n")
+    print(done.text)
+    return [done.save(out / "completed.py")]
 
 
 # ------------------------------------------------------------------------------- provenance

@@ -65,3 +65,19 @@ def test_eval_fim_json(tiny_code_model, tmp_path, capsys):
     assert set(report["modes"]) == {"fixed", "true"}
     assert 1 <= report["tasks"] <= 3
     assert report["modes"]["fixed"]["tokens"] == 4 * report["tasks"]
+
+
+def test_demo_completes_with_the_builtin_model(tiny_code_model, home, tmp_path, monkeypatch):
+    import shutil
+
+    from mdiff import hub
+    from mdiff.provenance.stamp import Stamper
+
+    pkg = tmp_path / "site" / "fake_text_frontend"
+    shutil.copytree(tiny_code_model, pkg / "checkpoints" / "code-tiny")
+    (pkg / "__init__.py").write_text("")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    monkeypatch.setattr(hub, "BUILTIN_PACKAGES", ("fake_text_frontend",))
+    (path,) = cli._demo_complete(tmp_path, Stamper(home=home), 0)
+    assert path.name == "completed.py" and "<FILL>" not in path.read_text(encoding="utf-8")
+    assert verify(path, home=home).exit_code == 0
