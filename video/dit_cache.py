@@ -1,0 +1,133 @@
+"""`DiTCache`: the attention state of one streaming session of a `SpaceTimeDiT`.
+
+A core `KVCache` (keys stored after RoPE) plus, for every cached key, the latent frame it
+belongs to (−1 for a joint-mode text token) and whether it may be attended (text padding). The
+model reads the cache and stages its new keys; the caller decides what to keep:
+
+    cache = model.new_cache()
+    for each chunk (frame_offset = j · chunk_frames):
+        for each denoising step:
+            v = model(x, t, text, text_mask, frame_offset=..., cache=cache)  # reads clean past
+            cache.discard()                                                  # keeps nothing
+            x = x + dt · v
+        model(x, ones, text, text_mask, frame_offset=..., cache=cache)       # clean pass, t = 1
+        cache.commit()                                                       # + rolling window
+
+`commit` then evicts what no later chunk may see (see `mdiff.video.dit_blocks`): everything but
+the text, the first `sink_frames` frames and the last `window − sink_frames` frames before the
+next chunk. Keys carry their rotation, so eviction leaves no gap in the remaining scores.
+In joint mode the prompt's tokens enter the cache with the first commit; later passes read
+them from the cache and do not re-encode the `text` argument.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from mdiff.errors import InvalidInputError
+from mdiff.nn import KVCache, LayerCache
+
+
+class DiTCache:
+    """KVCache + per-key frame index and validity; made by `SpaceTimeDiT.new_cache()`."""
+
+    def __init__(self, n_layers: int, chunk_frames: int, window: int | None, sink_frames: int):
+        self.kv = KVCache(n_layers)
+        self.chunk_frames, self.window, self.sink_frames = chunk_frames, window, sink_frames
+        self.key_frames: Tensor | None = None  # (Lc,) long, −1 = text
+        self.key_ok: Tensor | None = None  # (B, Lc) bool, False = padding
+        self._staged: tuple[Tensor, Tensor] | None = None
+
+    @property
+    def n_layers(self) -> int:
+        return self.kv.n_layers
+
+    @property
+    def length(self) -> int:
+        """Committed keys (text and video tokens)."""
+        return 0 if self.key_frames is None else self.key_frames.shape[0]
+
+    @property
+    def has_text(self) -> bool:
+        """Whether joint-mode text keys are cached (they come first)."""
+        return self.length > 0 and bool(self.key_frames[0] < 0)
+
+    @property
+    def frames(self) -> list[int]:
+        """Absolute latent frames (first frame of each temporal patch) with cached keys, sorted."""
+        if self.key_frames is None:
+            return []
+        return sorted(set(self.key_frames[self.key_frames >= 0].tolist()))
+
+    def layer(self, i: int) -> LayerCache:
+        return self.kv.layer(i)
+
+    def keys(self, frames: Tensor, ok: Tensor) -> tuple[Tensor, Tensor]:
+        """Stage the new keys' frames (N,) and validity (B, N); return those of all keys:
+        [cached ; new] frames (Lc + N,) and validity (B, Lc + N)."""
+        if self._staged is not None or self.kv.has_staged:
+            raise InvalidInputError(
+                "the cache already holds staged keys; call commit() or discard() "
+                "after every forward pass that reads it"
+            )
+        if self.key_ok is not None and self.key_ok.shape[0] != ok.shape[0]:
+            raise InvalidInputError(
+                f"batch size {ok.shape[0]} does not match the cache's {self.key_ok.shape[0]}"
+            )
+        self._staged = (frames, ok)
+        if self.key_frames is None:
+            return frames, ok
+        return torch.cat([self.key_frames, frames]), torch.cat([self.key_ok, ok], dim=1)
+
+    def commit(self) -> None:
+        """Keep the keys of the last forward pass, then evict what the window no longer needs."""
+        if self._staged is None:
+            return
+        self.kv.commit()
+        frames, ok = self._staged
+        self._staged = None
+        if self.key_frames is None:
+            self.key_frames, self.key_ok = frames, ok
+        else:
+            self.key_frames = torch.cat([self.key_frames, frames])  # (Lc,)
+            self.key_ok = torch.cat([self.key_ok, ok], dim=1)  # (B, Lc)
+        self._evict()
+
+    def discard(self) -> None:
+        """Drop the keys of the last forward pass: it only read the cache."""
+        self.kv.discard()
+        self._staged = None
+
+    def _evict(self) -> None:
+        if self.window is None:
+            return
+        kf, c = self.key_frames, self.chunk_frames
+        video = kf >= 0
+        next_start = (int(kf.max()) + 1) // c * c  # first frame of the chunk that runs next
+        keep = ~video | (kf < self.sink_frames)
+        keep |= kf >= next_start - (self.window - self.sink_frames)  # (Lc,)
+        drop = (~keep).nonzero().flatten()
+        if drop.numel() == 0:
+            return
+        start, end = int(drop[0]), int(drop[-1]) + 1
+        if end - start != drop.numel():  # frames are committed in order, so this cannot happen
+            raise InvalidInputError("cached frames are out of order; cannot evict a window")
+        self.kv.evict(start, end)
+        self.key_frames = torch.cat([kf[:start], kf[end:]])
+        self.key_ok = torch.cat([self.key_ok[:, :start], self.key_ok[:, end:]], dim=1)
+
+    def clone(self) -> DiTCache:
+        """An independent copy (tensors cloned), staged keys included."""
+        other = DiTCache(self.n_layers, self.chunk_frames, self.window, self.sink_frames)
+        other.kv = self.kv.clone()
+        other.key_frames = None if self.key_frames is None else self.key_frames.clone()
+        other.key_ok = None if self.key_ok is None else self.key_ok.clone()
+        other._staged = None if self._staged is None else tuple(s.clone() for s in self._staged)
+        return other
+
+    def __repr__(self) -> str:
+        return (
+            f"DiTCache(n_layers={self.n_layers}, keys={self.length}, frames={self.frames}, "
+            f"window={self.window}, sink_frames={self.sink_frames})"
+        )
