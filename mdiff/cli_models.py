@@ -34,6 +34,11 @@ def add_train(p: argparse.ArgumentParser) -> None:
     v.add_argument("--z-dim", type=int, default=16, help="latent channels (default 16)")
     v.add_argument("--res-blocks", type=int, default=1, help="res blocks per level (default 1)")
     v.add_argument("--lr", type=float, default=2e-4)
+    v.add_argument("--recon", choices=["l1", "l2"], default="l1", help="reconstruction loss")
+    v.add_argument(
+        "--focus-weight", type=float, default=0.0,
+        help="extra recon weight on pixels unlike the clip's dominant colour (default 0)",
+    )  # fmt: skip
     v.add_argument("--seed", type=int, default=0)
     v.add_argument("--save-every", type=int, default=200, help="checkpoint period in steps")
     v.add_argument("--log-every", type=int, default=50, help="metrics.jsonl period in steps")
@@ -136,6 +141,7 @@ def _train_vae(args: argparse.Namespace) -> int:
             args.out, steps=args.steps, batch_size=args.batch_size, resume=args.resume,
             size=args.size, frames=args.frames, base_dim=args.base_dim, z_dim=args.z_dim,
             num_res_blocks=args.res_blocks, lr=args.lr, save_every=args.save_every,
+            objective=train_vae.VAEObjective(recon=args.recon, focus_weight=args.focus_weight),
             log_every=args.log_every, eval_every=args.eval_every, seed=args.seed,
             progress=not args.no_progress, command=command,
         )  # fmt: skip

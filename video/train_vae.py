@@ -84,6 +84,19 @@ def _per_sample(x: Tensor) -> Tensor:
     return x.flatten(1).mean(1)
 
 
+def _focus(x: Tensor, weight: float) -> Tensor | float:
+    """Per-pixel recon weights (B, 1, T, H, W), mean 1 per clip: ``1 + weight`` on pixels whose
+    colour differs from the clip's median colour (the background), 1 elsewhere. Small objects
+    on a plain background otherwise leave the model on the "background only" plateau (measured:
+    16–17 dB for thousands of steps at any learning rate)."""
+    if weight <= 0:
+        return 1.0
+    median = x.flatten(2).median(2).values[..., None, None, None]  # (B, C, 1, 1, 1)
+    fg = ((x - median).abs().sum(1, keepdim=True) > 0.05).float()  # (B, 1, T, H, W)
+    w = 1 + weight * fg
+    return w / w.flatten(1).mean(1)[:, None, None, None, None]
+
+
 @dataclass
 class VAEObjective:
     """``objective(vae, batch, generator) -> (loss [B], logs)`` for the core `Trainer`."""
@@ -92,6 +105,7 @@ class VAEObjective:
     sharp_weight: float = 0.5  # L1 on spatial image gradients
     temporal_weight: float = 0.25  # L1 on frame differences
     kl_weight: float = 1e-5  # per latent element
+    focus_weight: float = 0.0  # extra recon weight on pixels unlike the clip's dominant colour
 
     def __post_init__(self):
         if self.recon not in ("l1", "l2"):
@@ -106,7 +120,8 @@ class VAEObjective:
         y = vae._decode_frames(z, None).float()
         x = x.float()
         diff = y - x
-        recon = _per_sample(diff.abs() if self.recon == "l1" else diff.square())
+        err = diff.abs() if self.recon == "l1" else diff.square()
+        recon = _per_sample(err * _focus(x, self.focus_weight))
         loss = recon
         (ydx, ydy), (xdx, xdy) = _spatial_grads(y), _spatial_grads(x)
         sharp = 0.5 * (_per_sample((ydx - xdx).abs()) + _per_sample((ydy - xdy).abs()))

@@ -122,3 +122,21 @@ def test_prune_keeps_latest_recent_and_milestones(tmp_path):
     prune_checkpoints(tmp_path, keep_last=2, keep_every=5000)
     left = sorted(p.name for p in tmp_path.glob("step_*"))
     assert left == ["step_00001000", "step_00005000", "step_00005600", "step_00005800"]
+
+
+def test_focus_weights_the_objects_not_the_background():
+    from mdiff.video.train_vae import _focus
+
+    x = torch.full((2, 3, 1, 8, 8), -1.0)  # black background
+    x[0, :, :, 2:4, 2:4] = 1.0  # a 2x2 white object in clip 0; clip 1 is background only
+    w = _focus(x, 9.0)
+    assert torch.allclose(w.flatten(1).mean(1), torch.ones(2))  # mean 1 per clip
+    assert w[0, 0, 0, 2, 2] / w[0, 0, 0, 0, 0] == pytest.approx(10.0)
+    assert torch.all(w[1] == 1.0)
+    assert _focus(x, 0.0) == 1.0
+    # the objective's recon term is the weighted mean: an error only on the object counts 10x
+    y_err = torch.zeros_like(x)
+    y_err[0, :, :, 2:4, 2:4] = 0.5
+    plain = (y_err.abs()).flatten(1).mean(1)
+    focused = (y_err.abs() * w).flatten(1).mean(1)
+    assert focused[0] / plain[0] == pytest.approx(10 / (1 + 9 * 4 / 64))
