@@ -15,6 +15,7 @@ import os
 import platform
 import sys
 
+from mdiff.cli_generate import add_image, add_video, run_image, run_video
 from mdiff.cli_models import (
     _Formatter,
     add_complete,
@@ -241,6 +242,8 @@ def _provenance(name: str):
 
 
 COMMANDS = {
+    "video": ("generate a signed video from a prompt (--stream: live MP4)", add_video, run_video),
+    "image": ("generate a signed image from a prompt", add_image, run_image),
     "complete": (
         "fill <FILL> markers (or a line) of a source file with the code model",
         add_complete,
@@ -257,7 +260,7 @@ COMMANDS = {
         _provenance("verify"),
     ),  # fmt: skip
     "train": (
-        "train a model (vae: the causal video VAE on shapes; text: a code model)",
+        "train a model (vae: the causal video VAE; dit: the video DiT; text: a code model)",
         add_train,
         run_train,
     ),

@@ -1,4 +1,4 @@
-"""The model-development commands of `mdiff`: ``train`` (vae, text), ``eval fim`` and
+"""The model-development commands of `mdiff`: ``train`` (vae, dit, text), ``eval fim`` and
 ``complete``. Parsers only; the work is imported lazily from the frontends."""
 
 from __future__ import annotations
@@ -51,7 +51,52 @@ def add_train(p: argparse.ArgumentParser) -> None:
     v.add_argument(
         "--export-only", action="store_true", help="export --out to --export, no training"
     )
+    _add_train_dit(sub)
     _add_train_text(sub)
+
+
+def _add_train_dit(sub) -> None:
+    d = sub.add_parser(
+        "dit",
+        help="train the video DiT and its text encoder on VAE latents of shapes clips",
+        description="Train the space-time DiT jointly with the shapes text encoder by flow "
+        "matching on latents of procedural shapes clips (encoded once by the frozen VAE into "
+        "the run folder), resumable. Block-causal presets (shapes-tiny-stream) train with "
+        "diffusion forcing (one noise level per chunk). --export writes a pipeline folder.",
+        formatter_class=_Formatter,
+    )
+    d.add_argument("--out", default=None, help="run folder (default runs/dit-PRESET)")
+    d.add_argument("--preset", default="shapes-tiny", help="DiT preset (default shapes-tiny)")
+    d.add_argument("--vae", default="shapes-vae", help="VAE: built-in name or folder")
+    d.add_argument("--steps", type=int, default=100_000, help="target step count (default 1e5)")
+    d.add_argument("--batch-size", type=int, default=16, help="clips per step (default 16)")
+    d.add_argument("--resume", action="store_true", help="continue the run in --out exactly")
+    d.add_argument("--size", type=int, default=64, help="frame height and width (default 64)")
+    d.add_argument(
+        "--frames", type=int, default=17, choices=[17, 21, 25, 29, 33], help="frames per clip"
+    )
+    d.add_argument("--clips", type=int, default=16384, help="training clips to encode (16384)")
+    d.add_argument("--lr", type=float, default=3e-4)
+    d.add_argument(
+        "--caption-dropout", type=float, default=0.1, help="P(caption -> null) (default 0.1)"
+    )
+    d.add_argument("--shift", type=float, default=None, help="time shift (default: by tokens)")
+    d.add_argument(
+        "--mixed-precision", choices=["no", "bf16"], default="no",
+        help="bf16 autocast (faster on CPUs with AVX512-BF16; default no)",
+    )  # fmt: skip
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--save-every", type=int, default=500, help="checkpoint period in steps")
+    d.add_argument("--log-every", type=int, default=50, help="metrics.jsonl period in steps")
+    d.add_argument("--eval-every", type=int, default=1000, help="held-out eval period (0: never)")
+    d.add_argument(
+        "--threads", type=int, default=argparse.SUPPRESS, help="torch threads (default: cores)"
+    )
+    d.add_argument("--no-progress", action="store_true", help="no tqdm bar")
+    d.add_argument("--export", metavar="DIR", help="after training, export a pipeline to DIR")
+    d.add_argument(
+        "--export-only", action="store_true", help="export --out to --export, no training"
+    )
 
 
 def _add_train_text(sub) -> None:
@@ -98,6 +143,8 @@ def run_train(args: argparse.Namespace) -> int:
         raise MdiffError("--export-only needs --export DIR")
     if args.train_target == "text":
         return _train_text(args)
+    if args.train_target == "dit":
+        return _train_dit(args)
     return _train_vae(args)
 
 
@@ -126,6 +173,34 @@ def _train_text(args: argparse.Namespace) -> int:
             f"exported step {log['step']} to {args.export}: held-out "
             f"{h['heldout_bits_per_token']:.4f} bits/token, "
             f"{h['heldout_bits_per_byte']:.4f} bits/byte ({log['kind']}, {h['windows']} windows)"
+        )
+    return 0
+
+
+def _train_dit(args: argparse.Namespace) -> int:
+    import shlex
+
+    from mdiff.video import train_dit
+
+    command = shlex.join(["mdiff", *sys.argv[1:]])
+    out = args.out or f"runs/dit-{args.preset}"
+    if not args.export_only:
+        result = train_dit.train(
+            out, preset=args.preset, vae=args.vae, steps=args.steps, batch_size=args.batch_size,
+            resume=args.resume, size=args.size, frames=args.frames, clips=args.clips, lr=args.lr,
+            caption_dropout=args.caption_dropout, shift=args.shift,
+            mixed_precision=args.mixed_precision, save_every=args.save_every,
+            log_every=args.log_every, eval_every=args.eval_every, seed=args.seed,
+            progress=not args.no_progress, command=command,
+        )  # fmt: skip
+        print(f"trained to step {result.step}, loss {result.loss:.5f} ({out})")
+    if args.export:
+        log = train_dit.export(out, args.export, command=command)
+        h = log["heldout"]
+        print(
+            f"exported step {log['step']} to {args.export}: held-out flow-matching loss "
+            f"{h['heldout_fm']:.5f} (without captions {h['heldout_fm_uncond']:.5f}, "
+            f"{h['clips']} clips)"
         )
     return 0
 

@@ -187,11 +187,16 @@ def _builtin_roots() -> Iterator[Path]:
 
 
 def list_builtin() -> list[str]:
-    """Names of the built-in checkpoints shipped as frontend package data."""
+    """Names of the built-in checkpoints shipped as frontend package data (model folders with a
+    ``config.json``, pipeline folders with a ``pipeline.json``)."""
     names = set()
     for root in _builtin_roots():
         if root.is_dir():
-            names.update(p.name for p in root.iterdir() if (p / CONFIG_NAME).is_file())
+            names.update(
+                p.name
+                for p in root.iterdir()
+                if (p / CONFIG_NAME).is_file() or (p / "pipeline.json").is_file()
+            )
     return sorted(names)
 
 

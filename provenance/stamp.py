@@ -17,6 +17,7 @@ import dataclasses
 import hashlib
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -97,6 +98,24 @@ class Stamper:
         marked = self.pixel_watermark.embed(media.check_frames(frames).to(frames.device), payload)
         info = WatermarkInfo(pixel.SCHEME, self.key_id, f"{payload:08x}", {"alpha": self.alpha})
         return Stamped(record.with_watermark(info), frames=marked, fps=fps, _token=_TOKEN)
+
+    def join(self, parts: Sequence[Stamped]) -> Stamped:
+        """One output from consecutive stamped pieces of one generation (a stream's chunks).
+
+        The pieces keep their watermark as stamped; they must share the record (hence the
+        payload) and fps, so the result is what the stream wrote, frame for frame.
+        """
+        parts = list(parts)
+        if not parts:
+            raise InvalidInputError("join needs at least one stamped part")
+        for part in parts:
+            if not isinstance(part, Stamped) or part._token is not _TOKEN or part.frames is None:
+                raise InvalidInputError("join takes frames returned by Stamper.frames only")
+        first = parts[0]
+        if any(p.record != first.record or p.fps != first.fps for p in parts[1:]):
+            raise InvalidInputError("joined parts must share one record and fps")
+        frames = torch.cat([p.frames for p in parts]) if len(parts) > 1 else first.frames
+        return Stamped(first.record, frames=frames, fps=first.fps, _token=_TOKEN)
 
     def text(self, content: str, record: GenerationRecord, policy: text.TextWatermark | None):
         """Attach the record to text the sampler generated (and watermarked with ``policy``).

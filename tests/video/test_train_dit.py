@@ -1,0 +1,246 @@
+"""DiT training: the flow-matching objective is right, diffusion forcing draws one t per chunk,
+caption dropout has its rate, a tiny model learns, resume is exact, export loads, the CLI runs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from mdiff.cli import main
+from mdiff.hub import weights_sha256
+from mdiff.train.checkpoint import load_tree
+from mdiff.train.metrics import read_metrics
+from mdiff.video.data import ShapesDataset
+from mdiff.video.dit import DiTConfig, SpaceTimeDiT
+from mdiff.video.latent_cache import LatentCache
+from mdiff.video.text_encoder import ShapesTextEncoder, ShapesTextEncoderConfig
+from mdiff.video.train_dit import (
+    PIPELINE_FORMAT,
+    DiTObjective,
+    TextConditionedDiT,
+    export,
+    heldout_loss,
+    load_ema_model,
+    token_shift,
+    train,
+)
+from mdiff.video.train_vae import shapes_vae_config
+from mdiff.video.vae import CausalVAE
+
+
+@pytest.fixture(scope="module")
+def vae_dir(tmp_path_factory):
+    """A tiny random VAE of the shipped layout (4x8x8), z 4, saved as a folder."""
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("vae") / "tiny-vae"
+    CausalVAE(shapes_vae_config(base_dim=4, z_dim=4)).save_pretrained(path)
+    return path
+
+
+def _tiny_model(seed: int = 0, **dit_overrides) -> TextConditionedDiT:
+    torch.manual_seed(seed)
+    dit = SpaceTimeDiT(DiTConfig.preset("test", **dit_overrides))
+    return TextConditionedDiT(dit, ShapesTextEncoder(ShapesTextEncoderConfig(dim=16, heads=2)))
+
+
+class _Recorder:
+    """A model that records its inputs and returns `fn(x_t, t)` (zeros by default)."""
+
+    def __init__(self, fn=None):
+        self.fn, self.calls = fn, []
+
+    def __call__(self, x_t, t, captions):
+        self.calls.append((x_t, t, list(captions)))
+        return torch.zeros_like(x_t) if self.fn is None else self.fn(x_t, t)
+
+
+def _batch(x1, caption="a red circle moving left on a black background"):
+    return {"latents": x1, "captions": [caption] * x1.shape[0]}
+
+
+def _per_frame(t, x):
+    """t (B,) or (B, T) shaped to broadcast against latents (B, C, T, h, w)."""
+    return t[:, None, :, None, None] if t.dim() == 2 else t.view(-1, 1, 1, 1, 1)
+
+
+@pytest.mark.parametrize("chunk_frames", [None, 2])
+def test_exact_velocity_gives_zero_loss(chunk_frames):
+    x1 = torch.randn(8, 4, 5, 4, 4, generator=torch.Generator().manual_seed(1))
+    # given x_t = t·x1 + (1 − t)·x0 and x1, the exact CondOT velocity x1 − x0 is (x1 − x_t)/(1 − t)
+    exact = _Recorder(lambda x_t, t: (x1 - x_t) / (1 - _per_frame(t, x_t)))
+    objective = DiTObjective(chunk_frames=chunk_frames)
+    loss, logs = objective(exact, _batch(x1), torch.Generator().manual_seed(0))
+    assert loss.shape == (8,) and float(loss.max()) < 1e-8
+    # the opposite sign (x0 − x1) or the sigma convention would be far from zero
+    flipped = _Recorder(lambda x_t, t: -(x1 - x_t) / (1 - _per_frame(t, x_t)))
+    assert float(objective(flipped, _batch(x1), torch.Generator().manual_seed(0))[0].min()) > 0.5
+
+
+def test_zero_model_loss_and_interpolation():
+    c = 3.0
+    x1 = torch.full((16, 4, 5, 8, 8), c)
+    zero = _Recorder()
+    loss, _ = DiTObjective()(zero, _batch(x1), torch.Generator().manual_seed(0))
+    # E|x1 − x0|² = c² + 1 per element; the mean over 1280 elements has std ≈ 0.17
+    assert loss.shape == (16,) and torch.allclose(loss, torch.full((16,), c * c + 1), atol=0.8)
+    x_t, t, _ = zero.calls[0]
+    assert t.shape == (16,) and bool(((t > 0) & (t < 1)).all())
+    # x_t = t·x1 + (1 − t)·x0 with E[x0] = 0: per-sample mean t·c, spread (1 − t)
+    assert torch.allclose(x_t.flatten(1).mean(1), t * c, atol=0.15)
+    assert torch.allclose(x_t.flatten(1).std(1), 1 - t, rtol=0.1, atol=0.02)
+    loss0, _ = DiTObjective()(zero, _batch(torch.zeros(16, 4, 5, 8, 8)), torch.Generator())
+    assert abs(float(loss0.mean()) - 1.0) < 0.05  # E|x0|² = 1
+
+
+def test_diffusion_forcing_one_t_per_chunk():
+    rec = _Recorder()
+    x1 = torch.zeros(64, 4, 5, 2, 2)  # 5 latent frames: chunks {0, 1}, {2, 3}, {4}
+    DiTObjective(chunk_frames=2)(rec, _batch(x1), torch.Generator().manual_seed(0))
+    t = rec.calls[0][1]
+    assert t.shape == (64, 5)
+    assert torch.equal(t[:, 0], t[:, 1]) and torch.equal(t[:, 2], t[:, 3])
+    assert bool((t[:, 0] != t[:, 2]).all()) and bool((t[:, 2] != t[:, 4]).all())
+    # the noise levels are drawn independently per chunk: no correlation between chunks
+    corr = torch.corrcoef(torch.stack([t[:, 0], t[:, 2]]))[0, 1]
+    assert abs(float(corr)) < 0.35
+    # a block-causal DiT takes the per-frame t and trains
+    model = _tiny_model(attention="block_causal", chunk_frames=2)
+    loss, _ = DiTObjective(chunk_frames=2)(model, _batch(torch.randn(2, 4, 5, 2, 2)),
+                                           torch.Generator())  # fmt: skip
+    loss.mean().backward()
+    assert loss.shape == (2,) and all(p.grad is not None for p in model.dit.parameters())
+    assert model.text_encoder.embed.weight.grad is not None  # trained jointly
+
+
+def test_time_law_and_token_shift():
+    rec = _Recorder()
+    x1 = torch.zeros(4000, 1, 1, 1, 1)
+    DiTObjective()(rec, _batch(x1), torch.Generator().manual_seed(0))
+    assert abs(float(rec.calls[0][1].median()) - 0.5) < 0.03  # logit-normal(0, 1)
+    DiTObjective(shift=3.0)(rec, _batch(x1), torch.Generator().manual_seed(0))
+    assert abs(float(rec.calls[1][1].median()) - 0.25) < 0.03  # 0.5 / (0.5 + 3 · 0.5)
+    DiTObjective(logit_mean=1.0)(rec, _batch(x1), torch.Generator().manual_seed(0))
+    assert abs(float(rec.calls[2][1].median()) - torch.sigmoid(torch.tensor(1.0))) < 0.03
+    assert token_shift(80) == 1.0 and token_shift(1024) == pytest.approx(2.0)
+
+
+def test_caption_dropout_rate():
+    x1 = torch.zeros(4000, 1, 1, 1, 1)
+    for p in (0.0, 0.1, 1.0):
+        rec = _Recorder()
+        _, logs = DiTObjective(caption_dropout=p)(rec, _batch(x1, "a blue square"),
+                                                  torch.Generator().manual_seed(0))  # fmt: skip
+        captions = rec.calls[0][2]
+        assert set(captions) <= {"", "a blue square"}
+        rate = captions.count("") / len(captions)
+        assert abs(rate - p) < 0.02 and logs["caption_dropped"] == pytest.approx(rate)
+    with pytest.raises(ValueError):
+        DiTObjective(caption_dropout=1.5)
+
+
+def test_overfits_one_batch(vae_dir, tmp_path):
+    vae = CausalVAE.from_pretrained(vae_dir)
+    clips = ShapesDataset(4, num_frames=5, height=16, width=16, seed=3)
+    data = LatentCache(tmp_path, "train", vae, clips).fill()
+    assert data.latents.shape == (4, 4, 2, 2, 2) and len(set(data.captions)) > 1
+    model = _tiny_model()
+    before = heldout_loss(model, data)["heldout_fm"]
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    objective, gen = DiTObjective(caption_dropout=0.0), torch.Generator().manual_seed(0)
+    batch = {"latents": data.latents.float(), "captions": data.captions}
+    for _ in range(50):
+        loss, _ = objective(model, batch, gen)
+        opt.zero_grad()
+        loss.mean().backward()
+        opt.step()
+    after = heldout_loss(model, data)
+    assert after["heldout_fm"] < 0.7 * before
+    assert set(after) >= {"heldout_fm_uncond", "heldout_fm_t0.1", "heldout_fm_t0.9"}
+
+
+def test_latent_cache_reads_back_and_rejects_other_settings(vae_dir, tmp_path):
+    vae = CausalVAE.from_pretrained(vae_dir)
+    clips = ShapesDataset(5, num_frames=5, height=16, width=16)
+    first = LatentCache(tmp_path, "c", vae, clips, shard_size=2).fill()
+    assert len(list(tmp_path.glob("c_*.safetensors"))) == 3
+    again = LatentCache(tmp_path, "c", vae, clips, shard_size=2)
+    again._encode = None  # reading must not encode
+    second = again.fill()
+    assert torch.equal(first.latents, second.latents) and first.captions == second.captions
+    with torch.no_grad():
+        direct = vae.encode(clips[4]["pixels"][None])
+    assert torch.allclose(second[4]["latents"], direct[0], atol=1e-2, rtol=1e-3)  # float16
+    other = ShapesDataset(5, num_frames=5, height=16, width=16, seed=9)
+    third = LatentCache(tmp_path, "c", vae, other, shard_size=2).fill()
+    assert third.captions != first.captions  # re-encoded for the other clips
+
+
+def _train(out, vae_dir, steps, **kw):
+    return train(
+        out, preset="test", vae=vae_dir, steps=steps, batch_size=2, size=16, frames=5, clips=6,
+        heldout_clips=2, save_every=2, log_every=1, eval_every=2, progress=False, **kw,
+    )  # fmt: skip
+
+
+def _weights(out, step):
+    directory = out / "checkpoints" / f"step_{step:08d}"
+    return load_tree(directory, "model"), load_tree(directory, "ema")
+
+
+def test_resume_is_exact_and_export_loads(vae_dir, tmp_path):
+    straight = _train(tmp_path / "straight", vae_dir, 4)
+    _train(tmp_path / "split", vae_dir, 2)
+    split = _train(tmp_path / "split", vae_dir, 4, resume=True)
+    assert [s for s, _ in split.history] == [3, 4]
+    assert split.history == straight.history[2:]  # the loss at steps 3, 4 after resuming
+    for a, b in zip(_weights(tmp_path / "straight", 4), _weights(tmp_path / "split", 4),
+                    strict=True):  # fmt: skip
+        assert a.keys() == b.keys() and any(k.startswith("text_encoder.") for k in a)
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    rows = read_metrics(tmp_path / "split")
+    assert [r["step"] for r in rows if r["kind"] == "eval"] == [2, 4]
+
+    out = tmp_path / "pipe"
+    log = export(tmp_path / "split", out, settings={"guidance": 3.0})
+    pipe = json.loads((out / "pipeline.json").read_text())
+    assert pipe["format"] == PIPELINE_FORMAT and pipe["text_encoder_class"] == "ShapesTextEncoder"
+    assert (pipe["vae"], pipe["dit"], pipe["text_encoder"]) == ("vae", "dit", "text_encoder")
+    s = pipe["settings"]
+    assert {"steps", "shift", "solver", "guidance", "fps", "num_frames"} <= set(s)
+    assert s["guidance"] == 3.0 and pipe["chunking"] is None and s["shift"] == 1.0
+    model, step = load_ema_model(tmp_path / "split")
+    dit = SpaceTimeDiT.from_pretrained(out / pipe["dit"])
+    encoder = ShapesTextEncoder.from_pretrained(out / pipe["text_encoder"])
+    captions = ["a red circle moving left", ""]
+    emb, mask = encoder.encode(captions)
+    ref_emb, ref_mask = model.text_encoder.encode(captions)
+    assert torch.equal(emb, ref_emb) and torch.equal(mask, ref_mask)
+    x, t = torch.randn(2, 4, 2, 2, 2), torch.tensor([0.3, 0.8])
+    with torch.no_grad():
+        assert torch.equal(dit(x, t, emb, mask), model(x, t, captions))
+    assert weights_sha256(out / "vae") == weights_sha256(vae_dir)
+    CausalVAE.from_pretrained(out / pipe["vae"])
+    from mdiff.video.pipeline import VideoPipeline  # the folder's consumer
+
+    loaded = VideoPipeline.from_pretrained(out)
+    assert loaded.settings.guidance == 3.0 and loaded.settings.num_frames == 5
+    assert weights_sha256(loaded.dit) == weights_sha256(dit)
+    saved = json.loads((out / "training_log.json").read_text())
+    assert saved["step"] == step == log["step"] == 4 and len(saved["losses"]) == 4
+    assert {"heldout_fm", "heldout_fm_uncond"} <= set(saved["heldout"])
+
+
+def test_cli_trains_exports_and_refuses_overwrite(vae_dir, tmp_path, capsys):
+    out, pipe = tmp_path / "run", tmp_path / "pipe"
+    argv = ["--threads", "1", "train", "dit", "--out", str(out), "--vae", str(vae_dir),
+            "--preset", "test", "--size", "16", "--frames", "17", "--clips", "4",
+            "--batch-size", "2", "--no-progress", "--eval-every", "0"]  # fmt: skip
+    assert main([*argv, "--steps", "2", "--export", str(pipe)]) == 0
+    assert "held-out flow-matching loss" in capsys.readouterr().out
+    pipe_json = json.loads((pipe / "pipeline.json").read_text())
+    assert pipe_json["settings"]["num_frames"] == 17 and pipe_json["settings"]["height"] == 16
+    assert SpaceTimeDiT.from_pretrained(pipe / "dit").config.in_channels == 4
+    assert main([*argv, "--steps", "3"]) == 2  # the run exists: --resume or another --out
+    assert main([*argv, "--export-only"]) == 2  # needs --export DIR

@@ -1,0 +1,239 @@
+"""Flow-matching sampling of video latents, chunk by chunk, for the video pipeline.
+
+    for chunk in sample_latents(dit, plan, text):    # LatentChunk(index, start, latents)
+        ...                                          # latents (1, C, n, h, w), final
+
+One loop serves both DiT layouts. A bidirectional DiT denoises the whole clip as one chunk; a
+block-causal DiT denoises chunks of `chunk_frames` latent frames in order, reading a KV cache
+of the clean earlier chunks (every model call discards what it staged) and, once a chunk is
+final, runs it once more at t = 1 and commits it (the recipe of `mdiff.video.dit_cache`).
+
+Each chunk is the ODE `dx/dt = v(x, t)` integrated with a core solver (`mdiff.solvers`) on a
+shifted grid (`mdiff.time.shifted_grid`) from Gaussian noise at t = 0 to data at t = 1, under
+classifier-free guidance (`mdiff.guidance.cfg`) when the scale is not 1. With a block-causal DiT
+the two CFG branches keep one cache each (the joint-text layout caches the prompt itself).
+
+Known latents (the encoded image of image-to-video, the prefix clip of an extension) sit at the
+start of the sequence. A known frame gets t = 1 (clean, in our convention) in every call and a
+velocity of exactly 0, so the solver leaves it bit-for-bit as given; a chunk made only of
+known frames is not sampled at all, only committed (KV prefill).
+
+Noise. Chunk j draws its noise (all its frames, known or not) from a CPU generator seeded with
+SHA-256 of (seed, j), so a chunk's noise never depends on how the clip is cut into calls:
+`pipe.stream(...)` and `pipe(...)` see the same numbers, on any device.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from mdiff.guidance import cfg
+from mdiff.solvers import solve
+from mdiff.time import sd3_alpha, shifted_grid
+from mdiff.video.dit import SpaceTimeDiT
+from mdiff.video.dit_cache import DiTCache
+
+__all__ = [
+    "LatentChunk",
+    "LatentPlan",
+    "Progress",
+    "TextCondition",
+    "chunk_generator",
+    "chunk_spans",
+    "sample_latents",
+]
+
+AUTO_SHIFT_BASE_TOKENS = 256  # SD3's base size for the token-count shift (`shift="auto"`)
+
+
+@dataclass(frozen=True)
+class LatentPlan:
+    """What to sample: `frames` latent frames of `channels` × `height` × `width` (latent units),
+    the first `known.shape[2]` of them given, plus the sampler settings."""
+
+    frames: int
+    channels: int
+    height: int
+    width: int
+    steps: int
+    shift: float | str  # a float > 0, or "auto" (SD3's token-count rule, at least 1)
+    solver: str
+    guidance: float
+    seed: int
+    known: Tensor | None = None  # (1, C, P, h, w) float32 clean latents of the first P frames
+
+    @property
+    def n_known(self) -> int:
+        return 0 if self.known is None else self.known.shape[2]
+
+
+@dataclass(frozen=True)
+class TextCondition:
+    """The prompt's text states and the unconditional branch (null embedding or negative
+    prompt), each (1, S, D) with a bool mask (1, S)."""
+
+    text: Tensor
+    mask: Tensor
+    null_text: Tensor
+    null_mask: Tensor
+
+
+@dataclass(frozen=True)
+class Progress:
+    """What a callback sees after every solver step."""
+
+    chunk: int  # index of the chunk being denoised
+    chunks: int  # chunks in the clip
+    step: int  # step within the chunk (0-based)
+    steps: int
+    t: float  # time reached (1 = data)
+    done: int  # solver steps finished so far, all chunks
+    total: int  # solver steps of the whole clip
+    latents: Tensor  # (1, C, n, h, w) the chunk's current state
+
+
+@dataclass(frozen=True)
+class LatentChunk:
+    index: int
+    start: int  # first latent frame
+    latents: Tensor  # (1, C, n, h, w) float32, final latents of frames start … start + n − 1
+
+
+@dataclass
+class _Tally:
+    chunks: int
+    total: int  # solver steps of the whole clip
+    done: int = 0
+
+
+def chunk_spans(frames: int, dit: SpaceTimeDiT) -> list[tuple[int, int]]:
+    """Latent frame ranges [a, b) denoised together: the whole clip for a bidirectional DiT,
+    chunks of `chunk_frames` (the last may be shorter) for a block-causal one."""
+    if dit.config.attention != "block_causal":
+        return [(0, frames)]
+    n = dit.config.chunk_frames
+    return [(a, min(a + n, frames)) for a in range(0, frames, n)]
+
+
+def chunk_generator(seed: int, index: int) -> torch.Generator:
+    """The CPU generator of chunk `index`'s noise: seeded with SHA-256 of (seed, index)."""
+    digest = hashlib.sha256(f"mdiff.video.noise/{seed}/{index}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "big") >> 1)
+
+
+def grid_for(plan: LatentPlan, tokens: int) -> Tensor:
+    """The time grid: `steps` uniform steps through the shift (float64 for the solver)."""
+    alpha = plan.shift
+    if alpha == "auto":
+        alpha = max(1.0, sd3_alpha(tokens, AUTO_SHIFT_BASE_TOKENS))
+    return shifted_grid(plan.steps, float(alpha), dtype=torch.float64)
+
+
+def _velocity(dit: SpaceTimeDiT, frame_offset: int, clean: Tensor | None):
+    """The model function of one chunk: the DiT at `frame_offset`; frames where `clean` (n,)
+    is True run at t = 1 and get velocity 0. A cache is only read: staged keys are dropped.
+    The ODE state and t stay float32; only the DiT runs in its own dtype (e.g. bf16)."""
+    dtype = next(dit.parameters()).dtype
+
+    def fn(x: Tensor, t: Tensor, text: Tensor, text_mask: Tensor, cache: DiTCache | None = None):
+        if clean is not None:  # per-frame time (B, n): known frames are data
+            t = torch.where(clean, torch.ones_like(t)[:, None], t[:, None])
+        v = dit(x.to(dtype), t, text, text_mask, frame_offset=frame_offset, cache=cache).float()
+        if cache is not None:
+            cache.discard()
+        if clean is not None:
+            v = v.masked_fill(clean[None, None, :, None, None], 0.0)
+        return v
+
+    return fn
+
+
+def _pad_text(emb: Tensor, mask: Tensor, length: int) -> tuple[Tensor, Tensor]:
+    """Right-pad text states (1, S, D) and mask (1, S) to `length` tokens (padding masked)."""
+    extra = length - emb.shape[1]
+    if extra == 0:
+        return emb, mask
+    emb = torch.cat([emb, emb.new_zeros(emb.shape[0], extra, emb.shape[2])], dim=1)
+    return emb, torch.cat([mask, mask.new_zeros(mask.shape[0], extra)], dim=1)
+
+
+def _model_fn(dit, plan: LatentPlan, text: TextCondition, offset: int, clean, caches):
+    """The (guided) model function of one chunk and its keyword arguments."""
+    fn = _velocity(dit, offset, clean)
+    guided = plan.guidance != 1.0
+    cond = {"text": text.text, "text_mask": text.mask}
+    uncond = {"text": text.null_text, "text_mask": text.null_mask}
+    if caches is not None:  # one cache per branch; the branches run as two forwards
+        cond["cache"], uncond["cache"] = caches
+        return (cfg(fn, plan.guidance, uncond, batched=False) if guided else fn), cond
+    if not guided:
+        return fn, cond
+    s = max(text.text.shape[1], text.null_text.shape[1])  # one batched forward: same length
+    cond["text"], cond["text_mask"] = _pad_text(text.text, text.mask, s)
+    uncond["text"], uncond["text_mask"] = _pad_text(text.null_text, text.null_mask, s)
+    return cfg(fn, plan.guidance, uncond, batched=True), cond
+
+
+@torch.no_grad()
+def _denoise(dit, plan, text, j, span, caches, tally, callback) -> Tensor:
+    """Final latents (1, C, b − a, h, w) of chunk j = frames [a, b)."""
+    (a, b), device = span, next(dit.parameters()).device
+    n_known = min(max(plan.n_known - a, 0), b - a)
+    if n_known == b - a:  # every frame given: nothing to sample
+        return plan.known[:, :, a:b].to(device, torch.float32)
+    shape = (1, plan.channels, b - a, plan.height, plan.width)
+    x = torch.randn(shape, generator=chunk_generator(plan.seed, j)).to(device)  # float32
+    clean = None
+    if n_known:
+        x[:, :, :n_known] = plan.known[:, :, a : a + n_known].to(device, torch.float32)
+        clean = torch.arange(b - a, device=device) < n_known  # (n,)
+    fn, cond = _model_fn(dit, plan, text, a, clean, caches)
+    patch = dit.config.patch
+    tokens = (b - a) * plan.height * plan.width // (patch[0] * patch[1] * patch[2])
+
+    def step(s) -> None:
+        tally.done += 1
+        if callback is not None:
+            callback(Progress(j, tally.chunks, s.i, plan.steps, s.t_next, tally.done, tally.total,
+                              s.x))  # fmt: skip
+
+    return solve(plan.solver, fn, x, grid_for(plan, tokens), callback=step, **cond)
+
+
+@torch.no_grad()
+def _commit(dit, x: Tensor, offset: int, text: TextCondition, caches) -> None:
+    """Run the finished chunk once at t = 1 in each branch and keep its keys."""
+    ones = torch.ones(x.shape[0], device=x.device)
+    x = x.to(next(dit.parameters()).dtype)
+    branches = [(text.text, text.mask), (text.null_text, text.null_mask)]
+    for cache, (emb, mask) in zip(caches, branches, strict=False):
+        if cache is not None:
+            dit(x, ones, emb, mask, frame_offset=offset, cache=cache)
+            cache.commit()
+
+
+def sample_latents(
+    dit: SpaceTimeDiT,
+    plan: LatentPlan,
+    text: TextCondition,
+    *,
+    callback: Callable[[Progress], object] | None = None,
+) -> Iterator[LatentChunk]:
+    """Yield each chunk's final latents as soon as they are final (see the module docstring)."""
+    spans = chunk_spans(plan.frames, dit)
+    causal = dit.config.attention == "block_causal"
+    caches = None
+    if causal:
+        caches = (dit.new_cache(), dit.new_cache() if plan.guidance != 1.0 else None)
+    sampled = sum(1 for _, b in spans if b > plan.n_known)  # chunks not entirely known
+    tally = _Tally(len(spans), sampled * plan.steps)
+    for j, (a, b) in enumerate(spans):
+        x = _denoise(dit, plan, text, j, (a, b), caches, tally, callback)
+        yield LatentChunk(j, a, x)  # out first; the commit runs when the next chunk is asked for
+        if causal and j < len(spans) - 1:  # the last chunk is never read again
+            _commit(dit, x, a, text, caches)
