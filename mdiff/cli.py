@@ -249,7 +249,11 @@ COMMANDS = {
         add_complete,
         run_complete,
     ),  # fmt: skip
-    "eval": ("evaluate a model (fim: fill-in-the-middle exact match)", add_eval, run_eval),
+    "eval": (
+        "evaluate a model (fim: fill-in-the-middle exact match; video: prompt adherence)",
+        add_eval,
+        run_eval,
+    ),
     "doctor": ("print versions of torch, CUDA, xformers, c2pa, av, decord, threads", None, _doctor),
     "demo": ("run what the library can do so far, end to end", _add_demo, _demo),
     "keys": ("create the signing identity and watermark secret", _add_keys, _provenance("keys")),

@@ -1,5 +1,5 @@
-"""The model-development commands of `mdiff`: ``train`` (vae, dit, text), ``eval fim`` and
-``complete``. Parsers only; the work is imported lazily from the frontends."""
+"""The model-development commands of `mdiff`: ``train`` (vae, dit, text), ``eval fim``,
+``eval video`` and ``complete``. Parsers only; the work is imported lazily from the frontends."""
 
 from __future__ import annotations
 
@@ -254,9 +254,39 @@ def add_eval(p: argparse.ArgumentParser) -> None:
     f.add_argument("--threshold", type=float, default=0.9, help="for --schedule threshold")
     f.add_argument("--seed", type=int, default=0)
     f.add_argument("--json", action="store_true", help="print the report as JSON")
+    _add_eval_video(sub)
+
+
+def _add_eval_video(sub) -> None:
+    from mdiff.cli_generate import DEFAULT_MODEL
+
+    v = sub.add_parser(
+        "video", formatter_class=_Formatter,
+        help="prompt adherence (colour, shape, motion, background) and temporal figures",
+        description="Generate a clip per prompt and seed and score it with weight-free "
+        "detectors: accuracy per attribute (colour, shape, motion, background, object count) "
+        "and the temporal figures flicker, drift and, for streamed output, the chunk-seam "
+        "jump. Prompts default to captions of held-out shapes clips.",
+    )  # fmt: skip
+    v.add_argument("--model", default=DEFAULT_MODEL, help="built-in name or pipeline folder")
+    what = v.add_mutually_exclusive_group()
+    what.add_argument("--prompts", metavar="FILE", help="one prompt per line (# comments)")
+    what.add_argument("-n", type=int, default=20, help="held-out shapes captions (default 20)")
+    v.add_argument("--frames", type=int, default=17, help="frames per clip, 1 + 4k (default 17)")
+    v.add_argument("--size", type=int, help="height and width (default: the model's)")
+    v.add_argument("--steps", type=int, help="solver steps (default: the model's)")
+    v.add_argument("--guidance", type=float, help="CFG scale (default: the model's)")
+    v.add_argument("--seed", type=int, default=0, help="first seed (default 0)")
+    v.add_argument("--seeds", type=int, default=1, help="seeds per prompt (default 1)")
+    v.add_argument("--no-progress", action="store_true", help="no tqdm bar")
+    v.add_argument("--json", action="store_true", help="print the report as JSON")
 
 
 def run_eval(args: argparse.Namespace) -> int:
+    if args.eval_target == "video":
+        from mdiff.video import eval_cli
+
+        return eval_cli.run_eval_video(args)
     from mdiff.text import cli as text_cli
 
     return text_cli.run_eval_fim(args)
