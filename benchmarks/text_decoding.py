@@ -67,12 +67,15 @@ def main() -> None:
     rows = []
     for name, settings in METHODS.items():
         tps, tpf = speed(cm.model, prompt, args.length, **settings)
-        em = evaluate_fim(cm.model, cm.tokenizer, tasks, modes=("true",), **settings)["true"]
+        em = evaluate_fim(
+            cm.model, cm.tokenizer, tasks, modes=("true",), context=cm.context, **settings
+        )["true"]
         rows.append((name, tps, tpf, em["exact_match"]))
     if args.block:
         bm = CodeModel.from_pretrained(args.block)
         tps, tpf = speed(bm.model, prompt, args.length)
-        em = evaluate_fim(bm.model, bm.tokenizer, tasks, modes=("true",))["true"]
+        em = evaluate_fim(bm.model, bm.tokenizer, tasks, modes=("true",), context=bm.context)
+        em = em["true"]
         rows.append(("(e) block-causal, exact cache", tps, tpf, em["exact_match"]))
     if args.ar:
         am = CodeModel.from_pretrained(args.ar)
@@ -80,7 +83,7 @@ def main() -> None:
         out = generate_ar(am.model, [prompt], args.length)  # may stop early at EOS
         seconds = time.perf_counter() - start
         n = max(len(out.tokens[0]), 1)
-        em = evaluate_ar_fim(am.model, am.tokenizer, tasks)["exact_match"]
+        em = evaluate_ar_fim(am.model, am.tokenizer, tasks, context=am.context)["exact_match"]
         rows.append(("(f) autoregressive, KV cache", n / seconds, n / out.nfe, em))
     anchor = rows[0][1]
     print(f"{CMD} {' '.join(sys.argv[1:])}")

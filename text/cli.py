@@ -132,13 +132,13 @@ def run_eval_fim(args: argparse.Namespace) -> int:
     report = {"model": args.model, "kind": args.kind, "tasks": len(tasks), "settings": settings}
     report["modes"] = evaluate_fim(
         cm.model, cm.tokenizer, tasks, modes=modes, fixed_length=args.fixed_length,
-        seed=args.seed, progress=lambda *_: bar.update(), **settings,
+        seed=args.seed, progress=lambda *_: bar.update(), context=cm.context, **settings,
     )  # fmt: skip
     if args.ar:
         ar = CodeModel.from_pretrained(args.ar)  # the baseline with its own tokenizer
         bar.reset(total=len(tasks))
         report["ar"] = evaluate_ar_fim(
-            ar.model, ar.tokenizer, tasks, progress=lambda *_: bar.update()
+            ar.model, ar.tokenizer, tasks, context=ar.context, progress=lambda *_: bar.update()
         )
     bar.close()
     if args.json:

@@ -96,10 +96,12 @@ def _score(model, x: Tensor, real: Tensor, gen: Tensor, mask_id: int) -> Tensor:
 def infill(model, tokenizer, prefix: str | list[str], suffix: str | list[str],
            length: int | str = "auto", *, config: GenerationConfig | None = None,
            candidates=DEFAULT_CANDIDATES, seed: int = 0, watermark=None, streamer=None,
-           **overrides) -> InfillResult | list[InfillResult]:  # fmt: skip
+           context: int | None = None, **overrides):  # fmt: skip
     """Fill the middle between `prefix` and `suffix` (one string each, or lists for a batch).
 
-    `config`/`overrides` are sampler settings (`GenerationConfig`); ``gen_length`` is ignored.
+    `context`: tokens of prefix + middle + suffix the model sees (default its ``max_len``; a
+    model trained on shorter windows does best at its training length). `config`/`overrides`
+    are sampler settings (`GenerationConfig`); ``gen_length`` is ignored.
     """
     single = isinstance(prefix, str)
     prefixes, suffixes = ([prefix], [suffix]) if single else (list(prefix), list(suffix))
@@ -115,7 +117,7 @@ def infill(model, tokenizer, prefix: str | list[str], suffix: str | list[str],
         raise InvalidInputError(f"length must be a positive int or 'auto', got {length!r}")
     spec = model.spec
     pad = spec.pad_id if spec.pad_id is not None else spec.mask_id
-    limit = _max_len(model)
+    limit = min(context or _max_len(model), _max_len(model))
     rows, parts = [], []
     for i, (p, s) in enumerate(zip(prefixes, suffixes, strict=True)):
         pre, suf = tokenizer.encode(p), tokenizer.encode(s)

@@ -15,6 +15,7 @@ prompt is a creation.
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,8 +55,10 @@ class CodeModel:
     """A text denoiser with its tokenizer, its id and a `Stamper` for provenance."""
 
     def __init__(self, model: TextDenoiser, tokenizer: CodeTokenizer, model_id: str, *,
-                 stamper=None, weights_sha256: str | None = None):  # fmt: skip
+                 stamper=None, weights_sha256: str | None = None,
+                 context: int | None = None):  # fmt: skip
         self.model, self.tokenizer, self.model_id = model, tokenizer, model_id
+        self.context = context  # tokens the model sees when infilling (its training length)
         self._stamper, self._wm = stamper, None
         self.weights_sha256 = weights_sha256 or hub.weights_sha256(model)
 
@@ -68,7 +71,11 @@ class CodeModel:
         model = TextDenoiser.from_pretrained(directory, device=device)
         tokenizer = CodeTokenizer.load(directory / TOKENIZER_FILE)
         model_id = str(name_or_path) if not Path(name_or_path).exists() else str(directory)
-        return cls(model, tokenizer, model_id, stamper=stamper,
+        log = directory / "training_log.json"
+        context = None
+        if log.is_file():  # infill within the window length the model was trained on
+            context = json.loads(log.read_text(encoding="utf-8")).get("data", {}).get("seq_len")
+        return cls(model, tokenizer, model_id, stamper=stamper, context=context,
                    weights_sha256=hub.weights_sha256(directory / hub.WEIGHTS_NAME))  # fmt: skip
 
     # ---------------------------------------------------------------- provenance plumbing
@@ -114,7 +121,8 @@ class CodeModel:
         """Fill every `marker` in `text` (see `mdiff.text.infill.fill`)."""
         out, results = _infill.fill(self.model, self.tokenizer, text, marker=marker,
                                     length=length, seed=seed, watermark=self.watermark,
-                                    streamer_factory=streamer_factory, **settings)  # fmt: skip
+                                    streamer_factory=streamer_factory, context=self.context,
+                                    **settings)  # fmt: skip
         spans = [r.span for r in results]
         nfe = sum(r.nfe for r in results)
         tpf = sum(len(self.tokenizer.encode(r.middle)) for r in results) / max(nfe, 1)
@@ -125,7 +133,8 @@ class CodeModel:
     def infill(self, prefix: str, suffix: str, length: int | str = "auto", *, seed: int = 0,
                streamer=None, **settings) -> Completion:  # fmt: skip
         r = _infill.infill(self.model, self.tokenizer, prefix, suffix, length, seed=seed,
-                           watermark=self.watermark, streamer=streamer, **settings)  # fmt: skip
+                           watermark=self.watermark, streamer=streamer, context=self.context,
+                           **settings)  # fmt: skip
         return self._finish(r.text, [r.middle], [r.span], prefix + "\0" + suffix, r.settings,
                             r.nfe, r.tokens_per_forward, edited=True, seed=seed)  # fmt: skip
 
