@@ -116,8 +116,9 @@ def check_state_dict(module: torch.nn.Module, tensors: Mapping[str, torch.Tensor
     """Raise `CheckpointError` unless `tensors` has exactly the module's keys and shapes (tied
     aliases may be absent: they load from the name they are tied to)."""
     expected = module_tensors(module)
+    aliases = tied_aliases(module)  # a tied alias may be present too (older files, trainer state)
     missing = [k for k in expected if k not in tensors]
-    unexpected = [k for k in tensors if k not in expected]
+    unexpected = [k for k in tensors if k not in expected and k not in aliases]
     problems = []
     if missing:
         problems.append(f"{len(missing)} missing keys: {_names(missing)}")
