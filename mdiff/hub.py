@@ -31,7 +31,7 @@ from safetensors.torch import save_file
 
 import mdiff
 from mdiff.atomic import atomic_dir, atomic_file
-from mdiff.errors import CheckpointError
+from mdiff.errors import CheckpointError, InvalidInputError
 
 logger = logging.getLogger(__name__)
 
@@ -261,6 +261,25 @@ def _config_from_dict(config_class: type, data: dict, source: Any) -> Any:
         raise CheckpointError(f"config in {source} is not a valid {name}: {e}") from e
 
 
+def read_json_object(path: str | os.PathLike) -> dict:
+    """A checkpoint's JSON file that must hold an object; `CheckpointError` otherwise."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"cannot read {path}: {e}") from e
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path} does not hold a JSON object")
+    return data
+
+
+def preset_config(config_class: type, presets: dict[str, dict], name: str, **overrides) -> Any:
+    """``config_class(**presets[name], **overrides)``; an unknown name lists the choices."""
+    if name not in presets:
+        raise InvalidInputError(f"unknown preset {name!r}; choose from {sorted(presets)}")
+    return config_class(**{**presets[name], **overrides})
+
+
 def read_config(config_class: type, directory: str | os.PathLike, class_name: str = "") -> Any:
     """Read `config.json` of a checkpoint directory into `config_class`.
 
@@ -269,12 +288,7 @@ def read_config(config_class: type, directory: str | os.PathLike, class_name: st
     path = Path(directory) / CONFIG_NAME
     if not path.is_file():
         raise CheckpointError(f"no {CONFIG_NAME} in {directory}")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"cannot read {path}: {e}") from e
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{path} does not hold a JSON object")
+    data = read_json_object(path)
     saved_class = data.get("_class_name")
     if class_name and saved_class and saved_class != class_name:
         logger.warning("loading a %s checkpoint from %s as %s", saved_class, directory, class_name)

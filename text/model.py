@@ -29,7 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from mdiff.errors import InvalidInputError
-from mdiff.hub import PretrainedMixin
+from mdiff.hub import PretrainedMixin, preset_config
 from mdiff.nn import (
     BlockCausal,
     BlockConfig,
@@ -97,9 +97,7 @@ class TextDenoiserConfig:
     @classmethod
     def preset(cls, name: str, **overrides) -> TextDenoiserConfig:
         """A config from `PRESETS[name]`, with any field overridden (e.g. vocab_size)."""
-        if name not in PRESETS:
-            raise InvalidInputError(f"unknown preset {name!r}; choose from {sorted(PRESETS)}")
-        return cls(**{**PRESETS[name], **overrides})
+        return preset_config(cls, PRESETS, name, **overrides)
 
 
 PRESETS: dict[str, dict] = {

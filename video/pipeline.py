@@ -260,11 +260,8 @@ def _read_spec(directory: Path) -> dict:
     path = directory / PIPELINE_FILE
     if not path.is_file():
         raise CheckpointError(f"{directory} has no {PIPELINE_FILE}: not a video pipeline folder")
-    try:
-        spec = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"cannot read {path}: {e}") from e
-    if not isinstance(spec, dict) or not isinstance(spec.get("components"), dict):
+    spec = hub.read_json_object(path)
+    if not isinstance(spec.get("components"), dict):
         raise CheckpointError(f"{path} must be an object with a 'components' object")
     if spec.get("format", PIPELINE_FORMAT) != PIPELINE_FORMAT:
         raise CheckpointError(f"{path} has format {spec['format']!r}; this mdiff reads "

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from mdiff.atomic import atomic_dir
 from mdiff.errors import CheckpointError, InvalidInputError
-from mdiff.hub import load_state_dict, save_state_dict
+from mdiff.hub import load_state_dict, read_json_object, save_state_dict
 from mdiff.video.text_encoder import TextEncoder
 
 __all__ = ["HFTextEncoder"]
@@ -138,13 +138,7 @@ def _read_settings(directory: Path) -> dict:
     path = directory / HF_SETTINGS
     if not path.is_file():
         return {}
-    try:
-        settings = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"cannot read {path}: {e}") from e
-    if not isinstance(settings, dict):
-        raise CheckpointError(f"{path} does not hold a JSON object")
-    return settings
+    return read_json_object(path)
 
 
 # ---------------------------------------------------------------- the built-in shapes encoder
