@@ -39,6 +39,14 @@ def add_train(p: argparse.ArgumentParser) -> None:
         "--focus-weight", type=float, default=0.0,
         help="extra recon weight on pixels unlike the clip's dominant colour (default 0)",
     )  # fmt: skip
+    v.add_argument(
+        "--crop", type=int, default=None,
+        help="train on random CROP x CROP windows (cheaper steps; may change on --resume)",
+    )  # fmt: skip
+    v.add_argument(
+        "--mixed-precision", choices=["no", "bf16"], default=None,
+        help="bf16 autocast (default no; may change on --resume)",
+    )  # fmt: skip
     v.add_argument("--seed", type=int, default=0)
     v.add_argument("--save-every", type=int, default=200, help="checkpoint period in steps")
     v.add_argument("--log-every", type=int, default=50, help="metrics.jsonl period in steps")
@@ -218,6 +226,7 @@ def _train_vae(args: argparse.Namespace) -> int:
             num_res_blocks=args.res_blocks, lr=args.lr, save_every=args.save_every,
             objective=train_vae.VAEObjective(recon=args.recon, focus_weight=args.focus_weight),
             log_every=args.log_every, eval_every=args.eval_every, seed=args.seed,
+            crop=args.crop, mixed_precision=args.mixed_precision,
             progress=not args.no_progress, command=command,
         )  # fmt: skip
         print(f"trained to step {result.step}, loss {result.loss:.5f} ({args.out})")

@@ -8,10 +8,12 @@ import pytest
 import torch
 
 from mdiff.cli import main
+from mdiff.errors import InvalidInputError
 from mdiff.train.checkpoint import load_tree, prune_checkpoints
 from mdiff.train.metrics import read_metrics
 from mdiff.video.data import ShapesDataset
 from mdiff.video.train_vae import (
+    RandomCrops,
     VAEObjective,
     evaluate,
     param_count,
@@ -140,3 +142,33 @@ def test_focus_weights_the_objects_not_the_background():
     plain = (y_err.abs()).flatten(1).mean(1)
     focused = (y_err.abs() * w).flatten(1).mean(1)
     assert focused[0] / plain[0] == pytest.approx(10 / (1 + 9 * 4 / 64))
+
+
+def test_random_crops_are_deterministic_windows_of_the_clip():
+    clips = ShapesDataset(8, num_frames=5, height=32, width=32, seed=3)
+    crops = RandomCrops(clips, 16, seed=3)
+    again = RandomCrops(clips, 16, seed=3)
+    offsets = set()
+    for i in range(len(clips)):
+        full, window = clips[i]["pixels"], crops[i]["pixels"]
+        assert window.shape == (3, 5, 16, 16)
+        assert torch.equal(window, again[i]["pixels"])
+        found = [
+            (top, left)
+            for top in range(17)
+            for left in range(17)
+            if torch.equal(full[..., top : top + 16, left : left + 16], window)
+        ]
+        assert found, i
+        offsets.add(found[0])
+    assert len(offsets) > 1  # the window moves between items
+    for bad in (0, 12, 40):
+        with pytest.raises(InvalidInputError):
+            RandomCrops(clips, bad)[0]
+
+
+def test_resume_may_switch_to_crops_and_records_it(tmp_path):
+    run = _run(tmp_path, "run", "--steps", "2", "--eval-every", "0")
+    _run(tmp_path, "run", "--steps", "4", "--resume", "--crop", "8", "--eval-every", "0")
+    assert json.loads((run / "run.json").read_text())["train"]["crop"] == 8
+    assert [r["step"] for r in read_metrics(run) if r["kind"] == "train"] == [1, 2, 3, 4]
