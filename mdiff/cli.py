@@ -122,7 +122,10 @@ def _doctor(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from mdiff import toys
 
-    print("mdiff demo: the flow-matching core on toy problems, FIM with the code model, verify\n")
+    print(
+        "mdiff demo: the flow-matching core on toy problems, FIM with the code model, a "
+        "streamed video, verify\n"
+    )
     r = toys.run_toy_2d(steps=args.steps, seed=args.seed, progress=True)
     print(toys.format_toy_2d(r))
     print()
@@ -158,6 +161,7 @@ def _demo_outputs(args: argparse.Namespace, r2d, rdisc) -> int:
     text_out = stamper.text("\n".join(lines) + "\n", record, policy=None)
     files.append(stamper.save(text_out, out / "toy_sequences.txt"))
     files += _demo_complete(out, stamper, args.seed)
+    files += _demo_video(out, stamper, args.seed)
     print("Outputs (watermarked where the format allows, C2PA-signed), verified:")
     worst = 0
     for path in files:
@@ -200,6 +204,30 @@ def _demo_complete(out, stamper, seed: int) -> list:
     print("FIM: the built-in code model filled <FILL> in:\n")
     print(done.text)
     return [done.save(out / "completed.py")]
+
+
+DEMO_PROMPT = "a red circle moving right on a black background"
+
+
+def _demo_video(out, stamper, seed: int) -> list:
+    """Stream a clip from the built-in text-to-video model (when installed) into a live MP4."""
+    from mdiff import hub
+
+    if "shapes-t2v" not in hub.list_builtin():
+        print("Video: the built-in model (shapes-t2v) is not installed; skipping video\n")
+        return []
+    from mdiff.video.pipeline import VideoPipeline
+
+    pipe = VideoPipeline.from_pretrained("shapes-t2v", stamper=stamper)
+    path = out / "streamed.mp4"
+    if pipe.causal:
+        s = pipe.stream_to(path, DEMO_PROMPT, seed=seed)
+        print(f"Video: streamed {s.frames} frames of {DEMO_PROMPT!r} live into {path}")
+        print(f"  first frame after {s.time_to_first_frame:.2f} s, {s.fps:.1f} frames/s\n")
+        return [s.path]
+    pipe(DEMO_PROMPT, seed=seed).save(path)  # a bidirectional model makes the clip at once
+    print(f"Video: generated {DEMO_PROMPT!r} into {path}\n")
+    return [path]
 
 
 # ------------------------------------------------------------------------------- provenance

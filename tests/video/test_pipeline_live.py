@@ -102,3 +102,18 @@ def test_cli_missing_model_and_bad_input_give_one_line(
     args = ["video", PROMPT, "-o", str(tmp_path / "z.mp4"), "--model", str(whole), "--stream"]
     assert run_cli(home, *args) == 2
     assert "--stream needs a block-causal model" in capsys.readouterr().err
+
+
+def test_demo_streams_the_builtin_video_model(pipe_dir, home, stamper, tmp_path, monkeypatch):
+    import shutil
+
+    from mdiff import hub
+
+    pkg = tmp_path / "site" / "fake_video_frontend"
+    shutil.copytree(pipe_dir, pkg / "checkpoints" / "shapes-t2v")
+    (pkg / "__init__.py").write_text("")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    monkeypatch.setattr(hub, "BUILTIN_PACKAGES", ("fake_video_frontend",))
+    (path,) = cli._demo_video(tmp_path, stamper, 0)
+    assert path.name == "streamed.mp4" and decode_all(path).shape[0] == 17
+    assert verify(path, home=home).exit_code == 0
