@@ -27,26 +27,44 @@ from torch import Tensor, nn
 Cache = dict  # module -> cached tail (Tensor) or marker, owned by one stream session
 
 
+def conv3d(x: Tensor, weight: Tensor, bias: Tensor | None, stride, padding) -> Tensor:
+    """F.conv3d, but straight to oneDNN for fp32 CPU tensors with a k×k (k > 1) kernel.
+
+    For batch-1 inputs with C·T·H < 20480 (every conv of a 1-5 latent decode at 64×64) PyTorch
+    picks its im2col kernel `slow_conv3d`, whose unfold buffer grows as 27·C·T·H·W: up to 25×
+    slower than oneDNN at one thread. 1×1 kernels stay on PyTorch's own path (a plain GEMM,
+    faster than oneDNN there).
+    """
+    if (
+        x.device.type == "cpu"
+        and x.dtype == weight.dtype == torch.float32
+        and weight.shape[-2:] != (1, 1)
+        and torch.backends.mkldnn.is_available()
+        and torch.backends.mkldnn.enabled
+        and not torch.is_autocast_enabled("cpu")
+    ):
+        return torch.mkldnn_convolution(x, weight, bias, padding, stride, (1, 1, 1), 1)
+    return F.conv3d(x, weight, bias, stride, padding)
+
+
 class CausalConv3d(nn.Conv3d):
     """Conv3d padded only on the left in time (by 2·p_t frames); spatial padding symmetric."""
 
     def __init__(self, in_dim: int, out_dim: int, kernel_size, stride=1, padding=0):
         super().__init__(in_dim, out_dim, kernel_size, stride=stride, padding=padding)
         self.time_pad = 2 * self.padding[0]
-        self.space_pad = self.padding[1:]
-        self.padding = (0, 0, 0)  # padded explicitly in forward (also faster on CPU)
+        self.padding = (0, *self.padding[1:])  # time padded in forward, space inside the conv
 
     def forward(self, x: Tensor, cache: Cache | None = None) -> Tensor:
-        (ph, pw), tp = self.space_pad, self.time_pad
-        if tp or ph or pw:
-            h, w = x.shape[-2:]
-            x = F.pad(x, (pw, pw, ph, ph, tp, 0))  # (B, C, 2p + T, H + 2ph, W + 2pw), zeros
-            if tp and cache is not None:
-                past = cache.get(self)
-                if past is not None:
-                    x[:, :, :tp, ph : ph + h, pw : pw + w] = past  # history instead of zeros
-                cache[self] = x[:, :, -tp:, ph : ph + h, pw : pw + w].clone()  # (B, C, 2p, H, W)
-        return super().forward(x)  # (B, C', T', H, W)
+        tp = self.time_pad
+        if tp:
+            past = None if cache is None else cache.get(self)  # (B, C, 2p, H, W) or None
+            if past is None:
+                past = x.new_zeros(*x.shape[:2], tp, *x.shape[3:])  # the clip starts here
+            x = torch.cat([past.to(x.dtype), x], 2)  # (B, C, 2p + T, H, W)
+            if cache is not None:
+                cache[self] = x[:, :, -tp:].clone()  # (B, C, 2p, H, W)
+        return conv3d(x, self.weight, self.bias, self.stride, self.padding)  # (B, C', T', H, W)
 
 
 class RMSNorm(nn.Module):
@@ -58,18 +76,26 @@ class RMSNorm(nn.Module):
         self.gamma = nn.Parameter(torch.ones(dim, *((1, 1) if images else (1, 1, 1))))
 
     def forward(self, x: Tensor) -> Tensor:
-        y = F.normalize(x.float(), dim=1).to(x.dtype)  # (B, C, ...)
-        return y * self.scale * self.gamma
+        # F.normalize(x, dim=1) by hand: its vector norm over a strided dim is ~20x slower on CPU
+        xf = x.float()
+        norm = xf.square().sum(1, keepdim=True).sqrt().clamp_min(1e-12)  # (B, 1, ...)
+        return (xf / norm).to(x.dtype) * (self.gamma * self.scale)  # (B, C, ...)
 
 
-class Upsample2x(nn.Upsample):
-    """Nearest ×2 in H and W, computed in fp32 and returned in the input dtype."""
-
-    def __init__(self):
-        super().__init__(scale_factor=(2.0, 2.0), mode="nearest-exact")
+class Upsample2x(nn.Module):
+    """Nearest ×2 in H and W of (B, C, T, H, W), computed in fp32, returned in the input dtype."""
 
     def forward(self, x: Tensor) -> Tensor:
-        return super().forward(x.float()).type_as(x)
+        y = F.interpolate(x.float(), scale_factor=(1.0, 2.0, 2.0), mode="nearest-exact")
+        return y.type_as(x)  # (B, C, T, 2H, 2W)
+
+
+class FrameConv2d(nn.Conv2d):
+    """A Conv2d run on every frame of (B, C, T, H, W) as a (1, k, k) Conv3d: no layout copies."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        stride, padding = (1, *self.stride), (0, *self.padding)
+        return conv3d(x, self.weight.unsqueeze(2), self.bias, stride, padding)  # (B, C', T, H', W')
 
 
 def per_frame(fn, x: Tensor) -> Tensor:
@@ -86,9 +112,9 @@ class Resample(nn.Module):
         super().__init__()
         self.mode = mode
         if mode in ("upsample2d", "upsample3d"):
-            self.resample = nn.Sequential(Upsample2x(), nn.Conv2d(dim, dim // 2, 3, padding=1))
+            self.resample = nn.Sequential(Upsample2x(), FrameConv2d(dim, dim // 2, 3, padding=1))
         elif mode in ("downsample2d", "downsample3d"):
-            self.resample = nn.Sequential(nn.ZeroPad2d((0, 1, 0, 1)), nn.Conv2d(dim, dim, 3, 2))
+            self.resample = nn.Sequential(nn.ZeroPad2d((0, 1, 0, 1)), FrameConv2d(dim, dim, 3, 2))
         else:
             raise ValueError(f"unknown resample mode {mode!r}")
         if mode == "upsample3d":
@@ -111,7 +137,7 @@ class Resample(nn.Module):
                 x = self._double_time(x, cache)  # (B, C, 2T, H, W)
             elif x.shape[2] > 1:
                 x = torch.cat([x[:, :, :1], self._double_time(x[:, :, 1:], cache)], 2)
-        x = per_frame(self.resample, x)  # (B, C', T', H·2^±1, W·2^±1)
+        x = self.resample(x)  # (B, C', T', H·2^±1, W·2^±1), frame by frame
         if self.mode == "downsample3d":
             past = None if cache is None else cache.get(self)
             if cache is not None:
@@ -175,8 +201,8 @@ class MidBlock(nn.Module):
 
     def forward(self, x: Tensor, cache: Cache | None = None) -> Tensor:
         x = self.resnets[0](x, cache)
-        for attn, resnet in zip(self.attentions, self.resnets[1:], strict=True):
-            x = resnet(attn(x), cache)
+        for i, attn in enumerate(self.attentions):  # (slicing a ModuleList builds a new one)
+            x = self.resnets[i + 1](attn(x), cache)
         return x
 
 
