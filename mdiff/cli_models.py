@@ -33,7 +33,12 @@ def add_train(p: argparse.ArgumentParser) -> None:
     v.add_argument("--base-dim", type=int, default=16, help="VAE base channels (default 16)")
     v.add_argument("--z-dim", type=int, default=16, help="latent channels (default 16)")
     v.add_argument("--res-blocks", type=int, default=1, help="res blocks per level (default 1)")
-    v.add_argument("--lr", type=float, default=2e-4)
+    v.add_argument(
+        "--lr",
+        type=float,
+        default=None,
+        help="learning rate (default 2e-4; may change on --resume)",
+    )
     v.add_argument("--recon", choices=["l1", "l2"], default="l1", help="reconstruction loss")
     v.add_argument(
         "--focus-weight", type=float, default=0.0,

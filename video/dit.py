@@ -160,7 +160,7 @@ PRESETS: dict[str, dict] = {
         text_dim=256,
         max_frames=32,
         attention="block_causal",
-        chunk_frames=2,
+        chunk_frames=1,  # the first chunk is the first frame: time to first frame ~1/T'
         window=8,
         sink_frames=1,
     ),

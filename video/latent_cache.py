@@ -69,8 +69,10 @@ class LatentCache:
         clips: ShapesDataset,
         *,
         shard_size: int = 512,
-        batch_size: int = 8,
+        batch_size: int | None = None,
     ):
+        if batch_size is None:  # one clip per call is fastest on a CPU (measured: 2x vs 8)
+            batch_size = 8 if torch.cuda.is_available() else 1
         if shard_size < 1 or batch_size < 1:
             raise InvalidInputError("shard_size and batch_size must be >= 1")
         self.root, self.name, self.vae, self.clips = Path(root), name, vae, clips

@@ -186,7 +186,7 @@ def train(
     base_dim: int = 16,
     z_dim: int = 16,
     num_res_blocks: int = 1,
-    lr: float = 2e-4,
+    lr: float | None = None,
     save_every: int = 200,
     log_every: int = 50,
     eval_every: int = 1000,
@@ -200,10 +200,11 @@ def train(
     """Train (or, with `resume`, continue) a VAE on shapes clips; returns the `FitResult`.
 
     `crop` trains on random ``crop × crop`` windows of the clips (the VAE is convolutional:
-    4× cheaper steps at half the size; finish at full size). On resume the model, objective
-    and data settings come from the run's ``run.json``; only `steps` (the target), `crop`,
-    `mixed_precision` ("no" | "bf16"), `save_every`, `log_every`, `eval_every` and `progress`
-    may change (a given `crop` or `mixed_precision` is recorded in ``run.json``)."""
+    4× cheaper steps at half the size; finish at full size). `lr` defaults to 2e-4. On resume
+    the model, objective and data settings come from the run's ``run.json``; only `steps` (the
+    target), `lr`, `crop`, `mixed_precision` ("no" | "bf16"), `save_every`, `log_every`,
+    `eval_every` and `progress` may change (a given `lr`, `crop` or `mixed_precision` is
+    recorded in ``run.json``)."""
     from mdiff.train.trainer import TrainConfig, Trainer
 
     out = Path(out)
@@ -214,13 +215,14 @@ def train(
         objective = VAEObjective(**run["objective"])
         data = run["data"]
         t = run["train"]
-        seed, batch_size, lr = t["seed"], t["batch_size"], t["lr"]
-        changes = {"crop": crop, "mixed_precision": mixed_precision}
+        changes = {"lr": lr, "crop": crop, "mixed_precision": mixed_precision}
         t.update({k: v for k, v in changes.items() if v is not None})
+        seed, batch_size, lr = t["seed"], t["batch_size"], t["lr"]
         (out / RUN_FILE).write_text(json.dumps(run, indent=2) + "\n", encoding="utf-8")
     else:
         if has_run and (out / "checkpoints" / "latest").is_file():
             raise InvalidInputError(f"{out} already holds a run; pass --resume or another --out")
+        lr = 2e-4 if lr is None else lr
         vae_config = shapes_vae_config(base_dim, z_dim, num_res_blocks)
         objective = objective or VAEObjective()
         data = {"size": size, "frames": frames, "train_seed": seed, "heldout_seed": HELDOUT_SEED}
