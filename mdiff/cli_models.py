@@ -29,7 +29,10 @@ def add_train(p: argparse.ArgumentParser) -> None:
     v.add_argument("--batch-size", type=int, default=4, help="clips per step (default 4)")
     v.add_argument("--resume", action="store_true", help="continue the run in --out exactly")
     v.add_argument("--size", type=int, default=64, help="frame height and width (default 64)")
-    v.add_argument("--frames", type=int, default=9, choices=[5, 9, 17], help="frames per clip")
+    v.add_argument(
+        "--frames", type=int, default=None, choices=[5, 9, 17],
+        help="frames per training clip (default 9; may change on --resume)",
+    )  # fmt: skip
     v.add_argument("--base-dim", type=int, default=16, help="VAE base channels (default 16)")
     v.add_argument("--z-dim", type=int, default=16, help="latent channels (default 16)")
     v.add_argument("--res-blocks", type=int, default=1, help="res blocks per level (default 1)")

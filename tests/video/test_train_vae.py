@@ -167,12 +167,13 @@ def test_random_crops_are_deterministic_windows_of_the_clip():
             RandomCrops(clips, bad)[0]
 
 
-def test_resume_may_switch_to_crops_and_lr_and_records_it(tmp_path):
+def test_resume_may_switch_crops_lr_and_frames_and_records_them(tmp_path):
     run = _run(tmp_path, "run", "--steps", "2", "--eval-every", "0")
     _run(tmp_path, "run", "--steps", "4", "--resume", "--crop", "8", "--lr", "1e-3",
-         "--eval-every", "0")  # fmt: skip
-    train = json.loads((run / "run.json").read_text())["train"]
-    assert train["crop"] == 8 and train["lr"] == 1e-3
+         "--frames", "9", "--eval-every", "0")  # fmt: skip
+    settings = json.loads((run / "run.json").read_text())
+    assert settings["train"]["crop"] == 8 and settings["train"]["lr"] == 1e-3
+    assert settings["data"]["frames"] == 9
     lrs = {r["step"]: r["lr"] for r in read_metrics(run) if r["kind"] == "train"}
     assert list(lrs) == [1, 2, 3, 4]
     assert lrs[4] / lrs[2] == pytest.approx(1e-3 * 4 / (2e-4 * 2))  # linear warm-up, new peak
