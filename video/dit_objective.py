@@ -9,6 +9,11 @@ t = 0 is noise and t = 1 data: x1 = the clip's latents, x0 ~ N(0, I), t = shift(
 per sample. Captions become "" (the text encoder's learned null embedding, the unconditional
 branch of CFG) with probability ``caption_dropout``. For block-causal DiTs (diffusion forcing)
 every chunk of ``chunk_frames`` latent frames draws its own t, passed per frame as (B, T').
+With probability ``clean_context`` a sample is teacher-forced instead: a random chunk k ≥ 1
+keeps its t while the chunks before it are clean (t = 1) and carry no loss (their target holds
+the unknowable noise). Streaming generation conditions every chunk on clean finished chunks;
+independent t alone almost never shows the model that context, and the measured result was
+backgrounds that change from chunk to chunk.
 α defaults to SD3's token-count rule √(n/256), never below 1: SD3 trained its 256-token base
 without a shift (its latent tokens hold 2·2·16 values, as ours do).
 """
@@ -69,6 +74,7 @@ class DiTObjective:
     shift: float = 1.0  # α applied after sampling (1 = none)
     caption_dropout: float = 0.1
     chunk_frames: int | None = None  # diffusion forcing: one t per chunk of latent frames
+    clean_context: float = 0.0  # P(teacher forcing: clean chunks before a noisy one)
 
     def __post_init__(self):
         if not 0.0 <= self.caption_dropout <= 1.0:
@@ -77,6 +83,8 @@ class DiTObjective:
             )
         if self.chunk_frames is not None and self.chunk_frames < 1:
             raise InvalidInputError(f"chunk_frames must be >= 1, got {self.chunk_frames}")
+        if not 0.0 <= self.clean_context <= 1.0:
+            raise InvalidInputError(f"clean_context must be in [0, 1], got {self.clean_context}")
         self.sampler = TimeSampler("logit_normal", self.logit_mean, self.logit_std, self.shift)
 
     def sample_t(self, batch: int, frames: int, generator: torch.Generator) -> Tensor:
@@ -86,6 +94,11 @@ class DiTObjective:
             return self.sampler(batch, generator=generator, device=device)
         chunks = -(-frames // self.chunk_frames)
         t = self.sampler(batch * chunks, generator=generator, device=device).view(batch, chunks)
+        if self.clean_context > 0 and chunks > 1:
+            forced = torch.rand(batch, generator=generator, device=device) < self.clean_context
+            k = torch.randint(1, chunks, (batch,), generator=generator, device=device)
+            before = torch.arange(chunks, device=device)[None] < k[:, None]  # (B, chunks)
+            t = torch.where(forced[:, None] & before, torch.ones_like(t), t)
         return t.repeat_interleave(self.chunk_frames, dim=1)[:, :frames]  # (B, T')
 
     def __call__(self, model, batch: dict, generator: torch.Generator):
@@ -97,7 +110,13 @@ class DiTObjective:
         x0 = torch.randn(x1.shape, generator=generator, device=generator.device).to(x1.device)
         t_full = t[:, None, :, None, None] if t.dim() == 2 else t  # per frame -> (B,1,T',1,1)
         path = AffinePath().sample(x0, x1, t_full)  # CondOT: x_t = t·x1 + (1 − t)·x0
-        loss = fm_mse(model(path.x_t, t, captions), path.target)  # (B,), target x1 − x0
+        v = model(path.x_t, t, captions)
+        if t.dim() == 2 and self.clean_context > 0:  # no loss on clean context frames
+            err = (v.float() - path.target.float()).square().mean((1, 3, 4))  # (B, T')
+            noisy = (t < 1).float()
+            loss = (err * noisy).sum(1) / noisy.sum(1).clamp_min(1)  # (B,)
+        else:
+            loss = fm_mse(v, path.target)  # (B,), target x1 − x0
         logs = {"caption_dropped": float(drop.float().mean())}
         return loss, logs
 

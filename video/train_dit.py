@@ -115,7 +115,7 @@ def load_ema_model(run_dir: str | Path, checkpoint: str = "latest"):
 
 
 def _new_run(out: Path, *, preset, vae, size, frames, fps, clips, heldout_clips, objective_kw,
-             shift, train, command) -> dict:  # fmt: skip
+             shift, clean_context, train, command) -> dict:  # fmt: skip
     """Copy the VAE into the run, fit the configs to it, write ``run.json``; returns the run."""
     source = resolve(vae)
     files = [source / "config.json", source / "model.safetensors"]
@@ -139,6 +139,7 @@ def _new_run(out: Path, *, preset, vae, size, frames, fps, clips, heldout_clips,
     objective = DiTObjective(
         **objective_kw, shift=shift or token_shift(tokens),
         chunk_frames=dit_config.chunk_frames if causal else None,
+        clean_context=clean_context if causal else 0.0,
     )  # fmt: skip
     run = {
         "preset": preset,
@@ -184,6 +185,7 @@ def train(
     lr: float = 3e-4,
     warmup_steps: int = 500,
     caption_dropout: float = 0.1,
+    clean_context: float = 0.5,
     logit_mean: float = 0.0,
     logit_std: float = 1.0,
     shift: float | None = None,
@@ -196,7 +198,9 @@ def train(
     command: str | None = None,
 ):
     """Train (or, with `resume`, continue) a DiT + text encoder on the latents of `vae` (a
-    built-in name or a folder); returns the `FitResult`. `shift` None = `token_shift`.
+    built-in name or a folder); returns the `FitResult`. `shift` None = `token_shift`;
+    `clean_context` is the teacher-forcing probability of a block-causal DiT (see
+    `DiTObjective`).
 
     On resume everything but `steps` (the target), `save_every`, `log_every`, `eval_every` and
     `progress` comes from the run's ``run.json`` and ``vae/``."""
@@ -213,7 +217,8 @@ def train(
                             caption_dropout=caption_dropout)  # fmt: skip
         run = _new_run(
             out, preset=preset, vae=vae, size=size, frames=frames, fps=fps, clips=clips,
-            heldout_clips=heldout_clips, objective_kw=objective_kw, shift=shift, command=command,
+            heldout_clips=heldout_clips, objective_kw=objective_kw, shift=shift,
+            clean_context=clean_context, command=command,
             train={"seed": seed, "batch_size": batch_size, "lr": lr, "warmup_steps": warmup_steps,
                    "mixed_precision": mixed_precision},
         )  # fmt: skip

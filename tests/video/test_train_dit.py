@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from mdiff.cli import main
+from mdiff.errors import InvalidInputError
 from mdiff.hub import weights_sha256
 from mdiff.train.checkpoint import load_tree
 from mdiff.train.metrics import read_metrics
@@ -76,6 +77,35 @@ def test_exact_velocity_gives_zero_loss(chunk_frames):
     # the opposite sign (x0 − x1) or the sigma convention would be far from zero
     flipped = _Recorder(lambda x_t, t: -(x1 - x_t) / (1 - _per_frame(t, x_t)))
     assert float(objective(flipped, _batch(x1), torch.Generator().manual_seed(0))[0].min()) > 0.5
+
+
+def test_clean_context_teacher_forces_and_drops_clean_frames_from_the_loss():
+    x1 = torch.randn(256, 4, 5, 2, 2, generator=torch.Generator().manual_seed(1))
+    rec = _Recorder()
+    objective = DiTObjective(chunk_frames=1, clean_context=0.5)
+    objective(rec, _batch(x1), torch.Generator().manual_seed(0))
+    x_t, t, _ = rec.calls[0]
+    clean = t == 1
+    forced = clean.any(1)
+    # a forced sample: a clean prefix of >= 1 chunk, never all chunks; the rest noisy
+    assert bool(clean[:, 0][forced].all()) and not bool(clean.all(1).any())
+    prefix = clean.long().cumprod(1).sum(1)
+    assert torch.equal(prefix, clean.sum(1))  # the clean chunks come first
+    assert abs(float(forced.float().mean()) - 0.5) < 0.1  # its probability
+    assert set(prefix[forced].tolist()) == {1, 2, 3, 4}  # every split point occurs
+    assert torch.equal(x_t[:, :, :1][forced], x1[:, :, :1][forced])  # clean = the data itself
+    # the loss ignores clean frames (their target holds the noise) and counts noisy ones
+    exact = lambda x_t, t: (x1 - x_t) / (1 - _per_frame(t, x_t)).clamp_min(1e-6)  # noqa: E731
+    loss, _ = objective(_Recorder(exact), _batch(x1), torch.Generator().manual_seed(0))
+    assert float(loss.max()) < 1e-8  # clean frames would add E|x1 − x0|² ≈ 2 per element
+    wrong_on_clean = lambda x_t, t: exact(x_t, t) + 5.0 * (_per_frame(t, x_t) == 1)  # noqa: E731
+    loss, _ = objective(_Recorder(wrong_on_clean), _batch(x1), torch.Generator().manual_seed(0))
+    assert float(loss.max()) < 1e-8
+    wrong_on_noisy = lambda x_t, t: exact(x_t, t) + 5.0 * (_per_frame(t, x_t) < 1)  # noqa: E731
+    loss, _ = objective(_Recorder(wrong_on_noisy), _batch(x1), torch.Generator().manual_seed(0))
+    assert torch.allclose(loss, torch.full_like(loss, 25.0))
+    with pytest.raises(InvalidInputError):
+        DiTObjective(chunk_frames=1, clean_context=1.5)
 
 
 def test_zero_model_loss_and_interpolation():
