@@ -49,7 +49,7 @@ def add_train(p: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     v.add_argument(
         "--crop", type=int, default=None,
-        help="train on random CROP x CROP windows (cheaper steps; may change on --resume)",
+        help="random CROP x CROP training windows (0: full frames; may change on --resume)",
     )  # fmt: skip
     v.add_argument(
         "--mixed-precision", choices=["no", "bf16"], default=None,

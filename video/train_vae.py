@@ -200,13 +200,13 @@ def train(
     """Train (or, with `resume`, continue) a VAE on shapes clips; returns the `FitResult`.
 
     `crop` trains on random ``crop × crop`` windows of the clips (the VAE is convolutional:
-    4× cheaper steps at half the size; finish at full size). `frames` (default 9) should span
-    at least two latent chunks after the first frame: a causal VAE trained on 1 + 4 frames
-    never sees its cached state and degrades from frame 5 on (measured). `lr` defaults to
-    2e-4. On resume the model, objective and data settings come from the run's ``run.json``;
-    only `steps` (the target), `frames`, `lr`, `crop`, `mixed_precision` ("no" | "bf16"),
-    `save_every`, `log_every`, `eval_every` and `progress` may change (a given `frames`, `lr`,
-    `crop` or `mixed_precision` is recorded in ``run.json``)."""
+    4× cheaper steps at half the size; 0 = full frames, to finish). `frames` (default 9)
+    should span at least two latent chunks after the first frame: a causal VAE trained on
+    1 + 4 frames never sees its cached state and degrades from frame 5 on (measured). `lr`
+    defaults to 2e-4. On resume the model, objective and data settings come from the run's
+    ``run.json``; only `steps` (the target), `frames`, `lr`, `crop`, `mixed_precision` ("no" |
+    "bf16"), `save_every`, `log_every`, `eval_every` and `progress` may change (a given
+    `frames`, `lr`, `crop` or `mixed_precision` is recorded in ``run.json``)."""
     from mdiff.train.trainer import TrainConfig, Trainer
 
     out = Path(out)
