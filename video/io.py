@@ -178,14 +178,18 @@ def _read_decord(path, indices: list[int], max_pixels: int) -> torch.Tensor:
 
 
 class FragmentedMP4Writer:
-    """Live H.264 fragmented MP4: every :meth:`write` call is one chunk and one fragment.
+    """Live H.264 fragmented MP4: every :meth:`write` call is one chunk.
 
     The target is a path (written in place, not atomically: the file is meant to be read
     while it grows) or a binary file object, seekable or not (a pipe, a socket file).
-    Each chunk starts with a keyframe, so the muxer closes the previous fragment when the
-    next chunk arrives: after writing chunk ``k`` the file on disk decodes chunks ``0..k-1``,
-    and :meth:`close` flushes the last one. Used as a context manager the writer is closed
-    (finalized, playable) even when the body raises. Odd sizes are edge-padded to even
+    Each chunk starts with a keyframe. The muxer closes a fragment when the next one begins
+    (it needs the next timestamp), so something always waits for the next write or
+    :meth:`close`: with ``fragments="frame"`` (the default) every frame is a fragment and
+    after writing chunk ``k`` the file decodes every frame but its last; with
+    ``fragments="chunk"`` it decodes chunks ``0..k-1`` only, and the file is smaller (measured
+    on 17-frame 64×64 shapes clips: 6.7 kB vs 8.2 kB; per-frame fragments cost ~90 bytes).
+    Used as a context manager the writer is closed (finalized, playable) even when the body
+    raises. Odd sizes are edge-padded to even
     (``pad=True``) or rejected. ``on_finish(target)`` runs after the file is complete, also
     after an interruption, e.g. ``lambda p: stamper.sign(p, record)``.
     """
@@ -199,9 +203,13 @@ class FragmentedMP4Writer:
         preset: str = "veryfast",
         pad: bool = True,
         on_finish: Callable[[str | os.PathLike | BinaryIO], object] | None = None,
+        fragments: str = "frame",
     ) -> None:
         if fps <= 0:
             raise InvalidInputError(f"fps must be positive, got {fps}")
+        if fragments not in ("frame", "chunk"):
+            raise InvalidInputError(f"fragments must be 'frame' or 'chunk', got {fragments!r}")
+        self.fragments = fragments
         self.target, self.fps, self.crf, self.preset = target, fps, crf, preset
         self.pad, self.on_finish = pad, on_finish
         self.frames_written = 0
@@ -221,7 +229,8 @@ class FragmentedMP4Writer:
         import av
 
         target = str(self.target) if isinstance(self.target, (str, os.PathLike)) else self.target
-        options = {"movflags": "frag_keyframe+empty_moov+default_base_moof", "flush_packets": "1"}
+        cut = "frag_every_frame" if self.fragments == "frame" else "frag_keyframe"
+        options = {"movflags": f"{cut}+empty_moov+default_base_moof", "flush_packets": "1"}
         try:
             self._container = av.open(target, "w", format="mp4", options=options)
         except (av.FFmpegError, OSError) as exc:
@@ -242,7 +251,7 @@ class FragmentedMP4Writer:
         self._stream = stream
 
     def write(self, frames: torch.Tensor) -> None:
-        """Encode one chunk of ``uint8 (T, H, W, 3)`` frames; it starts a new fragment."""
+        """Encode one chunk of ``uint8 (T, H, W, 3)`` frames; it starts with a keyframe."""
         import av
 
         if self._closed:

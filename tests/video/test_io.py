@@ -23,16 +23,18 @@ def _chunks(n=4, h=64, w=64, seed=0):
     return [frames[k * CHUNK : (k + 1) * CHUNK] for k in range(n)]
 
 
-def test_fragmented_mp4_is_readable_while_it_grows(tmp_path):
+@pytest.mark.parametrize("fragments", ["frame", "chunk"])
+def test_fragmented_mp4_is_readable_while_it_grows(tmp_path, fragments):
     path, chunks, seen = tmp_path / "live.mp4", _chunks(), []
     finished = []
-    with io.FragmentedMP4Writer(path, fps=16, on_finish=finished.append) as writer:
-        for k, chunk in enumerate(chunks):
+    writer = io.FragmentedMP4Writer(path, fps=16, on_finish=finished.append, fragments=fragments)
+    with writer:
+        for chunk in chunks:
             writer.write(chunk)
-            count = io.count_frames(path, partial=True)
-            seen.append(count)
-            assert count >= k * CHUNK  # every chunk but the one just written is on disk
-    assert seen == sorted(seen) and seen[-1] > seen[0]
+            seen.append(io.count_frames(path, partial=True))
+    # on disk after chunk k: every frame but the last ("frame"), or chunks 0..k-1 ("chunk")
+    lag = 1 if fragments == "frame" else CHUNK
+    assert seen == [(k + 1) * CHUNK - lag for k in range(len(chunks))]
     assert finished == [path]
     frames, fps = io.read_video(path)
     assert frames.shape == (32, 64, 64, 3) and fps == 16.0
