@@ -38,6 +38,7 @@ from mdiff.text.objectives import (
     masked_nelbo,
 )
 from mdiff.text.tokenizer import TOKENIZER_FILE, CodeTokenizer, train_tokenizer
+from mdiff.train.checkpoint import RUN_FILE, read_run_folder, write_run
 from mdiff.train.metrics import read_metrics
 
 __all__ = [
@@ -54,7 +55,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-RUN_FILE, LOG_FILE = "run.json", "training_log.json"
+LOG_FILE = "training_log.json"
 KINDS = {"mdm": "bidirectional", "block": "block_causal", "ar": "causal"}  # kind -> attention
 _OBJECTIVES = {
     "mdm": MaskedDiffusionObjective,
@@ -132,10 +133,7 @@ def evaluate_heldout(
 
 
 def read_run(run_dir: str | Path) -> dict:
-    path = Path(run_dir) / RUN_FILE
-    if not path.is_file():
-        raise CheckpointError(f"{path} does not exist: not a `mdiff train text` run folder")
-    return json.loads(path.read_text(encoding="utf-8"))
+    return read_run_folder(run_dir, "train text")
 
 
 def _data(run_dir: Path, run: dict, tokenizer: CodeTokenizer):
@@ -202,7 +200,7 @@ def _new_run(
     }  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
     tokenizer.save(out)
-    (out / RUN_FILE).write_text(json.dumps(run, indent=2) + "\n", encoding="utf-8")
+    write_run(out, run)
     return run, tokenizer
 
 

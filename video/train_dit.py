@@ -49,6 +49,7 @@ import mdiff
 from mdiff.atomic import atomic_dir
 from mdiff.errors import CheckpointError, InvalidInputError
 from mdiff.hub import resolve, weights_sha256
+from mdiff.train.checkpoint import RUN_FILE, read_run_folder, write_run
 from mdiff.train.metrics import read_metrics
 from mdiff.video.data import ShapesDataset
 from mdiff.video.dit import DiTConfig, SpaceTimeDiT
@@ -77,7 +78,7 @@ __all__ = [
     "train",
 ]
 
-RUN_FILE, LOG_FILE, PIPELINE_FILE = "run.json", "training_log.json", "pipeline.json"
+LOG_FILE, PIPELINE_FILE = "training_log.json", "pipeline.json"
 PIPELINE_FORMAT = "mdiff-video-pipeline/1"
 
 
@@ -85,10 +86,7 @@ PIPELINE_FORMAT = "mdiff-video-pipeline/1"
 
 
 def read_run(run_dir: str | Path) -> dict:
-    path = Path(run_dir) / RUN_FILE
-    if not path.is_file():
-        raise CheckpointError(f"{path} does not exist: not a `mdiff train dit` run folder")
-    return json.loads(path.read_text(encoding="utf-8"))
+    return read_run_folder(run_dir, "train dit")
 
 
 def _build(run: dict) -> TextConditionedDiT:
@@ -158,7 +156,7 @@ def _new_run(out: Path, *, preset, vae, size, frames, fps, clips, heldout_clips,
         "dit": sum(p.numel() for p in model.dit.parameters()),
         "text_encoder": sum(p.numel() for p in model.text_encoder.parameters()),
     }
-    (out / RUN_FILE).write_text(json.dumps(run, indent=2) + "\n", encoding="utf-8")
+    write_run(out, run)
     return run
 
 

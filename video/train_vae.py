@@ -31,7 +31,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from mdiff.errors import CheckpointError, InvalidInputError
+from mdiff.errors import InvalidInputError
+from mdiff.train.checkpoint import RUN_FILE, read_run_folder, write_run
 from mdiff.train.metrics import read_metrics
 from mdiff.video.data import ShapesDataset
 from mdiff.video.vae import CausalVAE, CausalVAEConfig
@@ -147,14 +148,11 @@ class VAEObjective:
 
 # ------------------------------------------------------------------------------ run folder
 
-RUN_FILE, LOG_FILE = "run.json", "training_log.json"
+LOG_FILE = "training_log.json"
 
 
 def read_run(run_dir: str | Path) -> dict:
-    path = Path(run_dir) / RUN_FILE
-    if not path.is_file():
-        raise CheckpointError(f"{path} does not exist: not a `mdiff train vae` run folder")
-    return json.loads(path.read_text(encoding="utf-8"))
+    return read_run_folder(run_dir, "train vae")
 
 
 def _vae_config(d: dict) -> CausalVAEConfig:
@@ -222,7 +220,6 @@ def train(
         if frames is not None:
             data["frames"] = frames
         seed, batch_size, lr = t["seed"], t["batch_size"], t["lr"]
-        (out / RUN_FILE).write_text(json.dumps(run, indent=2) + "\n", encoding="utf-8")
     else:
         if has_run and (out / "checkpoints" / "latest").is_file():
             raise InvalidInputError(f"{out} already holds a run; pass --resume or another --out")
@@ -245,8 +242,8 @@ def train(
             "parameters": param_count(vae_config),
             "command": command,
         }
-        out.mkdir(parents=True, exist_ok=True)
-        (out / RUN_FILE).write_text(json.dumps(run, indent=2) + "\n", encoding="utf-8")
+    out.mkdir(parents=True, exist_ok=True)
+    write_run(out, run)  # on resume: with the settings changed for this leg
     cfg = TrainConfig(
         steps=steps,
         batch_size=batch_size,

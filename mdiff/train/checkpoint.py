@@ -31,6 +31,22 @@ LATEST = "latest"
 _SCALARS = (bool, int, float, str, type(None))
 
 
+RUN_FILE = "run.json"  # a `mdiff train …` run folder's settings: configs, data, command
+
+
+def read_run_folder(run_dir: str | os.PathLike, command: str = "train") -> dict:
+    """The settings of a run folder (``run.json``); `CheckpointError` if there is none."""
+    path = Path(run_dir) / RUN_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{path} does not exist: not a `mdiff {command}` run folder")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def write_run(run_dir: str | os.PathLike, run: dict) -> None:
+    """Write a run folder's ``run.json`` atomically."""
+    write_text_atomic(Path(run_dir) / RUN_FILE, json.dumps(run, indent=2) + "\n")
+
+
 def encode_tree(tree: Any, prefix: str = "") -> tuple[Any, dict[str, torch.Tensor]]:
     """Split `tree` into a JSON-able skeleton and the tensors it holds."""
     tensors: dict[str, torch.Tensor] = {}

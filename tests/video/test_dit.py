@@ -13,6 +13,8 @@ from mdiff.nn import KVCache, axial_dims
 from mdiff.video.dit import DiTConfig, SpaceTimeDiT
 from mdiff.video.dit_blocks import video_positions, visibility
 
+from .pipeline_fixtures import randomize
+
 torch.set_num_threads(1)
 
 B, C, S, TEXT_DIM, HW = 2, 4, 5, 16, 4
@@ -21,18 +23,6 @@ TOL = 1e-5
 
 def randn(*shape, seed=0):
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
-
-
-def randomize(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Random values for every parameter (zero-initialised ones too), scaled like a trained net."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if p.dim() >= 2:
-                p.copy_(torch.randn(p.shape, generator=g) * (p[0].numel() ** -0.5))
-            else:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.2 + ("norm" in name))
-    return model
 
 
 def make(seed: int = 0, **overrides) -> SpaceTimeDiT:
