@@ -55,6 +55,14 @@ def add_train(p: argparse.ArgumentParser) -> None:
         "--mixed-precision", choices=["no", "bf16"], default=None,
         help="bf16 autocast (default no; may change on --resume)",
     )  # fmt: skip
+    v.add_argument(
+        "--init-from", metavar="VAE", default=None,
+        help="start a new run from an exported VAE folder or built-in name (its architecture)",
+    )  # fmt: skip
+    v.add_argument(
+        "--freeze-encoder", action="store_true",
+        help="with --init-from: train the decoder only (latents, and DiTs on them, stay valid)",
+    )  # fmt: skip
     v.add_argument("--seed", type=int, default=0)
     v.add_argument("--save-every", type=int, default=200, help="checkpoint period in steps")
     v.add_argument("--log-every", type=int, default=50, help="metrics.jsonl period in steps")
@@ -239,8 +247,8 @@ def _train_vae(args: argparse.Namespace) -> int:
             num_res_blocks=args.res_blocks, lr=args.lr, save_every=args.save_every,
             objective=train_vae.VAEObjective(recon=args.recon, focus_weight=args.focus_weight),
             log_every=args.log_every, eval_every=args.eval_every, seed=args.seed,
-            crop=args.crop, mixed_precision=args.mixed_precision,
-            progress=not args.no_progress, command=command,
+            crop=args.crop, mixed_precision=args.mixed_precision, init_from=args.init_from,
+            freeze_encoder=args.freeze_encoder, progress=not args.no_progress, command=command,
         )  # fmt: skip
         print(f"trained to step {result.step}, loss {result.loss:.5f} ({args.out})")
     if args.export:

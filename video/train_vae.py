@@ -194,6 +194,8 @@ def train(
     objective: VAEObjective | None = None,
     crop: int | None = None,
     mixed_precision: str | None = None,
+    init_from: str | Path | None = None,
+    freeze_encoder: bool = False,
 ):
     """Train (or, with `resume`, continue) a VAE on shapes clips; returns the `FitResult`.
 
@@ -204,11 +206,16 @@ def train(
     defaults to 2e-4. On resume the model, objective and data settings come from the run's
     ``run.json``; only `steps` (the target), `frames`, `lr`, `crop`, `mixed_precision` ("no" |
     "bf16"), `save_every`, `log_every`, `eval_every` and `progress` may change (a given
-    `frames`, `lr`, `crop` or `mixed_precision` is recorded in ``run.json``)."""
+    `frames`, `lr`, `crop` or `mixed_precision` is recorded in ``run.json``).
+
+    `init_from` (a new run only) starts from an exported VAE folder or built-in name, with its
+    architecture; `freeze_encoder` then trains the decoder alone, so the latent space (and
+    every latent cache or DiT trained on it) stays valid while reconstructions improve."""
     from mdiff.train.trainer import TrainConfig, Trainer
 
     out = Path(out)
     has_run = (out / RUN_FILE).is_file()
+    init = None
     if resume and has_run:
         run = read_run(out)
         vae_config = _vae_config(run["vae_config"])
@@ -225,7 +232,12 @@ def train(
             raise InvalidInputError(f"{out} already holds a run; pass --resume or another --out")
         lr = 2e-4 if lr is None else lr
         frames = 9 if frames is None else frames
-        vae_config = shapes_vae_config(base_dim, z_dim, num_res_blocks)
+        init = CausalVAE.from_pretrained(init_from) if init_from is not None else None
+        if freeze_encoder and init is None:
+            raise InvalidInputError(
+                "freezing the encoder needs init_from (--init-from): the trained VAE to keep"
+            )
+        vae_config = init.config if init else shapes_vae_config(base_dim, z_dim, num_res_blocks)
         objective = objective or VAEObjective()
         data = {"size": size, "frames": frames, "train_seed": seed, "heldout_seed": HELDOUT_SEED}
         run = {
@@ -238,6 +250,8 @@ def train(
                 "lr": lr,
                 "crop": crop,
                 "mixed_precision": mixed_precision or "no",
+                "init_from": None if init_from is None else str(init_from),
+                "freeze_encoder": freeze_encoder,
             },
             "parameters": param_count(vae_config),
             "command": command,
@@ -272,11 +286,20 @@ def train(
         dataset = RandomCrops(dataset, crop, seed=data["train_seed"])
     heldout = ShapesDataset(64, num_frames=17, height=size, width=size, seed=data["heldout_seed"])
     torch.manual_seed(seed)  # the initial weights
+    vae = CausalVAE(vae_config)
+    resuming = resume and (out / "checkpoints" / "latest").is_file()
+    if init is None and not resuming and run["train"].get("init_from") is not None:
+        init = CausalVAE.from_pretrained(run["train"]["init_from"])  # a leg that never saved
+    if init is not None and not resuming:
+        vae.load_state_dict(init.state_dict())
+    if run["train"].get("freeze_encoder"):
+        for module in (vae.encoder, vae.quant_conv):
+            module.requires_grad_(False)  # out of the optimizer; its EMA stays equal too
     trainer = Trainer(
-        CausalVAE(vae_config), objective, dataset, cfg, collate_fn=_collate,
+        vae, objective, dataset, cfg, collate_fn=_collate,
         evaluate=lambda vae: _heldout_figures(vae, heldout),
     )  # fmt: skip
-    if resume and (out / "checkpoints" / "latest").is_file():
+    if resuming:
         trainer.resume("latest")
     return trainer.fit()
 

@@ -177,3 +177,29 @@ def test_resume_may_switch_crops_lr_and_frames_and_records_them(tmp_path):
     lrs = {r["step"]: r["lr"] for r in read_metrics(run) if r["kind"] == "train"}
     assert list(lrs) == [1, 2, 3, 4]
     assert lrs[4] / lrs[2] == pytest.approx(1e-3 * 4 / (2e-4 * 2))  # linear warm-up, new peak
+
+
+def test_decoder_finetune_keeps_the_encoder_and_its_latents(tmp_path):
+    base = _run(tmp_path, "base", "--steps", "2", "--eval-every", "0")
+    main(["--threads", "1", "train", "vae", "--out", str(base), "--export", str(tmp_path / "a"),
+          "--export-only"])  # fmt: skip
+    ft = _run(tmp_path, "ft", "--steps", "3", "--eval-every", "0", "--lr", "1e-2",
+              "--init-from", str(tmp_path / "a"), "--freeze-encoder")  # fmt: skip
+    ft = _run(tmp_path, "ft", "--steps", "4", "--eval-every", "0", "--resume")
+    main(["--threads", "1", "train", "vae", "--out", str(ft), "--export", str(tmp_path / "b"),
+          "--export-only"])  # fmt: skip
+    a, b = CausalVAE.from_pretrained(tmp_path / "a"), CausalVAE.from_pretrained(tmp_path / "b")
+    sa, sb = a.state_dict(), b.state_dict()
+    frozen = [k for k in sa if k.startswith(("encoder.", "quant_conv."))]
+    assert frozen and all(torch.equal(sa[k], sb[k]) for k in frozen)
+    assert not all(torch.equal(sa[k], sb[k]) for k in sa if k.startswith("decoder."))
+    assert a.config.latents_mean == b.config.latents_mean  # the same latent space
+    settings = json.loads((ft / "run.json").read_text())
+    assert settings["train"]["freeze_encoder"] and settings["train"]["init_from"].endswith("a")
+
+
+def test_freeze_encoder_without_init_is_refused(tmp_path, capsys):
+    argv = ["--threads", "1", "train", "vae", "--out", str(tmp_path / "x"), *TINY,
+            "--freeze-encoder", "--steps", "1"]  # fmt: skip
+    assert main(argv) != 0
+    assert "init_from" in capsys.readouterr().err
