@@ -200,9 +200,11 @@ def train(
     """Train (or, with `resume`, continue) a VAE on shapes clips; returns the `FitResult`.
 
     `crop` trains on random ``crop × crop`` windows of the clips (the VAE is convolutional:
-    4× cheaper steps at half the size; 0 = full frames, to finish). `frames` (default 9)
-    should span at least two latent chunks after the first frame: a causal VAE trained on
-    1 + 4 frames never sees its cached state and degrades from frame 5 on (measured). `lr`
+    4× cheaper steps at half the size; 0 = full frames, to finish). `frames` (default 17)
+    should be as long as the clips it will code: the causal caches' state keeps changing
+    for several latent chunks, and a VAE trained on 1 + 4 frames degrades from frame 5 on,
+    one trained on 9 frames from frame 9 on (held-out 25.7 dB → 29.1 dB within 1,000 steps
+    of switching to 17, measured). `lr`
     defaults to 2e-4. On resume the model, objective and data settings come from the run's
     ``run.json``; only `steps` (the target), `frames`, `lr`, `crop`, `mixed_precision` ("no" |
     "bf16"), `save_every`, `log_every`, `eval_every` and `progress` may change (a given
@@ -231,7 +233,7 @@ def train(
         if has_run and (out / "checkpoints" / "latest").is_file():
             raise InvalidInputError(f"{out} already holds a run; pass --resume or another --out")
         lr = 2e-4 if lr is None else lr
-        frames = 9 if frames is None else frames
+        frames = 17 if frames is None else frames
         init = CausalVAE.from_pretrained(init_from) if init_from is not None else None
         if freeze_encoder and init is None:
             raise InvalidInputError(
