@@ -125,6 +125,10 @@ def _add_train_dit(sub) -> None:
     d.add_argument(
         "--export-only", action="store_true", help="export --out to --export, no training"
     )
+    d.add_argument(
+        "--export-vae", metavar="VAE", default=None,
+        help="ship this VAE instead of the run's: a decoder fine-tune of it (same encoder)",
+    )  # fmt: skip
 
 
 def _add_train_text(sub) -> None:
@@ -224,7 +228,7 @@ def _train_dit(args: argparse.Namespace) -> int:
         )  # fmt: skip
         print(f"trained to step {result.step}, loss {result.loss:.5f} ({out})")
     if args.export:
-        log = train_dit.export(out, args.export, command=command)
+        log = train_dit.export(out, args.export, vae=args.export_vae, command=command)
         h = log["heldout"]
         print(
             f"exported step {log['step']} to {args.export}: held-out flow-matching loss "

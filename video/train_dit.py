@@ -103,6 +103,24 @@ def _caches(run_dir: Path, run: dict) -> tuple[LatentCache, LatentCache]:
     return LatentCache(root, "train", vae, train), LatentCache(root, "heldout", vae, held)
 
 
+def _same_latent_space(trained: Path, other: str | Path) -> Path:
+    """The folder of VAE `other` when its encoder, quant conv and latent statistics equal those
+    of the VAE in `trained` (a decoder-only fine-tune); else `CheckpointError`."""
+    source = resolve(other)
+    a, b = CausalVAE.from_pretrained(trained), CausalVAE.from_pretrained(source)
+    sa, sb = a.state_dict(), b.state_dict()
+    keys = [k for k in sa if k.startswith(("encoder.", "quant_conv."))]
+    same = all(k in sb and sa[k].shape == sb[k].shape and torch.equal(sa[k], sb[k]) for k in keys)
+    stats = ("z_dim", "latents_mean", "latents_std")
+    if not same or any(getattr(a.config, k) != getattr(b.config, k) for k in stats):
+        raise CheckpointError(
+            f"VAE {other} codes another latent space than the one this DiT was trained on "
+            "(its encoder or latent statistics differ); fine-tune the decoder only "
+            "(mdiff train vae --init-from ... --freeze-encoder)"
+        )
+    return source
+
+
 def load_ema_model(run_dir: str | Path, checkpoint: str = "latest"):
     """(`TextConditionedDiT` with the EMA weights of a run's checkpoint, its step)."""
     from mdiff.train.checkpoint import find_checkpoint, load_ema_weights  # imports accelerate
@@ -246,15 +264,19 @@ def export(
     *,
     checkpoint: str = "latest",
     settings: dict | None = None,
+    vae: str | Path | None = None,
     command: str | None = None,
 ) -> dict:
     """Write a run's EMA weights as a pipeline folder (see the module docstring), atomically;
-    `settings` override the defaults of ``pipeline.json``. Returns the training log."""
+    `settings` override the defaults of ``pipeline.json``. `vae` ships another VAE than the
+    run's (a built-in name or folder: one fine-tuned with a frozen encoder, whose encoder and
+    latent statistics must equal the run's). Returns the training log."""
     from mdiff.train.checkpoint import find_checkpoint  # imports accelerate
 
     run_dir = Path(run_dir)
     run = read_run(run_dir)
     model, step = load_ema_model(run_dir, checkpoint)
+    vae_source = run_dir / "vae" if vae is None else _same_latent_space(run_dir / "vae", vae)
     heldout = _caches(run_dir, run)[1].fill()
     figures = heldout_loss(model, heldout)
     d, chunk = run["data"], run["objective"]["chunk_frames"]
@@ -281,13 +303,16 @@ def export(
         **{k: run[k] for k in ("preset", "data", "objective", "train", "vae", "dit_config")},
         "command": run.get("command"),
         "export_command": command,
+        "exported_vae": None if vae is None else str(vae),
         "losses": [{k: v for k, v in r.items() if k not in ("kind", "time")} for r in train_rows],
         "evals": [r for r in metrics if r.get("kind") == "eval"],
     }
     with atomic_dir(out_dir) as tmp:
         model.dit.save_pretrained(tmp / "dit")
         model.text_encoder.save_pretrained(tmp / "text_encoder")
-        shutil.copytree(run_dir / "vae", tmp / "vae")
+        (tmp / "vae").mkdir()
+        for name in ("config.json", "model.safetensors"):
+            shutil.copy2(vae_source / name, tmp / "vae" / name)
         (tmp / PIPELINE_FILE).write_text(json.dumps(pipeline, indent=2) + "\n", encoding="utf-8")
         (tmp / LOG_FILE).write_text(json.dumps(log, indent=1) + "\n", encoding="utf-8")
     return log

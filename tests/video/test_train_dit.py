@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from mdiff.cli import main
-from mdiff.errors import InvalidInputError
+from mdiff.errors import CheckpointError, InvalidInputError
 from mdiff.hub import weights_sha256
 from mdiff.train.checkpoint import load_tree
 from mdiff.train.metrics import read_metrics
@@ -260,6 +260,25 @@ def test_resume_is_exact_and_export_loads(vae_dir, tmp_path):
     saved = json.loads((out / "training_log.json").read_text())
     assert saved["step"] == step == log["step"] == 4 and len(saved["losses"]) == 4
     assert {"heldout_fm", "heldout_fm_uncond"} <= set(saved["heldout"])
+
+
+def test_export_ships_a_decoder_finetune_and_refuses_another_latent_space(vae_dir, tmp_path):
+    run = tmp_path / "run"
+    _train(run, vae_dir, 1)
+    vae = CausalVAE.from_pretrained(vae_dir)
+    with torch.no_grad():
+        next(vae.decoder.parameters()).add_(0.1)  # a decoder fine-tune: same latent space
+    vae.save_pretrained(tmp_path / "ft")
+    log = export(run, tmp_path / "pipe", vae=tmp_path / "ft")
+    assert weights_sha256(tmp_path / "pipe" / "vae") == weights_sha256(tmp_path / "ft")
+    assert weights_sha256(tmp_path / "ft") != weights_sha256(vae_dir)
+    assert log["exported_vae"] == str(tmp_path / "ft")
+    with torch.no_grad():
+        next(vae.encoder.parameters()).add_(0.1)  # another encoder: other latents
+    vae.save_pretrained(tmp_path / "other")
+    with pytest.raises(CheckpointError, match="another latent space"):
+        export(run, tmp_path / "pipe2", vae=tmp_path / "other")
+    assert not (tmp_path / "pipe2").exists()
 
 
 def test_cli_trains_exports_and_refuses_overwrite(vae_dir, tmp_path, capsys):
