@@ -5,15 +5,7 @@ import json
 import pytest
 
 from mdiff import cli
-from mdiff.provenance import keys
 from mdiff.provenance.verify import verify
-
-
-@pytest.fixture(scope="module")
-def home(tmp_path_factory):
-    path = tmp_path_factory.mktemp("home")
-    keys.init_dev_identity(path)
-    return path
 
 
 def test_complete_prints_and_writes_signed(tiny_code_model, home, tmp_path, capsys):

@@ -3,18 +3,10 @@
 import pytest
 
 from mdiff.errors import CheckpointError
-from mdiff.provenance import keys
 from mdiff.provenance.stamp import Stamper
 from mdiff.provenance.verify import verify
 from mdiff.text.model import TextDenoiser, TextDenoiserConfig
 from mdiff.text.pipeline import CodeModel
-
-
-@pytest.fixture(scope="module")
-def home(tmp_path_factory):
-    path = tmp_path_factory.mktemp("home")
-    keys.init_dev_identity(path)
-    return path
 
 
 def test_fill_save_verify(tiny_code_model, home, tmp_path):

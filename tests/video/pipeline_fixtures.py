@@ -1,5 +1,5 @@
 """Shared pieces of the video pipeline tests: a tiny random pipeline (bidirectional or
-block-causal), a temporary signing identity, and helpers to read back what was written."""
+block-causal) and helpers to read back what was written."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from mdiff.provenance import Stamper, keys
+from mdiff.provenance import Stamper
 from mdiff.video.dit import DiTConfig, SpaceTimeDiT
 from mdiff.video.pipeline import VideoPipeline
 from mdiff.video.text_encoder import ShapesTextEncoder, ShapesTextEncoderConfig
@@ -42,15 +42,6 @@ def make_pipeline(stamper: Stamper, causal: bool, dit=None, **settings) -> Video
     text = ShapesTextEncoder(ShapesTextEncoderConfig(dim=16, heads=2, depth=1))
     return VideoPipeline(vae, dit, text, model_id="tiny-test", stamper=stamper,
                          **{**SETTINGS, **settings})  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def home(tmp_path_factory):
-    path = tmp_path_factory.mktemp("mdiff-home")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MDIFF_HOME", str(path))
-        keys.init_dev_identity(path)
-        yield path
 
 
 @pytest.fixture(scope="module")

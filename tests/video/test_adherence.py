@@ -31,7 +31,7 @@ from mdiff.video.io import pixels_to_frames
 from mdiff.video.shapes_detect import classify_motion, detect
 
 # Fixtures come from the shared helper module (imported by name, so ruff sees redefinitions).
-from .pipeline_fixtures import causal, home, pipe_dir, stamper  # noqa: F401
+from .pipeline_fixtures import causal, pipe_dir, stamper  # noqa: F401
 
 SEED, CLIPS, SIZE, FRAMES = 11, 200, 64, 17  # SEED was not used to tune the detectors
 
@@ -279,7 +279,7 @@ def test_evaluate_prompts_aggregates_accuracy_and_temporal_figures():
 # -------------------------------------------------------------------------------------- CLI
 
 
-def _mdiff(home, *args):  # noqa: F811 - `home` is the fixture
+def _mdiff(home, *args):
     return cli.main(["--threads", "1", "--home", str(home), *args])
 
 

@@ -25,7 +25,6 @@ from .pipeline_fixtures import (  # noqa: F401
     SIZE,
     bidirectional,
     causal,
-    home,
     make_pipeline,
     pipe_dir,
     stamper,

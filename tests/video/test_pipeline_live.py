@@ -17,7 +17,6 @@ from .pipeline_fixtures import (  # noqa: F401
     bidirectional,
     causal,
     decode_all,
-    home,
     pipe_dir,
     psnr,
     stamper,
