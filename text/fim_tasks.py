@@ -91,8 +91,10 @@ def _cut(text: str, kind: str, rng: random.Random) -> tuple[str, str, str] | Non
 
 
 def make_tasks(files, kind: str = "single", n: int = 100, seed: int = 0) -> list[FIMTask]:
-    """Up to `n` tasks of `kind` from `files` (paths or ``(name, text)`` pairs), at most one
-    per file, in a deterministic order for a given `seed`."""
+    """Up to `n` tasks of `kind` from `files` (paths or ``(name, text)`` pairs), in a
+    deterministic order for a given `seed`: one per file in a shuffled file order, then further
+    rounds over the files (other spans of the same files) until `n` are cut or none is left.
+    Task ids are ``kind/name:line`` (the span's first line, 1-based)."""
     if kind not in ("single", "multi"):
         raise InvalidInputError(f"kind must be 'single' or 'multi', got {kind!r}")
     docs = []
@@ -102,14 +104,24 @@ def make_tasks(files, kind: str = "single", n: int = 100, seed: int = 0) -> list
         )
         docs.append((name, text))
     docs.sort()
-    rng = random.Random(f"{kind}:{seed}")
-    rng.shuffle(docs)
-    tasks = []
-    for name, text in docs:
-        cut = _cut(text, kind, random.Random(f"{kind}:{seed}:{name}"))
-        if cut is not None:
-            tasks.append(FIMTask(f"{kind}/{name}", *cut, kind=kind))
-        if len(tasks) == n:
+    random.Random(f"{kind}:{seed}").shuffle(docs)
+    tasks, seen = [], set()
+    for rnd in range(max(n, 1)):
+        added = 0
+        for name, text in docs:
+            suffix = "" if rnd == 0 else f":{rnd}"  # round 0 cuts what one-per-file cut
+            cut = _cut(text, kind, random.Random(f"{kind}:{seed}:{name}{suffix}"))
+            if cut is None:
+                continue
+            line = cut[0].count("\n") + 1
+            if (name, line) in seen:
+                continue
+            seen.add((name, line))
+            tasks.append(FIMTask(f"{kind}/{name}:{line}", *cut, kind=kind))
+            added += 1
+            if len(tasks) == n:
+                return tasks
+        if not added and rnd > 0:
             break
     return tasks
 

@@ -30,12 +30,22 @@ def test_tasks_splice_back_and_are_deterministic(kind):
     assert tasks != make_tasks(FILES, kind, n=25, seed=4)
     texts = {f"{kind}/{f}": f.read_text(encoding="utf-8") for f in FILES}
     for t in tasks:
-        assert t.prefix + t.middle + t.suffix == texts[t.task_id]
+        name, line = t.task_id.rsplit(":", 1)
+        assert t.prefix + t.middle + t.suffix == texts[name]
+        assert t.prefix.count("\n") + 1 == int(line)
         if kind == "single":
             assert "\n" not in t.middle and t.middle == t.middle.lstrip()
             assert t.suffix.startswith(("\n", "\r\n"))
         else:
             assert 2 <= t.middle.count("\n") <= 5 and t.middle.endswith("\n")
+
+
+def test_several_tasks_per_file_when_files_are_few():
+    tasks = make_tasks(FILES[:3], "single", n=20, seed=0)
+    assert len(tasks) == 20 and len({t.task_id for t in tasks}) == 20
+    first_round = make_tasks(FILES[:3], "single", n=3, seed=0)
+    assert tasks[:3] == first_round  # one per file first, in the same order
+    assert {t.task_id.rsplit(":", 1)[0] for t in first_round} == {f"single/{f}" for f in FILES[:3]}
 
 
 def test_exact_match_rules():
