@@ -5,20 +5,27 @@ Embedding. A keyed ``T×T`` tile (see :mod:`.spectral`) carries a pilot and 92 c
 over the frame, weighted by a local-activity mask ``m`` and the strength ``α`` (8-bit levels),
 and the same ``Δ = α·m·tile`` is added to R, G and B, so only luma changes:
 
-    x' = clip(round(x + Δ), 0, 255),  Δ(u) = α · m(u) · tile(u mod T).
+    x' = clip(round(x + Δ), 0, 255),  Δ_t(u) = α · m_t(u) · tile((u − d_t) mod T).
 
-Detection. All frames are averaged, high-passed and folded into one tile; the phase-only
-correlation with the pilot over all ``T²`` cyclic shifts gives the peak (the shift, i.e. the
-crop offset) and
+The displacement ``d_t`` follows the camera (:mod:`.motion`: one global velocity per chunk of
+10 frames, by phase correlation; 0 for a static camera), so that a codec's motion compensation
+carries the mark instead of quantising it away.
+
+Detection. The frames are high-passed and folded into one tile; the phase-only correlation
+with the pilot over all ``T²`` cyclic shifts gives the peak (the shift, i.e. the crop offset)
+and
 
     z = (max C − median C) / (1.4826 · MAD C).
 
-Under no watermark each ``C(d)`` is ≈ N(0, 1) after this normalisation, so for ``S`` searched
-scales the chance that any of the ``T²·S`` values exceeds ``z`` is at most ``T²·S·Q(z)``
-(Bonferroni; measured to be tight). The soft coded bits are the payload correlations at the
-peak, decoded by soft-decision Viterbi (the CRC-8 then checks them). A resize is undone by
-resampling before the fold; the scale is searched around 1, ½, ¾, ⅔ and around period
-estimates from the spectrally flattened autocorrelation.
+A static mark is looked for in the average of all frames first; if it does not decode, the
+folds of each frame are summed with a drift ``v`` compensated, ``Σ_t F_t·exp(2πi f·v t)``, for
+``v`` on a grid (up to ±2 px/frame). Under no watermark each ``C(d)`` is ≈ N(0, 1) after this
+normalisation, so for ``S`` searched scales and ``V`` velocities the chance that any of the
+``T²·S·V`` values exceeds ``z`` is at most ``T²·S·V·Q(z)`` (Bonferroni; measured to be tight
+per candidate). The soft coded bits are the payload correlations at the peak, decoded by
+soft-decision Viterbi (the CRC-8 then checks them). A resize is undone by resampling before
+the fold; the scale is searched around 1, ½, ¾, ⅔ and around period estimates from the
+spectrally flattened autocorrelation.
 """
 
 from __future__ import annotations
@@ -33,16 +40,22 @@ from torch import Tensor
 
 from mdiff.errors import InvalidInputError
 
-from . import ecc
+from . import ecc, motion
 from . import spectral as sp
+from .motion import MotionTrack
 
-__all__ = ["SCHEME", "PixelDetection", "PixelWatermark"]
+__all__ = ["SCHEME", "MotionTrack", "PixelDetection", "PixelWatermark"]
 
 SCHEME = "mdiff-pixel-v1"
 PAYLOAD_BITS = 32
 CHECK_BITS = 8
 CODED_BITS = ecc.coded_length(PAYLOAD_BITS + CHECK_BITS)  # 92 patterns
 Z_THRESHOLD = 8.0
+VELOCITY_WINDOW = 10  # a drifting mark is searched in windows of this many frames
+# The mark follows the camera only where the frame holds this many tiles per side: with fewer,
+# the fold averages no tiles and the host, which then moves with the mark, is not averaged out
+# either (64², panning: z 16 → 12), while H.264 removes the mark at that size anyway.
+FOLLOW_TILES = 2
 # Radial bands (cycles/px) by tile: the 64-px tile reaches higher to get enough bins (≈ 360
 # conjugate pairs instead of ≈ 180); ×0.5 resizing keeps the part below 0.25 c/px.
 BANDS = {64: (0.035, 0.24), 128: (0.035, 0.17)}
@@ -64,7 +77,7 @@ class PixelDetection:
 
     detected: bool  # z ≥ 8 and the check code matches
     z: float
-    fpr_bound: float  # T²·S·Q(z), summed over the searched (tile, scale) candidates
+    fpr_bound: float  # T²·S·V·Q(z), summed over the searched (tile, scale, velocity) candidates
     payload: int | None  # the 32-bit payload when the check code matches, else None
     bits: list[int]  # the 40 decoded information bits: payload (MSB first), then the CRC-8
     check_ok: bool
@@ -73,10 +86,12 @@ class PixelDetection:
     shift: tuple[int, int]
     tile: int = 0
     scales_searched: int = 1
+    velocity: tuple[float, float] = (0.0, 0.0)  # the mark's drift, px/frame of the unresized frame
+    velocities_searched: int = 1  # per (tile, scale); the bound counts T²·S·V candidates
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
-        d["shift"] = list(self.shift)
+        d["shift"], d["velocity"] = list(self.shift), list(self.velocity)
         return d
 
 
@@ -104,6 +119,12 @@ def _check_frames(frames, min_side: int) -> None:
         raise InvalidInputError(
             f"frames {tuple(frames.shape)}: need at least one frame of ≥ {min_side}×{min_side} px"
         )
+
+
+def _tiled(tile: Tensor, h: int, w: int) -> Tensor:
+    """``(…, T, T)`` repeated over an ``H×W`` frame: ``(…, H, W)``."""
+    t = tile.shape[-1]
+    return tile.repeat(*([1] * (tile.ndim - 2)), -(-h // t), -(-w // t))[..., :h, :w]
 
 
 class PixelWatermark:
@@ -168,8 +189,14 @@ class PixelWatermark:
         return self._cache[slot]
 
     # ------------------------------------------------------------------------------------------
-    def embed(self, frames: Tensor, payload: int, *, chunk: int = 10) -> Tensor:
-        """Mark every frame with ``payload`` (0 ≤ payload < 2³²); same shape, dtype and device."""
+    def embed(
+        self, frames: Tensor, payload: int, *, chunk: int = 10, track: MotionTrack | None = None
+    ) -> Tensor:
+        """Mark every frame with ``payload`` (0 ≤ payload < 2³²); same shape, dtype and device.
+
+        The mark moves with the camera (one velocity per ``chunk`` of frames, see
+        :mod:`.motion`); ``track`` continues the motion of a previous call (a stream's chunks).
+        """
         _check_frames(frames, MIN_EMBED_SIDE)
         if isinstance(payload, bool) or not isinstance(payload, int) or not 0 <= payload < 2**32:
             raise InvalidInputError(f"payload must be an int in [0, 2³²), got {payload!r}")
@@ -180,15 +207,21 @@ class PixelWatermark:
         spec = pat.pilot_hat + torch.tensordot(
             (2 * signs - 1).to(pat.payload_hat.dtype), pat.payload_hat, 1
         )
+        track = track if track is not None else motion.MotionTrack()
         out = torch.empty_like(frames)
         for i in range(0, frames.shape[0], chunk):
             x = frames[i : i + chunk]
-            delta = self._delta(x, pat, spec).round_()  # (n, H, W)
+            y = sp.luma(x)
+            if min(h, w) >= FOLLOW_TILES * pat.tile:
+                d = motion.follow(motion.spectra(y), (h, w), track)
+            else:
+                d = torch.zeros(len(x), 2, dtype=torch.float64)
+            delta = self._delta(x, y, pat, spec, d).round_()  # (n, H, W)
             y = x.float() + delta[..., None]  # integer Δ: exactly the same on R, G and B
             out[i : i + chunk] = y.clamp_(0, 255).to(torch.uint8)
         return out
 
-    def _delta(self, x: Tensor, pat: sp.TilePatterns, spec: Tensor) -> Tensor:
+    def _delta(self, x: Tensor, y: Tensor, pat: sp.TilePatterns, spec: Tensor, d: Tensor) -> Tensor:
         """``Δ = α·m·tile`` with one tile per chunk of frames, informed by the chunk's content.
 
         In the detector's domain (high-passed, contrast-normalised luma, averaged over the chunk
@@ -196,19 +229,24 @@ class PixelWatermark:
         ``G(b)·U(b)``. Band bins are moved to the nearest point whose in-phase part is ≥ ``ρ·G``
         and quadrature ≤ ``t`` × in-phase, cheapest first within an energy budget ``β``; the
         tile is then rescaled to the nominal energy (informed embedding: the host's interference
-        is cancelled where it is cheap to do so).
+        is cancelled where it is cheap to do so). Frame ``i``'s tile is moved by ``d[i]`` (its
+        spectrum times ``exp(−2πi f·d)``), and the host is aligned the same way.
         """
         n, h, w = x.shape[:3]
         t = pat.tile
-        y = sp.luma(x)
+        moving = bool(d.abs().max() > 0)
+        shift = motion.shift_phase(t, d.to(x.device)) if moving else 1  # (n, T, T)
         mask = sp.activity_mask(y)
         hp = sp.highpass_fast(y)
         gain = sp.highpass_gain(t).to(x.device)
         # the nominal mark as the detector's high-pass sees it (≈ α·m·high-passed tile)
-        nominal = torch.fft.ifft2(spec * gain).real.float() / pat.std
-        nominal = self.alpha * mask * nominal.repeat(-(-h // t), -(-w // t))[:h, :w]
+        nominal = torch.fft.ifft2(spec * gain * shift).real.float() / pat.std
+        nominal = self.alpha * mask * _tiled(nominal, h, w)
         inv = 1 / (sp.local_std(hp + nominal) + WHITEN)  # as the detector will see
-        host = torch.fft.fft2(sp.fold((hp * inv).mean(0), t).double())  # (T, T)
+        if moving:  # each frame's fold moved back by d, as the detector's drift_sum does
+            host = (torch.fft.fft2(sp.fold(hp * inv, t).double()) * shift.conj()).mean(0)
+        else:
+            host = torch.fft.fft2(sp.fold((hp * inv).mean(0), t).double())  # (T, T)
         g = float((self.alpha * mask * inv).double().mean()) / pat.std
         gain = g * gain  # detector units per unit of U
         u = spec / spec.abs().clamp_min(1e-12)
@@ -222,50 +260,157 @@ class PixelWatermark:
         keep[order] = cost[order].cumsum(0) <= beta * int(pat.band.sum())
         total = spec + fix * keep.view(t, t)
         total = total * math.sqrt(int(pat.band.sum()) / float((total.abs() ** 2).sum()))
-        tile = torch.fft.ifft2(total).real / pat.std  # (T, T)
-        field = self.alpha * mask * tile.float().repeat(-(-h // t), -(-w // t))[:h, :w]
+        tile = torch.fft.ifft2(total * shift).real / pat.std  # (T, T), or (n, T, T) if moving
+        field = self.alpha * mask * _tiled(tile.float(), h, w)
         lo, hi = BOOST  # strength per frame size: toward a fixed RMS, i.e. a fixed PSNR
         rms = float(field.square().mean().sqrt())
         return field * min(max(RMS_PER_ALPHA * self.alpha / max(rms, 1e-9), lo), hi)
 
     # ------------------------------------------------------------------------------------------
-    def detect(self, frames: Tensor, *, scales="auto") -> PixelDetection:
-        """Fold all frames together and look for the mark.
+    def detect(self, frames: Tensor, *, scales="auto", velocities="auto") -> PixelDetection:
+        """Fold the frames and look for the mark.
 
         ``scales``: ``"auto"`` (search around 1, ½, ¾, ⅔ and estimated periods), a sequence of
         scales to try exactly, or ``None`` for scale 1 only.
+
+        ``velocities`` (px/frame of the unresized frame, ``(vy, vx)``): the mark's drift. With
+        ``"auto"`` a static mark is looked for first (all frames averaged); if that does not
+        decode, every window of ``VELOCITY_WINDOW`` frames is searched on a 0.5 px/frame grid
+        up to ±2 at the scale centres and refined to 0.25 px/frame and the scale steps. A
+        sequence: those velocities exactly, at every scale. ``None``: a static mark only.
         """
         _check_frames(frames, MIN_DETECT_SIDE)
-        y = self._mean_luma(frames)  # (H, W), high-passed
-        scale_list = self._scales(y, scales)
-        best, count = None, 0
+        n = frames.shape[0]
+        windows = [frames[i : i + VELOCITY_WINDOW] for i in range(0, n, VELOCITY_WINDOW)]
+        hp = self._frame_luma(frames) if len(windows) == 1 else None
+        y = hp.sum(0) / n if hp is not None else self._mean_luma(frames)  # (H, W), high-passed
+        groups = self._scale_groups(y, scales)
+        scale_list = [s for _, group in groups for s in group]
+        count = sum(t * t for s in scale_list for t in self._tiles(y.shape, s))
+        if not count:
+            raise InvalidInputError(f"no scale candidate fits frames of shape {tuple(y.shape)}")
+        auto = isinstance(velocities, str)
+        if auto and velocities != "auto":
+            raise InvalidInputError(f'velocities must be "auto", None or pairs, got {velocities!r}')
+        if velocities is None:
+            n_vel = 1
+        elif auto:  # the static search, then per window the 0.25 px/frame grid (0 counted once)
+            n_vel = 1 + len(windows) * (len(motion.velocity_grid()) ** 2 - 1)
+        else:
+            velocities = [(float(vy), float(vx)) for vy, vx in velocities]
+            if not velocities:
+                raise InvalidInputError("velocities must not be empty")
+            n_vel = len(windows) * len(velocities)
+        best = None
+        if velocities is None or auto:
+            best = dataclasses.replace(self._search_static(y, scale_list), frames_used=n)
+        if velocities is not None and (best is None or not best.detected):
+            for w in windows:
+                f = hp if hp is not None else self._frame_luma(w)
+                if auto:
+                    found = self._search_auto(f, groups)
+                else:
+                    found = self._search_velocities(f, scale_list, velocities)
+                if found is not None and (
+                    best is None or (found.detected, found.z) > (best.detected, best.z)
+                ):
+                    best = dataclasses.replace(found, frames_used=len(w))
+                if best is not None and best.detected:
+                    break
+        return dataclasses.replace(
+            best,
+            fpr_bound=min(1.0, count * n_vel * sp.gaussian_tail(best.z)),
+            scales_searched=len(scale_list),
+            velocities_searched=n_vel,
+        )
+
+    def _search_static(self, y: Tensor, scale_list: list[float]) -> PixelDetection:
+        """The best static candidate of the frames' mean ``y`` (robust ``z``) over all scales."""
+        best = None
         for scale in scale_list:
             r = sp.resample(y, scale)
             for tile in self._tiles(y.shape, scale):
                 pat = self.patterns(tile, y.device)
                 g = sp.phase_only(sp.fold(r, tile), pat.band)  # (T, T) complex
                 z, shift = sp.robust_z(sp.correlate(g, pat.pilot_hat))
-                count += tile * tile
                 if best is None or z > best[0]:
                     best = (z, shift, scale, tile, g, pat)
-        if best is None:
-            raise InvalidInputError(f"no scale candidate fits frames of shape {tuple(y.shape)}")
         z, shift, scale, tile, g, pat = best
+        return self._decode(z, shift, scale, tile, g, pat, (0.0, 0.0))
+
+    def _search_velocities(self, f, scales, velocities, tiles=None) -> PixelDetection | None:
+        """Best of ``velocities`` × ``scales`` × tiles for the frames' high-passed luma ``f``
+        ``(N, H, W)``, ranked by the pilot peak over its exact RMS, then scored by robust ``z``."""
+        best = None
+        v = torch.tensor(velocities, dtype=torch.float64)
+        for scale in scales:
+            r = sp.resample(f, scale)
+            for tile in tiles or self._tiles(f.shape[-2:], scale):
+                pat = self.patterns(tile, f.device)
+                folds = torch.fft.fft2(sp.fold(r, tile).double()).flatten(1)  # (N, T²)
+                idx, freqs = pat.bins("pilot")
+                g = motion.drift_sum(folds[:, idx], freqs, v)  # (V, B)
+                full = torch.zeros(len(v), tile * tile, dtype=g.dtype, device=g.device)
+                full[:, idx] = g / (g.abs() + 1e-12) * pat.pilot_hat.flatten()[idx].conj()
+                c = torch.fft.ifft2(full.view(-1, tile, tile)).real.flatten(1).amax(1)
+                k = int(c.argmax())
+                score = float(c[k]) * tile**2 / math.sqrt(len(idx))
+                if best is None or score > best[0]:
+                    best = (score, scale, tile, folds, pat, velocities[k])
+        if best is None:
+            return None
+        _, scale, tile, folds, pat, vel = best
+        idx, freqs = pat.bins("band")
+        spec = torch.zeros(tile * tile, dtype=folds.dtype, device=folds.device)
+        spec[idx] = motion.drift_sum(folds[:, idx], freqs, torch.tensor([vel]))[0]
+        g = sp.phase_only_spectrum(spec.view(tile, tile), pat.band)
+        z, shift = sp.robust_z(sp.correlate(g, pat.pilot_hat))
+        return self._decode(z, shift, scale, tile, g, pat, vel)
+
+    def _search_auto(self, f: Tensor, groups) -> PixelDetection | None:
+        """Velocity search: the 0.5 px/frame grid at each scale centre, then the best one's
+        scale steps and its 0.25 px/frame neighbours."""
+        coarse = motion.velocity_grid(2 * motion.VELOCITY_STEP)
+        grid = [(vy, vx) for vy in coarse for vx in coarse]
+        best = None
+        for c, group in groups:
+            if not group:
+                continue
+            s = min(group, key=lambda s, c=c: abs(s - c))
+            det = self._search_velocities(f, [s], grid)
+            if det is None:
+                continue
+            if best is None or det.z > best[1].z:
+                best = (group, det)
+        if best is None:
+            return None
+        group, det = best
+        step, vmax = motion.VELOCITY_STEP, motion.VELOCITY_MAX
+        near = [
+            (det.velocity[0] + i * step, det.velocity[1] + j * step)
+            for i in (-1, 0, 1)
+            for j in (-1, 0, 1)
+        ]
+        near = [v for v in near if max(abs(v[0]), abs(v[1])) <= vmax]
+        fine = self._search_velocities(f, group, near, tiles=[det.tile])
+        return fine if fine.z >= det.z else det
+
+    def _decode(self, z, shift, scale, tile, g, pat, vel) -> PixelDetection:
         soft = sp.correlate(g[None], pat.payload_hat)[:, shift[0], shift[1]]  # (92,)
         bits = ecc.decode(soft.tolist(), PAYLOAD_BITS + CHECK_BITS)
         payload, check_ok = decode_bits(bits)
         return PixelDetection(
             detected=bool(z >= Z_THRESHOLD and check_ok),
             z=z,
-            fpr_bound=min(1.0, count * sp.gaussian_tail(z)),
+            fpr_bound=1.0,
             payload=payload if check_ok else None,
             bits=bits,
             check_ok=check_ok,
-            frames_used=int(frames.shape[0]),
+            frames_used=0,
             scale=float(scale),
             shift=shift,
             tile=tile,
-            scales_searched=len(scale_list),
+            velocity=(float(vel[0]), float(vel[1])),
         )
 
     def detect_windows(self, frames: Tensor, window: int = 10, **kw) -> list[PixelDetection]:
@@ -276,6 +421,12 @@ class PixelWatermark:
         return [self.detect(frames[i : i + window], **kw) for i in range(0, len(frames), window)]
 
     # ------------------------------------------------------------------------------------------
+    @staticmethod
+    def _frame_luma(frames: Tensor) -> Tensor:
+        """High-passed (and whitened) luma of every frame, ``(N, H, W)`` float32."""
+        y = sp.highpass(sp.luma(frames))
+        return y / (sp.local_std(y) + WHITEN) if WHITEN else y
+
     @staticmethod
     def _mean_luma(frames: Tensor, chunk: int = 16) -> Tensor:
         """High-passed mean luma of all frames, ``(H, W)`` float32."""
@@ -294,23 +445,28 @@ class PixelWatermark:
         side = min(shape) / scale  # short side of the original frame, up to the crop
         return [t for t, ok in ((64, side < 256 * 1.05), (128, side >= 256 * 0.8)) if ok]
 
-    def _scales(self, y: Tensor, scales) -> list[float]:
+    def _scale_groups(self, y: Tensor, scales) -> list[tuple[float, list[float]]]:
+        """``(centre, scales around it)`` per centre; the scales are distinct over all groups."""
         if scales is None:
-            return [1.0]
+            return [(1.0, [1.0])]
         if scales != "auto":
-            return [float(s) for s in scales]
+            return [(float(s), [float(s)]) for s in scales]
         tiles = [self.tile] if self.tile else [64, 128]
         centers = list(SCALE_CENTERS)
         for p in sp.estimate_periods(y):
             centers += [p * m / t for t in tiles for m in (1.0, 0.5, 2 / 3)]
-        out: list[float] = []
+        out: list[tuple[float, list[float]]] = []
+        seen: list[float] = []
         for c in centers:
             if not 0.2 <= c <= 4.0:
                 continue
             step = max(SCALE_MIN_STEP, c / max(y.shape))  # ≤ 1 px of drift over the frame
             n = int(SCALE_HALF_WIDTH / step + 1e-9)
+            group = []
             for k in range(-n, n + 1):
                 s = round(c + k * step, 6)
-                if all(abs(s - o) > 0.5 * SCALE_MIN_STEP for o in out):
-                    out.append(s)
+                if all(abs(s - o) > 0.5 * SCALE_MIN_STEP for o in seen):
+                    seen.append(s)
+                    group.append(s)
+            out.append((c, group))
         return out

@@ -41,6 +41,15 @@ class TilePatterns:
     band: Tensor  # (T, T) bool, the band mask
     std: float  # std of pilot + Σ s_k W_k (the same for every payload)
 
+    def bins(self, which: str = "pilot") -> tuple[Tensor, Tensor]:
+        """Flat indices ``(B,)`` of the pilot (or ``"band"``) bins and their frequencies
+        ``(B, 2)`` in cycles/px. With unit-magnitude ``G`` on the ``B`` pilot bins the pilot
+        correlation has ``mean C² = B / T⁴`` (Parseval), whatever the data."""
+        mask = self.pilot_hat != 0 if which == "pilot" else self.band
+        idx = torch.nonzero(mask.flatten())[:, 0]
+        f = torch.fft.fftfreq(self.tile, dtype=torch.float64, device=idx.device)
+        return idx, torch.stack([f[idx // self.tile], f[idx % self.tile]], 1)
+
     def to(self, device) -> TilePatterns:
         move = {k: getattr(self, k).to(device) for k in ("pilot", "payload", "band")}
         move.update(pilot_hat=self.pilot_hat.to(device), payload_hat=self.payload_hat.to(device))
@@ -176,16 +185,17 @@ def activity_mask(y: Tensor, size: int = 7, lo: float = 0.3, hi: float = 2.0) ->
 
 
 def resample(y: Tensor, scale: float) -> Tensor:
-    """Undo a resize by ``s``: ``out(u) = y(s·u)``, bilinear; ``(H, W)`` → ``(⌊H/s⌋, ⌊W/s⌋)``."""
+    """Undo a resize by ``s``: ``out(u) = y(s·u)``, bilinear, ``(…, H, W)`` → ``(…, H/s, W/s)``
+    (rounded down)."""
     if scale == 1.0:
         return y
-    h, w = y.shape
+    *lead, h, w = y.shape
     ho, wo = max(1, int(h / scale)), max(1, int(w / scale))
     gy = ((torch.arange(ho, device=y.device) + 0.5) * scale) * (2.0 / h) - 1
     gx = ((torch.arange(wo, device=y.device) + 0.5) * scale) * (2.0 / w) - 1
     grid = torch.stack(torch.meshgrid(gx, gy, indexing="xy"), dim=-1)  # (ho, wo, 2) as (x, y)
-    out = F.grid_sample(y[None, None], grid[None].to(y.dtype), align_corners=False)
-    return out[0, 0]
+    out = F.grid_sample(y.reshape(1, -1, h, w), grid[None].to(y.dtype), align_corners=False)
+    return out[0].reshape(*lead, ho, wo)
 
 
 def fold(y: Tensor, tile: int) -> Tensor:
@@ -193,9 +203,10 @@ def fold(y: Tensor, tile: int) -> Tensor:
     h, w = y.shape[-2:]
     ph, pw = -h % tile, -w % tile
     lead = y.shape[:-2]
-    s = F.pad(y, (0, pw, 0, ph)).reshape(*lead, (h + ph) // tile, tile, (w + pw) // tile, tile)
-    ones = F.pad(torch.ones_like(y[..., :, :]), (0, pw, 0, ph)).reshape(s.shape)
-    return s.sum((-4, -2)) / ones.sum((-4, -2)).clamp_min(1)
+    shape = ((h + ph) // tile, tile, (w + pw) // tile, tile)
+    s = F.pad(y, (0, pw, 0, ph)).reshape(*lead, *shape)
+    ones = F.pad(torch.ones_like(y[(0,) * len(lead)]), (0, pw, 0, ph)).reshape(shape)
+    return s.sum((-4, -2)) / ones.sum((0, 2)).clamp_min(1)
 
 
 def highpass_gain(tile: int, sigma: float = 8.0) -> Tensor:
@@ -227,7 +238,11 @@ def project_cone(p: Tensor, q: Tensor, rho: Tensor, t: float) -> tuple[Tensor, T
 
 def phase_only(r: Tensor, band: Tensor) -> Tensor:
     """``G = R̂/|R̂|`` on the band, 0 elsewhere; ``(..., T, T)`` real → complex."""
-    spec = torch.fft.fft2(r.to(torch.float64))
+    return phase_only_spectrum(torch.fft.fft2(r.to(torch.float64)), band)
+
+
+def phase_only_spectrum(spec: Tensor, band: Tensor) -> Tensor:
+    """``spec/|spec|`` on the band, 0 elsewhere (:func:`phase_only` of a given spectrum)."""
     return torch.where(band, spec / (spec.abs() + 1e-12), torch.zeros_like(spec))
 
 

@@ -3,9 +3,9 @@
 Robustness is checked on procedural video (a 1/f texture, panning or static, with moving
 shapes, see ``media.py``), the payload in every frame, each 10-frame window decoded on its own,
 for 3 keys on 3 clips. Sizes are the smallest where the default strength (α = 2) passes
-reliably; what fails below them (64²: H.264, crop; 128² panning: CRF 28) and what fails at
-every size (crop + resize ×½ + CRF 28 with a panning camera) is measured by
-``benchmarks/watermark.py``.
+reliably; what fails below them (64²: H.264, crop; 256²: crop + resize ×½ + CRF 28) is
+measured by ``benchmarks/watermark.py``. With a panning camera the mark moves with the content
+(``motion.py``) and the detector searches the mark's velocity.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from mdiff.errors import InvalidInputError
+from mdiff.provenance.watermark import motion
 from mdiff.provenance.watermark import spectral as sp
 from mdiff.provenance.watermark.pixel import BANDS, SCHEME, PixelWatermark, payload_bits
 
@@ -53,8 +54,8 @@ KEYS = (b"robust-a", b"robust-b", b"robust-c")
 CASES = (
     [(64, 1.0, a) for a in ("none", "resize0.5", "bright+20")]
     + [(128, 1.0, a) for a in ("crf23", "crop10")]
-    + [(128, 0.0, "crf28"), (256, 1.0, "crf28")]
-    + [(384, 0.0, "crop+resize+crf28")]
+    + [(128, 0.0, "crf28"), (128, 1.0, "crf28")]
+    + [(384, 0.0, "crop+resize+crf28"), (384, 1.0, "crop+resize+crf28")]
 )
 
 
@@ -147,14 +148,88 @@ def test_null_with_scale_search_and_reported_bound(wm):
         assert d.z < 8 and not d.detected
         assert d.scales_searched > 1
         # Σ T² over the searched (tile, scale) pairs: 64² per scale, plus 128² where a scale
-        # makes the unresized frame large enough for the 128 tile.
-        q = d.scales_searched * sp.gaussian_tail(d.z)
+        # makes the unresized frame large enough for the 128 tile; times the velocities (the
+        # 0.25 px/frame grid up to ±2: 17² = 289).
+        assert d.velocities_searched == 289
+        q = d.scales_searched * d.velocities_searched * sp.gaussian_tail(d.z)
         assert min(1.0, 64**2 * q) * (1 - 1e-9) <= d.fpr_bound <= min(1.0, 128**2 * q)
 
 
 def test_wrong_key_not_detected(wm, marked_256):
     d = PixelWatermark(b"wrong key").detect(marked_256[:10])
     assert not d.detected and d.z < 8 and d.payload is None
+
+
+def test_null_velocity_search_calibrated():
+    """Drift-compensated folds of unmarked clips, 20 keys × 25 clips × 81 velocities: each
+    velocity's z is calibrated like the static one (P(z > 5) within 2× of T²·Q(5)), max < 8."""
+    tile, grid = 64, motion.velocity_grid(0.5)
+    v = torch.tensor([(vy, vx) for vy in grid for vx in grid], dtype=torch.float64)
+    folds = []
+    for seed in range(25):
+        x = media.moving_shapes(10, 64, seed=100 + seed, contrast=4.0 + seed % 5 * 6)
+        folds.append(torch.fft.fft2(sp.fold(PixelWatermark._frame_luma(x), tile).double()))
+    zs = []
+    for k in range(20):
+        pat = PixelWatermark(k.to_bytes(4, "big") + b"null-v").patterns(tile)
+        idx, freqs = pat.bins("band")
+        for f in folds:
+            g = torch.zeros(len(v), tile * tile, dtype=torch.complex128)
+            g[:, idx] = motion.drift_sum(f.flatten(1)[:, idx], freqs, v)
+            g = sp.phase_only_spectrum(g.view(-1, tile, tile), pat.band)
+            c = sp.correlate(g, pat.pilot_hat).flatten(1)  # (81, T²)
+            med = c.median(1, keepdim=True).values
+            mad = (c - med).abs().median(1).values
+            zs.append((c.amax(1) - med[:, 0]) / (1.4826 * mad))
+    zs = torch.cat(zs)
+    bound = tile**2 * sp.gaussian_tail(5.0)
+    p5 = (zs > 5).double().mean().item()
+    assert zs.max() < 8, zs.max()
+    assert bound / 2 <= p5 <= 2 * bound, (p5, bound)
+
+
+def _drifting(x, wm, v):
+    """``x`` (static content) with ``wm``'s mark moved by ``t·v`` px in frame ``t``."""
+    delta = wm.embed(x, PAYLOAD).float() - x.float()  # (T, H, W, 3), the static mark
+    d = torch.tensor([[t * v[0], t * v[1]] for t in range(len(x))], dtype=torch.float64)
+    fy = torch.fft.fftfreq(x.shape[1], dtype=torch.float64)[:, None]
+    fx = torch.fft.fftfreq(x.shape[2], dtype=torch.float64)[None, :]
+    phase = torch.exp(-2j * torch.pi * (fy * d[:, 0, None, None] + fx * d[:, 1, None, None]))
+    moved = torch.fft.ifft2(torch.fft.fft2(delta.permute(3, 0, 1, 2).double()) * phase).real
+    return (x.float() + moved.permute(1, 2, 3, 0)).round().clamp(0, 255).to(torch.uint8)
+
+
+@pytest.mark.parametrize("v", [(1.0, -1.5), (-0.75, 1.25)])
+def test_velocity_search_finds_drifting_mark(v):
+    """A mark shifted by t·v in frame t (sub-pixel, static content): found at v, not at 0."""
+    wm = PixelWatermark(KEYS[0])
+    y = _drifting(_clip(128, pan=0.0, frames=10), wm, v)
+    assert not wm.detect(y, velocities=None).detected  # a static mark only: smeared
+    d = wm.detect(y, scales=None, velocities=[v])
+    assert d.detected and d.payload == PAYLOAD and d.velocity == v, d
+    d = wm.detect(y)  # the search: 0.5 px/frame grid, refined to 0.25 (±0.25 barely matters)
+    assert d.detected and d.payload == PAYLOAD, d
+    assert max(abs(a - b) for a, b in zip(d.velocity, v, strict=True)) <= 0.25, d
+    assert d.velocities_searched == 289 and d.to_dict()["velocity"] == list(d.velocity)
+
+
+def test_mark_follows_the_camera():
+    """Panning 1 px/frame (the content moves by −1, −1): the mark moves with it; a static
+    camera is marked as without motion; a track continues the motion across calls."""
+    for seed in (1, 2, 3):
+        still = _clip(128, pan=0.0, seed=seed)
+        d = motion.follow(motion.spectra(sp.luma(still)), still.shape[1:3], motion.MotionTrack())
+        assert torch.equal(d, torch.zeros(len(still), 2, dtype=torch.float64))
+    x = _clip(128, pan=1.0, seed=1)
+    wm = PixelWatermark(KEYS[0])
+    y = wm.embed(x, PAYLOAD)
+    d = wm.detect(y[:10], scales=None)
+    assert d.detected and d.velocity == (-1.0, -1.0), d
+    track = motion.MotionTrack()
+    parts = torch.cat(
+        [wm.embed(x[:10], PAYLOAD, track=track), wm.embed(x[10:], PAYLOAD, track=track)]
+    )
+    assert torch.equal(parts, y) and track.displacement == (-19.0, -19.0)
 
 
 # ----------------------------------------------------------------------------------------------
