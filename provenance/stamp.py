@@ -90,12 +90,18 @@ class Stamper:
 
     # ------------------------------------------------------------------------------- stamping
 
-    def frames(self, frames: torch.Tensor, record: GenerationRecord, *, fps=None) -> Stamped:
-        """Watermark ``uint8 (T, H, W, 3)`` frames (an image is T = 1) and attach the record."""
+    def frames(
+        self, frames: torch.Tensor, record: GenerationRecord, *, fps=None, track=None
+    ) -> Stamped:
+        """Watermark ``uint8 (T, H, W, 3)`` frames (an image is T = 1) and attach the record.
+
+        Pieces of one video (a stream's chunks) pass one ``pixel.MotionTrack`` (``track``), so
+        the mark keeps following the camera across them instead of restarting."""
         if record.modality not in ("image", "video"):
             raise InvalidInputError(f"frames need an image or video record, not {record.modality}")
         payload = payload_of(record)
-        marked = self.pixel_watermark.embed(media.check_frames(frames).to(frames.device), payload)
+        frames = media.check_frames(frames).to(frames.device)
+        marked = self.pixel_watermark.embed(frames, payload, track=track)
         info = WatermarkInfo(pixel.SCHEME, self.key_id, f"{payload:08x}", {"alpha": self.alpha})
         return Stamped(record.with_watermark(info), frames=marked, fps=fps, _token=_TOKEN)
 

@@ -39,6 +39,7 @@ from mdiff import hub
 from mdiff.atomic import atomic_dir
 from mdiff.errors import CheckpointError, InvalidInputError
 from mdiff.provenance.stamp import Stamped, Stamper
+from mdiff.provenance.watermark.pixel import MotionTrack
 from mdiff.record import GenerationRecord
 from mdiff.video.dit import SpaceTimeDiT
 from mdiff.video.request import PipelineSettings, Request, prepare
@@ -206,8 +207,10 @@ class VideoPipeline:
         if on_latents is not None:
             latents = _tee(latents, on_latents)
 
+        track = MotionTrack()  # the mark follows the camera across the chunks
+
         def stamp(frames: Tensor) -> Stamped:
-            return self.stamper.frames(frames, req.record, fps=req.fps)
+            return self.stamper.frames(frames, req.record, fps=req.fps, track=track)
 
         return decode_chunks(self.vae, latents, stamp, skip_frames=req.skip_frames)
 

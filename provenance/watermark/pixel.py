@@ -276,7 +276,8 @@ class PixelWatermark:
         ``velocities`` (px/frame of the unresized frame, ``(vy, vx)``): the mark's drift. With
         ``"auto"`` a static mark is looked for first (all frames averaged); if that does not
         decode, every window of ``VELOCITY_WINDOW`` frames is searched on a 0.5 px/frame grid
-        up to ±2 at the scale centres and refined to 0.25 px/frame and the scale steps. A
+        up to ±2 at the scale centres and refined to 0.25 px/frame and the scale steps (if it
+        does, and the clip is one window, the drift is searched at the scale found). A
         sequence: those velocities exactly, at every scale. ``None``: a static mark only.
         """
         _check_frames(frames, MIN_DETECT_SIDE)
@@ -304,7 +305,12 @@ class PixelWatermark:
         best = None
         if velocities is None or auto:
             best = dataclasses.replace(self._search_static(y, scale_list), frames_used=n)
-        if velocities is not None and (best is None or not best.detected):
+        if auto and best.detected and hp is not None:
+            # a drifting mark can decode smeared: look for its drift at the scale found
+            found = self._search_auto(hp, [(best.scale, [best.scale])])
+            if found.detected and found.z > best.z:
+                best = dataclasses.replace(found, frames_used=n)
+        elif velocities is not None and (best is None or not best.detected):
             for w in windows:
                 f = hp if hp is not None else self._frame_luma(w)
                 if auto:

@@ -11,6 +11,7 @@ from mdiff.errors import InvalidInputError
 from mdiff.provenance import keys
 from mdiff.provenance.stamp import Stamped, Stamper, payload_of
 from mdiff.provenance.verify import verify
+from mdiff.provenance.watermark.pixel import MotionTrack
 from mdiff.record import GenerationRecord
 
 from .media import moving_shapes
@@ -257,3 +258,16 @@ def test_cli_keys_init_refuses_to_overwrite(tmp_path, capsys):
     assert "force" in capsys.readouterr().err and key.read_bytes() == before
     assert cli.main(["--home", str(tmp_path), "keys", "init", "--force"]) == 0
     assert key.read_bytes() != before
+
+
+def test_stamped_pieces_with_one_track_equal_the_whole_clip(home):
+    """A stream stamps chunk by chunk; with one MotionTrack the mark keeps following a panning
+    camera, so the pieces equal the clip stamped at once (and differ without the track)."""
+    st, rec = Stamper(home=home), record("video")
+    x = moving_shapes(20, 256, seed=2, pan=1.0, contrast=8.0)
+    whole = st.frames(x, rec).frames
+    track = MotionTrack()
+    parts = st.join([st.frames(x[:10], rec, track=track), st.frames(x[10:], rec, track=track)])
+    assert torch.equal(parts.frames, whole)
+    restarted = st.join([st.frames(x[:10], rec), st.frames(x[10:], rec)])
+    assert not torch.equal(restarted.frames, whole)
