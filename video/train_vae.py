@@ -32,6 +32,7 @@ import torch
 from torch import Tensor
 
 from mdiff.errors import InvalidInputError
+from mdiff.hub import resolve
 from mdiff.train.checkpoint import RUN_FILE, read_run_folder, write_run
 from mdiff.train.metrics import read_metrics
 from mdiff.video.data import ShapesDataset
@@ -384,6 +385,11 @@ def export(
         "losses": [{k: v for k, v in r.items() if k not in ("kind", "time")} for r in train_rows],
         "evals": [r for r in metrics if r.get("kind") == "eval"],
     }
+    init = run["train"].get("init_from")
+    if init is not None:  # a fine-tune: keep the history of the VAE it started from
+        parent = resolve(init) / LOG_FILE
+        if parent.is_file():
+            log["init_log"] = json.loads(parent.read_text(encoding="utf-8"))
     text = json.dumps(log, indent=1) + "\n"  # inf PSNR is written as Infinity
     (out_dir / LOG_FILE).write_text(text, encoding="utf-8")
     return log

@@ -194,6 +194,8 @@ def test_decoder_finetune_keeps_the_encoder_and_its_latents(tmp_path):
     assert frozen and all(torch.equal(sa[k], sb[k]) for k in frozen)
     assert not all(torch.equal(sa[k], sb[k]) for k in sa if k.startswith("decoder."))
     assert a.config.latents_mean == b.config.latents_mean  # the same latent space
+    log = json.loads((tmp_path / "b" / "training_log.json").read_text())
+    assert log["init_log"]["step"] == 2  # the history of the VAE it started from
     settings = json.loads((ft / "run.json").read_text())
     assert settings["train"]["freeze_encoder"] and settings["train"]["init_from"].endswith("a")
 
