@@ -291,9 +291,8 @@ def train(
     torch.manual_seed(seed)  # the initial weights
     vae = CausalVAE(vae_config)
     resuming = resume and (out / "checkpoints" / "latest").is_file()
-    if init is None and not resuming and run["train"].get("init_from") is not None:
-        init = CausalVAE.from_pretrained(run["train"]["init_from"])  # a leg that never saved
-    if init is not None and not resuming:
+    if not resuming and run["train"].get("init_from") is not None:
+        init = init or CausalVAE.from_pretrained(run["train"]["init_from"])
         vae.load_state_dict(init.state_dict())
     if run["train"].get("freeze_encoder"):
         for module in (vae.encoder, vae.quant_conv):
