@@ -156,6 +156,11 @@ def _add_train_text(sub) -> None:
     t.add_argument("--pattern", default="*.py", help="file glob in --corpus (default *.py)")
     t.add_argument("--vocab-size", type=int, default=4096, help="BPE vocabulary (default 4096)")
     t.add_argument("--block-size", type=int, default=16, help="tokens per block (--kind block)")
+    t.add_argument(
+        "--init-from", metavar="MODEL", default=None,
+        help="start a new run from an exported text model (its tokenizer and weights), e.g. "
+        "a bidirectional one fine-tuned into --kind block",
+    )  # fmt: skip
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--save-every", type=int, default=500, help="checkpoint period in steps")
     t.add_argument("--log-every", type=int, default=50, help="metrics.jsonl period in steps")
@@ -195,7 +200,7 @@ def _train_text(args: argparse.Namespace) -> int:
             corpus=args.corpus, pattern=args.pattern, vocab_size=args.vocab_size,
             block_size=args.block_size, save_every=args.save_every, log_every=args.log_every,
             eval_every=args.eval_every, seed=args.seed, progress=not args.no_progress,
-            command=command,
+            command=command, init_from=args.init_from,
         )  # fmt: skip
         print(f"trained to step {result.step}, loss {result.loss:.5f} ({out})")
     if args.export:

@@ -38,7 +38,13 @@ from mdiff.text.objectives import (
     masked_nelbo,
 )
 from mdiff.text.tokenizer import TOKENIZER_FILE, CodeTokenizer, train_tokenizer
-from mdiff.train.checkpoint import RUN_FILE, read_run_folder, write_run
+from mdiff.train.checkpoint import (
+    RUN_FILE,
+    TRAINING_LOG,
+    parent_log,
+    read_run_folder,
+    write_run,
+)
 from mdiff.train.metrics import read_metrics
 
 __all__ = [
@@ -55,7 +61,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-LOG_FILE = "training_log.json"
+LOG_FILE = TRAINING_LOG
 KINDS = {"mdm": "bidirectional", "block": "block_causal", "ar": "causal"}  # kind -> attention
 _OBJECTIVES = {
     "mdm": MaskedDiffusionObjective,
@@ -65,12 +71,17 @@ _OBJECTIVES = {
 
 
 def model_config(
-    preset: str, kind: str, tokenizer: CodeTokenizer, seq_len: int, block_size: int = 16
-) -> TextDenoiserConfig:
-    """`preset` fitted to the tokenizer, with the attention of `kind` and room for `seq_len`."""
+    preset: str | TextDenoiserConfig, kind: str, tokenizer: CodeTokenizer, seq_len: int,
+    block_size: int = 16,
+) -> TextDenoiserConfig:  # fmt: skip
+    """`preset` (a name, or the config of a model to fine-tune) fitted to the tokenizer, with
+    the attention of `kind` and room for `seq_len`."""
     if kind not in KINDS:
         raise InvalidInputError(f"kind must be one of {sorted(KINDS)}, got {kind!r}")
-    base = TextDenoiserConfig.preset(preset, vocab_size=tokenizer.vocab_size)
+    if isinstance(preset, TextDenoiserConfig):
+        base = dataclasses.replace(preset, block_size=None)
+    else:
+        base = TextDenoiserConfig.preset(preset, vocab_size=tokenizer.vocab_size)
     size = (base.block_size or block_size) if kind == "block" else None
     if size and seq_len % size:
         raise InvalidInputError(f"seq_len {seq_len} must be a multiple of block_size {size}")
@@ -170,15 +181,21 @@ def load_ema_model(run_dir: str | Path, checkpoint: str = "latest") -> tuple[Tex
 
 def _new_run(
     out: Path, *, kind, preset, corpus, pattern, vocab_size, heldout_fraction, seq_len, stride,
-    crop_fraction, fim_rate, block_size, eval_windows, train, command,
+    crop_fraction, fim_rate, block_size, eval_windows, train, command, init_from=None,
 ) -> tuple[dict, CodeTokenizer]:  # fmt: skip
-    """Train the tokenizer, write ``tokenizer.json`` and ``run.json``; returns both."""
+    """Train the tokenizer (or take `init_from`'s), write ``tokenizer.json`` and ``run.json``;
+    returns both."""
     if kind not in KINDS:
         raise InvalidInputError(f"kind must be one of {sorted(KINDS)}, got {kind!r}")
     found = Corpus.from_folder(corpus, pattern, heldout_fraction)
-    logger.info("training the tokenizer on %d files", len(found.train_files))
-    tokenizer = train_tokenizer(found.texts(found.train_files), vocab_size)
-    config = model_config(preset, kind, tokenizer, seq_len, block_size)
+    if init_from is not None:  # the model's own tokenizer and architecture, any attention
+        init, tokenizer = _init_model(init_from)
+        config = model_config(init.config, kind, tokenizer, seq_len, block_size)
+        preset = None
+    else:
+        logger.info("training the tokenizer on %d files", len(found.train_files))
+        tokenizer = train_tokenizer(found.texts(found.train_files), vocab_size)
+        config = model_config(preset, kind, tokenizer, seq_len, block_size)
     objective = _OBJECTIVES[kind]()
     if kind == "block":
         objective.block_size = config.block_size
@@ -202,6 +219,16 @@ def _new_run(
     tokenizer.save(out)
     write_run(out, run)
     return run, tokenizer
+
+
+def _init_model(init_from: str | Path) -> tuple[TextDenoiser, CodeTokenizer]:
+    """An exported text model (folder or built-in name) and its tokenizer, to fine-tune."""
+    from mdiff.hub import resolve
+
+    folder = resolve(init_from)
+    if not (folder / TOKENIZER_FILE).is_file():
+        raise CheckpointError(f"{folder} has no {TOKENIZER_FILE}: not an exported text model")
+    return TextDenoiser.from_pretrained(folder), CodeTokenizer.load(folder)
 
 
 def train(
@@ -231,12 +258,18 @@ def train(
     seed: int = 0,
     progress: bool = True,
     command: str | None = None,
+    init_from: str | Path | None = None,
 ):
     """Train (or, with `resume`, continue) a text model of `kind` ("mdm", "block", "ar") on a
     code corpus (a folder; default the standard library); returns the `FitResult`.
 
     On resume everything but `steps` (the target), `save_every`, `log_every`, `eval_every` and
-    `progress` comes from the run's ``run.json`` and ``tokenizer.json``."""
+    `progress` comes from the run's ``run.json`` and ``tokenizer.json``.
+
+    `init_from` (a new run only) starts from an exported text model (folder or built-in name)
+    with its tokenizer and architecture but the attention of `kind`: BD3-LM's recipe of
+    fine-tuning a bidirectional masked-diffusion model into a block-causal one (``kind="block"``)
+    costs a fraction of training one from scratch."""
     from mdiff.train.trainer import TrainConfig, Trainer
 
     out = Path(out)
@@ -251,9 +284,10 @@ def train(
             out, kind=kind, preset=preset, corpus=corpus, pattern=pattern, vocab_size=vocab_size,
             heldout_fraction=heldout_fraction, seq_len=seq_len, stride=stride,
             crop_fraction=crop_fraction, fim_rate=fim_rate, block_size=block_size,
-            eval_windows=eval_windows, command=command,
+            eval_windows=eval_windows, command=command, init_from=init_from,
             train={"seed": seed, "batch_size": batch_size, "lr": lr, "warmup_steps": warmup_steps,
-                   "mixed_precision": mixed_precision},
+                   "mixed_precision": mixed_precision,
+                   "init_from": None if init_from is None else str(init_from)},
         )  # fmt: skip
     kind, t = run["kind"], run["train"]
     objective = _OBJECTIVES[kind](**run["objective"])
@@ -268,11 +302,14 @@ def train(
     )  # fmt: skip
     torch.manual_seed(t["seed"])  # the initial weights
     model = TextDenoiser(TextDenoiserConfig(**run["model_config"]))
+    resuming = resume and (out / "checkpoints" / "latest").is_file()
+    if not resuming and t.get("init_from") is not None:
+        model.load_state_dict(_init_model(t["init_from"])[0].state_dict())
     trainer = Trainer(
         model, objective, dataset, cfg,
         evaluate=lambda m: evaluate_heldout(m, heldout, kind, tokenizer),
     )  # fmt: skip
-    if resume and (out / "checkpoints" / "latest").is_file():
+    if resuming:
         trainer.resume("latest")
     return trainer.fit()
 
@@ -310,6 +347,8 @@ def export(
         "losses": [{k: v for k, v in r.items() if k not in ("kind", "time")} for r in train_rows],
         "evals": [r for r in metrics if r.get("kind") == "eval"],
     }
+    if (parent := parent_log(run)) is not None:  # a fine-tune: keep the parent's history
+        log["init_log"] = parent
     with atomic_dir(out_dir) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save(tmp)

@@ -49,7 +49,7 @@ import mdiff
 from mdiff.atomic import atomic_dir
 from mdiff.errors import CheckpointError, InvalidInputError
 from mdiff.hub import resolve, weights_sha256
-from mdiff.train.checkpoint import RUN_FILE, read_run_folder, write_run
+from mdiff.train.checkpoint import RUN_FILE, TRAINING_LOG, read_run_folder, write_run
 from mdiff.train.metrics import read_metrics
 from mdiff.video.data import ShapesDataset
 from mdiff.video.dit import DiTConfig, SpaceTimeDiT
@@ -78,7 +78,7 @@ __all__ = [
     "train",
 ]
 
-LOG_FILE, PIPELINE_FILE = "training_log.json", "pipeline.json"
+LOG_FILE, PIPELINE_FILE = TRAINING_LOG, "pipeline.json"
 PIPELINE_FORMAT = "mdiff-video-pipeline/1"
 
 

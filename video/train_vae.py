@@ -32,8 +32,7 @@ import torch
 from torch import Tensor
 
 from mdiff.errors import InvalidInputError
-from mdiff.hub import resolve
-from mdiff.train.checkpoint import RUN_FILE, read_run_folder, write_run
+from mdiff.train.checkpoint import RUN_FILE, TRAINING_LOG, parent_log, read_run_folder, write_run
 from mdiff.train.metrics import read_metrics
 from mdiff.video.data import ShapesDataset
 from mdiff.video.vae import CausalVAE, CausalVAEConfig
@@ -149,7 +148,7 @@ class VAEObjective:
 
 # ------------------------------------------------------------------------------ run folder
 
-LOG_FILE = "training_log.json"
+LOG_FILE = TRAINING_LOG
 
 
 def read_run(run_dir: str | Path) -> dict:
@@ -384,11 +383,8 @@ def export(
         "losses": [{k: v for k, v in r.items() if k not in ("kind", "time")} for r in train_rows],
         "evals": [r for r in metrics if r.get("kind") == "eval"],
     }
-    init = run["train"].get("init_from")
-    if init is not None:  # a fine-tune: keep the history of the VAE it started from
-        parent = resolve(init) / LOG_FILE
-        if parent.is_file():
-            log["init_log"] = json.loads(parent.read_text(encoding="utf-8"))
+    if (parent := parent_log(run)) is not None:  # a fine-tune: keep the VAE's history
+        log["init_log"] = parent
     text = json.dumps(log, indent=1) + "\n"  # inf PSNR is written as Infinity
     (out_dir / LOG_FILE).write_text(text, encoding="utf-8")
     return log

@@ -47,6 +47,21 @@ def write_run(run_dir: str | os.PathLike, run: dict) -> None:
     write_text_atomic(Path(run_dir) / RUN_FILE, json.dumps(run, indent=2) + "\n")
 
 
+TRAINING_LOG = "training_log.json"  # what an exported model carries about its training
+
+
+def parent_log(run: dict) -> dict | None:
+    """The training log of the model a run was fine-tuned from (``run["train"]["init_from"]``,
+    a folder or built-in name), so an export keeps its whole history; None if there is none."""
+    from mdiff.hub import resolve
+
+    init = run.get("train", {}).get("init_from")
+    if init is None:
+        return None
+    path = resolve(init) / TRAINING_LOG
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
 def encode_tree(tree: Any, prefix: str = "") -> tuple[Any, dict[str, torch.Tensor]]:
     """Split `tree` into a JSON-able skeleton and the tensors it holds."""
     tensors: dict[str, torch.Tensor] = {}

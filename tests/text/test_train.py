@@ -344,3 +344,30 @@ def test_other_kinds_train(tmp_path, corpus, kind):
     assert run["model_config"]["attention"] == attention
     assert run["data"]["fim_rate"] == (0.5 if kind == "ar" else 0)
     assert sorted(r["kind"] for r in read_metrics(out)) == ["eval", "train"]
+
+
+def test_init_from_fine_tunes_an_exported_model_into_another_attention(tmp_path, corpus):
+    parent = tmp_path / "parent"
+    assert _cli(tmp_path / "mdm", corpus, "--steps", "2", "--export", str(parent)) == 0
+    out = tmp_path / "block"
+    # lr 0: the weights stay those of the parent, so the run must have started from them
+    assert _cli(out, corpus, "--steps", "2", "--kind", "block", "--block-size", "8",
+                "--lr", "0", "--init-from", str(parent), "--eval-every", "0") == 0  # fmt: skip
+    run = json.loads((out / "run.json").read_text())
+    assert run["model_config"]["attention"] == "block_causal"
+    assert run["model_config"]["block_size"] == 8
+    assert run["train"]["init_from"] == str(parent)
+    assert (out / "tokenizer.json").read_bytes() == (parent / "tokenizer.json").read_bytes()
+    model, ema = _weights(out, 2)
+    start = TextDenoiser.from_pretrained(parent).state_dict()
+    for name, p in model.items():
+        assert torch.equal(p, start[name]), name
+
+    child = tmp_path / "child"
+    assert _cli(out, corpus, "--export", str(child), "--export-only") == 0
+    log = json.loads((child / "training_log.json").read_text())
+    assert log["init_log"] == json.loads((parent / "training_log.json").read_text())
+    assert TextDenoiser.from_pretrained(child).config.attention == "block_causal"
+
+    bad = tmp_path / "bad"
+    assert _cli(bad, corpus, "--steps", "2", "--init-from", str(tmp_path / "none")) == 2
