@@ -209,16 +209,29 @@ def resolve(name_or_path: str | os.PathLike) -> Path:
     path = Path(name_or_path)
     if path.exists():
         return path
-    name = str(name_or_path)
-    if "/" not in name and os.sep not in name and not name.startswith("."):
-        for root in _builtin_roots():
-            if (root / name).is_dir():
-                return root / name
+    found = _find_builtin(str(name_or_path))
+    if found is not None:
+        return found
     available = ", ".join(list_builtin()) or "none installed"
     raise CheckpointError(
-        f"no checkpoint directory {name!r}: it is neither an existing path nor a built-in name "
-        f"(built-in names: {available})"
+        f"no checkpoint directory {str(name_or_path)!r}: it is neither an existing path nor a "
+        f"built-in name (built-in names: {available})"
     )
+
+
+def _find_builtin(name: str) -> Path | None:
+    if "/" in name or os.sep in name or name.startswith("."):
+        return None
+    return next((root / name for root in _builtin_roots() if (root / name).is_dir()), None)
+
+
+def builtin(name: str) -> Path:
+    """The folder of a built-in checkpoint, never a local path of the same name."""
+    found = _find_builtin(name)
+    if found is None:
+        available = ", ".join(list_builtin()) or "none installed"
+        raise CheckpointError(f"{name!r} is not a built-in checkpoint (installed: {available})")
+    return found
 
 
 # ---------------------------------------------------------------- config (de)serialisation

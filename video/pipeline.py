@@ -279,6 +279,14 @@ def _load_component(directory: Path, name: str, spec: dict, device):
             f"{directory / PIPELINE_FILE} must name the {name} component's class, one of "
             f"{sorted(CLASSES)}; got {entry!r}"
         )
+    if "builtin" in entry:  # shared with another built-in (the shipped VAE), not copied
+        folder = hub.builtin(str(entry["builtin"]))
+        if entry.get("sha256") not in (None, hub.weights_sha256(folder)):
+            raise CheckpointError(
+                f"{directory / PIPELINE_FILE} was trained with other weights of the built-in "
+                f"{entry['builtin']!r} than the ones installed (sha256 differs)"
+            )
+        return CLASSES[entry["class"]].from_pretrained(folder, device=device)
     sub = Path(str(entry.get("path", name)))
     if sub.is_absolute() or ".." in sub.parts:
         raise CheckpointError(f"component path {sub} must be a subfolder of {directory}")

@@ -286,6 +286,7 @@ def export(
         "_mdiff_version": mdiff.__version__, **{name: name for name in classes},
         "text_encoder_class": classes["text_encoder"],
         "components": {name: {"class": c, "path": name} for name, c in classes.items()},
+        # a built-in VAE is referenced (with its weights' hash), not copied: package size
         "chunking": None if chunk is None else {"chunk_frames": chunk},
         "settings": {
             "steps": 24, "shift": run["objective"]["shift"], "solver": "euler", "guidance": 4.0,
@@ -293,6 +294,10 @@ def export(
             **(settings or {}),
         },
     }  # fmt: skip
+    shared = vae is not None and not Path(vae).exists()  # a built-in name
+    if shared:
+        pipeline["components"]["vae"] = {"class": classes["vae"], "builtin": str(vae),
+                                         "sha256": weights_sha256(vae_source)}  # fmt: skip
     metrics = read_metrics(run_dir)
     train_rows = [r for r in metrics if r.get("kind", "train") == "train"]
     log = {
@@ -310,9 +315,10 @@ def export(
     with atomic_dir(out_dir) as tmp:
         model.dit.save_pretrained(tmp / "dit")
         model.text_encoder.save_pretrained(tmp / "text_encoder")
-        (tmp / "vae").mkdir()
-        for name in ("config.json", "model.safetensors"):
-            shutil.copy2(vae_source / name, tmp / "vae" / name)
+        if not shared:
+            (tmp / "vae").mkdir()
+            for name in ("config.json", "model.safetensors"):
+                shutil.copy2(vae_source / name, tmp / "vae" / name)
         (tmp / PIPELINE_FILE).write_text(json.dumps(pipeline, indent=2) + "\n", encoding="utf-8")
         (tmp / LOG_FILE).write_text(json.dumps(log, indent=1) + "\n", encoding="utf-8")
     return log

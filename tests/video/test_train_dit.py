@@ -281,6 +281,32 @@ def test_export_ships_a_decoder_finetune_and_refuses_another_latent_space(vae_di
     assert not (tmp_path / "pipe2").exists()
 
 
+def test_export_references_a_builtin_vae_by_name_and_hash(vae_dir, tmp_path, monkeypatch):
+    from mdiff import hub
+    from mdiff.video.pipeline import VideoPipeline
+
+    run, builtins = tmp_path / "run", tmp_path / "checkpoints"
+    _train(run, vae_dir, 1)
+    CausalVAE.from_pretrained(vae_dir).save_pretrained(builtins / "tiny-builtin-vae")
+    monkeypatch.setattr(hub, "_builtin_roots", lambda: [builtins])
+    export(run, tmp_path / "pipe", vae="tiny-builtin-vae")
+    entry = json.loads((tmp_path / "pipe" / "pipeline.json").read_text())["components"]["vae"]
+    assert entry["builtin"] == "tiny-builtin-vae" and entry["sha256"] == weights_sha256(vae_dir)
+    assert not (tmp_path / "pipe" / "vae").exists()  # not copied
+    pipe = VideoPipeline.from_pretrained(tmp_path / "pipe")
+    assert weights_sha256(pipe.vae) == weights_sha256(vae_dir)
+
+    other = CausalVAE.from_pretrained(vae_dir)
+    with torch.no_grad():
+        next(other.decoder.parameters()).add_(0.1)
+    other.save_pretrained(builtins / "tiny-builtin-vae")  # the built-in changed since export
+    with pytest.raises(CheckpointError, match="other weights"):
+        VideoPipeline.from_pretrained(tmp_path / "pipe")
+    monkeypatch.setattr(hub, "_builtin_roots", lambda: [])
+    with pytest.raises(CheckpointError, match="not a built-in"):
+        VideoPipeline.from_pretrained(tmp_path / "pipe")
+
+
 def test_cli_trains_exports_and_refuses_overwrite(vae_dir, tmp_path, capsys):
     out, pipe = tmp_path / "run", tmp_path / "pipe"
     argv = ["--threads", "1", "train", "dit", "--out", str(out), "--vae", str(vae_dir),
