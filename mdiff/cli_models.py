@@ -95,6 +95,7 @@ def _add_train_dit(sub) -> None:
     d.add_argument("--steps", type=int, default=100_000, help="target step count (default 1e5)")
     d.add_argument("--batch-size", type=int, default=16, help="clips per step (default 16)")
     d.add_argument("--resume", action="store_true", help="continue the run in --out exactly")
+    _add_cooldown(d)
     d.add_argument("--size", type=int, default=64, help="frame height and width (default 64)")
     d.add_argument(
         "--frames", type=int, default=17, choices=[17, 21, 25, 29, 33], help="frames per clip"
@@ -129,6 +130,18 @@ def _add_train_dit(sub) -> None:
         "--export-vae", metavar="VAE", default=None,
         help="ship this VAE instead of the run's: a decoder fine-tune of it (same encoder)",
     )  # fmt: skip
+    d.add_argument(
+        "--guidance", type=float, default=None,
+        help="with --export: the pipeline's default CFG scale (default 4)",
+    )  # fmt: skip
+
+
+def _add_cooldown(parser) -> None:
+    parser.add_argument(
+        "--cooldown", type=int, metavar="N", default=None,
+        help="decay the learning rate linearly to 0 over the last N steps before --steps "
+        "(recorded in the run: later resumes keep it)",
+    )  # fmt: skip
 
 
 def _add_train_text(sub) -> None:
@@ -152,6 +165,7 @@ def _add_train_text(sub) -> None:
         help="bf16 autocast (2.5x faster on CPUs with AVX512-BF16; default no)",
     )  # fmt: skip
     t.add_argument("--resume", action="store_true", help="continue the run in --out exactly")
+    _add_cooldown(t)
     t.add_argument("--corpus", default=None, help="folder of sources (default: the stdlib)")
     t.add_argument("--pattern", default="*.py", help="file glob in --corpus (default *.py)")
     t.add_argument("--vocab-size", type=int, default=4096, help="BPE vocabulary (default 4096)")
@@ -200,7 +214,7 @@ def _train_text(args: argparse.Namespace) -> int:
             corpus=args.corpus, pattern=args.pattern, vocab_size=args.vocab_size,
             block_size=args.block_size, save_every=args.save_every, log_every=args.log_every,
             eval_every=args.eval_every, seed=args.seed, progress=not args.no_progress,
-            command=command, init_from=args.init_from,
+            command=command, init_from=args.init_from, cooldown=args.cooldown,
         )  # fmt: skip
         print(f"trained to step {result.step}, loss {result.loss:.5f} ({out})")
     if args.export:
@@ -229,11 +243,13 @@ def _train_dit(args: argparse.Namespace) -> int:
             shift=args.shift,
             mixed_precision=args.mixed_precision, save_every=args.save_every,
             log_every=args.log_every, eval_every=args.eval_every, seed=args.seed,
-            progress=not args.no_progress, command=command,
+            progress=not args.no_progress, command=command, cooldown=args.cooldown,
         )  # fmt: skip
         print(f"trained to step {result.step}, loss {result.loss:.5f} ({out})")
     if args.export:
-        log = train_dit.export(out, args.export, vae=args.export_vae, command=command)
+        settings = {"guidance": args.guidance} if args.guidance is not None else None
+        log = train_dit.export(out, args.export, vae=args.export_vae, settings=settings,
+                               command=command)  # fmt: skip
         h = log["heldout"]
         print(
             f"exported step {log['step']} to {args.export}: held-out flow-matching loss "
@@ -311,6 +327,10 @@ def _add_eval_video(sub) -> None:
     what = v.add_mutually_exclusive_group()
     what.add_argument("--prompts", metavar="FILE", help="one prompt per line (# comments)")
     what.add_argument("-n", type=int, default=20, help="held-out shapes captions (default 20)")
+    v.add_argument(
+        "--objects", type=int, choices=[1, 2], default=None,
+        help="only held-out captions naming this many objects (default: any)",
+    )  # fmt: skip
     v.add_argument("--frames", type=int, default=17, help="frames per clip, 1 + 4k (default 17)")
     v.add_argument("--size", type=int, help="height and width (default: the model's)")
     v.add_argument("--steps", type=int, help="solver steps (default: the model's)")

@@ -45,6 +45,7 @@ from mdiff.train.checkpoint import (
     read_run_folder,
     write_run,
 )
+from mdiff.train.config import cooldown as lr_cooldown
 from mdiff.train.metrics import read_metrics
 
 __all__ = [
@@ -259,6 +260,7 @@ def train(
     progress: bool = True,
     command: str | None = None,
     init_from: str | Path | None = None,
+    cooldown: int | None = None,
 ):
     """Train (or, with `resume`, continue) a text model of `kind` ("mdm", "block", "ar") on a
     code corpus (a folder; default the standard library); returns the `FitResult`.
@@ -269,7 +271,8 @@ def train(
     `init_from` (a new run only) starts from an exported text model (folder or built-in name)
     with its tokenizer and architecture but the attention of `kind`: BD3-LM's recipe of
     fine-tuning a bidirectional masked-diffusion model into a block-causal one (``kind="block"``)
-    costs a fraction of training one from scratch."""
+    costs a fraction of training one from scratch. `cooldown` N makes the learning rate fall
+    linearly to 0 over the N steps before `steps` (recorded in ``run.json``)."""
     from mdiff.train.trainer import TrainConfig, Trainer
 
     out = Path(out)
@@ -290,6 +293,8 @@ def train(
                    "init_from": None if init_from is None else str(init_from)},
         )  # fmt: skip
     kind, t = run["kind"], run["train"]
+    schedule = lr_cooldown(t, steps, cooldown)
+    write_run(out, run)  # with a new cooldown recorded
     objective = _OBJECTIVES[kind](**run["objective"])
     dataset, heldout = _data(out, run, tokenizer)
     logger.info("%d training windows of %d tokens", len(dataset), run["data"]["seq_len"])
@@ -299,6 +304,7 @@ def train(
         ema_max_decay=0.999, ema_warmup_power=3 / 4, seed=t["seed"], save_every=save_every,
         keep_last=3, keep_every=5000, log_every=log_every, eval_every=eval_every,
         out_dir=str(out), progress=progress, mixed_precision=t.get("mixed_precision", "no"),
+        **schedule,
     )  # fmt: skip
     torch.manual_seed(t["seed"])  # the initial weights
     model = TextDenoiser(TextDenoiserConfig(**run["model_config"]))

@@ -10,6 +10,7 @@ Argument parsing lives in ``mdiff.cli_models``; this module does the work (see
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 from pathlib import Path
@@ -19,13 +20,18 @@ from mdiff.errors import InvalidInputError
 __all__ = ["default_prompts", "read_prompts", "run_eval_video"]
 
 
-def default_prompts(n: int) -> list[str]:
-    """``n`` captions of held-out shapes clips (the seed training never sees)."""
+def default_prompts(n: int, objects: int | None = None) -> list[str]:
+    """The first ``n`` captions of held-out shapes clips (the seed training never sees), of
+    clips with ``objects`` objects when given (1 or 2; about half the clips have each)."""
     from mdiff.video.data import ShapesDataset
     from mdiff.video.dit_objective import HELDOUT_SEED
 
-    data = ShapesDataset(max(n, 1), seed=HELDOUT_SEED)
-    return [data.truth(i).caption for i in range(n)]
+    if objects not in (None, 1, 2):
+        raise InvalidInputError(f"objects must be 1 or 2, got {objects}")
+    data = ShapesDataset(1 << 20, seed=HELDOUT_SEED)  # clips are drawn lazily, by index
+    truths = (data.truth(i) for i in range(len(data)))
+    wanted = (t.caption for t in truths if objects in (None, len(t.objects)))
+    return list(itertools.islice(wanted, n))
 
 
 def read_prompts(path: str) -> list[str]:
@@ -49,7 +55,8 @@ def run_eval_video(args: argparse.Namespace) -> int:
 
     if args.n < 1 or args.seeds < 1:
         raise InvalidInputError("-n and --seeds must be at least 1")
-    prompts = read_prompts(args.prompts) if args.prompts else default_prompts(args.n)
+    objects = getattr(args, "objects", None)
+    prompts = read_prompts(args.prompts) if args.prompts else default_prompts(args.n, objects)
     pipe = VideoPipeline.from_pretrained(args.model, stamper=Stamper(home=args.home))
     settings = {k: v for k, v in dict(num_frames=args.frames, height=args.size,
                 width=args.size, steps=args.steps, guidance=args.guidance).items()

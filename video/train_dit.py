@@ -50,6 +50,7 @@ from mdiff.atomic import atomic_dir
 from mdiff.errors import CheckpointError, InvalidInputError
 from mdiff.hub import resolve, weights_sha256
 from mdiff.train.checkpoint import RUN_FILE, TRAINING_LOG, read_run_folder, write_run
+from mdiff.train.config import cooldown as lr_cooldown
 from mdiff.train.metrics import read_metrics
 from mdiff.video.data import ShapesDataset
 from mdiff.video.dit import DiTConfig, SpaceTimeDiT
@@ -212,6 +213,7 @@ def train(
     seed: int = 0,
     progress: bool = True,
     command: str | None = None,
+    cooldown: int | None = None,
 ):
     """Train (or, with `resume`, continue) a DiT + text encoder on the latents of `vae` (a
     built-in name or a folder); returns the `FitResult`. `shift` None = `token_shift`;
@@ -219,7 +221,8 @@ def train(
     `DiTObjective`).
 
     On resume everything but `steps` (the target), `save_every`, `log_every`, `eval_every` and
-    `progress` comes from the run's ``run.json`` and ``vae/``."""
+    `progress` comes from the run's ``run.json`` and ``vae/``. `cooldown` N makes the learning
+    rate fall linearly to 0 over the N steps before `steps` (recorded in ``run.json``)."""
     from mdiff.train.trainer import TrainConfig, Trainer
 
     out = Path(out)
@@ -239,6 +242,8 @@ def train(
                    "mixed_precision": mixed_precision},
         )  # fmt: skip
     t = run["train"]
+    schedule = lr_cooldown(t, steps, cooldown)
+    write_run(out, run)  # with a new cooldown recorded
     train_cache, held_cache = _caches(out, run)
     dataset, heldout = train_cache.fill(progress), held_cache.fill(progress)
     cfg = TrainConfig(
@@ -246,7 +251,7 @@ def train(
         clip_grad_norm=1.0, ema=True, ema_max_decay=0.9999, ema_warmup_power=3 / 4,
         seed=t["seed"], save_every=save_every, keep_last=3, keep_every=10_000,
         log_every=log_every, eval_every=eval_every, out_dir=str(out), progress=progress,
-        mixed_precision=t["mixed_precision"],
+        mixed_precision=t["mixed_precision"], **schedule,
     )  # fmt: skip
     torch.manual_seed(t["seed"])  # the initial weights
     trainer = Trainer(
@@ -296,6 +301,7 @@ def export(
     }  # fmt: skip
     shared = vae is not None and not Path(vae).exists()  # a built-in name
     if shared:
+        pipeline["vae"] = str(vae)
         pipeline["components"]["vae"] = {"class": classes["vae"], "builtin": str(vae),
                                          "sha256": weights_sha256(vae_source)}  # fmt: skip
     metrics = read_metrics(run_dir)

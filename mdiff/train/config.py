@@ -16,9 +16,11 @@ class TrainConfig:
     batch_size: int = 32
     grad_accum: int = 1
     lr: float = 1e-4
-    lr_schedule: str = "constant"  # constant | cosine | linear
+    lr_schedule: str = "constant"  # constant | cosine | linear | wsd
     warmup_steps: int = 0
-    min_lr_ratio: float = 0.0  # cosine / linear decay to lr * min_lr_ratio
+    min_lr_ratio: float = 0.0  # cosine / linear / wsd decay to lr * min_lr_ratio
+    decay_start: int | None = None  # wsd: constant until here, then linear decay ...
+    decay_end: int | None = None  # ... reaching the floor here (None: `steps`)
     weight_decay: float = 0.0  # applied to parameters with ≥ 2 dims only
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
@@ -40,8 +42,10 @@ class TrainConfig:
     expected_processes: int | None = None  # assert accelerate started this many processes
 
     def __post_init__(self):
-        if self.lr_schedule not in ("constant", "cosine", "linear"):
+        if self.lr_schedule not in ("constant", "cosine", "linear", "wsd"):
             raise InvalidInputError(f"unknown lr_schedule {self.lr_schedule!r}")
+        if self.lr_schedule == "wsd" and self.decay_start is None:
+            raise InvalidInputError("lr_schedule 'wsd' needs decay_start")
         if self.mixed_precision not in ("no", "bf16", "fp16"):
             raise InvalidInputError(f"unknown mixed_precision {self.mixed_precision!r}")
         if min(self.steps, self.batch_size, self.grad_accum, self.log_every) < 1:
@@ -56,7 +60,24 @@ def lr_at(step: int, config: TrainConfig) -> float:
     if config.lr_schedule == "constant":
         return base
     floor = base * config.min_lr_ratio
+    if config.lr_schedule == "wsd":  # warmup-stable-decay: a cooldown at the end of a run
+        start, end = config.decay_start, config.decay_end or config.steps
+        return base - (base - floor) * min(1.0, max(0, step - start) / max(1, end - start))
     progress = min(1.0, (step - warmup) / max(1, config.steps - warmup))
     if config.lr_schedule == "linear":
         return base - (base - floor) * progress
     return floor + (base - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def cooldown(train: dict, steps: int, length: int | None) -> dict:
+    """A run's cooldown as `TrainConfig` fields. `length` (a new cooldown, given when
+    resuming) makes the learning rate fall linearly to 0 over the last `length` steps before
+    `steps`; it is recorded in the run's `train` settings, so later resumes keep it."""
+    if length is not None:
+        if not 0 < length <= steps:
+            raise InvalidInputError(f"cooldown must be in 1..{steps} steps, got {length}")
+        train["decay"] = [steps - length, steps]
+    if train.get("decay") is None:
+        return {}
+    start, end = train["decay"]
+    return {"lr_schedule": "wsd", "decay_start": start, "decay_end": end}

@@ -18,6 +18,7 @@ from torch.utils.data import Dataset
 from mdiff.errors import CheckpointError, InvalidInputError
 from mdiff.train import EMA, ShardedSampler, TrainConfig, Trainer, ema_decay, lr_at
 from mdiff.train.checkpoint import decode_tree, encode_tree
+from mdiff.train.config import cooldown
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -259,8 +260,25 @@ def test_lr_schedules():
     assert lr_at(110, cfg("cosine", min_lr_ratio=0.1)) == pytest.approx(0.1)
     assert lr_at(35, cfg("linear")) == pytest.approx(0.75)
     assert lr_at(110, cfg("linear")) == pytest.approx(0.0)
+    wsd = cfg("wsd", decay_start=70, decay_end=90)
+    assert [lr_at(s, wsd) for s in (69, 70, 80, 90, 100)] == pytest.approx([1, 1, 0.5, 0, 0])
     with pytest.raises(InvalidInputError):
         TrainConfig(lr_schedule="step")
+    with pytest.raises(InvalidInputError, match="decay_start"):
+        TrainConfig(lr_schedule="wsd")
+
+
+def test_cooldown_is_recorded_and_kept_by_later_resumes():
+    train = {"lr": 1e-3}
+    assert cooldown(train, 1000, None) == {}
+    fields = cooldown(train, 1000, 200)
+    assert train["decay"] == [800, 1000]
+    config = TrainConfig(steps=1000, lr=1.0, **fields)
+    assert lr_at(799, config) == 1.0 and lr_at(900, config) == pytest.approx(0.5)
+    later = TrainConfig(steps=5000, lr=1.0, **cooldown(train, 5000, None))  # a later leg
+    assert lr_at(1000, later) == 0.0 and lr_at(4000, later) == 0.0
+    with pytest.raises(InvalidInputError, match="cooldown"):
+        cooldown(train, 100, 200)
 
 
 def test_lr_is_set_per_optimizer_step(tmp_path):

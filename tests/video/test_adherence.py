@@ -285,10 +285,11 @@ def _mdiff(home, *args):
 
 def test_cli_eval_video_json_on_a_tiny_pipeline(pipe_dir, home, capsys):  # noqa: F811
     argv = ["eval", "video", "--model", str(pipe_dir), "-n", "2", "--frames", "9",
-            "--no-progress", "--json"]  # fmt: skip
+            "--no-progress", "--json", "--objects", "2"]  # fmt: skip
     assert _mdiff(home, *argv) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["clips"] == 2 and report["seeds"] == [0]
+    assert all(len(c["spec"]["objects"]) == 2 for c in report["per_clip"])
     assert set(report["accuracy"]) == {"colour", "shape", "motion", "background", "count"}
     for attr in ("colour", "shape", "motion", "background"):
         a = report["accuracy"][attr]
@@ -312,3 +313,17 @@ def test_cli_eval_video_text_report_and_prompt_file(pipe_dir, home, tmp_path, ca
     assert _mdiff(home, "eval", "video", "--model", str(pipe_dir), "--prompts", str(empty)) == 2
     assert _mdiff(home, "eval", "video", "--model", str(tmp_path / "missing"), "-n", "1") == 2
     assert "mdiff: error:" in capsys.readouterr().err
+
+
+def test_default_prompts_are_held_out_captions_filtered_by_object_count():
+    from mdiff.video.data import ShapesDataset
+    from mdiff.video.dit_objective import HELDOUT_SEED
+    from mdiff.video.eval_cli import default_prompts
+
+    data = ShapesDataset(40, seed=HELDOUT_SEED)
+    truths = [data.truth(i) for i in range(40)]
+    assert default_prompts(40) == [t.caption for t in truths]
+    for k in (1, 2):
+        mine = [t.caption for t in truths if len(t.objects) == k][:5]
+        assert default_prompts(5, objects=k) == mine and len(mine) == 5
+        assert all(len(parse_prompt(p).objects) == k for p in mine)

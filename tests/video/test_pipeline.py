@@ -232,7 +232,10 @@ def test_pipeline_json_may_carry_more_keys_but_not_another_format(pipe_dir, tmp_
         VideoPipeline.from_pretrained(copy)
 
 
-def test_loading_errors_are_checkpoint_errors(tmp_path, pipe_dir):
+def test_loading_errors_are_checkpoint_errors(tmp_path, pipe_dir, monkeypatch):
+    from mdiff import hub
+
+    monkeypatch.setattr(hub, "BUILTIN_PACKAGES", ())  # as if nothing were installed
     with pytest.raises(CheckpointError, match="shapes-t2v"):
         VideoPipeline.from_pretrained("shapes-t2v")
     with pytest.raises(CheckpointError, match=PIPELINE_FILE):

@@ -87,8 +87,11 @@ def test_cli_image_writes_a_signed_png(home, pipe_dir, tmp_path):
 
 
 def test_cli_missing_model_and_bad_input_give_one_line(
-    home, tmp_path, capsys, pipe_dir, bidirectional
+    home, tmp_path, capsys, pipe_dir, bidirectional, monkeypatch
 ):
+    from mdiff import hub
+
+    monkeypatch.setattr(hub, "BUILTIN_PACKAGES", ())  # as if the built-in were not installed
     assert run_cli(home, "video", PROMPT, "-o", str(tmp_path / "x.mp4")) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "shapes-t2v" in err

@@ -292,6 +292,7 @@ def test_export_references_a_builtin_vae_by_name_and_hash(vae_dir, tmp_path, mon
     export(run, tmp_path / "pipe", vae="tiny-builtin-vae")
     entry = json.loads((tmp_path / "pipe" / "pipeline.json").read_text())["components"]["vae"]
     assert entry["builtin"] == "tiny-builtin-vae" and entry["sha256"] == weights_sha256(vae_dir)
+    assert json.loads((tmp_path / "pipe" / "pipeline.json").read_text())["vae"] == entry["builtin"]
     assert not (tmp_path / "pipe" / "vae").exists()  # not copied
     pipe = VideoPipeline.from_pretrained(tmp_path / "pipe")
     assert weights_sha256(pipe.vae) == weights_sha256(vae_dir)
@@ -312,10 +313,20 @@ def test_cli_trains_exports_and_refuses_overwrite(vae_dir, tmp_path, capsys):
     argv = ["--threads", "1", "train", "dit", "--out", str(out), "--vae", str(vae_dir),
             "--preset", "test", "--size", "16", "--frames", "17", "--clips", "4",
             "--batch-size", "2", "--no-progress", "--eval-every", "0"]  # fmt: skip
-    assert main([*argv, "--steps", "2", "--export", str(pipe)]) == 0
+    assert main([*argv, "--steps", "2", "--export", str(pipe), "--guidance", "6.5"]) == 0
     assert "held-out flow-matching loss" in capsys.readouterr().out
     pipe_json = json.loads((pipe / "pipeline.json").read_text())
     assert pipe_json["settings"]["num_frames"] == 17 and pipe_json["settings"]["height"] == 16
+    assert pipe_json["settings"]["guidance"] == 6.5
     assert SpaceTimeDiT.from_pretrained(pipe / "dit").config.in_channels == 4
     assert main([*argv, "--steps", "3"]) == 2  # the run exists: --resume or another --out
     assert main([*argv, "--export-only"]) == 2  # needs --export DIR
+
+
+def test_cooldown_on_resume_is_recorded_and_decays_the_lr(vae_dir, tmp_path):
+    out = tmp_path / "run"
+    _train(out, vae_dir, 2, warmup_steps=0)
+    _train(out, vae_dir, 4, resume=True, cooldown=2)
+    assert json.loads((out / "run.json").read_text())["train"]["decay"] == [2, 4]
+    lrs = [r["lr"] for r in read_metrics(out) if r["kind"] == "train"]
+    assert lrs == pytest.approx([3e-4, 3e-4, 3e-4, 1.5e-4])  # the 4th step is half-way down
