@@ -49,6 +49,8 @@ def one_prompt(prompt) -> str:
         raise InvalidInputError(
             f"one prompt per call, got a list of {len(prompts)}; call the pipeline per prompt"
         )
+    if not prompts[0].strip():
+        raise InvalidInputError("the prompt is empty: it must describe the video to generate")
     return prompts[0]
 
 

@@ -167,6 +167,7 @@ def test_extend_prefills_the_clip_and_returns_only_new_frames(causal):
         (dict(width=16), "width must be at least 32"),
         (dict(height=512), "exceeds the DiT's largest frame"),
         (dict(prompt=[]), "empty list"),
+        (dict(prompt=" "), "prompt is empty"),
         (dict(prompt=["a", "b"]), "one prompt per call"),
         (dict(steps=-1), "steps must be a positive integer"),
         (dict(guidance=-2.0), "guidance must be a number >= 0"),
