@@ -308,6 +308,8 @@ def add_eval(p: argparse.ArgumentParser) -> None:
     f.add_argument("--schedule", default="equal", help="equal|dream|cosine|threshold|entropy")
     f.add_argument("--threshold", type=float, default=0.9, help="for --schedule threshold")
     f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--no-heal", action="store_true",
+                   help="no token healing at the hole's left edge (for comparison)")  # fmt: skip
     f.add_argument("--json", action="store_true", help="print the report as JSON")
     _add_eval_video(sub)
 

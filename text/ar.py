@@ -16,6 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
+from torch import Tensor
 
 from mdiff.errors import InvalidInputError
 from mdiff.solvers import sample_categorical
@@ -44,8 +46,10 @@ def generate_ar(
     temperature: float = 0.0,
     generator=None,
     watermark=None,
+    first_allowed: Tensor | None = None,
 ) -> ARResult:
-    """Decode up to `max_new_tokens` after each prompt. `model` must be causal and cached."""
+    """Decode up to `max_new_tokens` after each prompt. `model` must be causal and cached.
+    `first_allowed` (B, V) bool: the only tokens the first new token may be (token healing)."""
     spec = model.spec
     if spec.attention != "causal" or not spec.supports_cache:
         raise InvalidInputError("generate_ar needs a causal model with a KV cache")
@@ -64,6 +68,10 @@ def generate_ar(
     out = torch.empty((ids.shape[0], 0), dtype=torch.long, device=device)
     done = torch.zeros(ids.shape[0], dtype=torch.bool, device=device)
     eos = torch.tensor(spec.eos_ids, dtype=torch.long, device=device)
+    if first_allowed is not None:
+        V = logits.shape[-1]
+        keep = F.pad(first_allowed.to(device).bool(), (0, max(V - first_allowed.shape[1], 0)))
+        logits = logits.masked_fill(~keep[:, :V], -torch.inf)
     for step in range(max_new_tokens):
         if watermark is not None:  # score the next slot as a [MASK] after the last token
             window = torch.stack([last, torch.full_like(last, spec.mask_id)], 1)  # (B, 2)

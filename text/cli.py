@@ -128,17 +128,25 @@ def run_eval_fim(args: argparse.Namespace) -> int:
         raise InvalidInputError(f"no {args.kind}-line tasks could be cut from {corpus.root}")
     cm = CodeModel.from_pretrained(args.model)
     settings = {"schedule": args.schedule, "threshold": args.threshold}
+    heal = not args.no_heal
     bar = tqdm(total=len(tasks) * len(modes), desc="fim", file=sys.stderr, leave=False)
-    report = {"model": args.model, "kind": args.kind, "tasks": len(tasks), "settings": settings}
+    report = {"model": args.model, "kind": args.kind, "tasks": len(tasks),
+              "settings": {**settings, "heal": heal}}  # fmt: skip
     report["modes"] = evaluate_fim(
         cm.model, cm.tokenizer, tasks, modes=modes, fixed_length=args.fixed_length,
-        seed=args.seed, progress=lambda *_: bar.update(), context=cm.context, **settings,
+        seed=args.seed, progress=lambda *_: bar.update(), context=cm.context, heal=heal,
+        **settings,
     )  # fmt: skip
     if args.ar:
         ar = CodeModel.from_pretrained(args.ar)  # the baseline with its own tokenizer
         bar.reset(total=len(tasks))
         report["ar"] = evaluate_ar_fim(
-            ar.model, ar.tokenizer, tasks, context=ar.context, progress=lambda *_: bar.update()
+            ar.model,
+            ar.tokenizer,
+            tasks,
+            context=ar.context,
+            progress=lambda *_: bar.update(),
+            heal=heal,
         )
     bar.close()
     if args.json:

@@ -8,7 +8,9 @@ length): ``fixed`` — every middle gets ``fixed_length`` tokens; ``true`` — t
 middle's token count (an oracle); ``auto`` — the length search of `mdiff.text.infill`.
 Single-line tasks keep the completion's first line (SantaCoder-FIM convention), for every
 system alike. The autoregressive baseline (`mdiff.text.ar`) is scored on the same tasks by
-`evaluate_ar_fim`, with its own EOS deciding the length.
+`evaluate_ar_fim`, with its own EOS deciding the length. Both get token healing at the
+hole's left edge (`mdiff.text.heal`; ``heal=False`` turns it off), and the true length counts
+the healed hole.
 
 Each mode also reports tokens per forward (generated tokens / model forwards) and tokens per
 second (generated tokens / wall time, the length search included).
@@ -23,6 +25,8 @@ import torch
 from mdiff.errors import InvalidInputError
 from mdiff.text.ar import fim_prompt, generate_ar
 from mdiff.text.fim_tasks import FIMTask, exact_match
+from mdiff.text.heal import heal as heal_prefix
+from mdiff.text.heal import true_length
 from mdiff.text.infill import fit_context, infill
 
 __all__ = ["MODES", "evaluate_ar_fim", "evaluate_fim", "first_line"]
@@ -53,7 +57,8 @@ def _summary(hits, tokens, forwards, seconds, n) -> dict:
 
 
 def evaluate_fim(model, tokenizer, tasks: list[FIMTask], *, modes=MODES, fixed_length: int = 16,
-                 candidates=None, seed: int = 0, progress=None, **settings) -> dict:  # fmt: skip
+                 candidates=None, seed: int = 0, progress=None, heal: bool = True,
+                 **settings) -> dict:  # fmt: skip
     """Exact match of the diffusion model's infills per mode (see the module doc)."""
     bad = [m for m in modes if m not in MODES]
     if bad or not tasks:
@@ -67,10 +72,10 @@ def evaluate_fim(model, tokenizer, tasks: list[FIMTask], *, modes=MODES, fixed_l
             if mode == "fixed":
                 length = fixed_length
             elif mode == "true":
-                length = max(1, len(tokenizer.encode(task.middle)))
+                length = true_length(tokenizer, task.prefix, task.middle, healed=heal)
             else:
                 length = "auto"
-            r = infill(model, tokenizer, task.prefix, task.suffix, length, seed=seed,
+            r = infill(model, tokenizer, task.prefix, task.suffix, length, seed=seed, heal=heal,
                        **extra, **settings)  # fmt: skip
             hits += exact_match(task, _post(task, r.middle))
             forwards += r.nfe
@@ -83,7 +88,8 @@ def evaluate_fim(model, tokenizer, tasks: list[FIMTask], *, modes=MODES, fixed_l
 
 @torch.no_grad()
 def evaluate_ar_fim(model, tokenizer, tasks: list[FIMTask], *, max_new_tokens: int = 64,
-                    context: int | None = None, progress=None) -> dict:  # fmt: skip
+                    context: int | None = None, progress=None,
+                    heal: bool = True) -> dict:  # fmt: skip
     """Exact match of the autoregressive FIM baseline, greedy, on the same tasks."""
     if not tasks:
         raise InvalidInputError("need at least one task")
@@ -92,10 +98,16 @@ def evaluate_ar_fim(model, tokenizer, tasks: list[FIMTask], *, max_new_tokens: i
     hits = tokens = forwards = 0
     start = time.perf_counter()
     for task in tasks:
-        pre, suf = tokenizer.encode(task.prefix), tokenizer.encode(task.suffix)
+        kept, carry, allowed = (task.prefix, "", None)
+        if heal:
+            kept, carry, allowed = heal_prefix(tokenizer, task.prefix)
+        pre, suf = tokenizer.encode(kept), tokenizer.encode(task.suffix)
         pre, suf = fit_context(pre, suf, max_new_tokens + 3, limit)  # + [PRE] [SUF] [MID]
-        out = generate_ar(model, [fim_prompt(pre, suf, special)], max_new_tokens)
+        first = None if allowed is None else allowed[None]
+        out = generate_ar(model, [fim_prompt(pre, suf, special)], max_new_tokens,
+                          first_allowed=first)  # fmt: skip
         middle = tokenizer.decode(out.tokens[0], skip_special_tokens=True)
+        middle = middle[len(carry) :] if carry and middle.startswith(carry) else middle
         hits += exact_match(task, _post(task, middle))
         tokens += len(out.tokens[0])
         forwards += out.nfe

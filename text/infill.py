@@ -11,6 +11,10 @@ log-likelihood per token (``_score``: the middle re-masked at a few fixed rates,
 each, the same masks for every candidate); the best-scoring row wins. Each input is searched
 independently, so a batch of inputs works (rows = inputs × candidates).
 
+Token healing (``heal=True``, `mdiff.text.heal`): a prefix that ends in a space or inside a word
+gives that tail to the hole, whose first token must then start with it; the tail is cut from
+the middle again. ``length`` counts the hole's tokens, the healed one included.
+
 Several holes: ``fill(model, tok, text, marker="<FILL>")`` fills every marker of one file; holes
 are filled left to right, each seeing the holes before it filled and the text after it with the
 later markers removed.
@@ -32,6 +36,7 @@ import torch
 from torch import Tensor
 
 from mdiff.errors import InvalidInputError
+from mdiff.text.heal import heal as heal_prefix
 from mdiff.text.layout import left_pad
 from mdiff.text.sampler import GenerationConfig, GenerationOutput, denoise
 
@@ -96,12 +101,13 @@ def _score(model, x: Tensor, real: Tensor, gen: Tensor, mask_id: int) -> Tensor:
 def infill(model, tokenizer, prefix: str | list[str], suffix: str | list[str],
            length: int | str = "auto", *, config: GenerationConfig | None = None,
            candidates=DEFAULT_CANDIDATES, seed: int = 0, watermark=None, streamer=None,
-           context: int | None = None, **overrides):  # fmt: skip
+           context: int | None = None, heal: bool = True, **overrides):  # fmt: skip
     """Fill the middle between `prefix` and `suffix` (one string each, or lists for a batch).
 
     `context`: tokens of prefix + middle + suffix the model sees (default its ``max_len``; a
     model trained on shorter windows does best at its training length). `config`/`overrides`
-    are sampler settings (`GenerationConfig`); ``gen_length`` is ignored.
+    are sampler settings (`GenerationConfig`); ``gen_length`` is ignored. `heal`: token
+    healing at the hole's left edge (see the module doc).
     """
     single = isinstance(prefix, str)
     prefixes, suffixes = ([prefix], [suffix]) if single else (list(prefix), list(suffix))
@@ -118,9 +124,9 @@ def infill(model, tokenizer, prefix: str | list[str], suffix: str | list[str],
     spec = model.spec
     pad = spec.pad_id if spec.pad_id is not None else spec.mask_id
     limit = min(context or _max_len(model), _max_len(model))
-    rows, parts = [], []
-    for i, (p, s) in enumerate(zip(prefixes, suffixes, strict=True)):
-        pre, suf = tokenizer.encode(p), tokenizer.encode(s)
+    rows, parts, heals = [], [], [_heal(tokenizer, p, heal) for p in prefixes]
+    for i, (s, (kept, _, _)) in enumerate(zip(suffixes, heals, strict=True)):
+        pre, suf = tokenizer.encode(kept), tokenizer.encode(s)
         for n in lengths:
             a, b = fit_context(pre, suf, n, limit)
             rows.append(a + [spec.mask_id] * n + b)
@@ -129,8 +135,10 @@ def infill(model, tokenizer, prefix: str | list[str], suffix: str | list[str],
     device = next(model.parameters()).device
     x, real = x.to(device), real.to(device)
     gens = [torch.Generator(device).manual_seed(seed + i) for i, _, _ in parts]
+    restrict = _restrict(heals, parts, rows, x.shape[1])
     out = denoise(model, x, None if bool(real.all()) else real, config, generators=gens,
-                  watermark=watermark, streamer=streamer, **overrides)  # fmt: skip
+                  watermark=watermark, streamer=streamer, restrict=restrict,
+                  **overrides)  # fmt: skip
     search = len(lengths) > 1
     scores = _score(model, out.sequences, real, out.generated, spec.mask_id) if search else None
     results = []
@@ -138,14 +146,34 @@ def infill(model, tokenizer, prefix: str | list[str], suffix: str | list[str],
         idx = [j for j, part in enumerate(parts) if part[0] == i]
         by_length = {parts[j][1]: float(scores[j]) for j in idx} if search else {}
         best = max(idx, key=lambda j: float(scores[j])) if search else idx[0]
-        results.append(_result(out, best, parts[best][1], p, s, tokenizer, by_length))
+        carry = heals[i][1]
+        results.append(_result(out, best, parts[best][1], p, s, tokenizer, by_length, carry))
     return results[0] if single else results
 
 
+def _heal(tokenizer, prefix: str, on: bool) -> tuple[str, str, Tensor | None]:
+    return heal_prefix(tokenizer, prefix) if on else (prefix, "", None)
+
+
+def _restrict(heals, parts, rows, width: int):
+    """`denoise`'s ``restrict`` for healed rows: the hole's first column, after left padding."""
+    if all(allowed is None for _, _, allowed in heals):
+        return None
+    V = max(len(allowed) for _, _, allowed in heals if allowed is not None)
+    pos = torch.full((len(rows),), -1, dtype=torch.long)
+    allowed = torch.ones(len(rows), V, dtype=torch.bool)
+    for r, ((i, _, start), row) in enumerate(zip(parts, rows, strict=True)):
+        if heals[i][2] is not None:
+            pos[r], allowed[r] = width - len(row) + start, heals[i][2]
+    return pos, allowed
+
+
 def _result(out: GenerationOutput, row: int, n: int, prefix: str, suffix: str, tokenizer,
-            scores: dict) -> InfillResult:  # fmt: skip
+            scores: dict, carry: str = "") -> InfillResult:  # fmt: skip
     ids = out.sequences[row][out.generated[row]].tolist()
     middle = tokenizer.decode(ids, skip_special_tokens=True)
+    if carry and middle.startswith(carry):  # it does: its first token was restricted so
+        middle = middle[len(carry) :]  # the carry is the prefix's own tail
     span = (len(prefix), len(prefix) + len(middle))
     tpf = float(out.tokens_per_forward[row])
     return InfillResult(prefix + middle + suffix, middle, n, span, tpf, out.nfe, scores,

@@ -5,8 +5,9 @@
 suffix for infilling. A step, for every row that is decoding:
 
     logits (window of the canvas; runner.py: guidance, caches)  → [MASK] never proposed
-    → EOS policy → watermark bias → top-k / top-p → proposals (float64 Gumbel, temperature)
-    → scores → selection (schedule) → optional ReMDM remasking → commit
+    → EOS policy → watermark bias → restriction (token healing) → top-k / top-p
+    → proposals (float64 Gumbel, temperature) → scores → selection (schedule)
+    → optional ReMDM remasking → commit
 
 Blocks. Bidirectional model: block k of a row is its masked positions of rank
 ``k·block_length …`` — LLaDA's semi-AR blocks when the masks sit at the end (a full forward
@@ -62,12 +63,14 @@ def generate(model, input_ids, attention_mask=None, config: GenerationConfig | N
 @torch.no_grad()
 def denoise(model, x: Tensor, attention_mask: Tensor | None = None,
             config: GenerationConfig | None = None, *, generators=None, streamer=None,
-            watermark=None, **overrides) -> GenerationOutput:  # fmt: skip
+            watermark=None, restrict=None, **overrides) -> GenerationOutput:  # fmt: skip
     """Fill every ``mask_id`` position of ``x`` (B, L), left-padded per ``attention_mask``.
 
     ``generators``: one ``torch.Generator`` per row (default ``seed + row``). ``streamer``: one
     per row (see `mdiff.text.stream`). ``watermark``: an object with
     ``bias(logits, x, mask_id) -> logits`` (e.g. ``TextWatermark``), applied every step.
+    ``restrict``: ``(positions (B,), allowed (B, V) bool)`` — row b's token at column
+    ``positions[b]`` (−1: none) is drawn only from ``allowed[b]`` (token healing, `heal.py`).
     """
     cfg = _config(config, overrides)
     spec = _spec_of(model)
@@ -81,6 +84,7 @@ def denoise(model, x: Tensor, attention_mask: Tensor | None = None,
     feed = None if streamer is None else CommitFeed(streamer, real, lay.gen, eos_ids,
                                                     cfg.eos.truncate)  # fmt: skip
     run = _Run(spec, cfg, x.clone(), lay, runner, gens, watermark, feed, mode != "none")
+    run.restrict = _restriction(restrict, x)
     out, tokens = run.run()
     settings = {**cfg.to_dict(), "cache": mode, "seed": seed, "watermarked": watermark is not None}
     return GenerationOutput(
@@ -115,6 +119,7 @@ class _Run:
         self.fixed = cfg.schedule in P.FIXED_SCHEDULES
         self.remasking = cfg.remask != "none" and cfg.remask_eta > 0
         self.n_steps, self.last_block = 0, None
+        self.restrict: tuple[Tensor, Tensor] | None = None
 
     # ---- the loop -----------------------------------------------------------------------------
 
@@ -167,17 +172,24 @@ class _Run:
     # ---- one step's parts ---------------------------------------------------------------------
 
     def _process(self, logits: Tensor, s: int, e: int) -> Tensor:
-        """Logits proposals are drawn from: no [MASK], EOS policy, watermark bias."""
+        """Logits proposals are drawn from: no [MASK], EOS policy, watermark bias, `restrict`."""
         logits = logits.clone()
         logits[..., self.mask_id] = -torch.inf
         logits = self.cfg.eos.process(logits, self.eos_ids)
-        if self.watermark is None:
-            return logits
-        L = self.x.shape[1]
-        lo, hi = max(s - 1, 0), min(e + 1, L)  # one neighbour of context on each side
-        ctx = torch.where(self.lay.real[:, lo:hi], self.x[:, lo:hi], self.mask_id)
-        padded = F.pad(logits, (0, 0, s - lo, hi - e))
-        return self.watermark.bias(padded, ctx, self.mask_id)[:, s - lo : s - lo + e - s]
+        if self.watermark is not None:
+            L = self.x.shape[1]
+            lo, hi = max(s - 1, 0), min(e + 1, L)  # one neighbour of context on each side
+            ctx = torch.where(self.lay.real[:, lo:hi], self.x[:, lo:hi], self.mask_id)
+            padded = F.pad(logits, (0, 0, s - lo, hi - e))
+            logits = self.watermark.bias(padded, ctx, self.mask_id)[:, s - lo : s - lo + e - s]
+        if self.restrict is not None:
+            pos, allowed = self.restrict
+            rows = ((pos >= s) & (pos < e)).nonzero()[:, 0]
+            cols = pos[rows] - s
+            V = logits.shape[-1]
+            keep = F.pad(allowed[rows], (0, max(V - allowed.shape[1], 0)))[:, :V]
+            logits[rows, cols] = logits[rows, cols].masked_fill(~keep, -torch.inf)
+        return logits
 
     def _propose(self, proc: Tensor, eligible: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Proposals (B, W), scores (−inf where not eligible) and entropies (+inf)."""
@@ -296,6 +308,22 @@ class _Run:
 
 
 # ---- helpers ------------------------------------------------------------------------------------
+
+
+def _restriction(restrict, x: Tensor) -> tuple[Tensor, Tensor] | None:
+    if restrict is None:
+        return None
+    pos, allowed = (torch.as_tensor(r, device=x.device) for r in restrict)
+    B, L = x.shape
+    if pos.shape != (B,) or allowed.dim() != 2 or allowed.shape[0] != B:
+        raise InvalidInputError(f"restrict needs positions ({B},) and allowed ({B}, V)")
+    if bool(((pos < -1) | (pos >= L)).any()):
+        raise InvalidInputError(f"restrict positions must be -1 or columns 0..{L - 1}")
+    allowed = allowed.bool()
+    on = pos >= 0
+    if bool((on & ~allowed.any(1)).any()):
+        raise InvalidInputError("restrict allows no token at some position")
+    return pos.long(), allowed
 
 
 def _config(config: GenerationConfig | None, overrides: dict) -> GenerationConfig:

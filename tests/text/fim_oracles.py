@@ -25,25 +25,46 @@ class CharTokenizer:
 TOK = CharTokenizer()
 
 
+class WordTokenizer(CharTokenizer):
+    """CharTokenizer plus a few multi-character tokens (greedy longest match), so that, as in a
+    byte-level BPE, a space and the word after it can be one token."""
+
+    def __init__(self, words=(" os", " sys", " return", "\n   ")):
+        self.words = list(words)
+        self.vocab_size = 10 + 95 + len(self.words)
+
+    def encode(self, text):
+        ids, i = [], 0
+        while i < len(text):
+            w = max((w for w in self.words if text.startswith(w, i)), key=len, default=None)
+            ids.append(105 + self.words.index(w) if w else TOK.encode(text[i])[0])
+            i += len(w) if w else 1
+        return ids
+
+    def decode(self, ids, skip_special_tokens=False):
+        return "".join(self.words[i - 105] if i >= 105 else TOK.decode([i]) for i in ids)
+
+
 class LengthOracle(nn.Module):
     """Knows the true middles: with a hole of the right length it predicts the middle with
     certainty, with any other length it has no idea (uniform logits)."""
 
-    def __init__(self, cases):
+    def __init__(self, cases, tok=TOK, vocab=V):
         super().__init__()
         self.w = nn.Parameter(torch.zeros(()))
-        self.cases = [(TOK.encode(p), TOK.encode(m), TOK.encode(s)) for p, m, s in cases]
-        self.spec = DenoiserSpec(vocab_size=V, mask_id=MASK, pad_id=PAD)
+        self.cases = [(tok.encode(p), tok.encode(m), tok.encode(s)) for p, m, s in cases]
+        self.spec = DenoiserSpec(vocab_size=vocab, mask_id=MASK, pad_id=PAD)
+        self.vocab = vocab
 
     def forward(self, x, attention_mask=None, position_ids=None, cache=None, cache_at=None):
         real = torch.ones_like(x, dtype=torch.bool) if attention_mask is None else attention_mask
-        out = torch.zeros(*x.shape, V)
+        out = torch.zeros(*x.shape, self.vocab)
         for b in range(x.shape[0]):
             row = x[b][real[b]].tolist()
             for pre, mid, suf in self.cases:
                 if len(row) == len(pre) + len(mid) + len(suf) and row[: len(pre)] == pre:
                     full = torch.tensor(pre + mid + suf)
-                    out[b, -len(row) :] = 20.0 * nn.functional.one_hot(full, V)
+                    out[b, -len(row) :] = 20.0 * nn.functional.one_hot(full, self.vocab)
         return out
 
 

@@ -1,7 +1,7 @@
 """The shipped code model (`text/checkpoints/code-tiny`): it loads by name and has learned code.
 
-These tests run whenever the checkpoint is in the tree (it is package data); without it they
-fail, except before the first model was shipped (see the marker below).
+The checkpoint is package data: without it these tests fail (it is the default model of
+`mdiff complete`, `mdiff eval fim` and `mdiff demo`).
 """
 
 import json
@@ -12,9 +12,6 @@ import torch
 from mdiff import hub
 from mdiff.text.objectives import masked_nelbo
 from mdiff.text.pipeline import CodeModel
-
-SHIPPED = "code-tiny" in hub.list_builtin()
-pytestmark = pytest.mark.skipif(not SHIPPED, reason="code-tiny is not shipped in this tree yet")
 
 SNIPPET = '''def parse_args(argv=None):
     """Parse the command line."""
