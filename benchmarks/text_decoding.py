@@ -8,9 +8,10 @@ tokens per forward. Quality: exact match on `-n` held-out single-line FIM tasks 
 middle length, same tasks for every method. The anchor is (a), measured in the same run.
 
 - (a) LLaDA-style fixed steps: one token per step, blocks of 32, no cache (the anchor);
-- (b) confidence threshold 0.9 (Fast-dLLM), blocks of 32, no cache;
+- (b) confidence threshold (`--threshold`, default 0.9; Fast-dLLM), blocks of 32, no cache;
 - (c) threshold + approximate prefix cache;  (d) threshold + dual cache;
 - (e) the block-causal model (`--block`), fixed steps with its exact KV cache;
+  (e') the same with the confidence threshold;
 - (f) the autoregressive baseline (`--ar`), greedy with a KV cache.
 
 Goals: ≥ 3 tokens per forward with ≤ 1 point EM loss; cached block decoding ≥ 5× faster
@@ -35,12 +36,25 @@ from mdiff.text.pipeline import CodeModel  # noqa: E402
 from mdiff.text.sampler import generate  # noqa: E402
 
 CMD = "OMP_NUM_THREADS=2 .venv/bin/python benchmarks/text_decoding.py"
-METHODS = {  # name -> sampler settings on the bidirectional model
-    "(a) fixed steps, no cache": dict(block_length=32),
-    "(b) threshold 0.9": dict(block_length=32, schedule="threshold", threshold=0.9),
-    "(c) threshold + prefix cache": dict(block_length=32, schedule="threshold", cache="prefix"),
-    "(d) threshold + dual cache": dict(block_length=32, schedule="threshold", cache="dual"),
-}
+
+
+def methods(t: float) -> dict:
+    """name -> sampler settings on the bidirectional model, with confidence threshold `t`."""
+    thr = dict(block_length=32, schedule="threshold", threshold=t)
+    return {
+        "(a) fixed steps, no cache": dict(block_length=32),
+        f"(b) threshold {t}": thr,
+        f"(c) threshold {t} + prefix cache": {**thr, "cache": "prefix"},
+        f"(d) threshold {t} + dual cache": {**thr, "cache": "dual"},
+    }
+
+
+def block_methods(t: float) -> dict:
+    """name -> sampler settings on the block-causal model (exact cache)."""
+    return {
+        "(e) block-causal, exact cache": {},
+        f"(e') block-causal, exact cache, threshold {t}": dict(schedule="threshold", threshold=t),
+    }
 
 
 def speed(model, prompt: list[int], length: int, **settings) -> tuple[float, float]:
@@ -57,6 +71,7 @@ def main() -> None:
     p.add_argument("--ar")
     p.add_argument("-n", type=int, default=40)
     p.add_argument("--length", type=int, default=256)
+    p.add_argument("--threshold", type=float, default=0.9, help="for (b)-(d) and (e')")
     args = p.parse_args()
     cm = CodeModel.from_pretrained(args.mdm)
     corpus = Corpus.from_folder()
@@ -65,7 +80,7 @@ def main() -> None:
     prompt = cm.tokenizer.encode(files[0][1])[:128]
     generate(cm.model, [prompt], gen_length=8)  # warm-up: first-call allocations
     rows = []
-    for name, settings in METHODS.items():
+    for name, settings in methods(args.threshold).items():
         tps, tpf = speed(cm.model, prompt, args.length, **settings)
         em = evaluate_fim(
             cm.model, cm.tokenizer, tasks, modes=("true",), context=cm.context, **settings
@@ -73,10 +88,11 @@ def main() -> None:
         rows.append((name, tps, tpf, em["exact_match"]))
     if args.block:
         bm = CodeModel.from_pretrained(args.block)
-        tps, tpf = speed(bm.model, prompt, args.length)
-        em = evaluate_fim(bm.model, bm.tokenizer, tasks, modes=("true",), context=bm.context)
-        em = em["true"]
-        rows.append(("(e) block-causal, exact cache", tps, tpf, em["exact_match"]))
+        for name, settings in block_methods(args.threshold).items():
+            tps, tpf = speed(bm.model, prompt, args.length, **settings)
+            em = evaluate_fim(bm.model, bm.tokenizer, tasks, modes=("true",), context=bm.context,
+                              **settings)["true"]  # fmt: skip
+            rows.append((name, tps, tpf, em["exact_match"]))
     if args.ar:
         am = CodeModel.from_pretrained(args.ar)
         start = time.perf_counter()
