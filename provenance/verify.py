@@ -144,7 +144,11 @@ def _check_watermark(path: Path, kind: str, manifest, home, tokenize) -> dict[st
     else:
         ids = tokenize(content)
     result = wm.detect(ids).to_dict()
-    return {"key_id": key_id, **result, "scored": "generated spans" if spans else "whole file"}
+    scored = "generated spans" if spans else "whole file"
+    if not result["detected"] and result["n_scored"] < text.MIN_TOKENS:
+        reason = f"only {result['n_scored']} tokens to score; the text mark needs {text.MIN_TOKENS}"
+        return {"checked": False, "reason": reason, "key_id": key_id, **result, "scored": scored}
+    return {"key_id": key_id, **result, "scored": scored}
 
 
 def _model_tokenizer(model_id: str) -> Callable[[str], list[int]] | None:

@@ -43,13 +43,14 @@ from torch import Tensor
 
 from mdiff.errors import InvalidInputError
 
-__all__ = ["SCHEME", "TextDetection", "TextWatermark", "log_binomial_tail"]
+__all__ = ["MIN_TOKENS", "SCHEME", "TextDetection", "TextWatermark", "log_binomial_tail"]
 
 SCHEME = "mdiff-text-v1"
 # z ≥ 5 (one-sided p ≈ 3·10⁻⁷ over random keys). Not 4: for one fixed key on code the null is
 # wider than the random-key bound (recurring bigrams such as indentation get one colour in
 # every file); on 572 stdlib files one fixed key reached z = 3.9.
 DEFAULT_THRESHOLD = 5.0
+MIN_TOKENS = 50  # fewer scored tokens than this cannot show the mark (z ≥ 5 needs ≈ 4·25 / N)
 _M32 = 0xFFFFFFFF
 _TABLE_MAX = 4096  # vocabularies up to this size cache the full (V+1, V) green table
 
@@ -217,7 +218,7 @@ class TextWatermark:
     # ---- detection -----------------------------------------------------------------------------
 
     def detect(
-        self, ids, *, min_tokens: int = 50, threshold: float = DEFAULT_THRESHOLD
+        self, ids, *, min_tokens: int = MIN_TOKENS, threshold: float = DEFAULT_THRESHOLD
     ) -> TextDetection:
         """Score the unique bigrams of ``ids`` (1-D token ids); ids in ``ignore_ids`` are skipped
         as the scored token. Detected iff ``N ≥ min_tokens`` and ``z ≥ threshold``."""

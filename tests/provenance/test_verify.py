@@ -122,6 +122,21 @@ def test_text_watermark_checked_with_the_models_tokenizer_on_generated_spans(hom
     assert verify(path2, home=home).watermark["reason"].startswith("text needs")
 
 
+def test_a_completion_too_short_for_the_text_mark_is_not_checked(home, tmp_path):
+    tok, words = _word_tokenizer(tmp_path / "code-model")
+    st = Stamper(home=home)
+    wm = st.text_watermark(tok.get_vocab_size())
+    prefix, middle = "x = 1\n", tok.decode(words[:12])
+    extra = {"vocab_size": tok.get_vocab_size(),
+             "generated_spans": [[len(prefix), len(prefix) + len(middle)]]}  # fmt: skip
+    rec = GenerationRecord.create("code", str(tmp_path / "code-model"), seed=1, extra=extra)
+    path = st.save(st.text(prefix + middle + "\n", rec, wm), tmp_path / "short.py")
+    report = verify(path, home=home)
+    assert report.exit_code == 0 and report.watermark["checked"] is False
+    assert report.watermark["reason"].startswith(f"only {report.watermark['n_scored']} tokens")
+    assert report.watermark["n_scored"] < 50 and not report.notes
+
+
 def test_tampered_pixels_read_invalid(signed, home, tmp_path):
     data = bytearray(signed["mp4"].read_bytes())
     mdat = data.find(b"mdat")
