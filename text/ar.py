@@ -16,11 +16,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from mdiff.errors import InvalidInputError
 from mdiff.solvers import sample_categorical
+from mdiff.text.heal import fit_vocab
 from mdiff.text.layout import left_pad
 
 __all__ = ["ARResult", "fim_prompt", "generate_ar"]
@@ -69,9 +69,8 @@ def generate_ar(
     done = torch.zeros(ids.shape[0], dtype=torch.bool, device=device)
     eos = torch.tensor(spec.eos_ids, dtype=torch.long, device=device)
     if first_allowed is not None:
-        V = logits.shape[-1]
-        keep = F.pad(first_allowed.to(device).bool(), (0, max(V - first_allowed.shape[1], 0)))
-        logits = logits.masked_fill(~keep[:, :V], -torch.inf)
+        keep = fit_vocab(first_allowed.to(device), logits.shape[-1])
+        logits = logits.masked_fill(~keep, -torch.inf)
     for step in range(max_new_tokens):
         if watermark is not None:  # score the next slot as a [MASK] after the last token
             window = torch.stack([last, torch.full_like(last, spec.mask_id)], 1)  # (B, 2)

@@ -141,13 +141,9 @@ def run_eval_fim(args: argparse.Namespace) -> int:
         ar = CodeModel.from_pretrained(args.ar)  # the baseline with its own tokenizer
         bar.reset(total=len(tasks))
         report["ar"] = evaluate_ar_fim(
-            ar.model,
-            ar.tokenizer,
-            tasks,
-            context=ar.context,
-            progress=lambda *_: bar.update(),
+            ar.model, ar.tokenizer, tasks, context=ar.context, progress=lambda *_: bar.update(),
             heal=heal,
-        )
+        )  # fmt: skip
     bar.close()
     if args.json:
         print(json.dumps(report, indent=2))

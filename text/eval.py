@@ -26,7 +26,7 @@ from mdiff.errors import InvalidInputError
 from mdiff.text.ar import fim_prompt, generate_ar
 from mdiff.text.fim_tasks import FIMTask, exact_match
 from mdiff.text.heal import heal as heal_prefix
-from mdiff.text.heal import true_length
+from mdiff.text.heal import strip_carry, true_length
 from mdiff.text.infill import fit_context, infill
 
 __all__ = ["MODES", "evaluate_ar_fim", "evaluate_fim", "first_line"]
@@ -98,16 +98,14 @@ def evaluate_ar_fim(model, tokenizer, tasks: list[FIMTask], *, max_new_tokens: i
     hits = tokens = forwards = 0
     start = time.perf_counter()
     for task in tasks:
-        kept, carry, allowed = (task.prefix, "", None)
-        if heal:
-            kept, carry, allowed = heal_prefix(tokenizer, task.prefix)
+        kept, carry, allowed = heal_prefix(tokenizer, task.prefix, enabled=heal)
         pre, suf = tokenizer.encode(kept), tokenizer.encode(task.suffix)
         pre, suf = fit_context(pre, suf, max_new_tokens + 3, limit)  # + [PRE] [SUF] [MID]
         first = None if allowed is None else allowed[None]
         out = generate_ar(model, [fim_prompt(pre, suf, special)], max_new_tokens,
                           first_allowed=first)  # fmt: skip
         middle = tokenizer.decode(out.tokens[0], skip_special_tokens=True)
-        middle = middle[len(carry) :] if carry and middle.startswith(carry) else middle
+        middle = strip_carry(middle, carry)
         hits += exact_match(task, _post(task, middle))
         tokens += len(out.tokens[0])
         forwards += out.nfe

@@ -23,9 +23,10 @@ import re
 import weakref
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["heal", "split_prefix", "first_token_mask", "true_length"]
+__all__ = ["first_token_mask", "fit_vocab", "heal", "split_prefix", "strip_carry", "true_length"]
 
 _WORD = re.compile(r" ?[A-Za-z0-9_]+\Z")
 _TEXTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # tokenizer -> token texts
@@ -62,9 +63,12 @@ def first_token_mask(tokenizer, carry: str) -> Tensor | None:
     return torch.tensor([t.startswith(carry) for t in texts])
 
 
-def heal(tokenizer, prefix: str) -> tuple[str, str, Tensor | None]:
+def heal(tokenizer, prefix: str, *, enabled: bool = True) -> tuple[str, str, Tensor | None]:
     """``(kept, carry, allowed)``: the prefix to encode, the text the middle must start with
-    (and loses again), and the first hole token's allowed set (None: no healing)."""
+    (and loses again), and the first hole token's allowed set (None: no healing, as when not
+    `enabled`)."""
+    if not enabled:
+        return prefix, "", None
     kept, carry = split_prefix(prefix)
     allowed = first_token_mask(tokenizer, carry) if carry else None
     return (kept, carry, allowed) if allowed is not None else (prefix, "", None)
@@ -73,5 +77,15 @@ def heal(tokenizer, prefix: str) -> tuple[str, str, Tensor | None]:
 def true_length(tokenizer, prefix: str, middle: str, *, healed: bool = True) -> int:
     """Tokens a hole needs to hold `middle` after `prefix` (healed or not): the oracle
     length of FIM evaluation."""
-    carry = heal(tokenizer, prefix)[1] if healed else ""
+    carry = heal(tokenizer, prefix, enabled=healed)[1]
     return max(1, len(tokenizer.encode(carry + middle)))
+
+
+def strip_carry(middle: str, carry: str) -> str:
+    """The middle without the carry it starts with (its first token was restricted to it)."""
+    return middle[len(carry) :] if carry and middle.startswith(carry) else middle
+
+
+def fit_vocab(allowed: Tensor, size: int) -> Tensor:
+    """``allowed`` (..., V) bool cut or padded with False to a model's `size` logits."""
+    return F.pad(allowed.bool(), (0, max(size - allowed.shape[-1], 0)))[..., :size]

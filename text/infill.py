@@ -37,6 +37,7 @@ from torch import Tensor
 
 from mdiff.errors import InvalidInputError
 from mdiff.text.heal import heal as heal_prefix
+from mdiff.text.heal import strip_carry
 from mdiff.text.layout import left_pad
 from mdiff.text.sampler import GenerationConfig, GenerationOutput, denoise
 
@@ -124,7 +125,7 @@ def infill(model, tokenizer, prefix: str | list[str], suffix: str | list[str],
     spec = model.spec
     pad = spec.pad_id if spec.pad_id is not None else spec.mask_id
     limit = min(context or _max_len(model), _max_len(model))
-    rows, parts, heals = [], [], [_heal(tokenizer, p, heal) for p in prefixes]
+    rows, parts, heals = [], [], [heal_prefix(tokenizer, p, enabled=heal) for p in prefixes]
     for i, (s, (kept, _, _)) in enumerate(zip(suffixes, heals, strict=True)):
         pre, suf = tokenizer.encode(kept), tokenizer.encode(s)
         for n in lengths:
@@ -151,10 +152,6 @@ def infill(model, tokenizer, prefix: str | list[str], suffix: str | list[str],
     return results[0] if single else results
 
 
-def _heal(tokenizer, prefix: str, on: bool) -> tuple[str, str, Tensor | None]:
-    return heal_prefix(tokenizer, prefix) if on else (prefix, "", None)
-
-
 def _restrict(heals, parts, rows, width: int):
     """`denoise`'s ``restrict`` for healed rows: the hole's first column, after left padding."""
     if all(allowed is None for _, _, allowed in heals):
@@ -172,8 +169,7 @@ def _result(out: GenerationOutput, row: int, n: int, prefix: str, suffix: str, t
             scores: dict, carry: str = "") -> InfillResult:  # fmt: skip
     ids = out.sequences[row][out.generated[row]].tolist()
     middle = tokenizer.decode(ids, skip_special_tokens=True)
-    if carry and middle.startswith(carry):  # it does: its first token was restricted so
-        middle = middle[len(carry) :]  # the carry is the prefix's own tail
+    middle = strip_carry(middle, carry)  # the carry is the prefix's own tail
     span = (len(prefix), len(prefix) + len(middle))
     tpf = float(out.tokens_per_forward[row])
     return InfillResult(prefix + middle + suffix, middle, n, span, tpf, out.nfe, scores,

@@ -36,6 +36,7 @@ from mdiff.errors import InvalidInputError
 from mdiff.solvers import sample_categorical
 from mdiff.text import policies as P
 from mdiff.text.generation import GenerationConfig, GenerationOutput
+from mdiff.text.heal import fit_vocab
 from mdiff.text.layout import Layout, canvas_from_prompts, check_canvas, layout
 from mdiff.text.runner import ModelRunner, resolve_cache_mode
 from mdiff.text.spec import DenoiserSpec
@@ -186,8 +187,7 @@ class _Run:
             pos, allowed = self.restrict
             rows = ((pos >= s) & (pos < e)).nonzero()[:, 0]
             cols = pos[rows] - s
-            V = logits.shape[-1]
-            keep = F.pad(allowed[rows], (0, max(V - allowed.shape[1], 0)))[:, :V]
+            keep = fit_vocab(allowed[rows], logits.shape[-1])
             logits[rows, cols] = logits[rows, cols].masked_fill(~keep, -torch.inf)
         return logits
 
