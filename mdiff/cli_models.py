@@ -114,6 +114,11 @@ def _add_train_dit(sub) -> None:
         "--mixed-precision", choices=["no", "bf16"], default="no",
         help="bf16 autocast (faster on CPUs with AVX512-BF16; default no)",
     )  # fmt: skip
+    d.add_argument(
+        "--init-from", metavar="PIPELINE", default=None,
+        help="start a new run from a pipeline's DiT and text encoder (built-in name or folder; "
+        "same --preset, and a --vae with the same encoder)",
+    )  # fmt: skip
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--save-every", type=int, default=500, help="checkpoint period in steps")
     d.add_argument("--log-every", type=int, default=50, help="metrics.jsonl period in steps")
@@ -240,10 +245,10 @@ def _train_dit(args: argparse.Namespace) -> int:
             out, preset=args.preset, vae=args.vae, steps=args.steps, batch_size=args.batch_size,
             resume=args.resume, size=args.size, frames=args.frames, clips=args.clips, lr=args.lr,
             caption_dropout=args.caption_dropout, clean_context=args.clean_context,
-            shift=args.shift,
-            mixed_precision=args.mixed_precision, save_every=args.save_every,
+            shift=args.shift, mixed_precision=args.mixed_precision, save_every=args.save_every,
             log_every=args.log_every, eval_every=args.eval_every, seed=args.seed,
             progress=not args.no_progress, command=command, cooldown=args.cooldown,
+            init_from=args.init_from,
         )  # fmt: skip
         print(f"trained to step {result.step}, loss {result.loss:.5f} ({out})")
     if args.export:

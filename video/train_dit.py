@@ -49,7 +49,7 @@ import mdiff
 from mdiff.atomic import atomic_dir
 from mdiff.errors import CheckpointError, InvalidInputError
 from mdiff.hub import resolve, weights_sha256
-from mdiff.train.checkpoint import RUN_FILE, TRAINING_LOG, read_run_folder, write_run
+from mdiff.train.checkpoint import RUN_FILE, TRAINING_LOG, parent_log, read_run_folder, write_run
 from mdiff.train.config import cooldown as lr_cooldown
 from mdiff.train.metrics import read_metrics
 from mdiff.video.data import ShapesDataset
@@ -104,16 +104,20 @@ def _caches(run_dir: Path, run: dict) -> tuple[LatentCache, LatentCache]:
     return LatentCache(root, "train", vae, train), LatentCache(root, "heldout", vae, held)
 
 
-def _same_latent_space(trained: Path, other: str | Path) -> Path:
-    """The folder of VAE `other` when its encoder, quant conv and latent statistics equal those
-    of the VAE in `trained` (a decoder-only fine-tune); else `CheckpointError`."""
-    source = resolve(other)
-    a, b = CausalVAE.from_pretrained(trained), CausalVAE.from_pretrained(source)
+def _same_encoder(a: CausalVAE, b: CausalVAE) -> bool:
+    """Whether two VAEs code the same latent space: equal encoder, quant conv and statistics."""
     sa, sb = a.state_dict(), b.state_dict()
     keys = [k for k in sa if k.startswith(("encoder.", "quant_conv."))]
     same = all(k in sb and sa[k].shape == sb[k].shape and torch.equal(sa[k], sb[k]) for k in keys)
     stats = ("z_dim", "latents_mean", "latents_std")
-    if not same or any(getattr(a.config, k) != getattr(b.config, k) for k in stats):
+    return same and all(getattr(a.config, k) == getattr(b.config, k) for k in stats)
+
+
+def _same_latent_space(trained: Path, other: str | Path) -> Path:
+    """The folder of VAE `other` when it codes the latent space of the VAE in `trained` (a
+    decoder-only fine-tune); else `CheckpointError`."""
+    source = resolve(other)
+    if not _same_encoder(CausalVAE.from_pretrained(trained), CausalVAE.from_pretrained(source)):
         raise CheckpointError(
             f"VAE {other} codes another latent space than the one this DiT was trained on "
             "(its encoder or latent statistics differ); fine-tune the decoder only "
@@ -214,11 +218,13 @@ def train(
     progress: bool = True,
     command: str | None = None,
     cooldown: int | None = None,
+    init_from: str | Path | None = None,
 ):
     """Train (or, with `resume`, continue) a DiT + text encoder on the latents of `vae` (a
     built-in name or a folder); returns the `FitResult`. `shift` None = `token_shift`;
     `clean_context` is the teacher-forcing probability of a block-causal DiT (see
-    `DiTObjective`).
+    `DiTObjective`). `init_from` (a new run only) starts from the DiT and text encoder of a
+    pipeline folder or built-in name (same preset; `vae` must code the same latent space).
 
     On resume everything but `steps` (the target), `save_every`, `log_every`, `eval_every` and
     `progress` comes from the run's ``run.json`` and ``vae/``. `cooldown` N makes the learning
@@ -239,7 +245,8 @@ def train(
             heldout_clips=heldout_clips, objective_kw=objective_kw, shift=shift,
             clean_context=clean_context, command=command,
             train={"seed": seed, "batch_size": batch_size, "lr": lr, "warmup_steps": warmup_steps,
-                   "mixed_precision": mixed_precision},
+                   "mixed_precision": mixed_precision,
+                   "init_from": None if init_from is None else str(init_from)},
         )  # fmt: skip
     t = run["train"]
     schedule = lr_cooldown(t, steps, cooldown)
@@ -254,13 +261,40 @@ def train(
         mixed_precision=t["mixed_precision"], **schedule,
     )  # fmt: skip
     torch.manual_seed(t["seed"])  # the initial weights
+    model = _build(run)
+    resuming = resume and (out / "checkpoints" / "latest").is_file()
+    if not resuming and t.get("init_from") is not None:
+        _load_init(model, run, out / "vae", t["init_from"])
     trainer = Trainer(
-        _build(run), DiTObjective(**run["objective"]), dataset, cfg, collate_fn=_collate,
+        model, DiTObjective(**run["objective"]), dataset, cfg, collate_fn=_collate,
         evaluate=lambda m: heldout_loss(m, heldout),
     )  # fmt: skip
-    if resume and (out / "checkpoints" / "latest").is_file():
+    if resuming:
         trainer.resume("latest")
     return trainer.fit()
+
+
+def _load_init(model: TextConditionedDiT, run: dict, vae: Path, init_from: str | Path) -> None:
+    """Copy the DiT and text encoder of pipeline `init_from` into `model` (a fine-tune's start);
+    `CheckpointError` when their configs differ from the run's (another --preset) or the
+    pipeline's VAE codes other latents than the run's `vae` folder."""
+    from mdiff.video.pipeline import VideoPipeline
+
+    pipe = VideoPipeline.from_pretrained(init_from)
+    ours = (run["dit_config"], run["text_config"])
+    theirs = (dataclasses.asdict(pipe.dit.config), dataclasses.asdict(pipe.text_encoder.config))
+    for what, a, b in zip(("DiT", "text encoder"), ours, theirs, strict=True):
+        a, b = json.loads(json.dumps(a)), json.loads(json.dumps(b))  # tuples as lists
+        if a != b:
+            diff = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+            raise CheckpointError(f"{init_from}'s {what} differs from the run's --preset in {diff}")
+    if not _same_encoder(pipe.vae, CausalVAE.from_pretrained(vae)):
+        raise CheckpointError(
+            f"{init_from} was trained on the latents of another VAE encoder than --vae "
+            f"{run['vae']['source']}; pass the VAE it was trained with"
+        )
+    model.dit.load_state_dict(pipe.dit.state_dict())
+    model.text_encoder.load_state_dict(pipe.text_encoder.state_dict())
 
 
 def export(
@@ -318,6 +352,8 @@ def export(
         "losses": [{k: v for k, v in r.items() if k not in ("kind", "time")} for r in train_rows],
         "evals": [r for r in metrics if r.get("kind") == "eval"],
     }
+    if (parent := parent_log(run)) is not None:  # a fine-tune: keep the parent's history
+        log["init_log"] = parent
     with atomic_dir(out_dir) as tmp:
         model.dit.save_pretrained(tmp / "dit")
         model.text_encoder.save_pretrained(tmp / "text_encoder")

@@ -330,3 +330,38 @@ def test_cooldown_on_resume_is_recorded_and_decays_the_lr(vae_dir, tmp_path):
     assert json.loads((out / "run.json").read_text())["train"]["decay"] == [2, 4]
     lrs = [r["lr"] for r in read_metrics(out) if r["kind"] == "train"]
     assert lrs == pytest.approx([3e-4, 3e-4, 3e-4, 1.5e-4])  # the 4th step is half-way down
+
+
+def test_init_from_starts_a_fine_tune_from_a_pipeline_and_checks_it_fits(
+    vae_dir, tmp_path, monkeypatch
+):
+    from mdiff.video import dit
+    from mdiff.video.pipeline import VideoPipeline
+
+    _train(tmp_path / "parent", vae_dir, 2)
+    export(tmp_path / "parent", tmp_path / "pipe")
+    child = tmp_path / "child"
+    _train(child, vae_dir, 1, lr=0.0, init_from=tmp_path / "pipe")  # lr 0: weights unchanged
+
+    pipe = VideoPipeline.from_pretrained(tmp_path / "pipe")
+    start, _ = load_ema_model(child)
+    assert weights_sha256(start.dit) == weights_sha256(pipe.dit)
+    assert weights_sha256(start.text_encoder) == weights_sha256(pipe.text_encoder)
+    _train(tmp_path / "fresh", vae_dir, 1, lr=0.0)  # the same run without --init-from
+    assert weights_sha256(load_ema_model(tmp_path / "fresh")[0].dit) != weights_sha256(pipe.dit)
+    log = export(child, tmp_path / "child-pipe")
+    assert log["init_log"]["step"] == 2 and log["train"]["init_from"] == str(tmp_path / "pipe")
+
+    monkeypatch.setitem(dit.PRESETS, "test-deeper", {**dit.PRESETS["test"], "depth": 3})
+    with pytest.raises(CheckpointError, match=r"DiT differs from the run's .* \['depth'\]"):
+        train(tmp_path / "deeper", preset="test-deeper", vae=vae_dir, steps=1, batch_size=2,
+              size=16, frames=5, clips=6, heldout_clips=2, progress=False,
+              init_from=tmp_path / "pipe")  # fmt: skip
+    other = CausalVAE.from_pretrained(vae_dir)
+    with torch.no_grad():
+        next(other.encoder.parameters()).add_(0.1)
+    other.save_pretrained(tmp_path / "other-vae")
+    with pytest.raises(CheckpointError, match="another VAE encoder"):
+        train(tmp_path / "other", preset="test", vae=tmp_path / "other-vae", steps=1,
+              batch_size=2, size=16, frames=5, clips=6, heldout_clips=2, progress=False,
+              init_from=tmp_path / "pipe")  # fmt: skip
