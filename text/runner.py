@@ -66,13 +66,21 @@ class ModelRunner:
         self.nfe = 0
         self.drift: list[float] | None = [] if measure_drift else None
 
-    def logits(self, x: Tensor, s: int, e: int, fresh: bool) -> Tensor:
-        """Guided logits (B, e − s, V) for window [s, e); ``fresh`` = first step of a block."""
+    def logits(self, x: Tensor, s: int, e: int, fresh: bool, rows: Tensor | None = None) -> Tensor:
+        """Guided logits (B, e − s, V) for window [s, e); ``fresh`` = first step of a block.
+
+        ``rows`` (cache mode none only): run just these rows (the ones still stepping); the
+        others' logits are zeros. Rows are independent, so their logits do not change."""
         L = x.shape[1]
         self.nfe += 1
         approx = self.mode in ("prefix", "dual")
         if self.mode == "none":
-            return self._guide(self._call(x, 0, L))[:, s:e]
+            if rows is None or rows.numel() == x.shape[0]:
+                return self._guide(self._call(x, 0, L))[:, s:e]
+            part = self._guide(self._call(x, 0, L, rows=rows))[:, s:e]
+            out = part.new_zeros((x.shape[0], *part.shape[1:]))
+            out[rows] = part
+            return out
         if approx and fresh:  # refresh: one full forward fills a new cache
             self.cache = self.model.new_cache()
             out = self._call(x, 0, L, self.cache)
@@ -104,20 +112,24 @@ class ModelRunner:
 
     # ---- helpers ------------------------------------------------------------------------------
 
-    def _call(self, x: Tensor, start: int, end: int, cache=None, cache_at=None) -> Tensor:
-        """Raw model logits for slots [start, end) ((2B, ·, V) with guidance)."""
+    def _call(self, x: Tensor, start: int, end: int, cache=None, cache_at=None,
+              rows: Tensor | None = None) -> Tensor:  # fmt: skip
+        """Raw model logits for slots [start, end) of `rows` (default all; (2B, ·, V) with
+        guidance)."""
+        pick = (lambda t: t) if rows is None else (lambda t: None if t is None else t[rows])
+        x, real, positions = pick(x), pick(self.real), pick(self.positions)
         ids = x[:, start:end]
         if self.w:
-            uncond = torch.where(self.fixed, torch.full_like(x, self.mask_id), x)[:, start:end]
-            ids = torch.cat([ids, uncond])
+            uncond = torch.where(pick(self.fixed), torch.full_like(x, self.mask_id), x)
+            ids = torch.cat([ids, uncond[:, start:end]])
         keys = None
-        if self.real is not None:
+        if real is not None:
             stop = x.shape[1] if cache_at is not None else end
-            keys = self.real[:, :stop] if cache is not None else self.real[:, start:end]
+            keys = real[:, :stop] if cache is not None else real[:, start:end]
             keys = torch.cat([keys, keys]) if self.w else keys
         pos = None
-        if self.positions is not None:
-            pos = self.positions[:, start:end]
+        if positions is not None:
+            pos = positions[:, start:end]
             pos = torch.cat([pos, pos]) if self.w else pos
         out = self.model(ids, attention_mask=keys, position_ids=pos, cache=cache,
                          cache_at=cache_at)  # fmt: skip

@@ -133,7 +133,8 @@ class _Run:
             g = int(self.cur[active].min()) if self.sync else None
             stepping = active & (self.cur == g) if self.sync else active
             s, e = self._window(g, stepping)
-            logits = self.runner.logits(self.x, s, e, fresh=g != self.last_block)
+            rows = None if self.sync else stepping.nonzero().squeeze(1)  # finished rows rest
+            logits = self.runner.logits(self.x, s, e, fresh=g != self.last_block, rows=rows)
             self.last_block = g
             self._step(logits, s, e, stepping)
         return self._output()

@@ -1,7 +1,8 @@
-"""The shipped code model (`text/checkpoints/code-tiny`): it loads by name and has learned code.
+"""The shipped code models (`text/checkpoints/code-tiny`, bidirectional, and `code-tiny-block`,
+its block-causal fine-tune): they load by name and have learned code.
 
-The checkpoint is package data: without it these tests fail (it is the default model of
-`mdiff complete`, `mdiff eval fim` and `mdiff demo`).
+The checkpoints are package data: without them these tests fail (`code-tiny` is the default
+model of `mdiff complete`, `mdiff eval fim` and `mdiff demo`).
 """
 
 import json
@@ -22,13 +23,17 @@ SNIPPET = '''def parse_args(argv=None):
 '''
 
 
-@pytest.fixture(scope="module")
-def cm():
-    return CodeModel.from_pretrained("code-tiny")
+NAMES = {"code-tiny": "bidirectional", "code-tiny-block": "block_causal"}
+
+
+@pytest.fixture(scope="module", params=sorted(NAMES))
+def cm(request):
+    return CodeModel.from_pretrained(request.param)
 
 
 def test_shipped_model_is_small_and_logged(cm):
-    folder = hub.resolve("code-tiny")
+    folder = hub.resolve(cm.model_id)
+    assert cm.model.config.attention == NAMES[cm.model_id]
     size = sum(p.stat().st_size for p in folder.iterdir())
     assert size <= 30 * 2**20
     log = json.loads((folder / "training_log.json").read_text(encoding="utf-8"))
@@ -40,7 +45,9 @@ def test_shipped_model_beats_chance_on_unseen_code(cm):
     ids = torch.tensor([cm.tokenizer.encode(SNIPPET)])
     batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids, dtype=torch.bool)}
     with torch.no_grad():
-        nats = masked_nelbo(cm.model, batch, mask_id=cm.model.spec.mask_id)["nats_per_token"]
+        block = cm.model.config.attention == "block_causal"  # its own (block) NELBO
+        nats = masked_nelbo(cm.model, batch, mask_id=cm.model.spec.mask_id, block=block)
+    nats = nats["nats_per_token"]
     chance = torch.log(torch.tensor(float(cm.tokenizer.vocab_size))).item()
     assert nats < chance - 3.0, (nats, chance)  # random weights score ≈ chance
 

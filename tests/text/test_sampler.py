@@ -428,3 +428,27 @@ def test_invalid_inputs_raise():
         generate(torch.nn.Linear(2, 2), [[5]], gen_length=4)
     with pytest.raises(InvalidInputError, match="supports_cache"):
         generate(TinyDenoiser(supports_cache=False), [[5]], gen_length=4, cache="dual")
+
+
+@pytest.mark.parametrize("cfg_scale", [0.0, 1.5])
+def test_runner_runs_only_the_rows_still_stepping(cfg_scale):
+    from mdiff.text.runner import ModelRunner
+
+    model = TinyDenoiser(seed=5)
+    ids, real = left_pad(prompts([3, 6, 5], seed=4))
+    x = torch.cat([ids, torch.full((3, 4), MASK)], 1)
+    real = torch.cat([real, torch.ones(3, 4, dtype=torch.bool)], 1)
+    positions = (real.long().cumsum(1) - 1).clamp(min=0)
+    seen = []
+    model.register_forward_hook(lambda m, args, kw_out=None: seen.append(args[0].shape[0]))
+
+    def runner():
+        return ModelRunner(model, model.spec, "none", real, positions, real & (x != MASK),
+                           cfg_scale)  # fmt: skip
+
+    full = runner().logits(x, 6, 10, fresh=True)
+    part = runner().logits(x, 6, 10, fresh=True, rows=torch.tensor([0, 2]))
+    halves = 2 if cfg_scale else 1
+    assert seen == [3 * halves, 2 * halves]  # the finished row 1 was not run
+    assert torch.allclose(part[[0, 2]], full[[0, 2]], atol=1e-12)
+    assert not part[1].any() and full[1].abs().sum() > 0
