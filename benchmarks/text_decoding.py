@@ -1,7 +1,9 @@
 """Text decoding: speed and FIM exact match per decoding method, against LLaDA-style fixed steps.
 
-Run:  OMP_NUM_THREADS=2 .venv/bin/python benchmarks/text_decoding.py MDM [--block BD3] [--ar AR]
-      (model folders as `mdiff train text --export` writes them; -n tasks, --length tokens)
+Run:  OMP_NUM_THREADS=2 .venv/bin/python benchmarks/text_decoding.py code-tiny \
+          --block code-tiny-block [--ar AR]
+      (built-in names or folders as `mdiff train text --export` writes them; the AR baseline
+      is not shipped: `mdiff train text --kind ar`; -n tasks, --length tokens)
 
 Speed: one 256-token completion after a 128-token held-out prompt, batch 1, wall time and
 tokens per forward. Quality: exact match on `-n` held-out single-line FIM tasks at the true
