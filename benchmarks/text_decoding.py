@@ -101,7 +101,8 @@ def main() -> None:
         out = generate_ar(am.model, [prompt], args.length)  # may stop early at EOS
         seconds = time.perf_counter() - start
         n = max(len(out.tokens[0]), 1)
-        em = evaluate_ar_fim(am.model, am.tokenizer, tasks, context=am.context)["exact_match"]
+        em = evaluate_ar_fim(am.model, am.tokenizer, tasks, context=am.context,
+                             order=am.fim_order)["exact_match"]  # fmt: skip
         rows.append(("(f) autoregressive, KV cache", n / seconds, n / out.nfe, em))
     anchor = rows[0][1]
     print(f"{CMD} {' '.join(sys.argv[1:])}")

@@ -176,6 +176,10 @@ def _add_train_text(sub) -> None:
     t.add_argument("--vocab-size", type=int, default=4096, help="BPE vocabulary (default 4096)")
     t.add_argument("--block-size", type=int, default=16, help="tokens per block (--kind block)")
     t.add_argument(
+        "--fim-order", choices=["psm", "spm"], default="psm",
+        help="--kind ar: FIM layout, prefix-suffix-middle or Code Llama's suffix-prefix-middle",
+    )  # fmt: skip
+    t.add_argument(
         "--init-from", metavar="MODEL", default=None,
         help="start a new run from an exported text model (its tokenizer and weights), e.g. "
         "a bidirectional one fine-tuned into --kind block",
@@ -192,6 +196,11 @@ def _add_train_text(sub) -> None:
     t.add_argument(
         "--export-only", action="store_true", help="export --out to --export, no training"
     )
+    t.add_argument(
+        "--checkpoint", default="latest", metavar="NAME",
+        help="with --export: the checkpoint to export, e.g. step_00005000 (early stopping on "
+        "the held-out loss in metrics.jsonl)",
+    )  # fmt: skip
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -220,10 +229,11 @@ def _train_text(args: argparse.Namespace) -> int:
             block_size=args.block_size, save_every=args.save_every, log_every=args.log_every,
             eval_every=args.eval_every, seed=args.seed, progress=not args.no_progress,
             command=command, init_from=args.init_from, cooldown=args.cooldown,
+            fim_order=args.fim_order,
         )  # fmt: skip
         print(f"trained to step {result.step}, loss {result.loss:.5f} ({out})")
     if args.export:
-        log = train_text.export(out, args.export, command=command)
+        log = train_text.export(out, args.export, checkpoint=args.checkpoint, command=command)
         h = log["heldout"]
         print(
             f"exported step {log['step']} to {args.export}: held-out "

@@ -3,7 +3,8 @@
 The baseline is a `TextDenoiser` with ``attention="causal"`` trained on next-token prediction
 over FIM-formatted sequences (see `mdiff.text.data.fim_transform`), so infilling reads
 
-    [PRE] prefix [SUF] suffix [MID]  ->  middle … [EOS]
+    [PRE] prefix [SUF] suffix [MID]  ->  middle … [EOS]          (order "psm")
+    [PRE] [SUF] suffix [MID] prefix  ->  middle … [EOS]          (order "spm")
 
 `generate_ar` decodes a left-padded batch: one forward over the prompts (its keys committed to
 the cache), then one forward per new token. Rows stop at an EOS id; the loop ends when every
@@ -32,9 +33,15 @@ class ARResult:
     nfe: int  # model forwards (the prompt pass included)
 
 
-def fim_prompt(prefix_ids: list[int], suffix_ids: list[int], special: dict[str, int]) -> list[int]:
-    """``[PRE] prefix [SUF] suffix [MID]`` (PSM order, as the baseline is trained)."""
-    return [special["[PRE]"], *prefix_ids, special["[SUF]"], *suffix_ids, special["[MID]"]]
+def fim_prompt(prefix_ids: list[int], suffix_ids: list[int], special: dict[str, int],
+               order: str = "psm") -> list[int]:  # fmt: skip
+    """The prompt the middle follows, in the `order` the baseline was trained with."""
+    pre, suf, mid = special["[PRE]"], special["[SUF]"], special["[MID]"]
+    if order == "psm":
+        return [pre, *prefix_ids, suf, *suffix_ids, mid]
+    if order == "spm":
+        return [pre, suf, *suffix_ids, mid, *prefix_ids]
+    raise InvalidInputError(f"fim order must be 'psm' or 'spm', got {order!r}")
 
 
 @torch.no_grad()

@@ -142,7 +142,7 @@ def run_eval_fim(args: argparse.Namespace) -> int:
         bar.reset(total=len(tasks))
         report["ar"] = evaluate_ar_fim(
             ar.model, ar.tokenizer, tasks, context=ar.context, progress=lambda *_: bar.update(),
-            heal=heal,
+            heal=heal, order=ar.fim_order,
         )  # fmt: skip
     bar.close()
     if args.json:

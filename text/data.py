@@ -18,8 +18,12 @@ files, and rebuilt when either changes.
 Windows: item ``i`` is the ``seq_len`` tokens from ``i·stride``, a pure function of ``i`` (and the
 seed), so the trainer's exact resume holds. A fraction of the items is cropped to a random length
 U{1..L}, the rest padded with ``[PAD]`` and masked out (LLaDA's fix for length bias). With
-``fim_rate`` > 0 an item becomes, with that probability, ``[PRE] prefix [SUF] suffix [MID] middle
-[EOS]`` (PSM order, cut points uniform over the window) for the autoregressive baseline.
+``fim_rate`` > 0 an item becomes, with that probability, a FIM sequence for the autoregressive
+baseline (cut points uniform over the window), in ``fim_order``:
+
+    psm   [PRE] prefix [SUF] suffix [MID] middle [EOS]
+    spm   [PRE] [SUF] suffix [MID] prefix middle [EOS]   (Code Llama's SPM: the middle goes on
+          straight from the prefix, so a small model need not learn to jump back to it)
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ __all__ = [
     "TokenWindows",
     "cached_tokens",
     "eval_windows",
+    "FIM_ORDERS",
     "fim_transform",
     "find_sources",
     "heldout_score",
@@ -62,6 +67,7 @@ EXCLUDED_DIRS = frozenset(
     {"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__", ".git"}
 )
 PAD_ID, EOS_ID, PRE_ID, SUF_ID, MID_ID = 0, 2, 4, 5, 6  # CodeTokenizer's fixed ids
+FIM_ORDERS = ("psm", "spm")
 
 
 def stdlib_root() -> Path:
@@ -179,11 +185,18 @@ def fim_transform(
     suf_id: int = SUF_ID,
     mid_id: int = MID_ID,
     eos_id: int = EOS_ID,
+    order: str = "psm",
 ) -> np.ndarray:
-    """``[PRE] prefix [SUF] suffix [MID] middle [EOS]`` from `content` cut at two uniform points
+    """A FIM sequence in `order` (see the module doc) from `content` cut at two uniform points
     (4 tokens longer than `content`)."""
     a, b = np.sort(rng.integers(0, len(content) + 1, size=2))
-    pieces = ([pre_id], content[:a], [suf_id], content[b:], [mid_id], content[a:b], [eos_id])
+    pre, mid, suf = content[:a], content[a:b], content[b:]
+    if order == "psm":
+        pieces = ([pre_id], pre, [suf_id], suf, [mid_id], mid, [eos_id])
+    elif order == "spm":
+        pieces = ([pre_id, suf_id], suf, [mid_id], pre, mid, [eos_id])
+    else:
+        raise InvalidInputError(f"fim order must be one of {FIM_ORDERS}, got {order!r}")
     return np.concatenate([np.asarray(p, dtype=content.dtype) for p in pieces])
 
 
@@ -204,11 +217,14 @@ class TokenWindows(Dataset):
         seed: int = 0,
         pad_id: int = PAD_ID,
         fim_ids: dict[str, int] | None = None,
+        fim_order: str = "psm",
     ):
         if seq_len < 8:
             raise InvalidInputError(f"seq_len must be at least 8, got {seq_len}")
         if not (0.0 <= crop_fraction <= 1.0 and 0.0 <= fim_rate <= 1.0):
             raise InvalidInputError("crop_fraction and fim_rate must be in [0, 1]")
+        if fim_order not in FIM_ORDERS:
+            raise InvalidInputError(f"fim_order must be one of {FIM_ORDERS}, got {fim_order!r}")
         self.tokens = np.asarray(tokens)
         self.seq_len, self.stride = seq_len, stride or seq_len
         if len(self.tokens) < seq_len:
@@ -218,7 +234,7 @@ class TokenWindows(Dataset):
         self.crop_fraction, self.fim_rate, self.seed, self.pad_id = (
             crop_fraction, fim_rate, seed, pad_id,
         )  # fmt: skip
-        self.fim_ids = fim_ids or {}
+        self.fim_ids, self.fim_order = fim_ids or {}, fim_order
 
     def __len__(self) -> int:
         return (len(self.tokens) - self.seq_len) // self.stride + 1
@@ -230,7 +246,8 @@ class TokenWindows(Dataset):
         rng = np.random.default_rng([self.seed, index])  # a pure function of the index
         start = index * self.stride
         if self.fim_rate and rng.random() < self.fim_rate:
-            ids = fim_transform(self.tokens[start : start + L - 4], rng, **self.fim_ids)
+            ids = fim_transform(self.tokens[start : start + L - 4], rng, **self.fim_ids,
+                                order=self.fim_order)  # fmt: skip
         else:
             ids = self.tokens[start : start + L]
         ids = torch.from_numpy(ids.astype(np.int64))

@@ -88,9 +88,10 @@ def evaluate_fim(model, tokenizer, tasks: list[FIMTask], *, modes=MODES, fixed_l
 
 @torch.no_grad()
 def evaluate_ar_fim(model, tokenizer, tasks: list[FIMTask], *, max_new_tokens: int = 64,
-                    context: int | None = None, progress=None,
-                    heal: bool = True) -> dict:  # fmt: skip
-    """Exact match of the autoregressive FIM baseline, greedy, on the same tasks."""
+                    context: int | None = None, progress=None, heal: bool = True,
+                    order: str = "psm") -> dict:  # fmt: skip
+    """Exact match of the autoregressive FIM baseline, greedy, on the same tasks; `order` is
+    the FIM order it was trained with (`CodeModel.fim_order`)."""
     if not tasks:
         raise InvalidInputError("need at least one task")
     limit = context or int(getattr(model.config, "max_len", 1024))
@@ -102,7 +103,7 @@ def evaluate_ar_fim(model, tokenizer, tasks: list[FIMTask], *, max_new_tokens: i
         pre, suf = tokenizer.encode(kept), tokenizer.encode(task.suffix)
         pre, suf = fit_context(pre, suf, max_new_tokens + 3, limit)  # + [PRE] [SUF] [MID]
         first = None if allowed is None else allowed[None]
-        out = generate_ar(model, [fim_prompt(pre, suf, special)], max_new_tokens,
+        out = generate_ar(model, [fim_prompt(pre, suf, special, order)], max_new_tokens,
                           first_allowed=first)  # fmt: skip
         middle = tokenizer.decode(out.tokens[0], skip_special_tokens=True)
         middle = strip_carry(middle, carry)

@@ -56,9 +56,10 @@ class CodeModel:
 
     def __init__(self, model: TextDenoiser, tokenizer: CodeTokenizer, model_id: str, *,
                  stamper=None, weights_sha256: str | None = None,
-                 context: int | None = None):  # fmt: skip
+                 context: int | None = None, fim_order: str = "psm"):  # fmt: skip
         self.model, self.tokenizer, self.model_id = model, tokenizer, model_id
         self.context = context  # tokens the model sees when infilling (its training length)
+        self.fim_order = fim_order  # the AR baseline's FIM prompt order ("psm" | "spm")
         self._stamper, self._wm = stamper, None
         self.weights_sha256 = weights_sha256 or hub.weights_sha256(model)
 
@@ -72,10 +73,11 @@ class CodeModel:
         tokenizer = CodeTokenizer.load(directory / TOKENIZER_FILE)
         model_id = str(name_or_path) if not Path(name_or_path).exists() else str(directory)
         log = directory / "training_log.json"
-        context = None
+        data = {}
         if log.is_file():  # infill within the window length the model was trained on
-            context = json.loads(log.read_text(encoding="utf-8")).get("data", {}).get("seq_len")
-        return cls(model, tokenizer, model_id, stamper=stamper, context=context,
+            data = json.loads(log.read_text(encoding="utf-8")).get("data", {})
+        return cls(model, tokenizer, model_id, stamper=stamper, context=data.get("seq_len"),
+                   fim_order=data.get("fim_order", "psm"),
                    weights_sha256=hub.weights_sha256(directory / hub.WEIGHTS_NAME))  # fmt: skip
 
     # ---------------------------------------------------------------- provenance plumbing

@@ -161,6 +161,7 @@ def _data(run_dir: Path, run: dict, tokenizer: CodeTokenizer):
     dataset = TokenWindows(
         train_ids, d["seq_len"], stride=d["stride"], crop_fraction=d["crop_fraction"],
         fim_rate=d["fim_rate"], seed=run["train"]["seed"], pad_id=tokenizer.pad_id, fim_ids=fim,
+        fim_order=d.get("fim_order", "psm"),
     )  # fmt: skip
     heldout = eval_windows(held_ids, d["seq_len"], d["eval_windows"], pad_id=tokenizer.pad_id)
     return dataset, heldout
@@ -183,6 +184,7 @@ def load_ema_model(run_dir: str | Path, checkpoint: str = "latest") -> tuple[Tex
 def _new_run(
     out: Path, *, kind, preset, corpus, pattern, vocab_size, heldout_fraction, seq_len, stride,
     crop_fraction, fim_rate, block_size, eval_windows, train, command, init_from=None,
+    fim_order="psm",
 ) -> tuple[dict, CodeTokenizer]:  # fmt: skip
     """Train the tokenizer (or take `init_from`'s), write ``tokenizer.json`` and ``run.json``;
     returns both."""
@@ -210,7 +212,8 @@ def _new_run(
             "heldout_fraction": heldout_fraction, "train_files": len(found.train_files),
             "heldout_files": len(found.heldout_files), "seq_len": seq_len,
             "stride": stride or seq_len, "crop_fraction": crop_fraction if kind != "ar" else 0,
-            "fim_rate": fim_rate if kind == "ar" else 0, "eval_windows": eval_windows,
+            "fim_rate": fim_rate if kind == "ar" else 0, "fim_order": fim_order,
+            "eval_windows": eval_windows,
         },
         "train": train,
         "parameters": param_count(config),
@@ -248,6 +251,7 @@ def train(
     heldout_fraction: float = 0.02,
     crop_fraction: float = 0.01,
     fim_rate: float = 0.5,
+    fim_order: str = "psm",
     block_size: int = 16,
     stride: int | None = None,
     warmup_steps: int = 200,
@@ -268,6 +272,7 @@ def train(
     On resume everything but `steps` (the target), `save_every`, `log_every`, `eval_every` and
     `progress` comes from the run's ``run.json`` and ``tokenizer.json``.
 
+    `fim_order` ("psm" | "spm", see `mdiff.text.data`) is the AR baseline's FIM layout.
     `init_from` (a new run only) starts from an exported text model (folder or built-in name)
     with its tokenizer and architecture but the attention of `kind`: BD3-LM's recipe of
     fine-tuning a bidirectional masked-diffusion model into a block-causal one (``kind="block"``)
@@ -287,7 +292,7 @@ def train(
             out, kind=kind, preset=preset, corpus=corpus, pattern=pattern, vocab_size=vocab_size,
             heldout_fraction=heldout_fraction, seq_len=seq_len, stride=stride,
             crop_fraction=crop_fraction, fim_rate=fim_rate, block_size=block_size,
-            eval_windows=eval_windows, command=command, init_from=init_from,
+            eval_windows=eval_windows, command=command, init_from=init_from, fim_order=fim_order,
             train={"seed": seed, "batch_size": batch_size, "lr": lr, "warmup_steps": warmup_steps,
                    "mixed_precision": mixed_precision,
                    "init_from": None if init_from is None else str(init_from)},

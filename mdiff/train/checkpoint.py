@@ -201,13 +201,16 @@ def prune_checkpoints(checkpoints_dir: Path, keep_last: int, keep_every: int = 0
 
 
 def find_checkpoint(path: str | os.PathLike, checkpoints_dir: Path) -> Path:
-    """`path` itself, or for `"latest"` the directory `checkpoints_dir/latest` names."""
+    """`path` itself, a name in `checkpoints_dir` (``step_00005000``), or for `"latest"` the
+    directory `checkpoints_dir/latest` names."""
     if str(path) == LATEST:
         pointer = checkpoints_dir / LATEST
         if not pointer.is_file():
             raise CheckpointError(f"no {LATEST} checkpoint: {pointer} does not exist")
         path = checkpoints_dir / pointer.read_text(encoding="utf-8").strip()
     path = Path(path)
+    if not path.is_dir() and not path.is_absolute() and (checkpoints_dir / path).is_dir():
+        path = checkpoints_dir / path
     if not path.is_dir():
         raise CheckpointError(f"no checkpoint directory at {path}")
     return path

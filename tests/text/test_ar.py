@@ -50,6 +50,9 @@ def test_sampling_is_seeded_per_row(model):
 def test_fim_prompt_and_errors(model):
     special = {"[PRE]": 4, "[SUF]": 5, "[MID]": 6}
     assert fim_prompt([10, 11], [12], special) == [4, 10, 11, 5, 12, 6]
+    assert fim_prompt([10, 11], [12], special, "spm") == [4, 5, 12, 6, 10, 11]
+    with pytest.raises(InvalidInputError, match="order"):
+        fim_prompt([10], [12], special, "mps")
     with pytest.raises(InvalidInputError):
         generate_ar(model, [[]], 4)
     bidir = TextDenoiser(TextDenoiserConfig.preset("test", vocab_size=40))

@@ -169,6 +169,21 @@ def test_fim_transform_is_a_permutation_of_the_window():
         assert np.array_equal(np.concatenate([prefix, middle, suffix]), content)
 
 
+def test_spm_order_has_the_same_cuts_with_the_prefix_before_the_middle():
+    content = np.arange(100, 140)
+    for seed in range(30):
+        psm = fim_transform(content, np.random.default_rng(seed))
+        spm = fim_transform(content, np.random.default_rng(seed), order="spm")
+        s, m = int(np.flatnonzero(psm == SUF)[0]), int(np.flatnonzero(psm == MID)[0])
+        prefix, suffix, middle = psm[1:s], psm[s + 1 : m], psm[m + 1 : -1]
+        want = [PRE, SUF, *suffix, MID, *prefix, *middle, EOS]
+        assert spm.tolist() == want  # the middle continues the prefix directly
+    with pytest.raises(InvalidInputError, match="order"):
+        fim_transform(content, np.random.default_rng(0), order="pms")
+    with pytest.raises(InvalidInputError, match="fim_order"):
+        TokenWindows(content, 8, fim_rate=0.5, fim_order="x")
+
+
 def test_fim_windows():
     tokens = np.arange(10, 10010, dtype=np.int32)
     data = TokenWindows(tokens, 32, fim_rate=0.5, seed=0)

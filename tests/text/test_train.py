@@ -371,3 +371,25 @@ def test_init_from_fine_tunes_an_exported_model_into_another_attention(tmp_path,
 
     bad = tmp_path / "bad"
     assert _cli(bad, corpus, "--steps", "2", "--init-from", str(tmp_path / "none")) == 2
+
+
+def test_fim_order_is_recorded_and_read_back_with_the_model(tmp_path, corpus):
+    from mdiff.text.pipeline import CodeModel
+
+    out, model = tmp_path / "spm", tmp_path / "spm-model"
+    assert _cli(out, corpus, "--kind", "ar", "--fim-order", "spm", "--steps", "1",
+                "--eval-every", "0", "--export", str(model)) == 0  # fmt: skip
+    assert json.loads((out / "run.json").read_text())["data"]["fim_order"] == "spm"
+    assert CodeModel.from_pretrained(model).fim_order == "spm"
+    (model / "training_log.json").unlink()  # an older export: PSM, as models were trained then
+    assert CodeModel.from_pretrained(model).fim_order == "psm"
+
+
+def test_export_of_a_named_checkpoint(tmp_path, corpus):
+    out, model = tmp_path / "run", tmp_path / "early"
+    assert _cli(out, corpus, "--steps", "4", "--eval-every", "0") == 0
+    assert _cli(out, corpus, "--export", str(model), "--export-only",
+                "--checkpoint", "step_00000002") == 0  # fmt: skip
+    assert json.loads((model / "training_log.json").read_text())["step"] == 2
+    assert _cli(out, corpus, "--export", str(model), "--export-only",
+                "--checkpoint", "step_00000003") == 2  # not saved: a one-line error  # fmt: skip
