@@ -84,8 +84,8 @@ def denoise(model, x: Tensor, attention_mask: Tensor | None = None,
                          cfg.measure_drift)  # fmt: skip
     feed = None if streamer is None else CommitFeed(streamer, real, lay.gen, eos_ids,
                                                     cfg.eos.truncate)  # fmt: skip
-    run = _Run(spec, cfg, x.clone(), lay, runner, gens, watermark, feed, mode != "none")
-    run.restrict = _restriction(restrict, x)
+    run = _Run(spec, cfg, x.clone(), lay, runner, gens, watermark, feed, mode != "none",
+               _restriction(restrict, x))  # fmt: skip
     out, tokens = run.run()
     settings = {**cfg.to_dict(), "cache": mode, "seed": seed, "watermarked": watermark is not None}
     return GenerationOutput(
@@ -99,7 +99,8 @@ class _Run:
     """The loop's state: per row the current block, step in block and planned schedule."""
 
     def __init__(self, spec: DenoiserSpec, cfg: GenerationConfig, x: Tensor, lay: Layout,
-                 runner: ModelRunner, gens, watermark, feed, sync: bool):  # fmt: skip
+                 runner: ModelRunner, gens, watermark, feed, sync: bool,
+                 restrict: tuple[Tensor, Tensor] | None = None):  # fmt: skip
         self.spec, self.cfg, self.x, self.lay, self.runner = spec, cfg, x, lay, runner
         self.gens, self.watermark, self.feed, self.sync = gens, watermark, feed, sync
         self.mask_id, self.eos_ids = spec.mask_id, cfg.eos.ids(spec.eos_ids)
@@ -120,7 +121,7 @@ class _Run:
         self.fixed = cfg.schedule in P.FIXED_SCHEDULES
         self.remasking = cfg.remask != "none" and cfg.remask_eta > 0
         self.n_steps, self.last_block = 0, None
-        self.restrict: tuple[Tensor, Tensor] | None = None
+        self.restrict = restrict  # (positions (B,), allowed (B, V)) or None
 
     # ---- the loop -----------------------------------------------------------------------------
 
