@@ -21,6 +21,7 @@ from torch import Tensor
 
 from mdiff.errors import InvalidInputError
 from mdiff.solvers import sample_categorical
+from mdiff.text.data import FIM_ORDERS
 from mdiff.text.heal import fit_vocab
 from mdiff.text.layout import left_pad
 
@@ -41,7 +42,7 @@ def fim_prompt(prefix_ids: list[int], suffix_ids: list[int], special: dict[str, 
         return [pre, *prefix_ids, suf, *suffix_ids, mid]
     if order == "spm":
         return [pre, suf, *suffix_ids, mid, *prefix_ids]
-    raise InvalidInputError(f"fim order must be 'psm' or 'spm', got {order!r}")
+    raise InvalidInputError(f"fim order must be one of {FIM_ORDERS}, got {order!r}")
 
 
 @torch.no_grad()
