@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from mdiff.errors import InvalidInputError
-from mdiff.provenance.watermark import motion
+from mdiff.provenance.watermark import motion, pixel_detect
 from mdiff.provenance.watermark import spectral as sp
 from mdiff.provenance.watermark.pixel import BANDS, SCHEME, PixelWatermark, payload_bits
 
@@ -121,7 +121,7 @@ def _null_folds(n_clips=25, size=64, tile=64):
     out = []
     for seed in range(n_clips):
         x = media.moving_shapes(10, size, seed=100 + seed, contrast=4.0 + seed % 5 * 6)
-        y = PixelWatermark._mean_luma(x)
+        y = pixel_detect.mean_luma(x)
         out.append(sp.phase_only(sp.fold(y, tile), band))
     return torch.stack(out)
 
@@ -168,7 +168,7 @@ def test_null_velocity_search_calibrated():
     folds = []
     for seed in range(25):
         x = media.moving_shapes(10, 64, seed=100 + seed, contrast=4.0 + seed % 5 * 6)
-        folds.append(torch.fft.fft2(sp.fold(PixelWatermark._frame_luma(x), tile).double()))
+        folds.append(torch.fft.fft2(sp.fold(pixel_detect.frame_luma(x), tile).double()))
     zs = []
     for k in range(20):
         pat = PixelWatermark(k.to_bytes(4, "big") + b"null-v").patterns(tile)
