@@ -41,6 +41,7 @@ from mdiff.text.tokenizer import TOKENIZER_FILE, CodeTokenizer, train_tokenizer
 from mdiff.train.checkpoint import (
     RUN_FILE,
     TRAINING_LOG,
+    keep_parent_log,
     parent_log,
     read_run_folder,
     write_run,
@@ -316,6 +317,7 @@ def train(
     resuming = resume and (out / "checkpoints" / "latest").is_file()
     if not resuming and t.get("init_from") is not None:
         model.load_state_dict(_init_model(t["init_from"])[0].state_dict())
+        keep_parent_log(out, t["init_from"])
     trainer = Trainer(
         model, objective, dataset, cfg,
         evaluate=lambda m: evaluate_heldout(m, heldout, kind, tokenizer),
@@ -358,7 +360,7 @@ def export(
         "losses": [{k: v for k, v in r.items() if k not in ("kind", "time")} for r in train_rows],
         "evals": [r for r in metrics if r.get("kind") == "eval"],
     }
-    if (parent := parent_log(run)) is not None:  # a fine-tune: keep the parent's history
+    if (parent := parent_log(run, run_dir)) is not None:  # a fine-tune: keep the parent's history
         log["init_log"] = parent
     with atomic_dir(out_dir) as tmp:
         model.save_pretrained(tmp)

@@ -24,16 +24,18 @@ loads (the keys its ``save_pretrained`` writes, plus the flat names of format 1)
                      "text_encoder_class": "ShapesTextEncoder",
                      "components": {"vae": {"class": "CausalVAE", "path": "vae"}, ...},
                      "chunking": null | {"chunk_frames": c},
-                     "settings": {"steps", "shift", "solver", "guidance", "fps",
-                                  "num_frames", "height", "width"}}
+                     "settings": {"steps", "shift", "solver", "guidance", "context_noise",
+                                  "fps", "num_frames", "height", "width"}}
     vae/ dit/ text_encoder/   save_pretrained folders (vae/ is the run's VAE, copied)
     training_log.json         steps, losses, held-out figures, configs, commands
 
 ``settings`` are `VideoPipeline`'s sampler defaults: ``steps``, ``shift`` (α of the sampling
 grid, = the training shift), ``solver`` ("euler" | "midpoint" | "heun"), ``guidance`` (CFG
-scale, 1 = none), ``fps`` and the trained pixel size ``num_frames`` / ``height`` / ``width``.
-``chunking`` is null for a bidirectional DiT, else the latent frames denoised together per
-streaming step (the DiT's ``chunk_frames``; also in ``dit/config.json``). Paths are relative.
+scale, 1 = none), ``context_noise`` (block-causal: finished chunks are read re-noised to
+t = 1 − this, the history noise of diffusion forcing; 0 = clean), ``fps`` and the trained
+pixel size ``num_frames`` / ``height`` / ``width``. ``chunking`` is null for a bidirectional
+DiT, else the latent frames denoised together per streaming step (the DiT's
+``chunk_frames``; also in ``dit/config.json``). Paths are relative.
 """
 
 from __future__ import annotations
@@ -49,7 +51,14 @@ import mdiff
 from mdiff.atomic import atomic_dir
 from mdiff.errors import CheckpointError, InvalidInputError
 from mdiff.hub import resolve, weights_sha256
-from mdiff.train.checkpoint import RUN_FILE, TRAINING_LOG, parent_log, read_run_folder, write_run
+from mdiff.train.checkpoint import (
+    RUN_FILE,
+    TRAINING_LOG,
+    keep_parent_log,
+    parent_log,
+    read_run_folder,
+    write_run,
+)
 from mdiff.train.config import cooldown as lr_cooldown
 from mdiff.train.metrics import read_metrics
 from mdiff.video.data import ShapesDataset
@@ -265,6 +274,7 @@ def train(
     resuming = resume and (out / "checkpoints" / "latest").is_file()
     if not resuming and t.get("init_from") is not None:
         _load_init(model, run, out / "vae", t["init_from"])
+        keep_parent_log(out, t["init_from"])
     trainer = Trainer(
         model, DiTObjective(**run["objective"]), dataset, cfg, collate_fn=_collate,
         evaluate=lambda m: heldout_loss(m, heldout),
@@ -352,7 +362,7 @@ def export(
         "losses": [{k: v for k, v in r.items() if k not in ("kind", "time")} for r in train_rows],
         "evals": [r for r in metrics if r.get("kind") == "eval"],
     }
-    if (parent := parent_log(run)) is not None:  # a fine-tune: keep the parent's history
+    if (parent := parent_log(run, run_dir)) is not None:  # a fine-tune: keep the parent's history
         log["init_log"] = parent
     with atomic_dir(out_dir) as tmp:
         model.dit.save_pretrained(tmp / "dit")

@@ -50,15 +50,31 @@ def write_run(run_dir: str | os.PathLike, run: dict) -> None:
 TRAINING_LOG = "training_log.json"  # what an exported model carries about its training
 
 
-def parent_log(run: dict) -> dict | None:
-    """The training log of the model a run was fine-tuned from (``run["train"]["init_from"]``,
-    a folder or built-in name), so an export keeps its whole history; None if there is none."""
+PARENT_LOG = "parent_log.json"  # a fine-tune run's copy of its starting model's training log
+
+
+def keep_parent_log(run_dir: str | os.PathLike, init_from: str | os.PathLike) -> None:
+    """Copy the training log of the model a fine-tune starts from (a folder or built-in name)
+    into its run folder, when it has one: the name may point at other weights by export time
+    (a built-in model re-shipped from this very run)."""
+    from mdiff.hub import resolve
+
+    path = resolve(init_from) / TRAINING_LOG
+    if path.is_file():
+        write_text_atomic(Path(run_dir) / PARENT_LOG, path.read_text(encoding="utf-8"))
+
+
+def parent_log(run: dict, run_dir: str | os.PathLike | None = None) -> dict | None:
+    """The training log of the model a run was fine-tuned from, so an export keeps its whole
+    history: the copy in ``run_dir`` (see :func:`keep_parent_log`), else, for runs made before
+    that copy existed, ``run["train"]["init_from"]`` resolved now; None if there is none."""
     from mdiff.hub import resolve
 
     init = run.get("train", {}).get("init_from")
     if init is None:
         return None
-    path = resolve(init) / TRAINING_LOG
+    kept = None if run_dir is None else Path(run_dir) / PARENT_LOG
+    path = kept if kept is not None and kept.is_file() else resolve(init) / TRAINING_LOG
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 

@@ -349,6 +349,8 @@ def test_init_from_starts_a_fine_tune_from_a_pipeline_and_checks_it_fits(
     assert weights_sha256(start.text_encoder) == weights_sha256(pipe.text_encoder)
     _train(tmp_path / "fresh", vae_dir, 1, lr=0.0)  # the same run without --init-from
     assert weights_sha256(load_ema_model(tmp_path / "fresh")[0].dit) != weights_sha256(pipe.dit)
+    _train(tmp_path / "parent", vae_dir, 3, resume=True)  # the name now holds other weights:
+    export(tmp_path / "parent", tmp_path / "pipe")  # the child keeps the log it started from
     log = export(child, tmp_path / "child-pipe")
     assert log["init_log"]["step"] == 2 and log["train"]["init_from"] == str(tmp_path / "pipe")
 
