@@ -139,6 +139,10 @@ def _add_train_dit(sub) -> None:
         "--guidance", type=float, default=None,
         help="with --export: the pipeline's default CFG scale (default 4)",
     )  # fmt: skip
+    d.add_argument(
+        "--context-noise", type=float, default=None,
+        help="with --export: re-noise finished chunks to t = 1 - this before the next reads them",
+    )  # fmt: skip
 
 
 def _add_cooldown(parser) -> None:
@@ -262,7 +266,8 @@ def _train_dit(args: argparse.Namespace) -> int:
         )  # fmt: skip
         print(f"trained to step {result.step}, loss {result.loss:.5f} ({out})")
     if args.export:
-        settings = {"guidance": args.guidance} if args.guidance is not None else None
+        given = {"guidance": args.guidance, "context_noise": args.context_noise}
+        settings = {k: v for k, v in given.items() if v is not None} or None
         log = train_dit.export(out, args.export, vae=args.export_vae, settings=settings,
                                command=command)  # fmt: skip
         h = log["heldout"]

@@ -50,6 +50,7 @@ class PipelineSettings:
     shift: float | str = 3.0  # SD3/Wan shift α > 0 (larger: more steps near noise), or "auto"
     solver: str = "euler"  # euler | midpoint | heun
     guidance: float = 5.0  # CFG scale (1 = none)
+    context_noise: float = 0.0  # block-causal: finished chunks are read re-noised to t = 1 − this
     fps: float = 16.0
     num_frames: int = 17
     height: int = 64
@@ -64,6 +65,9 @@ class PipelineSettings:
         if self.solver not in SOLVERS:
             raise InvalidInputError(f"unknown solver {self.solver!r}; one of {sorted(SOLVERS)}")
         check_guidance(self.guidance)
+        c = self.context_noise
+        if isinstance(c, bool) or not isinstance(c, int | float) or not 0 <= c < 1:
+            raise InvalidInputError(f"context_noise must be a number in [0, 1), got {c!r}")
         if not (isinstance(self.fps, int | float) and math.isfinite(self.fps) and self.fps > 0):
             raise InvalidInputError(f"fps must be a number > 0, got {self.fps!r}")
         for name in ("num_frames", "height", "width"):
@@ -119,7 +123,7 @@ def prepare(pipe: VideoPipeline, prompt, num_frames, height, width, steps, guida
     total = n_known + num_frames // f if extending else vae.latent_frames(num_frames)
     _check_layout(pipe, total, n_known)
     plan = LatentPlan(total, vae.config.z_dim, h, w, steps, s.shift, s.solver, guidance, seed,
-                      known)  # fmt: skip
+                      known, float(s.context_noise) if pipe.causal else 0.0)  # fmt: skip
     text = _encode_text(pipe, prompt, negative_prompt)
 
     modality = "image" if num_frames == 1 and not extending else "video"
@@ -133,6 +137,7 @@ def prepare(pipe: VideoPipeline, prompt, num_frames, height, width, steps, guida
              "latent_frames": total, "noise": "per chunk: sha256(seed, chunk index)"}  # fmt: skip
     if pipe.causal:
         extra["chunk_frames"] = dit.config.chunk_frames
+        extra["context_noise"] = plan.context_noise
     if given is not None:
         digest = hashlib.sha256(given.contiguous().numpy().tobytes()).hexdigest()
         extra["conditioning"] = {"kind": what, "frames": given.shape[0], "sha256": digest}

@@ -6,7 +6,8 @@
 One loop serves both DiT layouts. A bidirectional DiT denoises the whole clip as one chunk; a
 block-causal DiT denoises chunks of `chunk_frames` latent frames in order, reading a KV cache
 of the clean earlier chunks (every model call discards what it staged) and, once a chunk is
-final, runs it once more at t = 1 and commits it (the recipe of `mdiff.video.dit_cache`).
+final, runs it once more at t = 1 (or re-noised, `LatentPlan.context_noise`) and commits it
+(the recipe of `mdiff.video.dit_cache`).
 
 Each chunk is the ODE `dx/dt = v(x, t)` integrated with a core solver (`mdiff.solvers`) on a
 shifted grid (`mdiff.time.shifted_grid`) from Gaussian noise at t = 0 to data at t = 1, under
@@ -66,6 +67,7 @@ class LatentPlan:
     guidance: float
     seed: int
     known: Tensor | None = None  # (1, C, P, h, w) float32 clean latents of the first P frames
+    context_noise: float = 0.0  # finished chunks are committed re-noised to t = 1 − this
 
     @property
     def n_known(self) -> int:
@@ -120,9 +122,10 @@ def chunk_spans(frames: int, dit: SpaceTimeDiT) -> list[tuple[int, int]]:
     return [(a, min(a + n, frames)) for a in range(0, frames, n)]
 
 
-def chunk_generator(seed: int, index: int) -> torch.Generator:
-    """The CPU generator of chunk `index`'s noise: seeded with SHA-256 of (seed, index)."""
-    digest = hashlib.sha256(f"mdiff.video.noise/{seed}/{index}".encode()).digest()
+def chunk_generator(seed: int, index: int, stream: str = "noise") -> torch.Generator:
+    """The CPU generator of chunk `index`'s noise: seeded with SHA-256 of (seed, index); the
+    `"context"` stream is the noise of its commit (`LatentPlan.context_noise`)."""
+    digest = hashlib.sha256(f"mdiff.video.{stream}/{seed}/{index}".encode()).digest()
     return torch.Generator().manual_seed(int.from_bytes(digest[:8], "big") >> 1)
 
 
@@ -206,14 +209,19 @@ def _denoise(dit, plan, text, j, span, caches, tally, callback) -> Tensor:
 
 
 @torch.no_grad()
-def _commit(dit, x: Tensor, offset: int, text: TextCondition, caches) -> None:
-    """Run the finished chunk once at t = 1 in each branch and keep its keys."""
-    ones = torch.ones(x.shape[0], device=x.device)
+def _commit(dit, x: Tensor, plan: LatentPlan, j: int, offset: int, text, caches) -> None:
+    """Run finished chunk j once more in each branch and keep its keys: clean at t = 1, or
+    re-noised to t = 1 − σ with σ = `plan.context_noise` (history noise, diffusion forcing)."""
+    sigma = plan.context_noise
+    t = torch.full((x.shape[0],), 1.0 - sigma, device=x.device)
+    if sigma > 0:
+        eps = torch.randn(x.shape, generator=chunk_generator(plan.seed, j, "context"))
+        x = (1.0 - sigma) * x + sigma * eps.to(x.device)  # the path x_t = t·x1 + (1 − t)·x0
     x = x.to(next(dit.parameters()).dtype)
     branches = [(text.text, text.mask), (text.null_text, text.null_mask)]
     for cache, (emb, mask) in zip(caches, branches, strict=False):
         if cache is not None:
-            dit(x, ones, emb, mask, frame_offset=offset, cache=cache)
+            dit(x, t, emb, mask, frame_offset=offset, cache=cache)
             cache.commit()
 
 
@@ -236,4 +244,4 @@ def sample_latents(
         x = _denoise(dit, plan, text, j, (a, b), caches, tally, callback)
         yield LatentChunk(j, a, x)  # out first; the commit runs when the next chunk is asked for
         if causal and j < len(spans) - 1:  # the last chunk is never read again
-            _commit(dit, x, a, text, caches)
+            _commit(dit, x, plan, j, a, text, caches)

@@ -57,24 +57,29 @@ def test_stream_concatenated_equals_offline_exactly_and_arrives_chunk_by_chunk(c
 @torch.no_grad()
 def reference_latents(pipe: VideoPipeline, prompt: str, seed: int, frames: int) -> torch.Tensor:
     """The block-causal sampler without a KV cache: chunk j is denoised by full forwards over
-    [clean chunks < j at t = 1 ; chunk j at t] (the block-causal mask keeps earlier frames from
-    seeing later ones, which is what the cache computes), CFG written out, Euler steps."""
+    [chunks < j at t = 1 − σ ; chunk j at t] (the block-causal mask keeps earlier frames from
+    seeing later ones, which is what the cache computes), CFG written out, Euler steps. With
+    σ = context_noise > 0 the earlier chunks are seen as σ·ε + (1 − σ)·x, ε of the chunk's
+    "context" generator; σ = 0: clean."""
     s, dit = pipe.settings, pipe.dit
+    sigma = s.context_noise
     text, mask = pipe.text_encoder.encode([prompt])
     null, null_mask = pipe.text_encoder.null(1)
     grid = shifted_grid(s.steps, s.shift, dtype=torch.float64).tolist()
     n, chunk = pipe.vae.latent_frames(frames), dit.config.chunk_frames
-    done = torch.zeros(1, 4, 0, 4, 4)
+    done, seen = torch.zeros(1, 4, 0, 4, 4), torch.zeros(1, 4, 0, 4, 4)
     for j, a in enumerate(range(0, n, chunk)):
         b = min(a + chunk, n)
         x = torch.randn(1, 4, b - a, 4, 4, generator=chunk_generator(seed, j))
         for t, t_next in zip(grid[:-1], grid[1:], strict=True):
-            xs = torch.cat([done, x], dim=2)
-            ts = torch.cat([torch.ones(1, a), torch.full((1, b - a), t)], dim=1)
+            xs = torch.cat([seen, x], dim=2)
+            ts = torch.cat([torch.full((1, a), 1 - sigma), torch.full((1, b - a), t)], dim=1)
             c = dit(xs, ts, text, mask)[:, :, a:]
             u = dit(xs, ts, null, null_mask)[:, :, a:]
             x = x + (t_next - t) * (u + s.guidance * (c - u))
         done = torch.cat([done, x], dim=2)
+        eps = torch.randn(x.shape, generator=chunk_generator(seed, j, "context"))
+        seen = torch.cat([seen, (1 - sigma) * x + sigma * eps if sigma else x], dim=2)
     return done
 
 
@@ -85,6 +90,22 @@ def test_cached_chunked_sampling_matches_the_uncached_reference(stamper, text):
     ref = reference_latents(pipe, PROMPT, 8, 17)
     assert out.latents.shape == ref.shape == (1, 4, 5, 4, 4)
     assert torch.allclose(out.latents, ref, atol=1e-4, rtol=1e-4)
+
+
+def test_context_noise_matches_the_reference_and_keeps_stream_equal_offline(stamper, causal):
+    pipe = make_pipeline(stamper, causal=True, context_noise=0.3)
+    out = pipe(PROMPT, seed=8, return_latents=True)
+    ref = reference_latents(pipe, PROMPT, 8, 17)
+    assert torch.allclose(out.latents, ref, atol=1e-4, rtol=1e-4)
+    clean = causal(PROMPT, seed=8, return_latents=True).latents  # same weights, σ = 0
+    assert torch.equal(out.latents[:, :, :2], clean[:, :, :2])  # the first chunk reads nothing
+    assert (out.latents[:, :, 2:] - clean[:, :, 2:]).abs().max() > 1e-3  # later chunks do
+    streamed = torch.cat([c.frames for c in pipe.stream(PROMPT, seed=8)])
+    assert torch.equal(streamed, pipe(PROMPT, seed=8).frames)
+    assert out.record.extra["context_noise"] == 0.3
+    for bad in (-0.1, 1.0, "0.2", True):
+        with pytest.raises(InvalidInputError, match="context_noise must be a number in"):
+            make_pipeline(stamper, causal=True, context_noise=bad)
 
 
 def test_stream_needs_a_block_causal_dit(bidirectional):
