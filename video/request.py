@@ -123,7 +123,7 @@ def prepare(pipe: VideoPipeline, prompt, num_frames, height, width, steps, guida
     total = n_known + num_frames // f if extending else vae.latent_frames(num_frames)
     _check_layout(pipe, total, n_known)
     plan = LatentPlan(total, vae.config.z_dim, h, w, steps, s.shift, s.solver, guidance, seed,
-                      known, float(s.context_noise) if pipe.causal else 0.0)  # fmt: skip
+                      known, float(s.context_noise))  # fmt: skip
     text = _encode_text(pipe, prompt, negative_prompt)
 
     modality = "image" if num_frames == 1 and not extending else "video"

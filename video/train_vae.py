@@ -32,7 +32,14 @@ import torch
 from torch import Tensor
 
 from mdiff.errors import InvalidInputError
-from mdiff.train.checkpoint import RUN_FILE, TRAINING_LOG, parent_log, read_run_folder, write_run
+from mdiff.train.checkpoint import (
+    RUN_FILE,
+    TRAINING_LOG,
+    keep_parent_log,
+    parent_log,
+    read_run_folder,
+    write_run,
+)
 from mdiff.train.metrics import read_metrics
 from mdiff.video.data import ShapesDataset
 from mdiff.video.vae import CausalVAE, CausalVAEConfig
@@ -293,6 +300,7 @@ def train(
     if not resuming and run["train"].get("init_from") is not None:
         init = init or CausalVAE.from_pretrained(run["train"]["init_from"])
         vae.load_state_dict(init.state_dict())
+        keep_parent_log(out, run["train"]["init_from"])
     if run["train"].get("freeze_encoder"):
         for module in (vae.encoder, vae.quant_conv):
             module.requires_grad_(False)  # out of the optimizer; its EMA stays equal too
@@ -383,7 +391,7 @@ def export(
         "losses": [{k: v for k, v in r.items() if k not in ("kind", "time")} for r in train_rows],
         "evals": [r for r in metrics if r.get("kind") == "eval"],
     }
-    if (parent := parent_log(run)) is not None:  # a fine-tune: keep the VAE's history
+    if (parent := parent_log(run, run_dir)) is not None:  # a fine-tune: keep the VAE's history
         log["init_log"] = parent
     text = json.dumps(log, indent=1) + "\n"  # inf PSNR is written as Infinity
     (out_dir / LOG_FILE).write_text(text, encoding="utf-8")

@@ -64,7 +64,7 @@ def keep_parent_log(run_dir: str | os.PathLike, init_from: str | os.PathLike) ->
         write_text_atomic(Path(run_dir) / PARENT_LOG, path.read_text(encoding="utf-8"))
 
 
-def parent_log(run: dict, run_dir: str | os.PathLike | None = None) -> dict | None:
+def parent_log(run: dict, run_dir: str | os.PathLike) -> dict | None:
     """The training log of the model a run was fine-tuned from, so an export keeps its whole
     history: the copy in ``run_dir`` (see :func:`keep_parent_log`), else, for runs made before
     that copy existed, ``run["train"]["init_from"]`` resolved now; None if there is none."""
@@ -73,8 +73,8 @@ def parent_log(run: dict, run_dir: str | os.PathLike | None = None) -> dict | No
     init = run.get("train", {}).get("init_from")
     if init is None:
         return None
-    kept = None if run_dir is None else Path(run_dir) / PARENT_LOG
-    path = kept if kept is not None and kept.is_file() else resolve(init) / TRAINING_LOG
+    kept = Path(run_dir) / PARENT_LOG
+    path = kept if kept.is_file() else resolve(init) / TRAINING_LOG
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 

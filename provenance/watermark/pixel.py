@@ -38,8 +38,14 @@ from .pixel_detect import (
     payload_bits,
 )
 
-__all__ = ["SCHEME", "MotionTrack", "PixelDetection", "PixelWatermark", "decode_bits"]
-__all__ += ["payload_bits"]
+__all__ = [
+    "SCHEME",
+    "MotionTrack",
+    "PixelDetection",
+    "PixelWatermark",
+    "decode_bits",
+    "payload_bits",
+]
 
 SCHEME = "mdiff-pixel-v1"
 CODED_BITS = ecc.coded_length(PAYLOAD_BITS + CHECK_BITS)  # 92 patterns
