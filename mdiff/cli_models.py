@@ -341,9 +341,9 @@ def _add_eval_video(sub) -> None:
         "video", formatter_class=_Formatter,
         help="prompt adherence (colour, shape, motion, background) and temporal figures",
         description="Generate a clip per prompt and seed and score it with weight-free "
-        "detectors: accuracy per attribute (colour, shape, motion, background, object count) "
-        "and the temporal figures flicker, drift and, for streamed output, the chunk-seam "
-        "jump. Prompts default to captions of held-out shapes clips.",
+        "detectors: accuracy per attribute (colour, shape, motion and direction, background, "
+        "object count) and the temporal figures flicker, drift and, for streamed output, the "
+        "chunk-seam jump. Prompts default to captions of held-out shapes clips.",
     )  # fmt: skip
     v.add_argument("--model", default=DEFAULT_MODEL, help="built-in name or pipeline folder")
     what = v.add_mutually_exclusive_group()
@@ -353,6 +353,8 @@ def _add_eval_video(sub) -> None:
         "--objects", type=int, choices=[1, 2], default=None,
         help="only held-out captions naming this many objects (default: any)",
     )  # fmt: skip
+    v.add_argument("--skip", type=int, default=0,
+                   help="start after this many held-out captions (default 0)")  # fmt: skip
     v.add_argument("--frames", type=int, default=17, help="frames per clip, 1 + 4k (default 17)")
     v.add_argument("--size", type=int, help="height and width (default: the model's)")
     v.add_argument("--steps", type=int, help="solver steps (default: the model's)")

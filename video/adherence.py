@@ -29,10 +29,11 @@ from mdiff.video import eval as video_eval
 from mdiff.video.data import _PHRASES, BACKGROUNDS, COLORS, SHAPES, SIZES
 from mdiff.video.shapes_detect import Track, detect
 
-__all__ = ["ATTRIBUTES", "ObjectSpec", "PromptSpec", "adherence", "evaluate_prompts",
-           "parse_prompt"]  # fmt: skip
+__all__ = ["ATTRIBUTES", "DIRECTIONS", "ObjectSpec", "PromptSpec", "adherence",
+           "evaluate_prompts", "parse_prompt"]  # fmt: skip
 
-ATTRIBUTES = ("colour", "shape", "motion", "background", "count")
+ATTRIBUTES = ("colour", "shape", "motion", "direction", "background", "count")
+DIRECTIONS = ("left", "right", "up", "down", "diagonal")  # motions with a heading
 _OBJECT_ATTRIBUTES = ("colour", "shape", "motion")
 _SYNONYMS = {"grey": "gray", "colour": "color"}
 _EXTRA_MOTION = {  # words a person might write besides the dataset's phrases (matched last)
@@ -154,6 +155,8 @@ def adherence(frames, prompt: str | PromptSpec) -> dict:
     Returns ``{"prompt", "spec", "detected", "hits"}``: ``hits[attr]`` is a list of bools,
     one per named object for colour / shape / motion (an object with no track misses all
     three), one for background and count; attributes the prompt does not name give ``[]``.
+    ``direction`` is the motion hit of the objects whose motion has a heading (`DIRECTIONS`:
+    not "still" or "bouncing").
     """
     spec = prompt if isinstance(prompt, PromptSpec) else parse_prompt(prompt)
     tracks, background = detect(frames)
@@ -164,6 +167,8 @@ def adherence(frames, prompt: str | PromptSpec) -> dict:
         for attr in _OBJECT_ATTRIBUTES:
             if getattr(obj, attr) is not None:
                 hits[attr].append(track is not None and getattr(track, attr) == getattr(obj, attr))
+        if obj.motion in DIRECTIONS:
+            hits["direction"].append(hits["motion"][-1])
     if spec.background is not None:
         hits["background"].append(background == spec.background)
     if spec.count is not None:

@@ -20,18 +20,20 @@ from mdiff.errors import InvalidInputError
 __all__ = ["default_prompts", "read_prompts", "run_eval_video"]
 
 
-def default_prompts(n: int, objects: int | None = None) -> list[str]:
-    """The first ``n`` captions of held-out shapes clips (the seed training never sees), of
-    clips with ``objects`` objects when given (1 or 2; about half the clips have each)."""
+def default_prompts(n: int, objects: int | None = None, skip: int = 0) -> list[str]:
+    """``n`` captions of held-out shapes clips (the seed training never sees), after the first
+    ``skip``, of clips with ``objects`` objects when given (1 or 2; about half have each)."""
     from mdiff.video.data import ShapesDataset
     from mdiff.video.dit_objective import HELDOUT_SEED
 
     if objects not in (None, 1, 2):
         raise InvalidInputError(f"objects must be 1 or 2, got {objects}")
+    if n < 1 or skip < 0:
+        raise InvalidInputError(f"need n >= 1 and skip >= 0, got n={n}, skip={skip}")
     data = ShapesDataset(1 << 20, seed=HELDOUT_SEED)  # clips are drawn lazily, by index
     truths = (data.truth(i) for i in range(len(data)))
     wanted = (t.caption for t in truths if objects in (None, len(t.objects)))
-    return list(itertools.islice(wanted, n))
+    return list(itertools.islice(wanted, skip, skip + n))
 
 
 def read_prompts(path: str) -> list[str]:
@@ -55,8 +57,8 @@ def run_eval_video(args: argparse.Namespace) -> int:
 
     if args.n < 1 or args.seeds < 1:
         raise InvalidInputError("-n and --seeds must be at least 1")
-    objects = getattr(args, "objects", None)
-    prompts = read_prompts(args.prompts) if args.prompts else default_prompts(args.n, objects)
+    objects, skip = getattr(args, "objects", None), getattr(args, "skip", 0)
+    prompts = read_prompts(args.prompts) if args.prompts else default_prompts(args.n, objects, skip)
     pipe = VideoPipeline.from_pretrained(args.model, stamper=Stamper(home=args.home))
     settings = {k: v for k, v in dict(num_frames=args.frames, height=args.size,
                 width=args.size, steps=args.steps, guidance=args.guidance).items()

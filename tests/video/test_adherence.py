@@ -160,16 +160,21 @@ def test_every_shape_size_and_background_is_recognised():
 def test_wrong_colour_motion_shape_and_background_score_misses():
     clip = _clip(_truth([("circle", "red", "medium", "left", (50.0, 30.0), (-2.0, 0.0))]))
     right = adherence(clip, "a red circle moving left on a black background")["hits"]
-    assert right == {"colour": [True], "shape": [True], "motion": [True], "background": [True],
-                     "count": [True]}  # fmt: skip
+    assert right == {"colour": [True], "shape": [True], "motion": [True], "direction": [True],
+                     "background": [True], "count": [True]}  # fmt: skip
     wrong = adherence(clip, "a blue circle moving right")["hits"]
     assert wrong["colour"] == [False] and wrong["motion"] == [False]
     assert wrong["shape"] == [True] and wrong["background"] == []  # not named: not scored
     assert adherence(clip, "a red square moving left")["hits"]["shape"] == [False]
-    assert adherence(clip, "a red circle standing still")["hits"]["motion"] == [False]
+    still = adherence(clip, "a red circle standing still")["hits"]
+    assert still["motion"] == [False] and still["direction"] == []  # no heading: not scored
+    assert adherence(clip, "a red circle moving up")["hits"]["direction"] == [False]
     assert adherence(clip, "a red circle, white background")["hits"]["background"] == [False]
     two = adherence(clip, "a red circle moving left and a green square moving up")["hits"]
     assert two["colour"] == [True, False] and two["count"] == [False]
+    assert two["direction"] == two["motion"] == [True, False]
+    bouncing = adherence(clip, "a red circle moving left and a green square bouncing")["hits"]
+    assert bouncing["motion"] == [True, False] and bouncing["direction"] == [True]
 
 
 def test_empty_clip_misses_every_object():
@@ -284,13 +289,17 @@ def _mdiff(home, *args):
 
 
 def test_cli_eval_video_json_on_a_tiny_pipeline(pipe_dir, home, capsys):  # noqa: F811
+    from mdiff.video.eval_cli import default_prompts
+
     argv = ["eval", "video", "--model", str(pipe_dir), "-n", "2", "--frames", "9",
-            "--no-progress", "--json", "--objects", "2"]  # fmt: skip
+            "--no-progress", "--json", "--objects", "2", "--skip", "1"]  # fmt: skip
     assert _mdiff(home, *argv) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["clips"] == 2 and report["seeds"] == [0]
+    assert [c["prompt"] for c in report["per_clip"]] == default_prompts(2, objects=2, skip=1)
     assert all(len(c["spec"]["objects"]) == 2 for c in report["per_clip"])
-    assert set(report["accuracy"]) == {"colour", "shape", "motion", "background", "count"}
+    assert set(report["accuracy"]) == {"colour", "shape", "motion", "direction", "background",
+                                       "count"}  # fmt: skip
     for attr in ("colour", "shape", "motion", "background"):
         a = report["accuracy"][attr]
         assert a["total"] >= 2 and 0.0 <= a["accuracy"] <= 1.0
@@ -327,3 +336,7 @@ def test_default_prompts_are_held_out_captions_filtered_by_object_count():
         mine = [t.caption for t in truths if len(t.objects) == k][:5]
         assert default_prompts(5, objects=k) == mine and len(mine) == 5
         assert all(len(parse_prompt(p).objects) == k for p in mine)
+        later = [t.caption for t in truths if len(t.objects) == k][3:7]
+        assert default_prompts(4, objects=k, skip=3) == later and len(later) == 4
+    with pytest.raises(InvalidInputError):
+        default_prompts(3, skip=-1)
