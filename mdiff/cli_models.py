@@ -363,6 +363,11 @@ def _add_eval_video(sub) -> None:
     v.add_argument("--seeds", type=int, default=1, help="seeds per prompt (default 1)")
     v.add_argument("--no-progress", action="store_true", help="no tqdm bar")
     v.add_argument("--json", action="store_true", help="print the report as JSON")
+    v.add_argument(
+        "--reference", action="store_true",
+        help="generate nothing: score the held-out clips themselves, as rendered and through "
+        "the model's VAE (the most a model can reach on these captions)",
+    )  # fmt: skip
 
 
 def run_eval(args: argparse.Namespace) -> int:

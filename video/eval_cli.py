@@ -17,12 +17,12 @@ from pathlib import Path
 
 from mdiff.errors import InvalidInputError
 
-__all__ = ["default_prompts", "read_prompts", "run_eval_video"]
+__all__ = ["default_prompts", "read_prompts", "reference_adherence", "run_eval_video"]
 
 
-def default_prompts(n: int, objects: int | None = None, skip: int = 0) -> list[str]:
-    """``n`` captions of held-out shapes clips (the seed training never sees), after the first
-    ``skip``, of clips with ``objects`` objects when given (1 or 2; about half have each)."""
+def _heldout(n: int, objects: int | None, skip: int, **clip_kw):
+    """The held-out shapes dataset and the indices of its first ``n`` clips after ``skip``
+    (of clips with ``objects`` objects when given)."""
     from mdiff.video.data import ShapesDataset
     from mdiff.video.dit_objective import HELDOUT_SEED
 
@@ -30,10 +30,39 @@ def default_prompts(n: int, objects: int | None = None, skip: int = 0) -> list[s
         raise InvalidInputError(f"objects must be 1 or 2, got {objects}")
     if n < 1 or skip < 0:
         raise InvalidInputError(f"need n >= 1 and skip >= 0, got n={n}, skip={skip}")
-    data = ShapesDataset(1 << 20, seed=HELDOUT_SEED)  # clips are drawn lazily, by index
-    truths = (data.truth(i) for i in range(len(data)))
-    wanted = (t.caption for t in truths if objects in (None, len(t.objects)))
-    return list(itertools.islice(wanted, skip, skip + n))
+    data = ShapesDataset(1 << 20, seed=HELDOUT_SEED, **clip_kw)  # clips are drawn lazily
+    wanted = (i for i in range(len(data)) if objects in (None, len(data.truth(i).objects)))
+    return data, list(itertools.islice(wanted, skip, skip + n))
+
+
+def default_prompts(n: int, objects: int | None = None, skip: int = 0) -> list[str]:
+    """``n`` captions of held-out shapes clips (the seed training never sees), after the first
+    ``skip``, of clips with ``objects`` objects when given (1 or 2; about half have each)."""
+    data, indices = _heldout(n, objects, skip)
+    return [data.truth(i).caption for i in indices]
+
+
+def reference_adherence(vae, n: int, objects: int | None = None, skip: int = 0, *,
+                        num_frames: int = 17, size: int = 64) -> dict:  # fmt: skip
+    """The ceiling of `default_prompts`: the same held-out clips scored against their own
+    captions, as rendered (``"rendered"``: the detectors' own misses) and after a round trip
+    through ``vae`` (``"vae"``: what a model generating through that VAE can reach at best).
+    Returns ``{"clips", "rendered": accuracy, "vae": accuracy}`` (see `summarise_hits`)."""
+    import torch
+
+    from mdiff.video.adherence import adherence, summarise_hits
+    from mdiff.video.io import pixels_to_frames
+
+    data, indices = _heldout(n, objects, skip, num_frames=num_frames, height=size, width=size)
+    rendered, coded, device = [], [], next(vae.parameters()).device
+    for i in indices:
+        item = data[i]
+        rendered.append(adherence(pixels_to_frames(item["pixels"]), item["caption"]))
+        with torch.no_grad():
+            trip = vae.decode(vae.encode(item["pixels"][None].to(device)))[0]
+        coded.append(adherence(pixels_to_frames(trip), item["caption"]))
+    return {"clips": len(indices), "rendered": summarise_hits(rendered),
+            "vae": summarise_hits(coded)}  # fmt: skip
 
 
 def read_prompts(path: str) -> list[str]:
@@ -58,6 +87,8 @@ def run_eval_video(args: argparse.Namespace) -> int:
     if args.n < 1 or args.seeds < 1:
         raise InvalidInputError("-n and --seeds must be at least 1")
     objects, skip = getattr(args, "objects", None), getattr(args, "skip", 0)
+    if getattr(args, "reference", False):
+        return _run_reference(args, objects, skip)
     prompts = read_prompts(args.prompts) if args.prompts else default_prompts(args.n, objects, skip)
     pipe = VideoPipeline.from_pretrained(args.model, stamper=Stamper(home=args.home))
     settings = {k: v for k, v in dict(num_frames=args.frames, height=args.size,
@@ -78,6 +109,31 @@ def run_eval_video(args: argparse.Namespace) -> int:
         print(json.dumps(report, indent=2))
         return 0
     print(format_report(report))
+    return 0
+
+
+def _run_reference(args: argparse.Namespace, objects: int | None, skip: int) -> int:
+    from mdiff.video.pipeline import VideoPipeline
+
+    if args.prompts:
+        raise InvalidInputError("--reference scores held-out clips: use -n, not --prompts")
+    pipe = VideoPipeline.from_pretrained(args.model)
+    size = args.size or pipe.settings.height
+    result = reference_adherence(pipe.vae, args.n, objects, skip, num_frames=args.frames,
+                                 size=size)  # fmt: skip
+    if args.json:
+        print(json.dumps({"model": args.model, "reference": True, **result}, indent=2))
+        return 0
+    which = "any number of" if objects is None else str(objects)
+    lines = [f"reference: {result['clips']} held-out clips naming {which} object(s), scored "
+             "against their own captions", f"  {'':<11} {'rendered':<17} through the VAE of "
+             f"{args.model}"]  # fmt: skip
+    for attr, a in result["rendered"].items():
+        b = result["vae"][attr]
+        cells = ["   n/a" if x["accuracy"] is None else f"{x['accuracy']:6.3f} "
+                 f"({x['hits']}/{x['total']})" for x in (a, b)]  # fmt: skip
+        lines.append(f"  {attr:<11} {cells[0]:<17} {cells[1]}")
+    print("\n".join(lines))
     return 0
 
 
