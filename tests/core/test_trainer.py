@@ -322,6 +322,21 @@ def test_bf16_mixed_precision_learns(tmp_path):
     assert sum(losses[-5:]) / 5 < 0.2 * sum(losses[:5]) / 5
 
 
+@pytest.mark.parametrize("precision,native,warned", [("bf16", False, True), ("bf16", True, False),
+                                                     ("no", False, False)])  # fmt: skip
+def test_emulated_cpu_bf16_is_reported(tmp_path, monkeypatch, caplog, precision, native, warned):
+    from mdiff.train import trainer as trainer_module
+
+    assert isinstance(trainer_module.native_cpu_bf16(), bool)  # the real probe answers
+    monkeypatch.setattr(trainer_module, "native_cpu_bf16", lambda: native)
+    with caplog.at_level("WARNING", logger="mdiff.train.trainer"):
+        _trainer(_config(tmp_path, mixed_precision=precision))
+    hits = [r for r in caplog.records if "bf16 is emulated on this CPU" in r.getMessage()]
+    assert len(hits) == int(warned)
+    if warned:
+        assert "--mixed-precision no" in hits[0].getMessage()
+
+
 def _ddp_worker(out_dir: str) -> None:
     AcceleratorState._reset_state(reset_partial_state=True)  # forked from a non-DDP parent
     trainer = _trainer(_config(Path(out_dir), steps=3, expected_processes=2, log_every=1))
