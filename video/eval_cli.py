@@ -2,6 +2,7 @@
 
     mdiff eval video --model shapes-t2v -n 50              # held-out shapes captions
     mdiff eval video --model runs/pipe --prompts p.txt --json
+    mdiff eval video -n 100 --objects 2 --reference  # the clips themselves: the ceiling
 
 Argument parsing lives in ``mdiff.cli_models``; this module does the work (see
 `mdiff.video.adherence`).
