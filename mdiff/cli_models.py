@@ -171,7 +171,7 @@ def _add_train_text(sub) -> None:
     t.add_argument("--lr", type=float, default=3e-4)
     t.add_argument(
         "--mixed-precision", choices=["no", "bf16"], default="no",
-        help="bf16 autocast (2.5x faster with AVX512-BF16, 19x slower on AVX2; default no)",
+        help="bf16 autocast (2.5x faster with AVX512-BF16, far slower without; default no)",
     )  # fmt: skip
     t.add_argument("--resume", action="store_true", help="continue the run in --out exactly")
     _add_cooldown(t)
