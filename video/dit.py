@@ -257,8 +257,9 @@ class SpaceTimeDiT(nn.Module, PretrainedMixin):
         n_text: int,
         padded: bool,
     ) -> AttnMask:
-        """Self-attention mask for the queries' frames (L,) over [cached ; new] keys; stages
-        the new keys' frames in the cache."""
+        """Self-attention mask for the queries' frames (L,) over [cached ; new] keys, None when
+        every key may be attended (a streamed chunk after eviction); stages the new keys'
+        frames in the cache."""
         c = self.config
         causal = c.attention == "block_causal"
         if cache is None and not causal and not padded:
@@ -271,4 +272,5 @@ class SpaceTimeDiT(nn.Module, PretrainedMixin):
             frames, k_frames, block_causal=causal, chunk_frames=c.chunk_frames,
             window=c.window, sink=c.sink_frames,
         )  # (L, Lk)  # fmt: skip
-        return Dense((allowed[None] & k_ok[:, None, :])[:, None])  # (B, 1, L, Lk)
+        allowed = allowed[None] & k_ok[:, None, :]  # (B, L, Lk)
+        return None if bool(allowed.all()) else Dense(allowed[:, None])  # (B, 1, L, Lk)

@@ -11,8 +11,10 @@ final, runs it once more at t = 1 (or re-noised, `LatentPlan.context_noise`) and
 
 Each chunk is the ODE `dx/dt = v(x, t)` integrated with a core solver (`mdiff.solvers`) on a
 shifted grid (`mdiff.time.shifted_grid`) from Gaussian noise at t = 0 to data at t = 1, under
-classifier-free guidance (`mdiff.guidance.cfg`) when the scale is not 1. With a block-causal DiT
-the two CFG branches keep one cache each (the joint-text layout caches the prompt itself).
+classifier-free guidance (`mdiff.guidance.cfg`) when the scale is not 1. The two CFG branches
+always run as one batched forward, rows [prompt ; unconditional] with the text padded to one
+length; with a block-causal DiT they share one cache of batch 2 (the joint-text layout caches
+each row's prompt, padding masked), so a guided step costs one model call, not two.
 
 Known latents (the encoded image of image-to-video, the prefix clip of an extension) sit at the
 start of the sequence. A known frame gets t = 1 (clean, in our convention) in every call and a
@@ -165,25 +167,24 @@ def _pad_text(emb: Tensor, mask: Tensor, length: int) -> tuple[Tensor, Tensor]:
     return emb, torch.cat([mask, mask.new_zeros(mask.shape[0], extra)], dim=1)
 
 
-def _model_fn(dit, plan: LatentPlan, text: TextCondition, offset: int, clean, caches):
+def _model_fn(dit, plan: LatentPlan, text: TextCondition, offset: int, clean, cache):
     """The (guided) model function of one chunk and its keyword arguments."""
     fn = _velocity(dit, offset, clean)
-    guided = plan.guidance != 1.0
-    cond = {"text": text.text, "text_mask": text.mask}
-    uncond = {"text": text.null_text, "text_mask": text.null_mask}
-    if caches is not None:  # one cache per branch; the branches run as two forwards
-        cond["cache"], uncond["cache"] = caches
-        return (cfg(fn, plan.guidance, uncond, batched=False) if guided else fn), cond
-    if not guided:
-        return fn, cond
-    s = max(text.text.shape[1], text.null_text.shape[1])  # one batched forward: same length
-    cond["text"], cond["text_mask"] = _pad_text(text.text, text.mask, s)
-    uncond["text"], uncond["text_mask"] = _pad_text(text.null_text, text.null_mask, s)
-    return cfg(fn, plan.guidance, uncond, batched=True), cond
+    if plan.guidance == 1.0:
+        return fn, {"text": text.text, "text_mask": text.mask, "cache": cache}
+    (emb, mask), (null, null_mask) = _branches(text)
+    cond = {"text": emb, "text_mask": mask, "cache": cache}  # the cache holds both rows
+    return cfg(fn, plan.guidance, {"text": null, "text_mask": null_mask}, batched=True), cond
+
+
+def _branches(text: TextCondition) -> list[tuple[Tensor, Tensor]]:
+    """(states, mask) of the prompt and the unconditional branch, padded to one length."""
+    s = max(text.text.shape[1], text.null_text.shape[1])
+    return [_pad_text(text.text, text.mask, s), _pad_text(text.null_text, text.null_mask, s)]
 
 
 @torch.no_grad()
-def _denoise(dit, plan, text, j, span, caches, tally, callback) -> Tensor:
+def _denoise(dit, plan, text, j, span, cache, tally, callback) -> Tensor:
     """Final latents (1, C, b − a, h, w) of chunk j = frames [a, b)."""
     (a, b), device = span, next(dit.parameters()).device
     n_known = min(max(plan.n_known - a, 0), b - a)
@@ -195,7 +196,7 @@ def _denoise(dit, plan, text, j, span, caches, tally, callback) -> Tensor:
     if n_known:
         x[:, :, :n_known] = plan.known[:, :, a : a + n_known].to(device, torch.float32)
         clean = torch.arange(b - a, device=device) < n_known  # (n,)
-    fn, cond = _model_fn(dit, plan, text, a, clean, caches)
+    fn, cond = _model_fn(dit, plan, text, a, clean, cache)
     patch = dit.config.patch
     tokens = (b - a) * plan.height * plan.width // (patch[0] * patch[1] * patch[2])
 
@@ -209,20 +210,22 @@ def _denoise(dit, plan, text, j, span, caches, tally, callback) -> Tensor:
 
 
 @torch.no_grad()
-def _commit(dit, x: Tensor, plan: LatentPlan, j: int, offset: int, text, caches) -> None:
-    """Run finished chunk j once more in each branch and keep its keys: clean at t = 1, or
-    re-noised to t = 1 − σ with σ = `plan.context_noise` (history noise, diffusion forcing)."""
+def _commit(dit, x: Tensor, plan: LatentPlan, j: int, offset: int, text, cache) -> None:
+    """Run finished chunk j once more (both branches in one batch when guided) and keep its
+    keys: clean at t = 1, or re-noised to t = 1 − σ with σ = `plan.context_noise` (history
+    noise, diffusion forcing)."""
     sigma = plan.context_noise
-    t = torch.full((x.shape[0],), 1.0 - sigma, device=x.device)
     if sigma > 0:
         eps = torch.randn(x.shape, generator=chunk_generator(plan.seed, j, "context"))
         x = (1.0 - sigma) * x + sigma * eps.to(x.device)  # the path x_t = t·x1 + (1 − t)·x0
-    x = x.to(next(dit.parameters()).dtype)
-    branches = [(text.text, text.mask), (text.null_text, text.null_mask)]
-    for cache, (emb, mask) in zip(caches, branches, strict=False):
-        if cache is not None:
-            dit(x, t, emb, mask, frame_offset=offset, cache=cache)
-            cache.commit()
+    if plan.guidance == 1.0:
+        emb, mask = text.text, text.mask
+    else:
+        (emb, mask), (null, null_mask) = _branches(text)
+        emb, mask, x = torch.cat([emb, null]), torch.cat([mask, null_mask]), torch.cat([x, x])
+    t = torch.full((x.shape[0],), 1.0 - sigma, device=x.device)
+    dit(x.to(next(dit.parameters()).dtype), t, emb, mask, frame_offset=offset, cache=cache)
+    cache.commit()
 
 
 def sample_latents(
@@ -235,13 +238,11 @@ def sample_latents(
     """Yield each chunk's final latents as soon as they are final (see the module docstring)."""
     spans = chunk_spans(plan.frames, dit)
     causal = dit.config.attention == "block_causal"
-    caches = None
-    if causal:
-        caches = (dit.new_cache(), dit.new_cache() if plan.guidance != 1.0 else None)
+    cache = dit.new_cache() if causal else None  # batch 2 when guided: [prompt ; uncond]
     sampled = sum(1 for _, b in spans if b > plan.n_known)  # chunks not entirely known
     tally = _Tally(len(spans), sampled * plan.steps)
     for j, (a, b) in enumerate(spans):
-        x = _denoise(dit, plan, text, j, (a, b), caches, tally, callback)
+        x = _denoise(dit, plan, text, j, (a, b), cache, tally, callback)
         yield LatentChunk(j, a, x)  # out first; the commit runs when the next chunk is asked for
         if causal and j < len(spans) - 1:  # the last chunk is never read again
-            _commit(dit, x, plan, j, a, text, caches)
+            _commit(dit, x, plan, j, a, text, cache)

@@ -167,7 +167,8 @@ class TransformerBlock(nn.Module):
         h = self.attn(h, h, rope=rope, mask=mask, cache=cache, backend=self.backend)  # (B, N, D)
         x = x + _gate(h, mods, 2)  # (B, N, D)
         if self.cross is not None:
-            ctx_mask = None if context_mask is None else Dense(context_mask[:, None, None, :])
+            full = context_mask is None or bool(context_mask.all())
+            ctx_mask = None if full else Dense(context_mask[:, None, None, :])  # (B, 1, 1, Lc)
             h = self.norm_cross(x)  # (B, N, D)
             x = x + self.cross(h, context, mask=ctx_mask, backend=self.backend)  # (B, N, D)
         h = _modulate(self.norm2(x), mods, 3)  # (B, N, D)

@@ -157,6 +157,21 @@ def test_rolling_window_streaming_equals_windowed_forward(text_mode):
     assert (full[:, :, 4:] - cached[:, :, 4:]).abs().max() > 1e-3  # frames evicted
 
 
+@pytest.mark.parametrize("text_mode", ["cross", "joint"])
+def test_a_batch_of_streams_equals_each_stream_alone(text_mode):
+    """The sampler streams both CFG branches through one cache of batch 2, the shorter text
+    padded: each row must equal its own stream with a batch-1 cache and unpadded text."""
+    model = make(text=text_mode, attention="block_causal", chunk_frames=2, window=3, sink_frames=1)
+    x1, x0, text, mask = inputs(6)
+    t = per_frame_t(6)
+    together = stream(model, x1, x0, t, text, mask)
+    assert (together[0] - together[1]).abs().max() > 1e-2
+    for r, length in enumerate(mask.sum(1).tolist()):
+        rows = slice(r, r + 1)
+        alone = stream(model, x1[rows], x0[rows], t[rows], text[rows, :length], mask[rows, :length])
+        assert (alone - together[rows]).abs().max() <= TOL
+
+
 def test_one_layer_rolling_window_equals_forward_over_kept_frames():
     """With one layer cached keys depend on their own token only, so the window's result equals
     an unbounded model reading a cache built from the kept frames alone (explicit offsets)."""
