@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import gc
 import math
+import platform
 import statistics
 import sys
 import tempfile
@@ -226,6 +227,17 @@ def adherence(pipe: VideoPipeline, args, kw: dict) -> None:
              acc["colour"] >= 0.9 and acc["direction"] >= 0.9)  # fmt: skip
 
 
+def _cpu() -> str:
+    """The CPU model and its widest vector unit: speed figures differ ~2x between machines."""
+    name = platform.processor() or "CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            name = next(ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{name} ({torch.backends.cpu.get_cpu_capability()})"
+
+
 def main() -> None:
     args = parse_args()
     torch.set_num_threads(args.threads)
@@ -245,7 +257,7 @@ def main() -> None:
               f"{sum(p.numel() for p in pipe.dit.parameters()) / 1e6:.2f}M params; "
               f"training length {pipe.settings.num_frames} frames")  # fmt: skip
         print(f"steps {kw.get('steps', pipe.settings.steps)}, guidance {pipe.settings.guidance}, "
-              f"solver {pipe.settings.solver}; torch {torch.__version__}, CPU, "
+              f"solver {pipe.settings.solver}; torch {torch.__version__}, {_cpu()}, "
               f"threads {torch.get_num_threads()}, fp32, best/median of {args.reps}")  # fmt: skip
         pipe(PROMPT, **{**kw, "steps": 1})  # warm-up: lazy set-up, every chunk shape
         res = speed(pipe, kw, args.reps)

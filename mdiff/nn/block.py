@@ -89,10 +89,11 @@ class Attention(nn.Module):
         backend: str = "sdpa",
     ) -> Tensor:
         (b, n, _), ls = x.shape, source.shape[1]
-        q = self.q(x).view(b, n, self.heads, self.head_dim).transpose(1, 2)  # (B, H, N, hd)
+        # QK-norm before the head transpose: the same per-vector op on a cheaper layout
+        q = self.q_norm(self.q(x).view(b, n, self.heads, self.head_dim)).transpose(1, 2)
         kv = self.kv(source).view(b, ls, 2, self.kv_heads, self.head_dim)  # (B, Ls, 2, Hk, hd)
-        k, v = kv.permute(2, 0, 3, 1, 4).unbind(0)  # 2 × (B, Hk, Ls, hd)
-        q, k = self.q_norm(q), self.k_norm(k)  # (B, H, N, hd), (B, Hk, Ls, hd)
+        k, v = kv.unbind(2)  # 2 × (B, Ls, Hk, hd)
+        k, v = self.k_norm(k).transpose(1, 2), v.transpose(1, 2)  # (B, Hk, Ls, hd)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)  # rotated, same shapes
         if cache is not None:
