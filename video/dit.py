@@ -223,7 +223,8 @@ class SpaceTimeDiT(nn.Module, PretrainedMixin):
         pos = video_positions(grid, frame_offset // p_t, dev)  # (N, 3)
         ok = torch.ones(b, x.shape[1], dtype=torch.bool, device=dev)  # (B, N)
         cross = c.text == "cross"
-        ctx = self.text_embed(text) if cross or joint else None  # (B, S, D)
+        ctx = self.text_embed(text) if joint else None  # (B, S, D)
+        text_kv = self._text_kv(text, cache) if cross else [None] * c.depth  # per block (k, v)
         if joint:  # [text ; video] in one sequence
             if cond.dim() == 2:
                 cond = cond[:, None].expand(-1, x.shape[1], -1)  # (B, N, D)
@@ -240,12 +241,23 @@ class SpaceTimeDiT(nn.Module, PretrainedMixin):
         for i, block in enumerate(self.blocks):
             x = block(
                 x, cond, rope=rope, mask=mask,
-                context=ctx if cross else None, context_mask=text_mask if cross else None,
+                context_kv=text_kv[i], context_mask=text_mask if cross else None,
                 cache=None if cache is None else cache.layer(i),
             )  # (B, S + N, D)  # fmt: skip
         cond = cond[:, n_text:] if cond.dim() == 3 else cond  # (B, N, D) or (B, D)
         out = self.final(x[:, n_text:], cond)  # (B, N, pt·ph·pw·C')
         return unpatchify(out, grid, c.patch, self.out_channels)  # (B, C', T, H, W)
+
+    def _text_kv(self, text: Tensor, cache: DiTCache | None) -> list[tuple[Tensor, Tensor]]:
+        """Each block's cross-attention keys and values of `text` (B, S, text_dim). A stream
+        projects its prompt once: the cache keeps them for the text they were made from."""
+        kvs = None if cache is None else cache.text_kv(text)
+        if kvs is None:
+            ctx = self.text_embed(text)  # (B, S, D)
+            kvs = [block.cross.source_kv(ctx) for block in self.blocks]  # 2 × (B, H, S, hd)
+            if cache is not None and not torch.is_grad_enabled():  # no graph kept across calls
+                cache.keep_text_kv(text, kvs)
+        return kvs
 
     def _mask(
         self,

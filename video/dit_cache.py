@@ -17,7 +17,9 @@ model reads the cache and stages its new keys; the caller decides what to keep:
 the text, the first `sink_frames` frames and the last `window − sink_frames` frames before the
 next chunk. Keys carry their rotation, so eviction leaves no gap in the remaining scores.
 In joint mode the prompt's tokens enter the cache with the first commit; later passes read
-them from the cache and do not re-encode the `text` argument.
+them from the cache and do not re-encode the `text` argument. In cross mode the cache keeps
+each layer's keys and values of the prompt (computed under `torch.no_grad` only), for text
+states equal to those they came from: a stream projects its prompt once, not every step.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ class DiTCache:
         self.key_frames: Tensor | None = None  # (Lc,) long, −1 = text
         self.key_ok: Tensor | None = None  # (B, Lc) bool, False = padding
         self._staged: tuple[Tensor, Tensor] | None = None
+        self._text_kv: tuple[Tensor, list] | None = None  # (text, per layer cross (k, v))
 
     @property
     def n_layers(self) -> int:
@@ -62,6 +65,18 @@ class DiTCache:
 
     def layer(self, i: int) -> LayerCache:
         return self.kv.layer(i)
+
+    def text_kv(self, text: Tensor) -> list[tuple[Tensor, Tensor]] | None:
+        """The cross-attention keys and values kept for text states equal to `text`, else None."""
+        if self._text_kv is None:
+            return None
+        held, kvs = self._text_kv
+        same = held.shape == text.shape and held.dtype == text.dtype and held.device == text.device
+        return kvs if same and torch.equal(held, text) else None
+
+    def keep_text_kv(self, text: Tensor, kvs: list[tuple[Tensor, Tensor]]) -> None:
+        """Keep each layer's cross-attention (k, v) of `text` (a copy of it is the key)."""
+        self._text_kv = (text.detach().clone(), kvs)
 
     def keys(self, frames: Tensor, ok: Tensor) -> tuple[Tensor, Tensor]:
         """Stage the new keys' frames (N,) and validity (B, N); return those of all keys:
@@ -124,6 +139,7 @@ class DiTCache:
         other.key_frames = None if self.key_frames is None else self.key_frames.clone()
         other.key_ok = None if self.key_ok is None else self.key_ok.clone()
         other._staged = None if self._staged is None else tuple(s.clone() for s in self._staged)
+        other._text_kv = self._text_kv  # never modified in place, only replaced
         return other
 
     def __repr__(self) -> str:

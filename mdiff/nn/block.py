@@ -78,22 +78,31 @@ class Attention(nn.Module):
         self.k_norm = nn.RMSNorm(self.head_dim, eps=cfg.eps) if cfg.qk_norm else nn.Identity()
         self.proj = nn.Linear(cfg.dim, cfg.dim, bias=cfg.bias)
 
+    def source_kv(self, source: Tensor) -> tuple[Tensor, Tensor]:
+        """Keys (QK-normed, before RoPE) and values of a source (B, Ls, Ds): 2 × (B, Hk, Ls, hd).
+        A fixed source (a prompt) can be projected once and passed to `forward` as `source_kv`."""
+        b, ls = source.shape[:2]
+        kv = self.kv(source).view(b, ls, 2, self.kv_heads, self.head_dim)  # (B, Ls, 2, Hk, hd)
+        k, v = kv.unbind(2)  # 2 × (B, Ls, Hk, hd)
+        return self.k_norm(k).transpose(1, 2), v.transpose(1, 2)  # (B, Hk, Ls, hd)
+
     def forward(
         self,
         x: Tensor,
-        source: Tensor,
+        source: Tensor | None,
         *,
         rope=None,
         mask: AttnMask = None,
         cache: LayerCache | None = None,
         backend: str = "sdpa",
+        source_kv: tuple[Tensor, Tensor] | None = None,
     ) -> Tensor:
-        (b, n, _), ls = x.shape, source.shape[1]
+        """x (B, N, D) attends to `source`, or to its precomputed `source_kv` (then `source`
+        may be None). Returns (B, N, D)."""
+        b, n, _ = x.shape
         # QK-norm before the head transpose: the same per-vector op on a cheaper layout
         q = self.q_norm(self.q(x).view(b, n, self.heads, self.head_dim)).transpose(1, 2)
-        kv = self.kv(source).view(b, ls, 2, self.kv_heads, self.head_dim)  # (B, Ls, 2, Hk, hd)
-        k, v = kv.unbind(2)  # 2 × (B, Ls, Hk, hd)
-        k, v = self.k_norm(k).transpose(1, 2), v.transpose(1, 2)  # (B, Hk, Ls, hd)
+        k, v = self.source_kv(source) if source_kv is None else source_kv  # (B, Hk, Ls, hd)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)  # rotated, same shapes
         if cache is not None:
@@ -159,10 +168,12 @@ class TransformerBlock(nn.Module):
         context: Tensor | None = None,
         context_mask: Tensor | None = None,
         cache: LayerCache | None = None,
+        context_kv: tuple[Tensor, Tensor] | None = None,
     ) -> Tensor:
         """x (B, N, D); cond (B, C) or (B, N, C); rope (cos, sin) for the N new positions;
-        context (B, Lc, Dc) with context_mask (B, Lc), True = real token. Returns (B, N, D)."""
-        self._check(x, cond, context)
+        context (B, Lc, Dc) with context_mask (B, Lc), True = real token, or instead of context
+        its keys and values from `self.cross.source_kv(context)`. Returns (B, N, D)."""
+        self._check(x, cond, context if context_kv is None else context_kv[0])
         mods = None if self.adaln is None else self.adaln(cond)  # 6 × (B, D) or (B, N, D)
         h = _modulate(self.norm1(x), mods, 0)  # (B, N, D)
         h = self.attn(h, h, rope=rope, mask=mask, cache=cache, backend=self.backend)  # (B, N, D)
@@ -171,7 +182,8 @@ class TransformerBlock(nn.Module):
             full = context_mask is None or bool(context_mask.all())
             ctx_mask = None if full else Dense(context_mask[:, None, None, :])  # (B, 1, 1, Lc)
             h = self.norm_cross(x)  # (B, N, D)
-            x = x + self.cross(h, context, mask=ctx_mask, backend=self.backend)  # (B, N, D)
+            h = self.cross(h, context, mask=ctx_mask, backend=self.backend, source_kv=context_kv)
+            x = x + h  # (B, N, D)
         h = _modulate(self.norm2(x), mods, 3)  # (B, N, D)
         return x + _gate(self.mlp(h), mods, 5)  # (B, N, D)
 

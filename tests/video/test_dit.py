@@ -172,6 +172,34 @@ def test_a_batch_of_streams_equals_each_stream_alone(text_mode):
         assert (alone - together[rows]).abs().max() <= TOL
 
 
+def test_a_cache_projects_the_prompt_once_and_only_for_equal_text():
+    """Cross mode: a cache keeps each layer's text keys and values (no-grad only) and reuses
+    them only for text states equal to those they came from."""
+    model = make(text="cross", attention="block_causal", chunk_frames=2)
+    x1, x0, text, mask = inputs(4)
+    other, t = randn(B, S, TEXT_DIM, seed=9), per_frame_t(4)
+    with torch.no_grad():
+        kept = stream(model, x1, x0, t, text, mask)
+        assert (kept - teacher_forced(model, x1, x0, t, text, mask)).abs().max() <= TOL
+        cache, x, tc = model.new_cache(), x1[:, :, :2], t[:, :2]
+
+        def cached(states):
+            v = model(x, tc, states, mask, cache=cache)
+            cache.discard()
+            return v
+
+        a = cached(text)
+        assert cache.text_kv(text) is not None and cache.text_kv(other) is None
+        b = cached(other)
+        assert (b - model(x, tc, other, mask)).abs().max() <= TOL
+        assert (a - b).abs().max() > 1e-3
+        other.add_(1.0)  # changed in place: the kept copy must not follow
+        assert (cached(other) - model(x, tc, other, mask)).abs().max() <= TOL
+    cache = model.new_cache()
+    model(x, tc, text, mask, cache=cache)
+    assert cache.text_kv(text) is None  # with autograd on, nothing is kept across calls
+
+
 def test_one_layer_rolling_window_equals_forward_over_kept_frames():
     """With one layer cached keys depend on their own token only, so the window's result equals
     an unbounded model reading a cache built from the kept frames alone (explicit offsets)."""
