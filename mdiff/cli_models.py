@@ -109,6 +109,10 @@ def _add_train_dit(sub) -> None:
         "--clean-context", type=float, default=0.5,
         help="block-causal DiTs: P(teacher forcing with clean earlier chunks) (default 0.5)",
     )  # fmt: skip
+    d.add_argument(
+        "--first-chunk-weight", type=float, default=1.0,
+        help="block-causal DiTs: loss weight of the context-free first chunk (default 1)",
+    )  # fmt: skip
     d.add_argument("--shift", type=float, default=None, help="time shift (default: by tokens)")
     d.add_argument(
         "--mixed-precision", choices=["no", "bf16"], default="no",
@@ -259,6 +263,7 @@ def _train_dit(args: argparse.Namespace) -> int:
             out, preset=args.preset, vae=args.vae, steps=args.steps, batch_size=args.batch_size,
             resume=args.resume, size=args.size, frames=args.frames, clips=args.clips, lr=args.lr,
             caption_dropout=args.caption_dropout, clean_context=args.clean_context,
+            first_chunk_weight=args.first_chunk_weight,
             shift=args.shift, mixed_precision=args.mixed_precision, save_every=args.save_every,
             log_every=args.log_every, eval_every=args.eval_every, seed=args.seed,
             progress=not args.no_progress, command=command, cooldown=args.cooldown,

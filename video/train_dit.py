@@ -216,6 +216,7 @@ def train(
     warmup_steps: int = 500,
     caption_dropout: float = 0.1,
     clean_context: float = 0.5,
+    first_chunk_weight: float = 1.0,
     logit_mean: float = 0.0,
     logit_std: float = 1.0,
     shift: float | None = None,
@@ -231,9 +232,10 @@ def train(
 ):
     """Train (or, with `resume`, continue) a DiT + text encoder on the latents of `vae` (a
     built-in name or a folder); returns the `FitResult`. `shift` None = `token_shift`;
-    `clean_context` is the teacher-forcing probability of a block-causal DiT (see
-    `DiTObjective`). `init_from` (a new run only) starts from the DiT and text encoder of a
-    pipeline folder or built-in name (same preset; `vae` must code the same latent space).
+    `clean_context` is the teacher-forcing probability of a block-causal DiT and
+    `first_chunk_weight` the loss weight of its first chunk (see `DiTObjective`). `init_from`
+    (a new run only) starts from the DiT and text encoder of a pipeline folder or built-in
+    name (same preset; `vae` must code the same latent space).
 
     On resume everything but `steps` (the target), `save_every`, `log_every`, `eval_every` and
     `progress` comes from the run's ``run.json`` and ``vae/``. `cooldown` N makes the learning
@@ -248,7 +250,8 @@ def train(
         if has_run and (out / "checkpoints" / "latest").is_file():
             raise InvalidInputError(f"{out} already holds a run; pass --resume or another --out")
         objective_kw = dict(logit_mean=logit_mean, logit_std=logit_std,
-                            caption_dropout=caption_dropout)  # fmt: skip
+                            caption_dropout=caption_dropout,
+                            first_chunk_weight=first_chunk_weight)  # fmt: skip
         run = _new_run(
             out, preset=preset, vae=vae, size=size, frames=frames, fps=fps, clips=clips,
             heldout_clips=heldout_clips, objective_kw=objective_kw, shift=shift,

@@ -108,6 +108,30 @@ def test_clean_context_teacher_forces_and_drops_clean_frames_from_the_loss():
         DiTObjective(chunk_frames=1, clean_context=1.5)
 
 
+def test_first_chunk_weight_weights_the_first_chunk_of_the_per_sample_mean():
+    x1 = torch.randn(64, 4, 5, 2, 2, generator=torch.Generator().manual_seed(2))
+    exact = lambda x_t, t: (x1 - x_t) / (1 - _per_frame(t, x_t)).clamp_min(1e-6)  # noqa: E731
+    first = torch.arange(5)[None, None, :, None, None] == 0  # frame 0 = chunk 0
+    off_first = _Recorder(lambda x_t, t: exact(x_t, t) + 5.0 * first)  # error² 25 on frame 0
+    off_last = _Recorder(lambda x_t, t: exact(x_t, t) + 5.0 * ~first)  # 25 on frames 1-4
+    for w in (1.0, 3.0):
+        objective = DiTObjective(chunk_frames=1, first_chunk_weight=w)
+        loss, _ = objective(off_first, _batch(x1), torch.Generator().manual_seed(0))
+        assert torch.allclose(loss, torch.full_like(loss, 25 * w / (w + 4)))
+        loss, _ = objective(off_last, _batch(x1), torch.Generator().manual_seed(0))
+        assert torch.allclose(loss, torch.full_like(loss, 25 * 4 / (w + 4)))
+    # with teacher forcing the first chunk is clean context: weighted zero, whatever w is
+    objective = DiTObjective(chunk_frames=1, clean_context=0.5, first_chunk_weight=3.0)
+    rec = _Recorder(lambda x_t, t: exact(x_t, t) + 5.0 * first)
+    loss, _ = objective(rec, _batch(x1), torch.Generator().manual_seed(0))
+    forced = (rec.calls[0][1] == 1).any(1)
+    assert 0 < int(forced.sum()) < 64 and float(loss[forced].max()) < 1e-8
+    assert torch.allclose(loss[~forced], torch.full_like(loss[~forced], 25 * 3 / 7))
+    for bad in (dict(chunk_frames=1, first_chunk_weight=0.0), dict(first_chunk_weight=2.0)):
+        with pytest.raises(InvalidInputError):
+            DiTObjective(**bad)
+
+
 def test_zero_model_loss_and_interpolation():
     c = 3.0
     x1 = torch.full((16, 4, 5, 8, 8), c)
