@@ -146,16 +146,13 @@ def load_ema_model(run_dir: str | Path, checkpoint: str = "latest"):
 
 def _new_run(out: Path, *, preset, vae, size, frames, fps, clips, heldout_clips, objective_kw,
              shift, clean_context, train, command) -> dict:  # fmt: skip
-    """Copy the VAE into the run, fit the configs to it, write ``run.json``; returns the run."""
+    """Fit the configs to the VAE, then copy it into the run and write ``run.json``; returns
+    the run. Every check comes first: a bad setting leaves nothing behind."""
     source = resolve(vae)
     files = [source / "config.json", source / "model.safetensors"]
     if not all(f.is_file() for f in files):
         raise CheckpointError(f"{source} is not a VAE folder (config.json + model.safetensors)")
-    out.mkdir(parents=True, exist_ok=True)
-    with atomic_dir(out / "vae") as tmp:
-        for f in files:
-            shutil.copy2(f, tmp / f.name)
-    vae_model = CausalVAE.from_pretrained(out / "vae")
+    vae_model = CausalVAE.from_pretrained(source)
     t_lat, s = vae_model.latent_frames(frames), vae_model.spatial_factor
     if size % s:
         raise InvalidInputError(f"size {size} must be a multiple of the VAE's factor {s}")
@@ -171,6 +168,10 @@ def _new_run(out: Path, *, preset, vae, size, frames, fps, clips, heldout_clips,
         chunk_frames=dit_config.chunk_frames if causal else None,
         clean_context=clean_context if causal else 0.0,
     )  # fmt: skip
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_dir(out / "vae") as tmp:
+        for f in files:
+            shutil.copy2(f, tmp / f.name)
     run = {
         "preset": preset,
         "dit_config": dataclasses.asdict(dit_config),

@@ -345,6 +345,10 @@ def test_cli_trains_exports_and_refuses_overwrite(vae_dir, tmp_path, capsys):
     assert SpaceTimeDiT.from_pretrained(pipe / "dit").config.in_channels == 4
     assert main([*argv, "--steps", "3"]) == 2  # the run exists: --resume or another --out
     assert main([*argv, "--export-only"]) == 2  # needs --export DIR
+    for bad in (["--first-chunk-weight", "0"], ["--size", "12"], ["--caption-dropout", "2"]):
+        other = tmp_path / "bad"
+        assert main([*argv, "--out", str(other), "--steps", "1", *bad]) == 2
+        assert not other.exists()  # checked before anything is written
 
 
 def test_cooldown_on_resume_is_recorded_and_decays_the_lr(vae_dir, tmp_path):
