@@ -373,6 +373,11 @@ def _add_eval_video(sub) -> None:
         help="generate nothing: score the held-out clips themselves, as rendered and through "
         "the model's VAE (the most a model can reach on these captions)",
     )  # fmt: skip
+    v.add_argument(
+        "--image-to-video", action="store_true",
+        help="start each clip from its held-out clip's first frame (image-to-video) and "
+        "report the first-frame PSNR against it, beside that frame's VAE round trip",
+    )  # fmt: skip
 
 
 def run_eval(args: argparse.Namespace) -> int:

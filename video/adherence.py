@@ -192,7 +192,7 @@ def _mean(values) -> float | None:
 
 
 def evaluate_prompts(pipe, prompts: Sequence[str], seeds: Sequence[int] = (0,), *,
-                     chunks: Sequence[int] | None = None,
+                     chunks: Sequence[int] | None = None, images: Sequence | None = None,
                      progress: Callable[[int, int], object] | None = None,
                      **settings) -> dict:  # fmt: skip
     """Generate every prompt with every seed and score the clips.
@@ -203,14 +203,25 @@ def evaluate_prompts(pipe, prompts: Sequence[str], seeds: Sequence[int] = (0,), 
     ``{"clips", "accuracy": {attr: {"hits", "total", "accuracy"}}, "temporal": {"flicker",
     "seam_ratio", "seam_boundary", "seam_interior", "drift"}, "per_clip": [...]}``; drift is
     the colour-histogram distance of the last frame from the first (`video.eval.drift`).
+    Image-to-video: ``images`` holds one uint8 (H, W, 3) first frame per prompt; each row then
+    has ``first_frame_psnr`` (dB, the clip's first frame against its image) and the result
+    ``"first_frame_psnr": {"mean", "min"}``.
     """
     if not prompts or not seeds:
         raise InvalidInputError("need at least one prompt and one seed")
+    if images is not None and len(images) != len(prompts):
+        raise InvalidInputError(f"need one image per prompt, got {len(images)} for "
+                                f"{len(prompts)} prompts")  # fmt: skip
     total, per_clip = len(prompts) * len(seeds), []
-    for done, (prompt, seed) in enumerate(itertools.product(prompts, seeds), start=1):
-        frames, lengths = _generate(pipe, prompt, int(seed), chunks, settings)
+    runs = itertools.product(enumerate(prompts), seeds)
+    for done, ((k, prompt), seed) in enumerate(runs, start=1):
+        image = None if images is None else torch.as_tensor(images[k])
+        kw = settings if image is None else {**settings, "image": image}
+        frames, lengths = _generate(pipe, prompt, int(seed), chunks, kw)
         row = adherence(frames, prompt)
         row["seed"] = int(seed)
+        if image is not None:
+            row["first_frame_psnr"] = float(video_eval.psnr(frames[:1], image[None])[0])
         row["flicker"] = video_eval.flicker(frames) if len(frames) > 1 else None
         row["drift"] = float(video_eval.drift(frames)[-1])
         if lengths is not None and len(lengths) > 1:
@@ -220,8 +231,12 @@ def evaluate_prompts(pipe, prompts: Sequence[str], seeds: Sequence[int] = (0,), 
         per_clip.append(row)
         if progress is not None:
             progress(done, total)
-    return {"clips": len(per_clip), "accuracy": summarise_hits(per_clip),
-            "temporal": _temporal(per_clip), "per_clip": per_clip}  # fmt: skip
+    result = {"clips": len(per_clip), "accuracy": summarise_hits(per_clip),
+              "temporal": _temporal(per_clip), "per_clip": per_clip}  # fmt: skip
+    if images is not None:
+        values = [r["first_frame_psnr"] for r in per_clip]
+        result["first_frame_psnr"] = {"mean": _mean(values), "min": min(values)}
+    return result
 
 
 def summarise_hits(rows: Sequence[dict]) -> dict:

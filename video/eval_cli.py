@@ -3,6 +3,7 @@
     mdiff eval video --model shapes-t2v -n 50              # held-out shapes captions
     mdiff eval video --model runs/pipe --prompts p.txt --json
     mdiff eval video -n 100 --objects 2 --reference  # the clips themselves: the ceiling
+    mdiff eval video -n 50 --image-to-video          # from their first frames: first-frame PSNR
 
 Argument parsing lives in ``mdiff.cli_models``; this module does the work (see
 `mdiff.video.adherence`).
@@ -18,7 +19,13 @@ from pathlib import Path
 
 from mdiff.errors import InvalidInputError
 
-__all__ = ["default_prompts", "read_prompts", "reference_adherence", "run_eval_video"]
+__all__ = [
+    "default_prompts",
+    "heldout_first_frames",
+    "read_prompts",
+    "reference_adherence",
+    "run_eval_video",
+]
 
 
 def _heldout(n: int, objects: int | None, skip: int, **clip_kw):
@@ -49,21 +56,49 @@ def reference_adherence(vae, n: int, objects: int | None = None, skip: int = 0, 
     captions, as rendered (``"rendered"``: the detectors' own misses) and after a round trip
     through ``vae`` (``"vae"``: what a model generating through that VAE can reach at best).
     Returns ``{"clips", "rendered": accuracy, "vae": accuracy}`` (see `summarise_hits`)."""
-    import torch
-
     from mdiff.video.adherence import adherence, summarise_hits
     from mdiff.video.io import pixels_to_frames
 
     data, indices = _heldout(n, objects, skip, num_frames=num_frames, height=size, width=size)
-    rendered, coded, device = [], [], next(vae.parameters()).device
+    rendered, coded = [], []
     for i in indices:
         item = data[i]
         rendered.append(adherence(pixels_to_frames(item["pixels"]), item["caption"]))
-        with torch.no_grad():
-            trip = vae.decode(vae.encode(item["pixels"][None].to(device)))[0]
-        coded.append(adherence(pixels_to_frames(trip), item["caption"]))
+        coded.append(adherence(_round_trip(vae, item["pixels"]), item["caption"]))
     return {"clips": len(indices), "rendered": summarise_hits(rendered),
             "vae": summarise_hits(coded)}  # fmt: skip
+
+
+def heldout_first_frames(vae, n: int, objects: int | None = None, skip: int = 0, *,
+                         num_frames: int = 17, size: int = 64) -> dict:  # fmt: skip
+    """Image-to-video inputs from the held-out clips behind `default_prompts`: ``{"prompts":
+    their captions, "images": their first frames, uint8 (H, W, 3), "round_trip_psnr": the PSNR
+    (dB) of each first frame coded alone through ``vae``}``. An anchored first latent frame
+    decodes to that round trip, so its PSNR is the most image-to-video can keep of the image."""
+    from mdiff.video.eval import psnr
+    from mdiff.video.io import pixels_to_frames
+
+    data, indices = _heldout(n, objects, skip, num_frames=num_frames, height=size, width=size)
+    out = {"prompts": [], "images": [], "round_trip_psnr": []}
+    for i in indices:
+        item = data[i]
+        first = item["pixels"][:, :1]  # (3, 1, H, W)
+        image = pixels_to_frames(first)  # (1, H, W, 3)
+        out["prompts"].append(item["caption"])
+        out["images"].append(image[0])
+        out["round_trip_psnr"].append(float(psnr(_round_trip(vae, first), image)[0]))
+    return out
+
+
+def _round_trip(vae, pixels):
+    """Pixels (3, T, H, W) in [-1, 1] encoded and decoded by ``vae`` -> uint8 (T, H, W, 3)."""
+    import torch
+
+    from mdiff.video.io import pixels_to_frames
+
+    with torch.no_grad():
+        coded = vae.decode(vae.encode(pixels[None].to(next(vae.parameters()).device)))[0]
+    return pixels_to_frames(coded)
 
 
 def read_prompts(path: str) -> list[str]:
@@ -88,13 +123,27 @@ def run_eval_video(args: argparse.Namespace) -> int:
     if args.n < 1 or args.seeds < 1:
         raise InvalidInputError("-n and --seeds must be at least 1")
     objects, skip = getattr(args, "objects", None), getattr(args, "skip", 0)
+    i2v = getattr(args, "image_to_video", False)
+    if i2v and (args.prompts or getattr(args, "reference", False)):
+        raise InvalidInputError(
+            "--image-to-video starts from held-out clips: use -n, without --prompts or --reference"
+        )
     if getattr(args, "reference", False):
         return _run_reference(args, objects, skip)
-    prompts = read_prompts(args.prompts) if args.prompts else default_prompts(args.n, objects, skip)
     pipe = VideoPipeline.from_pretrained(args.model, stamper=Stamper(home=args.home))
     settings = {k: v for k, v in dict(num_frames=args.frames, height=args.size,
                 width=args.size, steps=args.steps, guidance=args.guidance).items()
                 if v is not None}  # fmt: skip
+    images = None
+    if i2v:
+        size = args.size or pipe.settings.height
+        given = heldout_first_frames(pipe.vae, args.n, objects, skip, num_frames=args.frames,
+                                     size=size)  # fmt: skip
+        prompts, images = given["prompts"], given["images"]
+    elif args.prompts:
+        prompts = read_prompts(args.prompts)
+    else:
+        prompts = default_prompts(args.n, objects, skip)
     seeds = list(range(args.seed, args.seed + args.seeds))
     bar = tqdm(total=len(prompts) * len(seeds), desc="eval video", unit="clip", file=sys.stderr,
                leave=False, disable=args.no_progress)  # fmt: skip
@@ -103,7 +152,11 @@ def run_eval_video(args: argparse.Namespace) -> int:
         def progress(done: int, _total: int) -> None:
             bar.update(done - bar.n)
 
-        result = evaluate_prompts(pipe, prompts, seeds, progress=progress, **settings)
+        result = evaluate_prompts(pipe, prompts, seeds, images=images, progress=progress,
+                                  **settings)  # fmt: skip
+    if i2v:
+        trips = given["round_trip_psnr"]
+        result["first_frame_psnr"]["vae_round_trip"] = sum(trips) / len(trips)
     report = {"model": args.model, "prompts": len(prompts), "seeds": seeds,
               "settings": settings, **result}  # fmt: skip
     if args.json:
@@ -155,4 +208,9 @@ def format_report(report: dict) -> str:
         f"{fmt(t['seam_interior'])})")  # fmt: skip
     lines.append(f"temporal: flicker {fmt(t['flicker'])}, drift (last vs first frame) "
                  f"{fmt(t['drift'])}, seam jump ratio {seam}")  # fmt: skip
+    if "first_frame_psnr" in report:
+        f = report["first_frame_psnr"]
+        lines.append(f"image-to-video: first-frame PSNR {f['mean']:.2f} dB (min {f['min']:.2f})"
+                     f" against the given frames; their VAE round trip alone "
+                     f"{f['vae_round_trip']:.2f} dB")  # fmt: skip
     return "\n".join(lines)

@@ -27,7 +27,7 @@ from mdiff.video.data import (
     render_clip,
     sample_truth,
 )
-from mdiff.video.io import pixels_to_frames
+from mdiff.video.io import frames_to_pixels, pixels_to_frames
 from mdiff.video.shapes_detect import classify_motion, detect
 
 # Fixtures come from the shared helper module (imported by name, so ruff sees redefinitions).
@@ -404,3 +404,55 @@ def test_cli_eval_video_reference(pipe_dir, home, tmp_path, capsys):  # noqa: F8
     argv = ["eval", "video", "--model", str(pipe_dir), "--prompts", str(prompts), "--reference"]
     assert _mdiff(home, *argv) == 2
     assert "--reference scores held-out clips" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------- image-to-video
+
+
+def test_image_to_video_first_frame_psnr_is_the_vae_round_trip(causal):  # noqa: F811
+    """An anchored first latent frame decodes to the image's own VAE round trip (the causal
+    decoder's first frame depends on the first latent alone), so the first-frame PSNR equals
+    the round trip's up to the watermark; a clip not anchored on the image falls far below."""
+    from mdiff.video.eval_cli import default_prompts, heldout_first_frames
+
+    given = heldout_first_frames(causal.vae, 3, objects=1, num_frames=5, size=32)
+    assert given["prompts"] == default_prompts(3, objects=1)
+    assert all(im.shape == (32, 32, 3) and im.dtype == torch.uint8 for im in given["images"])
+    report = evaluate_prompts(causal, given["prompts"], seeds=[0, 1], images=given["images"],
+                              num_frames=5)  # fmt: skip
+    rows = report["per_clip"]
+    trips = [t for t in given["round_trip_psnr"] for _ in (0, 1)]  # prompt-major, 2 seeds
+    assert [r["first_frame_psnr"] for r in rows] == pytest.approx(trips, abs=0.3)
+    direct = causal(given["prompts"][2], seed=1, num_frames=5, image=given["images"][2]).frames
+    expected = float(video_eval.psnr(direct[:1], given["images"][2][None])[0])
+    assert rows[5]["first_frame_psnr"] == pytest.approx(expected)
+    f = report["first_frame_psnr"]
+    assert f["min"] == min(r["first_frame_psnr"] for r in rows) and f["min"] <= f["mean"]
+    with torch.no_grad():  # the round trip, coded here independently
+        pixels = frames_to_pixels(given["images"][2][None])[None]  # (1, 3, 1, H, W)
+        trip = pixels_to_frames(causal.vae.decode(causal.vae.encode(pixels))[0])
+    assert float(video_eval.psnr(direct[:1], trip)[0]) > 35  # the watermark's difference
+    free = causal(given["prompts"][2], seed=1, num_frames=5).frames  # text-to-video
+    assert float(video_eval.psnr(free[:1], trip)[0]) < 30  # measured 23.0 (anchored: 40.0)
+    assert "first_frame_psnr" not in evaluate_prompts(causal, ["a red circle"], num_frames=5)
+    with pytest.raises(InvalidInputError, match="one image per prompt"):
+        evaluate_prompts(causal, given["prompts"], images=given["images"][:2], num_frames=5)
+
+
+def test_cli_eval_video_image_to_video(pipe_dir, home, tmp_path, capsys):  # noqa: F811
+    argv = ["eval", "video", "--model", str(pipe_dir), "-n", "2", "--frames", "5",
+            "--image-to-video", "--no-progress"]  # fmt: skip
+    assert _mdiff(home, *argv, "--json") == 0
+    report = json.loads(capsys.readouterr().out)
+    f = report["first_frame_psnr"]
+    assert report["clips"] == 2 and f["min"] <= f["mean"]
+    assert f["mean"] == pytest.approx(f["vae_round_trip"], abs=0.3)
+    assert all("first_frame_psnr" in r for r in report["per_clip"])
+    assert _mdiff(home, *argv) == 0
+    assert "image-to-video: first-frame PSNR" in capsys.readouterr().out
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a red circle\n", encoding="utf-8")
+    for extra in (["--prompts", str(prompts)], ["-n", "1", "--reference"]):
+        bad = ["eval", "video", "--model", str(pipe_dir), "--image-to-video", *extra]
+        assert _mdiff(home, *bad) == 2
+        assert "--image-to-video starts from held-out clips" in capsys.readouterr().err
