@@ -3,12 +3,13 @@
 Subcommands register themselves in ``COMMANDS`` as ``(help, add_arguments, run)``; frontends are
 imported lazily inside ``run`` so ``mdiff --help`` and ``mdiff doctor`` stay fast and the core
 imports no frontend. Any ``MdiffError`` becomes one line on stderr and exit code 2; Ctrl-C
-exits 130.
+exits 130, and a reader that leaves the pipe (`| head`) ends it quietly with 141.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
 import os
@@ -27,7 +28,7 @@ from mdiff.cli_models import (
 )
 from mdiff.errors import MdiffError
 
-EXIT_ERROR, EXIT_INTERRUPTED = 2, 130
+EXIT_ERROR, EXIT_INTERRUPTED, EXIT_PIPE = 2, 130, 141  # 141 = 128 + SIGPIPE, as a shell says
 log = logging.getLogger("mdiff")
 
 
@@ -346,6 +347,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("mdiff: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:  # the reader of our output left (`mdiff verify x.mp4 | head`)
+        # later writes, and the interpreter's flush at exit, go nowhere instead of failing;
+        # a captured stdout has no file descriptor
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_PIPE
 
 
 if __name__ == "__main__":

@@ -27,6 +27,11 @@ def add_video(p: argparse.ArgumentParser) -> None:
     p.add_argument("--frames", type=int, help="1 + 4k frames (default: the model's)")
     p.add_argument("--image", help="first frame (image-to-video); sets the size")
     p.add_argument(
+        "--extend", metavar="VIDEO",
+        help="continue this clip (1 + 4k frames): the output holds the "
+        "--frames new frames (a multiple of 4, default the model's length − 1)",
+    )  # fmt: skip
+    p.add_argument(
         "--stream", action="store_true",
         help="write a live fragmented MP4 chunk by chunk (block-causal models); Ctrl-C leaves a "
         "playable, signed file of the finished chunks",

@@ -3,6 +3,7 @@
     mdiff video "a red circle moving right" -o circle.mp4             # whole clip, then signed
     mdiff video "a red circle moving right" -o live.mp4 --stream      # live fMP4, chunk by chunk
     mdiff video "the circle rolls on" --image first.png -o i2v.mp4    # image-to-video
+    mdiff video "the circle rolls on" --extend circle.mp4 -o more.mp4 # the next 16 frames
     mdiff image "a blue square on grey" -o square.png
 
 Argument parsing lives in ``mdiff.cli_generate``; this module does the work.
@@ -76,7 +77,7 @@ def run_video(args: argparse.Namespace) -> int:
         raise InvalidInputError(
             f"--stream needs a block-causal model; {args.model} is bidirectional (drop --stream)"
         )
-    kwargs = dict(_sampling(args), num_frames=args.frames, image=args.image)
+    kwargs = dict(_sampling(args), num_frames=args.frames, image=args.image, prefix=args.extend)
     start = time.perf_counter()
     with _Bar(not args.no_progress) as bar:
         if args.stream:

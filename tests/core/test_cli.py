@@ -32,6 +32,26 @@ def test_mdiff_errors_become_one_line(monkeypatch, capsys):
     assert err == "mdiff: error: frames must be 1 + 4k, got 6\n"
 
 
+def test_a_reader_that_leaves_ends_the_command_quietly(monkeypatch):
+    """`mdiff verify x.mp4 | head`: once the pipe's reader is gone, writing raises
+    BrokenPipeError; the command exits 141 and later writes go to /dev/null, no traceback."""
+    import os
+
+    read, write = os.pipe()
+    os.close(read)  # the reader has left
+    out = os.fdopen(write, "w")
+    monkeypatch.setattr(sys, "stdout", out)
+
+    def chatty(args):
+        print("x" * 100_000)  # more than the buffer: written now, into the closed pipe
+        return 0
+
+    monkeypatch.setitem(cli.COMMANDS, "doctor", (*cli.COMMANDS["doctor"][:2], chatty))
+    assert cli.main(["doctor"]) == cli.EXIT_PIPE == 141
+    print("after", file=out, flush=True)  # the interpreter's last flush would not fail
+    out.close()
+
+
 def test_bad_thread_count(capsys):
     assert cli.main(["--threads", "0", "doctor"]) == cli.EXIT_ERROR
     assert "threads" in capsys.readouterr().err

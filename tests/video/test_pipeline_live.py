@@ -78,6 +78,28 @@ def test_cli_video_writes_a_signed_mp4(home, pipe_dir, tmp_path, capsys, stream)
     assert report.manifest.state == "trusted" and report.manifest.record.seed == 4
 
 
+def test_cli_video_extends_a_clip(home, pipe_dir, causal, tmp_path, capsys):
+    first, more = tmp_path / "first.mp4", tmp_path / "more.mp4"
+    common = ["--model", str(pipe_dir), "--steps", "2", "--seed", "4", "--no-progress"]
+    assert run_cli(home, "video", PROMPT, "-o", str(first), "--frames", "9", *common) == 0
+    args = ["video", "the circle keeps moving", "-o", str(more), "--extend", str(first), *common]
+    assert run_cli(home, *args, "--frames", "8", "--stream") == 0
+    frames = decode_all(more)
+    assert frames.shape == (8, SIZE, SIZE, 3)  # only the new frames
+    sdk = causal.extend(str(first), "the circle keeps moving", 8, steps=2, seed=4).frames
+    assert psnr(frames, sdk) > 25  # the same continuation, through H.264
+    assert verify(more, home=home).manifest.state == "trusted"
+    capsys.readouterr()
+    png = tmp_path / "f.png"
+    assert run_cli(home, "image", PROMPT, "-o", str(png), *common) == 0
+    bad = ["video", PROMPT, "-o", str(tmp_path / "x.mp4"), "--extend", str(first), *common]
+    assert run_cli(home, *bad, "--image", str(png)) == 2
+    assert run_cli(home, *bad, "--frames", "9") == 2  # new frames come in multiples of 4
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and all(line.startswith("mdiff: error:") for line in err)
+    assert not (tmp_path / "x.mp4").exists()
+
+
 def test_cli_image_writes_a_signed_png(home, pipe_dir, tmp_path):
     out = tmp_path / "out.png"
     args = ["image", PROMPT, "-o", str(out), "--model", str(pipe_dir), "--steps", "2"]
