@@ -30,8 +30,9 @@ def add_train(p: argparse.ArgumentParser) -> None:
     v.add_argument("--resume", action="store_true", help="continue the run in --out exactly")
     v.add_argument("--size", type=int, default=64, help="frame height and width (default 64)")
     v.add_argument(
-        "--frames", type=int, default=None, choices=[5, 9, 17],
-        help="frames per training clip (default 17; may change on --resume)",
+        "--frames", type=int, default=None, choices=[5, 9, 17, 33, 65],
+        help="frames per training clip (default 17; may change on --resume); a causal decoder "
+        "degrades past the length it was trained on",
     )  # fmt: skip
     v.add_argument("--base-dim", type=int, default=16, help="VAE base channels (default 16)")
     v.add_argument("--z-dim", type=int, default=16, help="latent channels (default 16)")
