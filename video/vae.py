@@ -14,13 +14,14 @@ sessions when `normalize=True` (the default: the latents a DiT sees). diffusers'
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
 
 from mdiff.errors import InvalidInputError
-from mdiff.hub import PretrainedMixin
+from mdiff.hub import PretrainedMixin, resolve
 from mdiff.video.vae_blocks import CausalConv3d, Decoder3d, Encoder3d
 from mdiff.video.vae_stream import DecodeSession, EncodeSession, Tiling
 
@@ -81,9 +82,20 @@ class CausalVAEConfig:
 
 
 class CausalVAE(nn.Module, PretrainedMixin):
-    """Causal 3D VAE: `encode` / `decode` whole clips, `encode_stream` / `decode_stream` chunks."""
+    """Causal 3D VAE: `encode` / `decode` whole clips, `encode_stream` / `decode_stream` chunks.
+
+    `trained_frames`: the clip length it was trained on, when its folder's `training_log.json`
+    says (else None). A causal decoder degrades past that length (benchmarks/RESULTS.md, "Long
+    streams"), so pipelines warn beyond it."""
 
     config_class = CausalVAEConfig
+    trained_frames: int | None = None
+
+    @classmethod
+    def from_pretrained(cls, name_or_path, device=None, dtype=None) -> CausalVAE:
+        vae = super().from_pretrained(name_or_path, device=device, dtype=dtype)
+        vae.trained_frames = _trained_frames(resolve(name_or_path) / "training_log.json")
+        return vae
 
     def __init__(self, config: CausalVAEConfig):
         super().__init__()
@@ -196,3 +208,12 @@ class CausalVAE(nn.Module, PretrainedMixin):
             noise = torch.randn(mean.shape, generator=generator, device=mean.device)
             mean = mean + (0.5 * logvar).exp() * noise.to(mean.dtype)
         return self._decode_frames(mean, None)  # (B, C, T, H, W), not clamped
+
+
+def _trained_frames(log_path) -> int | None:
+    """The training clip length a VAE's `training_log.json` records, or None."""
+    try:
+        frames = json.loads(log_path.read_text(encoding="utf-8"))["data"]["frames"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return frames if isinstance(frames, int) and not isinstance(frames, bool) else None

@@ -213,6 +213,34 @@ def test_bad_inputs_raise_naming_the_rule(causal, kwargs, rule):
         causal.stream(**kwargs)  # checked at the call, before the first chunk
 
 
+def test_frames_past_the_vae_training_length_log_a_warning(causal, caplog, monkeypatch, tmp_path):
+    import logging
+
+    from mdiff.video import request
+    from mdiff.video.vae import CausalVAE
+
+    folder = causal.vae.save_pretrained(tmp_path / "vae")
+    assert CausalVAE.from_pretrained(folder).trained_frames is None  # no training log
+    (folder / "training_log.json").write_text(json.dumps({"data": {"frames": 9}}))
+    assert CausalVAE.from_pretrained(folder).trained_frames == 9
+    (folder / "training_log.json").write_text("{not json")
+    assert CausalVAE.from_pretrained(folder).trained_frames is None
+    assert CausalVAE.from_pretrained("shapes-vae").trained_frames == 17
+
+    monkeypatch.setattr(causal.vae, "trained_frames", 9)
+    monkeypatch.setattr(request, "_WARNED", set())
+    with caplog.at_level(logging.WARNING, logger="mdiff.video.request"):
+        clip = causal(PROMPT, num_frames=9, steps=1).frames
+        assert not caplog.records
+        causal.extend(clip, PROMPT, 4, steps=1)  # 9 given + 4 new
+        causal(PROMPT, num_frames=13, steps=1)  # the same length: warned once
+        causal(PROMPT, num_frames=17, steps=1)
+    warned = [r.getMessage() for r in caplog.records]
+    assert len(warned) == 2
+    assert warned[0].startswith("13 frames from a VAE trained on 9-frame clips")
+    assert warned[1].startswith("17 frames from a VAE trained on 9-frame clips")
+
+
 def test_bad_settings_and_output_paths(stamper, causal, tmp_path):
     with pytest.raises(InvalidInputError, match="unknown solver"):
         make_pipeline(stamper, causal=True, solver="rk4")
