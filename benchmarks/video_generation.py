@@ -22,6 +22,9 @@ One prompt, one seed, the same clip both ways, CPU, fp32, `--threads` threads:
   its Wilson 95 % interval (over clips, which share prompts across seeds: a little narrow);
   then the ceiling: the held-out clips of those captions themselves, through the pipeline's VAE
   and scored by the same detectors (`reference_adherence`).
+- long streams: the first `--long` one-object captions, seed 0, at the clip's length and at
+  4x its new frames (1 + 4·(frames − 1)): colour, direction and drift (the last frame's colour
+  histogram against the first's, `video.eval.drift`). No goal: it shows where quality ends.
 
 Goals: time to first frame ≤ 1/4 of the offline clip time; real-time factor ≥ 1 at 64×64 on
 2 cores; stream peak at 16× ≤ 1.1× that at 1×; colour and direction accuracy ≥ 90 %.
@@ -74,6 +77,8 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--seeds", default="0,1", help="comma-separated seeds for adherence")
     ap.add_argument("--skip-adherence", action="store_true")
     ap.add_argument("--lengths", default="1,4,16", help="multiples of the clip for memory")
+    ap.add_argument("--long", type=int, default=20,
+                    help="one-object captions for the long-stream figures (0: skip)")  # fmt: skip
     return ap.parse_args()
 
 
@@ -227,6 +232,20 @@ def adherence(pipe: VideoPipeline, args, kw: dict) -> None:
              acc["colour"] >= 0.9 and acc["direction"] >= 0.9)  # fmt: skip
 
 
+def long_streams(pipe: VideoPipeline, n: int, kw: dict) -> None:
+    """Quality over 4x the clip: adherence and drift of the same captions at both lengths."""
+    frames = kw["num_frames"]
+    print(f"\n## long streams: held-out captions 1-{n} naming 1 object, seed 0")
+    prompts = default_prompts(n, objects=1)
+    settings = {k: v for k, v in kw.items() if k not in ("seed", "num_frames")}
+    for length in (frames, 1 + 4 * (frames - 1)):
+        r = evaluate_prompts(pipe, prompts, [0], num_frames=length, **settings)
+        a, t = r["accuracy"], r["temporal"]
+        hits = ", ".join(f"{k} {a[k]['hits']}/{a[k]['total']}" for k in ("colour", "direction"))
+        print(f"{length:>4} frames  {hits}, drift (last vs first frame) {t['drift']:.3f}, "
+              f"flicker {t['flicker']:.4f}")  # fmt: skip
+
+
 def _cpu() -> str:
     """The CPU model and its widest vector unit: speed figures differ ~2x between machines."""
     name = platform.processor() or "CPU"
@@ -269,6 +288,8 @@ def main() -> None:
         memory(pipe, kw, [int(m) for m in args.lengths.split(",")])
         if not args.skip_adherence:
             adherence(pipe, args, kw)
+        if args.long:
+            long_streams(pipe, args.long, kw)
 
 
 if __name__ == "__main__":
