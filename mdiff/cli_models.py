@@ -30,7 +30,7 @@ def add_train(p: argparse.ArgumentParser) -> None:
     v.add_argument("--resume", action="store_true", help="continue the run in --out exactly")
     v.add_argument("--size", type=int, default=64, help="frame height and width (default 64)")
     v.add_argument(
-        "--frames", type=int, default=None, choices=[5, 9, 17, 33, 65],
+        "--frames", type=int, default=None, choices=[5, 9, 17, 33, 65, 129],
         help="frames per training clip (default 17; may change on --resume); a causal decoder "
         "degrades past the length it was trained on",
     )  # fmt: skip
@@ -143,6 +143,15 @@ def _add_train_dit(sub) -> None:
     d.add_argument(
         "--guidance", type=float, default=None,
         help="with --export: the pipeline's default CFG scale (default 4)",
+    )  # fmt: skip
+    d.add_argument(
+        "--export-frames", type=int, default=None, metavar="N",
+        help="with --export: the pipeline's default clip length (default: the training clips')",
+    )  # fmt: skip
+    d.add_argument(
+        "--sink-position", choices=("absolute", "adjacent"), default=None,
+        help="with --export: the attention sink's RoPE time past the rolling window: its own, "
+        "or just before the window (every chunk then sees the positions of training)",
     )  # fmt: skip
     d.add_argument(
         "--context-noise", type=float, default=None,
@@ -272,10 +281,11 @@ def _train_dit(args: argparse.Namespace) -> int:
         )  # fmt: skip
         print(f"trained to step {result.step}, loss {result.loss:.5f} ({out})")
     if args.export:
-        given = {"guidance": args.guidance, "context_noise": args.context_noise}
+        given = {"guidance": args.guidance, "context_noise": args.context_noise,
+                 "num_frames": args.export_frames}  # fmt: skip
         settings = {k: v for k, v in given.items() if v is not None} or None
         log = train_dit.export(out, args.export, vae=args.export_vae, settings=settings,
-                               command=command)  # fmt: skip
+                               sink_position=args.sink_position, command=command)  # fmt: skip
         h = log["heldout"]
         print(
             f"exported step {log['step']} to {args.export}: held-out flow-matching loss "

@@ -16,6 +16,9 @@ Attention follows `config.attention` with the rule written out in `mdiff.video.d
 chunks (only the sink and the last window frames when `window` is set) and the text. Streaming
 reads and writes a `DiTCache` (see `mdiff.video.dit_cache`); positions are absolute, so a chunk
 run at `frame_offset = k` with the cache of frames < k equals frames k… of one full forward.
+With `sink_position="adjacent"` the sink's time position instead follows the window (see
+`DiTConfig.sink_shift`): past the window a chunk equals the last chunk of a full forward over
+just the frames it sees, and one forward may only hold chunks that share one sink shift.
 """
 
 from __future__ import annotations
@@ -54,6 +57,7 @@ __all__ = ["PRESETS", "DiTConfig", "SpaceTimeDiT"]
 
 TEXT_MODES = ("cross", "joint")
 ATTENTION_KINDS = ("bidirectional", "block_causal")
+SINK_POSITIONS = ("absolute", "adjacent")
 
 
 @dataclass
@@ -76,6 +80,7 @@ class DiTConfig:
     chunk_frames: int = 1  # latent frames per chunk of the block-causal layout (multiple of p_t)
     window: int | None = None  # latent frames kept in the KV cache (block_causal); None = all
     sink_frames: int = 0  # first latent frames always kept (needs a window)
+    sink_position: str = "absolute"  # RoPE time of the sink: its own, or "adjacent" to the window
     backend: str = "auto"  # attention kernel, see mdiff.nn.attention
 
     def __post_init__(self):
@@ -91,6 +96,10 @@ class DiTConfig:
                 raise InvalidInputError(f"{name} must be {n} positive ints, got {value}")
         if self.text not in TEXT_MODES:
             raise InvalidInputError(f"text must be one of {TEXT_MODES}, got {self.text!r}")
+        if self.sink_position not in SINK_POSITIONS:
+            raise InvalidInputError(
+                f"sink_position must be one of {SINK_POSITIONS}, got {self.sink_position!r}"
+            )
         if self.attention not in ATTENTION_KINDS:
             raise InvalidInputError(
                 f"attention must be one of {ATTENTION_KINDS}, got {self.attention!r}"
@@ -126,6 +135,14 @@ class DiTConfig:
                 f"need 0 <= sink_frames <= window, got sink_frames={self.sink_frames}, "
                 f"window={self.window}"
             )
+
+    def sink_shift(self, frame_offset: int) -> int:
+        """Latent frames the sink's RoPE time is moved past its own for the chunk holding
+        `frame_offset`: with "adjacent", sink frame j sits at j + max(0, s − window) (s = the
+        chunk's first frame), right before the oldest window frame; else 0."""
+        if self.sink_position != "adjacent" or self.window is None:
+            return 0
+        return max(0, frame_offset // self.chunk_frames * self.chunk_frames - self.window)
 
     @property
     def head_dim(self) -> int:
@@ -212,6 +229,8 @@ class SpaceTimeDiT(nn.Module, PretrainedMixin):
         t = check_time(t, b, x_t.shape[2], p_t)  # (B,) or (B, T')
         text_mask = check_text(text, text_mask, b, c.text_dim)  # (B, S) bool or None
         check_cache(cache, c, grid, frame_offset, b)
+        if cache is not None:
+            cache.place_sink(c.sink_shift(frame_offset), self.rope)
         joint = c.text == "joint" and (cache is None or not cache.has_text)
         dev, n_text = x_t.device, text.shape[1] if joint else 0
 

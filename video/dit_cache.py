@@ -15,7 +15,11 @@ model reads the cache and stages its new keys; the caller decides what to keep:
 
 `commit` then evicts what no later chunk may see (see `mdiff.video.dit_blocks`): everything but
 the text, the first `sink_frames` frames and the last `window − sink_frames` frames before the
-next chunk. Keys carry their rotation, so eviction leaves no gap in the remaining scores.
+next chunk. Keys carry their rotation, so eviction leaves no gap in the remaining scores. With
+`sink_position="adjacent"` the model calls `place_sink` before each read: the sink's keys are
+re-rotated (from the rotation they were committed with, so errors never accumulate) to sit just
+before the oldest window frame, and every chunk sees the same relative positions as chunk
+`window` of a training clip, however long the stream (StreamingLLM's positions-in-the-cache).
 In joint mode the prompt's tokens enter the cache with the first commit; later passes read
 them from the cache and do not re-encode the `text` argument. In cross mode the cache keeps
 each layer's keys and values of the prompt (computed under `torch.no_grad` only), for text
@@ -28,7 +32,7 @@ import torch
 from torch import Tensor
 
 from mdiff.errors import InvalidInputError
-from mdiff.nn import KVCache, LayerCache
+from mdiff.nn import KVCache, LayerCache, RotaryEmbedding, apply_rope
 
 
 class DiTCache:
@@ -41,6 +45,8 @@ class DiTCache:
         self.key_ok: Tensor | None = None  # (B, Lc) bool, False = padding
         self._staged: tuple[Tensor, Tensor] | None = None
         self._text_kv: tuple[Tensor, list] | None = None  # (text, per layer cross (k, v))
+        self.sink_shift = 0  # latent frames the sink's keys sit past their own positions
+        self._sink_keys: list[Tensor] | None = None  # per layer, as committed (shift 0)
 
     @property
     def n_layers(self) -> int:
@@ -132,6 +138,23 @@ class DiTCache:
         self.key_frames = torch.cat([kf[:start], kf[end:]])
         self.key_ok = torch.cat([self.key_ok[:, :start], self.key_ok[:, end:]], dim=1)
 
+    def place_sink(self, shift: int, rope: RotaryEmbedding) -> None:
+        """Rotate the cached sink frames' keys to sit `shift` latent frames past their own
+        positions (time axis only); `rope` is the model's. A no-op when they already do."""
+        if shift == self.sink_shift or self.key_frames is None:
+            return
+        sink = ((self.key_frames >= 0) & (self.key_frames < self.sink_frames)).nonzero().flatten()
+        if sink.numel() == 0:
+            return
+        start, end = int(sink[0]), int(sink[-1]) + 1  # committed in order, after any text
+        if self._sink_keys is None:  # still at shift 0: keep them as committed
+            self._sink_keys = [self.kv.read(i)[0][:, :, start:end] for i in range(self.n_layers)]
+        pos = torch.zeros(end - start, rope.n_axes, device=self.key_frames.device)
+        pos[:, 0] = shift
+        cos, sin = rope.freqs(pos)  # 2 × (n, hd/2); R(p + shift) = R(shift) R(p)
+        self.kv.map_keys(start, end, lambda i, _: apply_rope(self._sink_keys[i], cos, sin))
+        self.sink_shift = shift
+
     def clone(self) -> DiTCache:
         """An independent copy (tensors cloned), staged keys included."""
         other = DiTCache(self.n_layers, self.chunk_frames, self.window, self.sink_frames)
@@ -140,6 +163,7 @@ class DiTCache:
         other.key_ok = None if self.key_ok is None else self.key_ok.clone()
         other._staged = None if self._staged is None else tuple(s.clone() for s in self._staged)
         other._text_kv = self._text_kv  # never modified in place, only replaced
+        other.sink_shift, other._sink_keys = self.sink_shift, self._sink_keys  # likewise
         return other
 
     def __repr__(self) -> str:

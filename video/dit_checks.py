@@ -102,6 +102,13 @@ def check_cache(
             )
         if cache.key_ok.shape[0] != b:
             raise InvalidInputError(f"batch size {b} does not match the cache's")
+    last = frame_offset + frames - 1  # the input's last latent frame
+    if c.sink_shift(frame_offset) != c.sink_shift(last):
+        raise InvalidInputError(
+            f"latent frames {frame_offset}…{last} span chunks whose sink sits at different "
+            f"positions (sink_position='adjacent', window={c.window}); past the window run "
+            "one chunk per forward, as streaming does"
+        )
     if len(cached) * p_t + frames > c.max_frames:
         raise InvalidInputError(
             f"{len(cached) * p_t} cached + {frames} new latent frames exceed "

@@ -72,6 +72,7 @@ from mdiff.video.dit_objective import (
     token_shift,
 )
 from mdiff.video.latent_cache import LatentCache
+from mdiff.video.pipeline_inputs import check_frames_count
 from mdiff.video.text_encoder import ShapesTextEncoder, ShapesTextEncoderConfig
 from mdiff.video.vae import CausalVAE
 
@@ -135,11 +136,12 @@ def _same_latent_space(trained: Path, other: str | Path) -> Path:
     return source
 
 
-def load_ema_model(run_dir: str | Path, checkpoint: str = "latest"):
-    """(`TextConditionedDiT` with the EMA weights of a run's checkpoint, its step)."""
+def load_ema_model(run_dir: str | Path, checkpoint: str = "latest", run: dict | None = None):
+    """(`TextConditionedDiT` with the EMA weights of a run's checkpoint, its step); `run`
+    replaces the folder's ``run.json`` settings (e.g. an export's overrides)."""
     from mdiff.train.checkpoint import find_checkpoint, load_ema_weights  # imports accelerate
 
-    model = _build(read_run(run_dir))
+    model = _build(read_run(run_dir) if run is None else run)
     step = load_ema_weights(model, find_checkpoint(checkpoint, Path(run_dir) / "checkpoints"))
     return model.eval(), step
 
@@ -299,6 +301,8 @@ def _load_init(model: TextConditionedDiT, run: dict, vae: Path, init_from: str |
     theirs = (dataclasses.asdict(pipe.dit.config), dataclasses.asdict(pipe.text_encoder.config))
     for what, a, b in zip(("DiT", "text encoder"), ours, theirs, strict=True):
         a, b = json.loads(json.dumps(a)), json.loads(json.dumps(b))  # tuples as lists
+        for config in (a, b):  # the sink position is not in the weights: the run's applies
+            config.pop("sink_position", None)
         if a != b:
             diff = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
             raise CheckpointError(f"{init_from}'s {what} differs from the run's --preset in {diff}")
@@ -318,17 +322,25 @@ def export(
     checkpoint: str = "latest",
     settings: dict | None = None,
     vae: str | Path | None = None,
+    sink_position: str | None = None,
     command: str | None = None,
 ) -> dict:
     """Write a run's EMA weights as a pipeline folder (see the module docstring), atomically;
     `settings` override the defaults of ``pipeline.json``. `vae` ships another VAE than the
     run's (a built-in name or folder: one fine-tuned with a frozen encoder, whose encoder and
-    latent statistics must equal the run's). Returns the training log."""
+    latent statistics must equal the run's). `sink_position` overrides the DiT's (it only
+    changes streams past the rolling window, never the weights). Returns the training log."""
     from mdiff.train.checkpoint import find_checkpoint  # imports accelerate
 
     run_dir = Path(run_dir)
     run = read_run(run_dir)
-    model, step = load_ema_model(run_dir, checkpoint)
+    if sink_position is not None:
+        run["dit_config"] = {**run["dit_config"], "sink_position": sink_position}
+        DiTConfig(**run["dit_config"])  # a bad value fails here, before anything is written
+    if settings and "num_frames" in settings:
+        factor = CausalVAE.from_pretrained(run_dir / "vae").config.scale_factor_temporal
+        check_frames_count(settings["num_frames"], factor, extending=False)
+    model, step = load_ema_model(run_dir, checkpoint, run)
     vae_source = run_dir / "vae" if vae is None else _same_latent_space(run_dir / "vae", vae)
     heldout = _caches(run_dir, run)[1].fill()
     figures = heldout_loss(model, heldout)

@@ -357,8 +357,9 @@ def export(
     command: str | None = None,
 ) -> dict:
     """Write a run's EMA weights with `save_pretrained` (latent statistics measured on
-    training clips) plus ``training_log.json`` (steps, losses, held-out figures, configs,
-    command) into `out_dir`; returns the log."""
+    training clips, or the init's for a frozen encoder: other clips must not rescale the
+    latent space a DiT was trained on) plus ``training_log.json`` (steps, losses, held-out
+    figures, configs, command) into `out_dir`; returns the log."""
     from mdiff.train.checkpoint import find_checkpoint  # imports accelerate
 
     run_dir, out_dir = Path(run_dir), Path(out_dir)
@@ -368,8 +369,9 @@ def export(
     train_set = ShapesDataset(
         stats_n, num_frames=frames, height=size, width=size, seed=run["data"]["train_seed"]
     )
-    mean, std = latent_stats(vae, train_set, stats_n)
-    vae.config.latents_mean, vae.config.latents_std = tuple(mean), tuple(std)
+    if not run["train"].get("freeze_encoder"):  # else the latent space, statistics included,
+        mean, std = latent_stats(vae, train_set, stats_n)  # is the init's (run.json holds them)
+        vae.config.latents_mean, vae.config.latents_std = tuple(mean), tuple(std)
     heldout = ShapesDataset(
         eval_n, num_frames=17, height=size, width=size, seed=run["data"]["heldout_seed"]
     )

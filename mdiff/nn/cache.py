@@ -16,11 +16,13 @@ RoPE, so they stay valid whatever comes later. Reading and writing are separate:
 
 A query block that reads the cache sits at the end of the key sequence, which is exactly how
 `attend` aligns Lq < Lk. Rolling windows drop positions with `evict` / `keep_window`; since
-keys carry their RoPE rotation, dropped positions leave no gap in the remaining scores.
+keys carry their RoPE rotation, dropped positions leave no gap in the remaining scores;
+`map_keys` rewrites kept keys in place (a sink re-rotated to sit just before the window).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -152,6 +154,22 @@ class KVCache:
         for i, kv in enumerate(self._kv):
             k, v = (torch.cat([t[:, :, :start], t[:, :, end:]], dim=2) for t in kv)
             self._kv[i] = None if k.shape[2] == 0 else (k, v)
+
+    def map_keys(self, start: int, end: int, fn: Callable[[int, Tensor], Tensor]) -> None:
+        """Replace every layer i's committed keys [start, end) (B, Hk, end − start, D) by
+        fn(i, keys), e.g. to re-rotate them to other positions; values stay."""
+        if not 0 <= start < end <= self.length:
+            raise InvalidInputError(
+                f"cannot map keys [{start}, {end}) of a cache of length {self.length}"
+            )
+        for i, (k, v) in enumerate(self._kv):
+            new = fn(i, k[:, :, start:end])
+            if new.shape != (*k.shape[:2], end - start, k.shape[3]):
+                raise InvalidInputError(
+                    f"mapped keys {tuple(new.shape)} do not keep the shape of "
+                    f"{tuple(k[:, :, start:end].shape)}"
+                )
+            self._kv[i] = (torch.cat([k[:, :, :start], new.to(k.dtype), k[:, :, end:]], dim=2), v)
 
     def keep_window(self, sink: int, window: int) -> None:
         """Keep the first `sink` positions (attention sinks) and the last `window` positions."""

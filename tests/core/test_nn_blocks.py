@@ -216,6 +216,13 @@ def test_kv_cache_bookkeeping():
     cache.crop(2)
     assert cache.read(0)[0].flatten().tolist() == [0, 7]
     assert snapshot.length == 10  # the clone is independent
+    snapshot.map_keys(3, 5, lambda i, keys: keys * 10 + i)  # layer i's keys 3 and 4
+    assert snapshot.read(1)[0].flatten().tolist() == [0, 1, 2, 31, 41, 5, 6, 7, 8, 9]
+    assert snapshot.read(0)[0].flatten()[3:5].tolist() == [30, 40]
+    assert torch.equal(snapshot.read(1)[1], -k)  # values stay
+    for start, end, fn in [(4, 4, None), (8, 11, None), (0, 2, lambda i, keys: keys[:, :, :1])]:
+        with pytest.raises(InvalidInputError):
+            snapshot.map_keys(start, end, fn or (lambda i, keys: keys))
     cache.stage(0, k[:, :, :3], k[:, :, :3])
     with pytest.raises(InvalidInputError):
         cache.commit()  # layer 1 not staged

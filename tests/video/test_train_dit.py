@@ -337,12 +337,23 @@ def test_cli_trains_exports_and_refuses_overwrite(vae_dir, tmp_path, capsys):
     argv = ["--threads", "1", "train", "dit", "--out", str(out), "--vae", str(vae_dir),
             "--preset", "test", "--size", "16", "--frames", "17", "--clips", "4",
             "--batch-size", "2", "--no-progress", "--eval-every", "0"]  # fmt: skip
-    assert main([*argv, "--steps", "2", "--export", str(pipe), "--guidance", "6.5"]) == 0
+    export = ["--export", str(pipe), "--guidance", "6.5", "--sink-position", "adjacent"]
+    assert main([*argv, "--steps", "2", *export]) == 0
     assert "held-out flow-matching loss" in capsys.readouterr().out
     pipe_json = json.loads((pipe / "pipeline.json").read_text())
     assert pipe_json["settings"]["num_frames"] == 17 and pipe_json["settings"]["height"] == 16
     assert pipe_json["settings"]["guidance"] == 6.5
-    assert SpaceTimeDiT.from_pretrained(pipe / "dit").config.in_channels == 4
+    config = SpaceTimeDiT.from_pretrained(pipe / "dit").config
+    assert config.in_channels == 4 and config.sink_position == "adjacent"
+    assert json.loads((pipe / "training_log.json").read_text())["dit_config"]["sink_position"] == (
+        "adjacent"
+    )
+    assert json.loads((out / "run.json").read_text())["dit_config"]["sink_position"] == "absolute"
+    other = tmp_path / "pipe9"
+    assert main([*argv, "--export-only", "--export", str(other), "--export-frames", "10"]) == 2
+    assert not other.exists()  # 10 is not 1 + 4k
+    assert main([*argv, "--export-only", "--export", str(other), "--export-frames", "9"]) == 0
+    assert json.loads((other / "pipeline.json").read_text())["settings"]["num_frames"] == 9
     assert main([*argv, "--steps", "3"]) == 2  # the run exists: --resume or another --out
     assert main([*argv, "--export-only"]) == 2  # needs --export DIR
     for bad in (["--first-chunk-weight", "0"], ["--size", "12"], ["--caption-dropout", "2"]):
@@ -367,8 +378,8 @@ def test_init_from_starts_a_fine_tune_from_a_pipeline_and_checks_it_fits(
     from mdiff.video.pipeline import VideoPipeline
 
     _train(tmp_path / "parent", vae_dir, 2)
-    export(tmp_path / "parent", tmp_path / "pipe")
-    child = tmp_path / "child"
+    export(tmp_path / "parent", tmp_path / "pipe", sink_position="adjacent")  # not a weight:
+    child = tmp_path / "child"  # a fine-tune from it may keep its preset's sink position
     _train(child, vae_dir, 1, lr=0.0, init_from=tmp_path / "pipe")  # lr 0: weights unchanged
 
     pipe = VideoPipeline.from_pretrained(tmp_path / "pipe")
