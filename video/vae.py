@@ -86,7 +86,7 @@ class CausalVAE(nn.Module, PretrainedMixin):
 
     `trained_frames`: the clip length it was trained on, when its folder's `training_log.json`
     says (else None). A causal decoder degrades past that length (benchmarks/RESULTS.md, "Long
-    streams"), so pipelines warn beyond it."""
+    streams"), so decoding re-anchors the decoder every training clip (`decode_stream`)."""
 
     config_class = CausalVAEConfig
     trained_frames: int | None = None
@@ -128,6 +128,15 @@ class CausalVAE(nn.Module, PretrainedMixin):
         if num_frames < 1 or (num_frames - 1) % f:
             raise InvalidInputError(f"a video must have 1 + {f}k frames, got {num_frames}")
         return 1 + (num_frames - 1) // f
+
+    @property
+    def decode_segment(self) -> int | None:
+        """Latent frames of the training clips (`trained_frames`), the longest run the decoder
+        is trusted with before it re-anchors; None when unknown or under 3 latents."""
+        f, t = self.temporal_factor, self.trained_frames
+        if t is None or t < 1 + 2 * f or (t - 1) % f:
+            return None
+        return 1 + (t - 1) // f
 
     def pixel_frames(self, num_latents: int) -> int:
         """Latent frames T' -> pixel frames 1 + f·(T' - 1)."""
@@ -178,10 +187,21 @@ class CausalVAE(nn.Module, PretrainedMixin):
         return EncodeSession(self, normalize, tiling, dtype)
 
     def decode_stream(
-        self, *, normalize: bool = True, tiling: Tiling | None = None, dtype=None
+        self,
+        *,
+        normalize: bool = True,
+        tiling: Tiling | None = None,
+        dtype=None,
+        reanchor: bool = True,
     ) -> DecodeSession:
-        """A session: `push(latents)` -> frames in [-1, 1]; any chunks of ≥ 1 latent."""
-        return DecodeSession(self, normalize, tiling, dtype)
+        """A session: `push(latents)` -> frames in [-1, 1]; any chunks of ≥ 1 latent.
+
+        `reanchor` (default): past `decode_segment` latents, restart the decoder on key frames
+        so it never runs longer than its training clips (`DecodeSession`); off, or when the
+        training length is unknown, the decoder runs the whole stream in one state.
+        """
+        segment = self.decode_segment if reanchor else None
+        return DecodeSession(self, normalize, tiling, dtype, segment)
 
     def encode(
         self, x: Tensor, *, normalize: bool = True, tiling: Tiling | None = None, dtype=None
@@ -190,10 +210,18 @@ class CausalVAE(nn.Module, PretrainedMixin):
         return self.encode_stream(normalize=normalize, tiling=tiling, dtype=dtype).push(x)
 
     def decode(
-        self, z: Tensor, *, normalize: bool = True, tiling: Tiling | None = None, dtype=None
+        self,
+        z: Tensor,
+        *,
+        normalize: bool = True,
+        tiling: Tiling | None = None,
+        dtype=None,
+        reanchor: bool = True,
     ) -> Tensor:
         """Latents (B, z, T', h, w) -> frames (B, C, 1 + f·(T' - 1), h·s, w·s) in [-1, 1]."""
-        return self.decode_stream(normalize=normalize, tiling=tiling, dtype=dtype).push(z)
+        session = self.decode_stream(normalize=normalize, tiling=tiling, dtype=dtype,
+                                     reanchor=reanchor)  # fmt: skip
+        return session.push(z)
 
     def encode_moments(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Raw (un-normalised) posterior mean and log-variance of a whole clip, for training."""

@@ -163,16 +163,63 @@ class EncodeSession(_Session):
 
 
 class DecodeSession(_Session):
-    """`push(latents (B, z, T', h, w)) -> frames (B, C, T, h·s, w·s)` in [-1, 1], chunk by chunk."""
+    """`push(latents (B, z, T', h, w)) -> frames (B, C, T, h·s, w·s)` in [-1, 1], chunk by chunk.
+
+    `segment` (latent frames, ≥ 3, or None): re-anchor the decoder so that it never runs longer
+    than the clips it was trained on. The first `segment` latents decode as one clip. At every
+    later boundary b (b = segment, then every segment - 2 latents) the decoder restarts from an
+    empty state on a new first latent — the single-frame encoding of the frame it decoded last
+    for latent b - 2 — and latent b - 1 again; their frames are dropped, and latents from b on
+    come out of a decoder that has seen at most `segment` latents, like a training clip. Like a
+    codec's key frames, this keeps a causal decoder trained on short clips at its trained
+    quality on streams of any length (benchmarks/RESULTS.md, "Re-anchored decoding").
+    """
+
+    def __init__(self, vae: CausalVAE, normalize, tiling, dtype, segment: int | None = None):
+        super().__init__(vae, normalize, tiling, dtype)
+        if segment is not None and (isinstance(segment, bool) or not isinstance(segment, int)
+                                    or segment < 3):  # fmt: skip
+            raise InvalidInputError(
+                f"a re-anchoring segment needs at least 3 latent frames (a new first latent, "
+                f"one to warm up, one to keep), got {segment!r}"
+            )
+        self.segment, self.next_anchor = segment, segment
+        self.tail: Tensor | None = None  # the last f + 1 frames returned (re-anchor source)
+        self.last_latent: Tensor | None = None  # the last raw latent decoded
+
+    def _decode(self, z: Tensor) -> Tensor:
+        tile, stride = self._tile(self.vae.spatial_factor)
+        with self._autocast(z):
+            x = run_tiled(z, self.vae._decode_frames, self.state.caches, tile, stride,
+                          self.vae.spatial_factor, 1)  # fmt: skip
+        return x.to(z.dtype).clamp(-1.0, 1.0)
+
+    def _reanchor(self) -> None:
+        f = self.vae.temporal_factor
+        frame = self.tail[:, :, -1 - f : self.tail.shape[2] - f]  # latent b - 2's last frame
+        anchor = EncodeSession(self.vae, False, self.tiling, self.dtype).push(frame)
+        self.state.caches = {}
+        self._decode(torch.cat([anchor.to(self.last_latent.dtype), self.last_latent], dim=2))
+        self.next_anchor += self.segment - 2
 
     def push(self, z: Tensor) -> Tensor:
-        vae, s = self.vae, self.vae.spatial_factor
+        vae, f = self.vae, self.vae.temporal_factor
         self._check_shape(z, vae.config.z_dim, "latents to decode")
         if self.normalize:
             z = vae.denormalize_latents(z)
-        tile, stride = self._tile(s)
-        with self._autocast(z):
-            x = run_tiled(z, vae._decode_frames, self.state.caches, tile, stride, s, 1)
-        self.state.frames_in += z.shape[2]
-        self.state.frames_out += x.shape[2]
-        return x.to(z.dtype).clamp(-1.0, 1.0)
+        outs, start = [], 0
+        while start < z.shape[2]:
+            end = z.shape[2]
+            if self.segment is not None:
+                if self.state.frames_in == self.next_anchor:
+                    self._reanchor()
+                end = min(end, start + self.next_anchor - self.state.frames_in)
+            piece = z[:, :, start:end]
+            outs.append(x := self._decode(piece))
+            if self.segment is not None:
+                kept = x if self.tail is None else torch.cat([self.tail, x], dim=2)
+                self.tail, self.last_latent = kept[:, :, -(f + 1) :], piece[:, :, -1:]
+            self.state.frames_in += piece.shape[2]
+            self.state.frames_out += x.shape[2]
+            start = end
+        return outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
