@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import logging
 import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -34,7 +33,6 @@ if TYPE_CHECKING:
 
 __all__ = ["PipelineSettings", "Request", "prepare"]
 
-log = logging.getLogger(__name__)
 
 SAMPLER = "mdiff.video/flow-matching"
 
@@ -125,7 +123,6 @@ def prepare(pipe: VideoPipeline, prompt, num_frames, height, width, steps, guida
     n_known = 0 if known is None else known.shape[2]
     total = n_known + num_frames // f if extending else vae.latent_frames(num_frames)
     _check_layout(pipe, total, n_known)
-    _warn_past_training_length(vae, 1 + f * (total - 1))
     plan = LatentPlan(total, vae.config.z_dim, h, w, steps, s.shift, s.solver, guidance, seed,
                       known, float(s.context_noise))  # fmt: skip
     text = _encode_text(pipe, prompt, negative_prompt)
@@ -171,22 +168,6 @@ def _encode_text(pipe: VideoPipeline, prompt: str, negative_prompt: str | None) 
     states = (t.detach().to(d.device, d.dtype) for t in (emb, null))
     emb, null = states
     return TextCondition(emb, mask.to(d.device), null, null_mask.to(d.device))
-
-
-_WARNED: set[tuple[int, int]] = set()  # (frames, trained_frames) already warned of
-
-
-def _warn_past_training_length(vae, frames: int) -> None:
-    """Log a warning (once per length) when the clip, a prefix included, is longer than the
-    VAE's training clips."""
-    trained = getattr(vae, "trained_frames", None)
-    if trained is not None and frames > trained and (frames, trained) not in _WARNED:
-        _WARNED.add((frames, trained))
-        log.warning(
-            "%d frames from a VAE trained on %d-frame clips: a causal decoder degrades past the "
-            "length it was trained on, so the frames after about %d may be poor",
-            frames, trained, trained,
-        )  # fmt: skip
 
 
 def _check_layout(pipe: VideoPipeline, total: int, n_known: int) -> None:

@@ -213,10 +213,8 @@ def test_bad_inputs_raise_naming_the_rule(causal, kwargs, rule):
         causal.stream(**kwargs)  # checked at the call, before the first chunk
 
 
-def test_frames_past_the_vae_training_length_log_a_warning(causal, caplog, monkeypatch, tmp_path):
-    import logging
-
-    from mdiff.video import request
+def test_long_clips_decode_re_anchored(causal, monkeypatch, tmp_path):
+    from mdiff.video.io import pixels_to_frames
     from mdiff.video.vae import CausalVAE
 
     folder = causal.vae.save_pretrained(tmp_path / "vae")
@@ -227,18 +225,18 @@ def test_frames_past_the_vae_training_length_log_a_warning(causal, caplog, monke
     assert CausalVAE.from_pretrained(folder).trained_frames is None
     assert CausalVAE.from_pretrained("shapes-vae").trained_frames == 17
 
-    monkeypatch.setattr(causal.vae, "trained_frames", 9)
-    monkeypatch.setattr(request, "_WARNED", set())
-    with caplog.at_level(logging.WARNING, logger="mdiff.video.request"):
-        clip = causal(PROMPT, num_frames=9, steps=1).frames
-        assert not caplog.records
-        causal.extend(clip, PROMPT, 4, steps=1)  # 9 given + 4 new
-        causal(PROMPT, num_frames=13, steps=1)  # the same length: warned once
-        causal(PROMPT, num_frames=17, steps=1)
-    warned = [r.getMessage() for r in caplog.records]
-    assert len(warned) == 2
-    assert warned[0].startswith("13 frames from a VAE trained on 9-frame clips")
-    assert warned[1].startswith("17 frames from a VAE trained on 9-frame clips")
+    monkeypatch.setattr(causal.vae, "trained_frames", 9)  # re-anchor from latent 3 on
+    out = causal(PROMPT, num_frames=21, seed=3, return_latents=True)
+    streamed = torch.cat([c.frames for c in causal.stream(PROMPT, num_frames=21, seed=3)])
+    assert torch.equal(streamed, out.frames)
+    with torch.no_grad():
+        decoded = [causal.vae.decode(out.latents, reanchor=r)[0] for r in (True, False)]
+    anchored, plain = map(pixels_to_frames, decoded)
+
+    def gap(a, b):
+        return (a[9:].float() - b[9:].float()).abs().mean()
+
+    assert gap(out.frames, anchored) * 4 < gap(out.frames, plain)  # only the watermark apart
 
 
 def test_bad_settings_and_output_paths(stamper, causal, tmp_path):

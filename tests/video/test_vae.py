@@ -170,6 +170,75 @@ def test_decode_state_does_not_grow(vae):
     assert (session.state.frames_in, session.state.frames_out) == (8, 29)
 
 
+# ---------------------------------------------------------------- re-anchored decoding
+
+
+@pytest.fixture(scope="module")
+def trained13() -> CausalVAE:
+    """A VAE that says it was trained on 13-frame clips: segments of 4 latents, a new key
+    frame every 2 latents from latent 4 on."""
+    vae = make_vae(seed=3)
+    vae.trained_frames = 13
+    return vae
+
+
+def test_decode_segment_follows_the_training_length(trained13):
+    assert trained13.decode_segment == 4
+    vae = make_vae()
+    for frames, segment in [(None, None), (5, None), (8, None), (9, 3), (17, 5), (129, 33)]:
+        vae.trained_frames = frames
+        assert vae.decode_segment == segment, frames
+
+
+@torch.no_grad()
+def test_reanchored_decode_is_each_segment_decoded_as_a_clip_from_its_key_frame(trained13):
+    """Oracle: the clip after every boundary b is the plain decode of [encode(the frame decoded
+    last for latent b - 2), latent b - 1, latents b, b + 1], minus its first 5 frames."""
+    vae, z = trained13, latents(11)
+    ours = vae.decode(z, normalize=False)
+    ref = vae.decode(z[:, :, :4], normalize=False, reanchor=False)
+    for b in (4, 6, 8, 10):
+        key = vae.encode(ref[:, :, 4 * (b - 2) : 4 * (b - 2) + 1], normalize=False)
+        clip = torch.cat([key, z[:, :, b - 1 : b + 2]], dim=2)
+        ref = torch.cat([ref, vae.decode(clip, normalize=False, reanchor=False)[:, :, 5:]], 2)
+    assert ours.shape == ref.shape == (1, 3, 41, 32, 32)
+    assert (ours - ref).abs().max() <= 1e-5
+    plain = vae.decode(z, normalize=False, reanchor=False)
+    assert (ours[:, :, :13] - plain[:, :, :13]).abs().max() <= 1e-5  # the training clip: as is
+    assert (ours[:, :, 13:] - plain[:, :, 13:]).abs().max() > 1e-2  # re-anchored past it
+
+
+@pytest.mark.parametrize("plan", [[11], [1] * 11, [2, 3, 4, 2], [4, 7], [5, 1, 5], [3, 8]])
+@torch.no_grad()
+def test_reanchored_decode_chunk_plan_invariance(trained13, plan):
+    z = latents(11)
+    whole = trained13.decode(z)
+    chunked = run(trained13.decode_stream(), z, plan)
+    assert chunked.shape == whole.shape == (1, 3, 41, 32, 32)
+    assert (chunked - whole).abs().max() <= 1e-5
+
+
+@torch.no_grad()
+def test_reanchored_decode_state_does_not_grow(trained13):
+    session, z = trained13.decode_stream(), latents(16)
+    sizes = []
+    for i in range(16):
+        session.push(z[:, :, i : i + 1])
+        tails = [v for c in session.state.caches.values() for v in c.values()]
+        kept = [*tails, session.tail, session.last_latent]
+        sizes.append(sum(v.numel() for v in kept if isinstance(v, torch.Tensor)))
+    assert max(sizes[4:]) == max(sizes[1:4]) > 0  # never more than the first clip carried
+    assert (session.state.frames_in, session.state.frames_out) == (16, 61)
+
+
+def test_reanchoring_needs_three_latent_frames(trained13):
+    from mdiff.video.vae_stream import DecodeSession
+
+    for segment in (2, 0, True, 3.0):
+        with pytest.raises(InvalidInputError, match="at least 3 latent frames"):
+            DecodeSession(trained13, True, None, None, segment)
+
+
 @pytest.mark.parametrize(
     ("kind", "plan", "rule"),
     [
