@@ -184,7 +184,7 @@ class DecodeSession(_Session):
                 f"one to warm up, one to keep), got {segment!r}"
             )
         self.segment, self.next_anchor = segment, segment
-        self.tail: Tensor | None = None  # the last f + 1 frames returned (re-anchor source)
+        self.ends: list[Tensor] = []  # the last frame of each of the last two latents decoded
         self.last_latent: Tensor | None = None  # the last raw latent decoded
 
     def _decode(self, z: Tensor) -> Tensor:
@@ -195,11 +195,11 @@ class DecodeSession(_Session):
         return x.to(z.dtype).clamp(-1.0, 1.0)
 
     def _reanchor(self) -> None:
-        f = self.vae.temporal_factor
-        frame = self.tail[:, :, -1 - f : self.tail.shape[2] - f]  # latent b - 2's last frame
+        frame = self.ends[0]  # the last frame of latent b - 2
         anchor = EncodeSession(self.vae, False, self.tiling, self.dtype).push(frame)
         self.state.caches = {}
-        self._decode(torch.cat([anchor.to(self.last_latent.dtype), self.last_latent], dim=2))
+        self._decode(anchor.to(self.last_latent.dtype))  # one latent a call: the memory of
+        self._decode(self.last_latent)  # any other push of one latent
         self.next_anchor += self.segment - 2
 
     def push(self, z: Tensor) -> Tensor:
@@ -216,9 +216,11 @@ class DecodeSession(_Session):
                 end = min(end, start + self.next_anchor - self.state.frames_in)
             piece = z[:, :, start:end]
             outs.append(x := self._decode(piece))
-            if self.segment is not None:
-                kept = x if self.tail is None else torch.cat([self.tail, x], dim=2)
-                self.tail, self.last_latent = kept[:, :, -(f + 1) :], piece[:, :, -1:]
+            if self.segment is not None:  # copies, so that no output is held
+                if piece.shape[2] > 1:
+                    self.ends = [x[:, :, -1 - f : x.shape[2] - f].clone()]
+                self.ends = [*self.ends, x[:, :, -1:].clone()][-2:]
+                self.last_latent = piece[:, :, -1:].clone()
             self.state.frames_in += piece.shape[2]
             self.state.frames_out += x.shape[2]
             start = end

@@ -190,22 +190,29 @@ def test_decode_segment_follows_the_training_length(trained13):
         assert vae.decode_segment == segment, frames
 
 
+@pytest.mark.parametrize("trained", [13, 17])
 @torch.no_grad()
-def test_reanchored_decode_is_each_segment_decoded_as_a_clip_from_its_key_frame(trained13):
-    """Oracle: the clip after every boundary b is the plain decode of [encode(the frame decoded
-    last for latent b - 2), latent b - 1, latents b, b + 1], minus its first 5 frames."""
-    vae, z = trained13, latents(11)
+def test_reanchored_decode_is_each_segment_decoded_as_a_clip_from_its_key_frame(trained):
+    """Oracle: after every boundary b the frames are the plain decode of [encode(the frame
+    decoded last for latent b - 2), latent b - 1, latents b … b + segment - 3], minus its
+    first 5 frames (segments 4 and 5; the last one cut short)."""
+    vae = make_vae(seed=3)
+    vae.trained_frames = trained
+    segment = vae.decode_segment
+    n = segment + 3 * (segment - 2) + 1
+    z = latents(n)
     ours = vae.decode(z, normalize=False)
-    ref = vae.decode(z[:, :, :4], normalize=False, reanchor=False)
-    for b in (4, 6, 8, 10):
+    ref = vae.decode(z[:, :, :segment], normalize=False, reanchor=False)
+    for b in range(segment, n, segment - 2):
         key = vae.encode(ref[:, :, 4 * (b - 2) : 4 * (b - 2) + 1], normalize=False)
-        clip = torch.cat([key, z[:, :, b - 1 : b + 2]], dim=2)
+        clip = torch.cat([key, z[:, :, b - 1 : b + segment - 2]], dim=2)
         ref = torch.cat([ref, vae.decode(clip, normalize=False, reanchor=False)[:, :, 5:]], 2)
-    assert ours.shape == ref.shape == (1, 3, 41, 32, 32)
+    assert ours.shape == ref.shape == (1, 3, 1 + 4 * (n - 1), 32, 32)
     assert (ours - ref).abs().max() <= 1e-5
     plain = vae.decode(z, normalize=False, reanchor=False)
-    assert (ours[:, :, :13] - plain[:, :, :13]).abs().max() <= 1e-5  # the training clip: as is
-    assert (ours[:, :, 13:] - plain[:, :, 13:]).abs().max() > 1e-2  # re-anchored past it
+    inside = 1 + 4 * (segment - 1)
+    assert (ours[:, :, :inside] - plain[:, :, :inside]).abs().max() <= 1e-5  # as it was
+    assert (ours[:, :, inside:] - plain[:, :, inside:]).abs().max() > 1e-2  # re-anchored
 
 
 @pytest.mark.parametrize("plan", [[11], [1] * 11, [2, 3, 4, 2], [4, 7], [5, 1, 5], [3, 8]])
@@ -225,7 +232,7 @@ def test_reanchored_decode_state_does_not_grow(trained13):
     for i in range(16):
         session.push(z[:, :, i : i + 1])
         tails = [v for c in session.state.caches.values() for v in c.values()]
-        kept = [*tails, session.tail, session.last_latent]
+        kept = [*tails, *session.ends, session.last_latent]
         sizes.append(sum(v.numel() for v in kept if isinstance(v, torch.Tensor)))
     assert max(sizes[4:]) == max(sizes[1:4]) > 0  # never more than the first clip carried
     assert (session.state.frames_in, session.state.frames_out) == (16, 61)
