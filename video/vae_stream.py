@@ -12,6 +12,11 @@ Because each module sees exactly the context a whole-clip pass would, any valid 
 the whole-clip result (up to float reassociation), and latents/frames never depend on the future.
 A session's memory is the chunk plus the tails: flat in the length of the video.
 
+A decode session can re-anchor (`DecodeSession`, on by default for a VAE that knows its
+training length): past that length it restarts the decoder every few latents on a re-encoded
+key frame, so a decoder trained on short clips decodes streams of any length at its trained
+quality. Chunk plans still give the same frames: restarts happen at fixed latent indices.
+
 Optional spatial tiling splits each chunk into overlapping tiles (each with its own state) and
 blends them with linear ramps; a tile at least the input size runs the untiled path exactly.
 """
