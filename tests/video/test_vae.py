@@ -113,13 +113,20 @@ def test_encode_chunk_plan_invariance(vae, plan):
     assert (chunked - whole).abs().max() <= 1e-5
 
 
-@pytest.mark.parametrize("plan", [[1, 1, 1, 1, 1], [1, 2, 2], [1, 4], [2, 3], [5]])
+PLAIN_PLANS = [[1, 1, 1, 1, 1], [1, 2, 2], [1, 4], [2, 3], [5]]
+REANCHORED_PLANS = [[11], [1] * 11, [2, 3, 4, 2], [4, 7], [5, 1, 5], [3, 8]]  # crossing anchors
+
+
+@pytest.mark.parametrize(
+    ("trained", "plan"), [(None, p) for p in PLAIN_PLANS] + [(13, p) for p in REANCHORED_PLANS]
+)
 @torch.no_grad()
-def test_decode_chunk_plan_invariance(vae, plan):
-    z = latents(5)
-    whole = vae.decode(z)
-    chunked = run(vae.decode_stream(), z, plan)
-    assert chunked.shape == whole.shape == (1, 3, 17, 32, 32)
+def test_decode_chunk_plan_invariance(vae, trained13, trained, plan):
+    model, n = (vae if trained is None else trained13), sum(plan)
+    z = latents(n)
+    whole = model.decode(z)
+    chunked = run(model.decode_stream(), z, plan)
+    assert chunked.shape == whole.shape == (1, 3, 1 + 4 * (n - 1), 32, 32)
     assert (chunked - whole).abs().max() <= 1e-5
 
 
@@ -213,16 +220,6 @@ def test_reanchored_decode_is_each_segment_decoded_as_a_clip_from_its_key_frame(
     inside = 1 + 4 * (segment - 1)
     assert (ours[:, :, :inside] - plain[:, :, :inside]).abs().max() <= 1e-5  # as it was
     assert (ours[:, :, inside:] - plain[:, :, inside:]).abs().max() > 1e-2  # re-anchored
-
-
-@pytest.mark.parametrize("plan", [[11], [1] * 11, [2, 3, 4, 2], [4, 7], [5, 1, 5], [3, 8]])
-@torch.no_grad()
-def test_reanchored_decode_chunk_plan_invariance(trained13, plan):
-    z = latents(11)
-    whole = trained13.decode(z)
-    chunked = run(trained13.decode_stream(), z, plan)
-    assert chunked.shape == whole.shape == (1, 3, 41, 32, 32)
-    assert (chunked - whole).abs().max() <= 1e-5
 
 
 @torch.no_grad()
