@@ -136,7 +136,7 @@ class CausalVAE(nn.Module, PretrainedMixin):
         f, t = self.temporal_factor, self.trained_frames
         if t is None or t < 1 + 2 * f or (t - 1) % f:
             return None
-        return 1 + (t - 1) // f
+        return self.latent_frames(t)
 
     def pixel_frames(self, num_latents: int) -> int:
         """Latent frames T' -> pixel frames 1 + f·(T' - 1)."""
