@@ -30,12 +30,12 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from mdiff.text.ar import generate_ar  # noqa: E402
 from mdiff.text.data import Corpus  # noqa: E402
-from mdiff.text.eval import evaluate_ar_fim, evaluate_fim  # noqa: E402
-from mdiff.text.fim_tasks import make_tasks  # noqa: E402
+from mdiff.text.fim.eval import evaluate_ar_fim, evaluate_fim  # noqa: E402
+from mdiff.text.fim.tasks import make_tasks  # noqa: E402
 from mdiff.text.pipeline import CodeModel  # noqa: E402
-from mdiff.text.sampler import generate  # noqa: E402
+from mdiff.text.sampling.ar import generate_ar  # noqa: E402
+from mdiff.text.sampling.sampler import generate  # noqa: E402
 
 CMD = "OMP_NUM_THREADS=2 .venv/bin/python benchmarks/text_decoding.py"
 

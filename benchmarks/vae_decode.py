@@ -30,7 +30,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from mdiff.video.vae import CausalVAE, CausalVAEConfig  # noqa: E402
+from mdiff.video.vae.model import CausalVAE, CausalVAEConfig  # noqa: E402
 
 CMD = "OMP_NUM_THREADS=1 .venv/bin/python benchmarks/vae_decode.py"
 CONFIG = dict(base_dim=8, z_dim=4, dim_mult=[1, 2, 4, 4], num_res_blocks=2)

@@ -32,8 +32,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from mdiff.video.data import ShapesDataset  # noqa: E402
-from mdiff.video.pipeline import VideoPipeline  # noqa: E402
-from mdiff.video.vae import CausalVAE  # noqa: E402
+from mdiff.video.pipeline.video_pipeline import VideoPipeline  # noqa: E402
+from mdiff.video.vae.model import CausalVAE  # noqa: E402
 
 UNSEEN_SEED = 2_000_003  # as tests/video/test_builtin_vae.py
 

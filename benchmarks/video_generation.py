@@ -51,13 +51,13 @@ from vae_decode import peak_bytes  # noqa: E402
 from mdiff import media  # noqa: E402
 from mdiff.errors import CheckpointError  # noqa: E402
 from mdiff.provenance import Stamper, keys  # noqa: E402
-from mdiff.video.adherence import evaluate_prompts  # noqa: E402
-from mdiff.video.dit import DiTConfig, SpaceTimeDiT  # noqa: E402
-from mdiff.video.eval_cli import default_prompts, reference_adherence  # noqa: E402
-from mdiff.video.pipeline import VideoPipeline  # noqa: E402
-from mdiff.video.text_encoder import ShapesTextEncoder, ShapesTextEncoderConfig  # noqa: E402
-from mdiff.video.train_vae import shapes_vae_config  # noqa: E402
-from mdiff.video.vae import CausalVAE  # noqa: E402
+from mdiff.video.dit.model import DiTConfig, SpaceTimeDiT  # noqa: E402
+from mdiff.video.eval.adherence import evaluate_prompts  # noqa: E402
+from mdiff.video.eval.run import default_prompts, reference_adherence  # noqa: E402
+from mdiff.video.pipeline.video_pipeline import VideoPipeline  # noqa: E402
+from mdiff.video.text_encoders import ShapesTextEncoder, ShapesTextEncoderConfig  # noqa: E402
+from mdiff.video.vae.model import CausalVAE  # noqa: E402
+from mdiff.video.vae.train import shapes_vae_config  # noqa: E402
 from tests.video.pipeline_fixtures import randomize  # noqa: E402
 
 CMD = "OMP_NUM_THREADS=2 .venv/bin/python benchmarks/video_generation.py"

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from mdiff.provenance.verify import verify
 from mdiff.text import CodeModel
-from mdiff.text.stream import TokenCollector
+from mdiff.text.sampling.stream import TokenCollector
 
 SOURCE = '''def mean(values):
     """The arithmetic mean of a non-empty list."""

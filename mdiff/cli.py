@@ -217,7 +217,7 @@ def _demo_video(out, stamper, seed: int) -> list:
     if "shapes-t2v" not in hub.list_builtin():
         print("Video: the built-in model (shapes-t2v) is not installed; skipping video\n")
         return []
-    from mdiff.video.pipeline import VideoPipeline
+    from mdiff.video.pipeline.video_pipeline import VideoPipeline
 
     pipe = VideoPipeline.from_pretrained("shapes-t2v", stamper=stamper)
     path = out / "streamed.mp4"

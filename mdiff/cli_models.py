@@ -234,7 +234,7 @@ def run_train(args: argparse.Namespace) -> int:
 def _train_text(args: argparse.Namespace) -> int:
     import shlex
 
-    from mdiff.text import train as train_text
+    from mdiff.text.training import train as train_text
 
     command = shlex.join(["mdiff", *sys.argv[1:]])
     out = args.out or f"runs/code-{args.kind}"
@@ -264,7 +264,7 @@ def _train_text(args: argparse.Namespace) -> int:
 def _train_dit(args: argparse.Namespace) -> int:
     import shlex
 
-    from mdiff.video import train_dit
+    from mdiff.video.dit import train as train_dit
 
     command = shlex.join(["mdiff", *sys.argv[1:]])
     out = args.out or f"runs/dit-{args.preset}"
@@ -298,7 +298,7 @@ def _train_dit(args: argparse.Namespace) -> int:
 def _train_vae(args: argparse.Namespace) -> int:
     import shlex
 
-    from mdiff.video import train_vae
+    from mdiff.video.vae import train as train_vae
 
     command = shlex.join(["mdiff", *sys.argv[1:]])
     if not args.export_only:
@@ -393,7 +393,7 @@ def _add_eval_video(sub) -> None:
 
 def run_eval(args: argparse.Namespace) -> int:
     if args.eval_target == "video":
-        from mdiff.video import eval_cli
+        from mdiff.video.eval import run as eval_cli
 
         return eval_cli.run_eval_video(args)
     from mdiff.text import cli as text_cli

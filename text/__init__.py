@@ -1,4 +1,5 @@
-"""mdiff.text: masked-diffusion language models for code (see README "Text").
+"""mdiff.text: masked-diffusion language models for code (see README "Text"). Subpackages:
+`model`, `sampling`, `fim`, `training`; modules `pipeline` (`CodeModel`), `data`, `cli`.
 
 from mdiff.text import CodeModel, GenerationConfig, generate, denoise, infill
 """
@@ -8,16 +9,16 @@ from importlib import import_module
 _EXPORTS = {
     "CodeModel": "mdiff.text.pipeline",
     "Completion": "mdiff.text.pipeline",
-    "GenerationConfig": "mdiff.text.sampler",
-    "GenerationOutput": "mdiff.text.sampler",
-    "generate": "mdiff.text.sampler",
-    "denoise": "mdiff.text.sampler",
-    "infill": "mdiff.text.infill",
-    "fill": "mdiff.text.infill",
+    "GenerationConfig": "mdiff.text.sampling",
+    "GenerationOutput": "mdiff.text.sampling",
+    "generate": "mdiff.text.sampling",
+    "denoise": "mdiff.text.sampling",
+    "infill": "mdiff.text.fim",
+    "fill": "mdiff.text.fim",
     "TextDenoiser": "mdiff.text.model",
     "TextDenoiserConfig": "mdiff.text.model",
-    "CodeTokenizer": "mdiff.text.tokenizer",
-    "DenoiserSpec": "mdiff.text.spec",
+    "CodeTokenizer": "mdiff.text.model",
+    "DenoiserSpec": "mdiff.text.model",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from mdiff.errors import InvalidInputError
-from mdiff.text.infill import MARKER
+from mdiff.text.fim.infilling import MARKER
 
 __all__ = ["TerminalStreamer", "line_hole", "run_complete"]
 
@@ -106,14 +106,14 @@ def run_complete(args: argparse.Namespace) -> int:
 
 
 def run_eval_fim(args: argparse.Namespace) -> int:
-    """`mdiff eval fim`: exact match per length mode on held-out code (see `mdiff.text.eval`)."""
+    """`mdiff eval fim`: exact match per length mode on held-out code (`mdiff.text.fim.eval`)."""
     import json
 
     from tqdm import tqdm
 
     from mdiff.text.data import Corpus
-    from mdiff.text.eval import MODES, evaluate_ar_fim, evaluate_fim
-    from mdiff.text.fim_tasks import make_tasks
+    from mdiff.text.fim.eval import MODES, evaluate_ar_fim, evaluate_fim
+    from mdiff.text.fim.tasks import make_tasks
     from mdiff.text.pipeline import CodeModel
 
     modes = tuple(m.strip() for m in args.modes.split(",") if m.strip())

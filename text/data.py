@@ -44,7 +44,7 @@ from torch.utils.data import Dataset
 
 from mdiff.atomic import atomic_file
 from mdiff.errors import InvalidInputError
-from mdiff.text.tokenizer import CodeTokenizer
+from mdiff.text.model.tokenizer import CodeTokenizer
 
 __all__ = [
     "EXCLUDED_DIRS",

@@ -22,13 +22,13 @@ from pathlib import Path
 
 import torch
 
+import mdiff.text.fim.infilling as _infill
 from mdiff import hub
 from mdiff.errors import CheckpointError
 from mdiff.record import GenerationRecord
-from mdiff.text import infill as _infill
-from mdiff.text.model import TextDenoiser
-from mdiff.text.sampler import GenerationConfig, generate
-from mdiff.text.tokenizer import TOKENIZER_FILE, CodeTokenizer
+from mdiff.text.model.denoiser import TextDenoiser
+from mdiff.text.model.tokenizer import TOKENIZER_FILE, CodeTokenizer
+from mdiff.text.sampling.sampler import GenerationConfig, generate
 
 __all__ = ["CodeModel", "Completion"]
 
@@ -120,7 +120,7 @@ class CodeModel:
     def fill(self, text: str, *, marker: str = _infill.MARKER, length: int | str = "auto",
              seed: int = 0, source: str | None = None, streamer_factory=None,
              **settings) -> Completion:  # fmt: skip
-        """Fill every `marker` in `text` (see `mdiff.text.infill.fill`)."""
+        """Fill every `marker` in `text` (see `mdiff.text.fim.infilling.fill`)."""
         out, results = _infill.fill(self.model, self.tokenizer, text, marker=marker,
                                     length=length, seed=seed, watermark=self.watermark,
                                     streamer_factory=streamer_factory, context=self.context,

@@ -1,26 +1,32 @@
-"""mdiff.video frontend (see DESIGN.md)."""
+"""mdiff.video: a causal 3D VAE, a space-time DiT and the pipelines over them (see README
+"Video"). Subpackages: `vae`, `dit`, `pipeline`, `text_encoders`, `eval`; modules `io`, `data`,
+`cli`. Names are imported on first use, so `import mdiff.video` (and the CLI) stays light.
 
-from mdiff.video.dit import DiTConfig, SpaceTimeDiT
-from mdiff.video.dit_cache import DiTCache
-from mdiff.video.pipeline import VideoOutput, VideoPipeline
-from mdiff.video.train_vae import VAEObjective, evaluate, export, shapes_vae_config
-from mdiff.video.vae import CausalVAE, CausalVAEConfig
-from mdiff.video.vae_stream import DecodeSession, EncodeSession, Tiling, VAEStreamState
+    from mdiff.video import VideoPipeline, CausalVAE, SpaceTimeDiT
+"""
 
-__all__ = [
-    "CausalVAE",
-    "DiTCache",
-    "DiTConfig",
-    "SpaceTimeDiT",
-    "CausalVAEConfig",
-    "DecodeSession",
-    "EncodeSession",
-    "Tiling",
-    "VAEObjective",
-    "VAEStreamState",
-    "VideoOutput",
-    "VideoPipeline",
-    "evaluate",
-    "export",
-    "shapes_vae_config",
-]
+from importlib import import_module
+
+_EXPORTS = {
+    "CausalVAE": "mdiff.video.vae",
+    "CausalVAEConfig": "mdiff.video.vae",
+    "DecodeSession": "mdiff.video.vae",
+    "EncodeSession": "mdiff.video.vae",
+    "Tiling": "mdiff.video.vae",
+    "VAEStreamState": "mdiff.video.vae",
+    "DiTCache": "mdiff.video.dit",
+    "DiTConfig": "mdiff.video.dit",
+    "SpaceTimeDiT": "mdiff.video.dit",
+    "VideoOutput": "mdiff.video.pipeline",
+    "VideoPipeline": "mdiff.video.pipeline",
+    "VAEObjective": "mdiff.video.vae.train",
+    "shapes_vae_config": "mdiff.video.vae.train",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'mdiff.video' has no attribute {name!r}")

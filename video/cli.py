@@ -35,7 +35,7 @@ def _output(path: str, kind: str) -> Path:
 
 def _pipeline(args: argparse.Namespace):
     from mdiff.provenance.stamp import Stamper
-    from mdiff.video.pipeline import VideoPipeline
+    from mdiff.video.pipeline.video_pipeline import VideoPipeline
 
     return VideoPipeline.from_pretrained(args.model, stamper=Stamper(home=args.home))
 

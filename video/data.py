@@ -53,7 +53,7 @@ BACKGROUNDS = {
 SHAPES = ("circle", "square", "triangle")
 SIZES = {"small": 0.09, "medium": 0.13, "large": 0.18}  # radius as a fraction of min(H, W)
 MOTIONS = ("left", "right", "up", "down", "diagonal", "bouncing", "still")
-_PHRASES = {
+PHRASES = {
     "left": ("moving left", "drifting left", "sliding to the left"),
     "right": ("moving right", "drifting right", "sliding to the right"),
     "up": ("moving up", "floating up", "drifting up"),
@@ -62,7 +62,7 @@ _PHRASES = {
     "bouncing": ("bouncing around", "bouncing off the walls", "bouncing back and forth"),
     "still": ("standing still", "staying still", "sitting still"),
 }
-_TEMPLATES = (
+TEMPLATES = (
     "{objects} on a {bg} background",
     "{objects}, {bg} background",
     "a video of {objects} over a {bg} background",
@@ -89,7 +89,7 @@ class ShapeObject:
             [self.color, self.shape] if rng.random() < 0.5 else [self.size, self.color, self.shape]
         )
         article = "an" if words[0][0] in "aeiou" else "a"
-        return f"{article} {' '.join(words)} {rng.choice(_PHRASES[self.motion])}"
+        return f"{article} {' '.join(words)} {rng.choice(PHRASES[self.motion])}"
 
 
 @dataclass(frozen=True)
@@ -165,7 +165,7 @@ def sample_truth(
     count = int(rng.integers(1, max_objects + 1))
     objects = tuple(_make_object(rng, t, height, width, bg) for _ in range(count))
     phrases = " and ".join(o.phrase(rng) for o in objects)
-    caption = str(rng.choice(_TEMPLATES)).format(objects=phrases, bg=bg)
+    caption = str(rng.choice(TEMPLATES)).format(objects=phrases, bg=bg)
     return ClipTruth(objects, bg, caption, height, width, num_frames, fps)
 
 

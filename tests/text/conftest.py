@@ -1,4 +1,4 @@
-"""Small denoisers that satisfy `mdiff.text.spec` for the sampler tests.
+"""Small denoisers that satisfy `mdiff.text.model.spec` for the sampler tests.
 
 `TinyDenoiser`: embedding + learned positions + a few single-head attention layers in float64,
 bidirectional or block-causal, with an explicit KV cache (stage / commit / discard and the
@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from mdiff.nn import KVCache
-from mdiff.text.spec import DenoiserSpec
+from mdiff.text.model.spec import DenoiserSpec
 
 
 class TinyDenoiser(nn.Module):
@@ -145,8 +145,8 @@ def tiny_code_model(tmp_path_factory):
     import sysconfig
     from pathlib import Path
 
-    from mdiff.text.model import TextDenoiser, TextDenoiserConfig
-    from mdiff.text.tokenizer import train_tokenizer
+    from mdiff.text.model.denoiser import TextDenoiser, TextDenoiserConfig
+    from mdiff.text.model.tokenizer import train_tokenizer
 
     files = sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py"))[:20]
     tok = train_tokenizer(files, vocab_size=400)

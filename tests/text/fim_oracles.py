@@ -4,7 +4,7 @@ import torch
 from torch import nn
 
 from mdiff.nn import KVCache
-from mdiff.text.spec import DenoiserSpec
+from mdiff.text.model.spec import DenoiserSpec
 
 V, PAD, EOS, MASK = 100, 0, 2, 3
 SPECIAL = {"[PAD]": 0, "[BOS]": 1, "[EOS]": 2, "[MASK]": 3, "[PRE]": 4, "[SUF]": 5, "[MID]": 6}

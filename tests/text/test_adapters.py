@@ -15,8 +15,8 @@ from transformers import (
 
 from mdiff.errors import InvalidInputError
 from mdiff.nn import KVCache
-from mdiff.text.adapters import HFAdapter, dream_spec, from_masked_lm, llada_spec
-from mdiff.text.spec import DenoiserSpec
+from mdiff.text.model.adapters import HFAdapter, dream_spec, from_masked_lm, llada_spec
+from mdiff.text.model.spec import DenoiserSpec
 
 V, PAD, CLS, SEP, MASK = 64, 0, 1, 2, 3
 

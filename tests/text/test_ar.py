@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from mdiff.errors import InvalidInputError
-from mdiff.text.ar import fim_prompt, generate_ar
-from mdiff.text.model import TextDenoiser, TextDenoiserConfig
+from mdiff.text.model.denoiser import TextDenoiser, TextDenoiserConfig
+from mdiff.text.sampling.ar import fim_prompt, generate_ar
 
 
 @pytest.fixture(scope="module")

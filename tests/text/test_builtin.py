@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from mdiff import hub
-from mdiff.text.objectives import masked_nelbo
 from mdiff.text.pipeline import CodeModel
+from mdiff.text.training.objectives import masked_nelbo
 
 SNIPPET = '''def parse_args(argv=None):
     """Parse the command line."""

@@ -19,7 +19,7 @@ from mdiff.text.data import (
     stdlib_root,
     tokenize_files,
 )
-from mdiff.text.tokenizer import train_tokenizer
+from mdiff.text.model.tokenizer import train_tokenizer
 
 PAD, EOS, PRE, SUF, MID = 0, 2, 4, 5, 6
 

@@ -3,8 +3,8 @@
 import pytest
 
 from mdiff.errors import InvalidInputError
-from mdiff.text.eval import evaluate_ar_fim, evaluate_fim, first_line
-from mdiff.text.fim_tasks import FIMTask
+from mdiff.text.fim.eval import evaluate_ar_fim, evaluate_fim, first_line
+from mdiff.text.fim.tasks import FIMTask
 
 from .fim_oracles import TOK, ARMiddleOracle, LengthOracle
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from mdiff.errors import InvalidInputError
-from mdiff.text.fim_tasks import (
+from mdiff.text.fim.tasks import (
     FIMTask,
     check_program,
     exact_match,

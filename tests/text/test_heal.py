@@ -4,13 +4,13 @@ import pytest
 import torch
 
 from mdiff.errors import InvalidInputError
-from mdiff.text.ar import generate_ar
-from mdiff.text.eval import evaluate_fim
-from mdiff.text.fim_tasks import FIMTask
-from mdiff.text.heal import first_token_mask, heal, split_prefix, true_length
-from mdiff.text.infill import infill
-from mdiff.text.model import TextDenoiser, TextDenoiserConfig
-from mdiff.text.sampler import denoise
+from mdiff.text.fim.eval import evaluate_fim
+from mdiff.text.fim.infilling import infill
+from mdiff.text.fim.tasks import FIMTask
+from mdiff.text.model.denoiser import TextDenoiser, TextDenoiserConfig
+from mdiff.text.sampling.ar import generate_ar
+from mdiff.text.sampling.heal import first_token_mask, heal, split_prefix, true_length
+from mdiff.text.sampling.sampler import denoise
 
 from .conftest import TinyDenoiser
 from .fim_oracles import TOK, LengthOracle, WordTokenizer

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from mdiff.errors import InvalidInputError
-from mdiff.text.infill import fill, infill
-from mdiff.text.model import TextDenoiser, TextDenoiserConfig
+from mdiff.text.fim.infilling import fill, infill
+from mdiff.text.model.denoiser import TextDenoiser, TextDenoiserConfig
 
 from .fim_oracles import TOK, LengthOracle, V
 

@@ -6,8 +6,8 @@ import torch
 
 from mdiff.errors import CheckpointError, InvalidInputError
 from mdiff.nn import KVCache
-from mdiff.text.model import PRESETS, TextDenoiser, TextDenoiserConfig
-from mdiff.text.spec import DenoiserSpec
+from mdiff.text.model.denoiser import PRESETS, TextDenoiser, TextDenoiserConfig
+from mdiff.text.model.spec import DenoiserSpec
 
 BS, V, MASK, PAD = 4, 64, 3, 0
 TOL = 1e-5

@@ -11,7 +11,7 @@ import torch
 
 from mdiff.losses import discrete_nelbo
 from mdiff.paths import MaskPath
-from mdiff.text.sampler import GenerationConfig, denoise
+from mdiff.text.sampling.sampler import GenerationConfig, denoise
 
 from .conftest import ExactDenoiser, random_joint
 

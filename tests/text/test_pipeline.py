@@ -8,7 +8,7 @@ from mdiff.errors import CheckpointError
 from mdiff.provenance import keys
 from mdiff.provenance.stamp import Stamper
 from mdiff.provenance.verify import verify
-from mdiff.text.model import TextDenoiser, TextDenoiserConfig
+from mdiff.text.model.denoiser import TextDenoiser, TextDenoiserConfig
 from mdiff.text.pipeline import CodeModel
 
 

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mdiff.errors import InvalidInputError
-from mdiff.text import policies as P
+from mdiff.text.sampling import policies as P
 
 # ---- schedules ----------------------------------------------------------------------------------
 

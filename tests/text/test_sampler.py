@@ -8,9 +8,9 @@ from transformers.generation.streamers import TextDiffusionStreamer
 from mdiff.errors import InvalidInputError
 from mdiff.provenance.watermark.text import TextWatermark
 from mdiff.record import GenerationRecord
-from mdiff.text.policies import EOSPolicy
-from mdiff.text.sampler import GenerationConfig, denoise, generate
-from mdiff.text.stream import TokenCollector
+from mdiff.text.sampling.policies import EOSPolicy
+from mdiff.text.sampling.sampler import GenerationConfig, denoise, generate
+from mdiff.text.sampling.stream import TokenCollector
 
 from .conftest import TinyDenoiser
 
@@ -180,7 +180,7 @@ def test_approximate_caches_refresh_per_block_and_report_drift():
 
 
 def test_text_denoiser_cached_paths():
-    from mdiff.text.model import TextDenoiser, TextDenoiserConfig
+    from mdiff.text.model.denoiser import TextDenoiser, TextDenoiserConfig
 
     torch.manual_seed(0)
     cfg = TextDenoiserConfig.preset("test", attention="block_causal", block_size=4)
@@ -432,7 +432,7 @@ def test_invalid_inputs_raise():
 
 @pytest.mark.parametrize("cfg_scale", [0.0, 1.5])
 def test_runner_runs_only_the_rows_still_stepping(cfg_scale):
-    from mdiff.text.runner import ModelRunner
+    from mdiff.text.sampling.runner import ModelRunner
 
     model = TinyDenoiser(seed=5)
     ids, real = left_pad(prompts([3, 6, 5], seed=4))

@@ -8,7 +8,7 @@ import pytest
 
 from mdiff.errors import CheckpointError, InvalidInputError
 from mdiff.text.data import find_sources, stdlib_root
-from mdiff.text.tokenizer import SPECIAL_TOKENS, CodeTokenizer, train_tokenizer
+from mdiff.text.model.tokenizer import SPECIAL_TOKENS, CodeTokenizer, train_tokenizer
 
 EDGE_CASES = [
     "",

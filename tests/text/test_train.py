@@ -17,8 +17,9 @@ from mdiff.errors import InvalidInputError
 from mdiff.losses import discrete_nelbo
 from mdiff.paths import MaskPath
 from mdiff.text.data import stdlib_root
-from mdiff.text.model import TextDenoiser, TextDenoiserConfig
-from mdiff.text.objectives import (
+from mdiff.text.model.denoiser import TextDenoiser, TextDenoiserConfig
+from mdiff.text.model.tokenizer import CodeTokenizer
+from mdiff.text.training.objectives import (
     ARObjective,
     BlockDiffusionObjective,
     MaskedDiffusionObjective,
@@ -26,8 +27,7 @@ from mdiff.text.objectives import (
     masked_nelbo,
     stratified_uniform,
 )
-from mdiff.text.tokenizer import CodeTokenizer
-from mdiff.text.train import train
+from mdiff.text.training.train import train
 from mdiff.train.checkpoint import load_tree
 from mdiff.train.metrics import read_metrics
 

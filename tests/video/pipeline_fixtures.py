@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from mdiff.provenance import Stamper
-from mdiff.video.dit import DiTConfig, SpaceTimeDiT
-from mdiff.video.pipeline import VideoPipeline
-from mdiff.video.text_encoder import ShapesTextEncoder, ShapesTextEncoderConfig
-from mdiff.video.vae import CausalVAE, CausalVAEConfig
+from mdiff.video.dit.model import DiTConfig, SpaceTimeDiT
+from mdiff.video.pipeline.video_pipeline import VideoPipeline
+from mdiff.video.text_encoders import ShapesTextEncoder, ShapesTextEncoderConfig
+from mdiff.video.vae.model import CausalVAE, CausalVAEConfig
 
 PROMPT = "a red circle moving right"
 SIZE = 32  # the watermark's smallest frame; latents 4 × 4, DiT tokens 2 × 2 per frame

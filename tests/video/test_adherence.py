@@ -13,22 +13,22 @@ import torch
 
 from mdiff import cli
 from mdiff.errors import InvalidInputError
-from mdiff.video import eval as video_eval
-from mdiff.video.adherence import adherence, evaluate_prompts, parse_prompt, summarise_hits
 from mdiff.video.data import (
-    _PHRASES,
-    _TEMPLATES,
     BACKGROUNDS,
     COLORS,
+    PHRASES,
     SHAPES,
     SIZES,
+    TEMPLATES,
     ClipTruth,
     ShapeObject,
     render_clip,
     sample_truth,
 )
+from mdiff.video.eval.adherence import adherence, evaluate_prompts, parse_prompt, summarise_hits
+from mdiff.video.eval.detect import classify_motion, detect
+from mdiff.video.eval import metrics as video_eval
 from mdiff.video.io import frames_to_pixels, pixels_to_frames
-from mdiff.video.shapes_detect import classify_motion, detect
 
 # Fixtures come from the shared helper module (imported by name, so ruff sees redefinitions).
 from .pipeline_fixtures import causal, pipe_dir, stamper  # noqa: F401
@@ -64,11 +64,11 @@ def test_parse_prompt_every_template_background_and_motion_phrase():
     colours, shapes, sizes = list(COLORS), list(SHAPES), [None, *SIZES]
     cases = 0
     for k, (template, bg, (motion, phrase)) in enumerate(itertools.product(
-        _TEMPLATES, BACKGROUNDS, [(m, p) for m, ps in _PHRASES.items() for p in ps]
+        TEMPLATES, BACKGROUNDS, [(m, p) for m, ps in PHRASES.items() for p in ps]
     )):  # fmt: skip
         first = (colours[k % 7], shapes[k % 3], motion, sizes[k % 4])
-        second = (colours[(k + 3) % 7], shapes[(k + 1) % 3], list(_PHRASES)[k % 7], sizes[k % 3])
-        second_phrase = _PHRASES[second[2]][k % 3]
+        second = (colours[(k + 3) % 7], shapes[(k + 1) % 3], list(PHRASES)[k % 7], sizes[k % 3])
+        second_phrase = PHRASES[second[2]][k % 3]
         for objects in ([first], [first, second]):
             texts = [_phrase(objects[0][0], objects[0][1], phrase, objects[0][3])]
             if len(objects) == 2:
@@ -81,7 +81,7 @@ def test_parse_prompt_every_template_background_and_motion_phrase():
             assert got == [tuple(o) for o in objects], caption
             assert (spec.colour, spec.shape, spec.motion) == objects[0][:3]
             cases += 1
-    assert cases == len(_TEMPLATES) * len(BACKGROUNDS) * 21 * 2
+    assert cases == len(TEMPLATES) * len(BACKGROUNDS) * 21 * 2
 
 
 def test_parse_prompt_matches_dataset_captions():
@@ -289,7 +289,7 @@ def _mdiff(home, *args):
 
 
 def test_cli_eval_video_json_on_a_tiny_pipeline(pipe_dir, home, capsys):  # noqa: F811
-    from mdiff.video.eval_cli import default_prompts
+    from mdiff.video.eval.run import default_prompts
 
     argv = ["eval", "video", "--model", str(pipe_dir), "-n", "2", "--frames", "9",
             "--no-progress", "--json", "--objects", "2", "--skip", "1"]  # fmt: skip
@@ -326,8 +326,8 @@ def test_cli_eval_video_text_report_and_prompt_file(pipe_dir, home, tmp_path, ca
 
 def test_default_prompts_are_held_out_captions_filtered_by_object_count():
     from mdiff.video.data import ShapesDataset
-    from mdiff.video.dit_objective import HELDOUT_SEED
-    from mdiff.video.eval_cli import default_prompts
+    from mdiff.video.dit.objective import HELDOUT_SEED
+    from mdiff.video.eval.run import default_prompts
 
     data = ShapesDataset(40, seed=HELDOUT_SEED)
     truths = [data.truth(i) for i in range(40)]
@@ -360,8 +360,8 @@ class _Identity(torch.nn.Module):
 
 
 def test_reference_scores_the_held_out_clips_behind_default_prompts():
-    from mdiff.video.dit_objective import HELDOUT_SEED
-    from mdiff.video.eval_cli import default_prompts, reference_adherence
+    from mdiff.video.dit.objective import HELDOUT_SEED
+    from mdiff.video.eval.run import default_prompts, reference_adherence
 
     got = reference_adherence(_Identity(), 6, objects=2, skip=2, num_frames=9)
     assert got["clips"] == 6 and got["vae"] == got["rendered"]  # a lossless round trip
@@ -377,8 +377,8 @@ def test_reference_scores_the_held_out_clips_behind_default_prompts():
 
 
 def test_reference_through_the_shipped_vae_keeps_single_objects():
-    from mdiff.video.eval_cli import reference_adherence
-    from mdiff.video.vae import CausalVAE
+    from mdiff.video.eval.run import reference_adherence
+    from mdiff.video.vae.model import CausalVAE
 
     got = reference_adherence(CausalVAE.from_pretrained("shapes-vae"), 12, objects=1)
     # Measured: colour 12, motion 11, count 12 of 12 through the VAE (the motion miss is the
@@ -413,7 +413,7 @@ def test_image_to_video_first_frame_psnr_is_the_vae_round_trip(causal):  # noqa:
     """An anchored first latent frame decodes to the image's own VAE round trip (the causal
     decoder's first frame depends on the first latent alone), so the first-frame PSNR equals
     the round trip's up to the watermark; a clip not anchored on the image falls far below."""
-    from mdiff.video.eval_cli import default_prompts, heldout_first_frames
+    from mdiff.video.eval.run import default_prompts, heldout_first_frames
 
     given = heldout_first_frames(causal.vae, 3, objects=1, num_frames=5, size=32)
     assert given["prompts"] == default_prompts(3, objects=1)

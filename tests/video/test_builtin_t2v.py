@@ -9,8 +9,8 @@ import torch
 
 from mdiff import hub
 from mdiff.provenance.stamp import Stamper
-from mdiff.video.adherence import adherence
-from mdiff.video.pipeline import VideoPipeline
+from mdiff.video.eval.adherence import adherence
+from mdiff.video.pipeline.video_pipeline import VideoPipeline
 
 SHIPPED = "shapes-t2v" in hub.list_builtin()
 pytestmark = pytest.mark.skipif(not SHIPPED, reason="shapes-t2v is not shipped in this tree")

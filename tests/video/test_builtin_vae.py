@@ -8,7 +8,7 @@ import torch
 
 from mdiff import hub
 from mdiff.video.data import ShapesDataset
-from mdiff.video.vae import CausalVAE
+from mdiff.video.vae.model import CausalVAE
 
 SHIPPED = "shapes-vae" in hub.list_builtin()
 pytestmark = pytest.mark.skipif(not SHIPPED, reason="shapes-vae is not shipped in this tree")

@@ -10,8 +10,8 @@ import torch
 
 from mdiff.errors import InvalidInputError
 from mdiff.nn import KVCache, axial_dims
-from mdiff.video.dit import DiTConfig, SpaceTimeDiT
-from mdiff.video.dit_blocks import video_positions, visibility
+from mdiff.video.dit.blocks import video_positions, visibility
+from mdiff.video.dit.model import DiTConfig, SpaceTimeDiT
 
 from .pipeline_fixtures import randomize
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from mdiff.errors import InvalidInputError
-from mdiff.video.dit import DiTConfig
+from mdiff.video.dit.model import DiTConfig
 
 from .test_dit import TOL, B, inputs, make, per_frame_t, stream
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from mdiff.errors import InvalidInputError
-from mdiff.video import eval as ev
+from mdiff.video.eval import metrics as ev
 
 
 def _video(seed=0, t=4, h=24, w=20):

@@ -10,7 +10,7 @@ import torch
 
 from mdiff.errors import InvalidInputError, VideoIOError
 from mdiff.video import data, io
-from mdiff.video import eval as ev
+from mdiff.video.eval import metrics as ev
 
 CHUNK = 8
 

@@ -16,8 +16,8 @@ from mdiff.provenance import Stamped, verify
 from mdiff.record import GenerationRecord, sha256_text
 from mdiff.time import shifted_grid
 from mdiff.video.io import frames_to_pixels
-from mdiff.video.pipeline import PIPELINE_FILE, VideoPipeline
-from mdiff.video.sampling import chunk_generator
+from mdiff.video.pipeline.sampling import chunk_generator
+from mdiff.video.pipeline.video_pipeline import PIPELINE_FILE, VideoPipeline
 
 # Fixtures come from the shared helper module (imported by name, so ruff sees redefinitions).
 from .pipeline_fixtures import (  # noqa: F401
@@ -215,7 +215,7 @@ def test_bad_inputs_raise_naming_the_rule(causal, kwargs, rule):
 
 def test_long_clips_decode_re_anchored(causal, monkeypatch, tmp_path):
     from mdiff.video.io import pixels_to_frames
-    from mdiff.video.vae import CausalVAE
+    from mdiff.video.vae.model import CausalVAE
 
     folder = causal.vae.save_pretrained(tmp_path / "vae")
     assert CausalVAE.from_pretrained(folder).trained_frames is None  # no training log

@@ -19,13 +19,13 @@ from transformers import (
 
 from mdiff.errors import CheckpointError, InvalidInputError
 from mdiff.video.data import ShapesDataset
-from mdiff.video.text_encoder import (
+from mdiff.video.text_encoders import (
     ShapesTextEncoder,
     ShapesTextEncoderConfig,
     drop_captions,
     shapes_vocabulary,
 )
-from mdiff.video.text_encoder_hf import HFTextEncoder
+from mdiff.video.text_encoders.hf import HFTextEncoder
 
 SENTENCES = [
     "a red circle moving left on a black background",

@@ -14,10 +14,9 @@ from mdiff.hub import weights_sha256
 from mdiff.train.checkpoint import load_tree
 from mdiff.train.metrics import read_metrics
 from mdiff.video.data import ShapesDataset
-from mdiff.video.dit import DiTConfig, SpaceTimeDiT
-from mdiff.video.latent_cache import LatentCache
-from mdiff.video.text_encoder import ShapesTextEncoder, ShapesTextEncoderConfig
-from mdiff.video.train_dit import (
+from mdiff.video.dit.latent_cache import LatentCache
+from mdiff.video.dit.model import DiTConfig, SpaceTimeDiT
+from mdiff.video.dit.train import (
     PIPELINE_FORMAT,
     DiTObjective,
     TextConditionedDiT,
@@ -27,8 +26,9 @@ from mdiff.video.train_dit import (
     token_shift,
     train,
 )
-from mdiff.video.train_vae import shapes_vae_config
-from mdiff.video.vae import CausalVAE
+from mdiff.video.text_encoders import ShapesTextEncoder, ShapesTextEncoderConfig
+from mdiff.video.vae.model import CausalVAE
+from mdiff.video.vae.train import shapes_vae_config
 
 
 @pytest.fixture(scope="module")
@@ -276,7 +276,7 @@ def test_resume_is_exact_and_export_loads(vae_dir, tmp_path):
         assert torch.equal(dit(x, t, emb, mask), model(x, t, captions))
     assert weights_sha256(out / "vae") == weights_sha256(vae_dir)
     CausalVAE.from_pretrained(out / pipe["vae"])
-    from mdiff.video.pipeline import VideoPipeline  # the folder's consumer
+    from mdiff.video.pipeline.video_pipeline import VideoPipeline  # the folder's consumer
 
     loaded = VideoPipeline.from_pretrained(out)
     assert loaded.settings.guidance == 3.0 and loaded.settings.num_frames == 5
@@ -307,7 +307,7 @@ def test_export_ships_a_decoder_finetune_and_refuses_another_latent_space(vae_di
 
 def test_export_references_a_builtin_vae_by_name_and_hash(vae_dir, tmp_path, monkeypatch):
     from mdiff import hub
-    from mdiff.video.pipeline import VideoPipeline
+    from mdiff.video.pipeline.video_pipeline import VideoPipeline
 
     run, builtins = tmp_path / "run", tmp_path / "checkpoints"
     _train(run, vae_dir, 1)
@@ -374,8 +374,8 @@ def test_cooldown_on_resume_is_recorded_and_decays_the_lr(vae_dir, tmp_path):
 def test_init_from_starts_a_fine_tune_from_a_pipeline_and_checks_it_fits(
     vae_dir, tmp_path, monkeypatch
 ):
-    from mdiff.video import dit
-    from mdiff.video.pipeline import VideoPipeline
+    from mdiff.video.dit import model as dit
+    from mdiff.video.pipeline.video_pipeline import VideoPipeline
 
     _train(tmp_path / "parent", vae_dir, 2)
     export(tmp_path / "parent", tmp_path / "pipe", sink_position="adjacent")  # not a weight:

@@ -12,14 +12,14 @@ from mdiff.errors import InvalidInputError
 from mdiff.train.checkpoint import load_tree, prune_checkpoints
 from mdiff.train.metrics import read_metrics
 from mdiff.video.data import ShapesDataset
-from mdiff.video.train_vae import (
+from mdiff.video.vae.model import CausalVAE
+from mdiff.video.vae.train import (
     RandomCrops,
     VAEObjective,
     evaluate,
     param_count,
     shapes_vae_config,
 )
-from mdiff.video.vae import CausalVAE
 
 TINY = ["--size", "16", "--frames", "5", "--base-dim", "4", "--z-dim", "4", "--batch-size", "2"]
 
@@ -127,7 +127,7 @@ def test_prune_keeps_latest_recent_and_milestones(tmp_path):
 
 
 def test_focus_weights_the_objects_not_the_background():
-    from mdiff.video.train_vae import _focus
+    from mdiff.video.vae.train import _focus
 
     x = torch.full((2, 3, 1, 8, 8), -1.0)  # black background
     x[0, :, :, 2:4, 2:4] = 1.0  # a 2x2 white object in clip 0; clip 1 is background only

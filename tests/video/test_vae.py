@@ -7,8 +7,8 @@ import torch
 
 from mdiff.errors import InvalidInputError
 from mdiff.hub import read_config
-from mdiff.video.vae import CausalVAE, CausalVAEConfig
-from mdiff.video.vae_stream import Tiling
+from mdiff.video.vae.model import CausalVAE, CausalVAEConfig
+from mdiff.video.vae.stream import Tiling
 
 torch.set_num_threads(1)
 
@@ -236,7 +236,7 @@ def test_reanchored_decode_state_does_not_grow(trained13):
 
 
 def test_reanchoring_needs_three_latent_frames(trained13):
-    from mdiff.video.vae_stream import DecodeSession
+    from mdiff.video.vae.stream import DecodeSession
 
     for segment in (2, 0, True, 3.0):
         with pytest.raises(InvalidInputError, match="at least 3 latent frames"):

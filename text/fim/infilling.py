@@ -1,0 +1,204 @@
+"""Fill-in-the-middle with a masked-diffusion model: ``prefix + [MASK]·n + suffix`` → middle.
+
+No sentinels: the model learned infilling from the masked objective itself. The result is
+spliced from the user's own strings (``prefix + middle + suffix``), never from re-decoded
+context, so the text around a hole is byte-for-byte what it was.
+
+Length. ``length=n`` fills exactly n tokens. ``length="auto"`` runs a length search: every
+candidate length in ``candidates`` becomes a row of one batch, all are denoised together, and
+each filled canvas is scored by the model's own masked-diffusion estimate of the middle's
+log-likelihood per token (``_score``: the middle re-masked at a few fixed rates, one forward
+each, the same masks for every candidate); the best-scoring row wins. Each input is searched
+independently, so a batch of inputs works (rows = inputs × candidates).
+
+Token healing (``heal=True``, `sampling.heal`): a prefix that ends in a space or inside a word
+gives that tail to the hole, whose first token must then start with it; the tail is cut from
+the middle again. ``length`` counts the hole's tokens, the healed one included.
+
+Several holes: ``fill(model, tok, text, marker="<FILL>")`` fills every marker of one file; holes
+are filled left to right, each seeing the holes before it filled and the text after it with the
+later markers removed.
+
+Seeds: row i of a batch draws from ``seed + i`` whatever its candidate length, and the sampler
+is batch-invariant, so re-running the chosen length alone reproduces the search's result
+exactly (the CLI streams that way).
+
+Context window: when prefix + middle + suffix exceed the model's ``max_len``, the prefix keeps
+its end and the suffix its start (the suffix keeps up to a third of the room, more if the
+prefix is short).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from mdiff.errors import InvalidInputError
+from mdiff.text.sampling.heal import heal as heal_prefix
+from mdiff.text.sampling.heal import strip_carry
+from mdiff.text.sampling.layout import left_pad
+from mdiff.text.sampling.sampler import GenerationConfig, GenerationOutput, denoise
+
+__all__ = ["DEFAULT_CANDIDATES", "InfillResult", "fill", "fit_context", "infill"]
+
+DEFAULT_CANDIDATES = (2, 3, 4, 6, 8, 11, 16, 23, 32, 45, 64)
+MARKER = "<FILL>"
+_SCORE_RATES = (0.25, 0.5, 0.75, 1.0)
+
+
+@dataclass
+class InfillResult:
+    """``text`` = prefix + middle + suffix; ``span`` the middle's characters in ``text``."""
+
+    text: str
+    middle: str
+    length: int  # tokens generated
+    span: tuple[int, int]
+    tokens_per_forward: float
+    nfe: int
+    scores: dict[int, float] = field(default_factory=dict)  # length -> score (auto only)
+    settings: dict = field(default_factory=dict)
+
+
+def _max_len(model) -> int:
+    cfg = getattr(model, "config", None)
+    return int(getattr(cfg, "max_len", 0) or getattr(cfg, "max_position_embeddings", 0) or 1024)
+
+
+def fit_context(
+    pre: list[int], suf: list[int], n: int, max_len: int
+) -> tuple[list[int], list[int]]:
+    """Trim token lists so ``pre + n + suf`` fits `max_len`: the prefix keeps its end, the
+    suffix its start; the suffix keeps up to a third of the room, more if the prefix is short."""
+    room = max_len - n
+    if room < 0:
+        raise InvalidInputError(f"a {n}-token middle does not fit the model's {max_len} positions")
+    s = min(len(suf), max(room // 3, room - len(pre)))
+    p = min(len(pre), room - s)
+    return pre[len(pre) - p :], suf[:s]
+
+
+@torch.no_grad()
+def _score(model, x: Tensor, real: Tensor, gen: Tensor, mask_id: int) -> Tensor:
+    """Mean log-likelihood per middle token (B,): the middle re-masked at fixed rates (the
+    first ⌈r·n⌉ middle tokens of a fixed permutation), log p of the masked tokens."""
+    pos = (real.long().cumsum(1) - 1).clamp_min(0)
+    total = torch.zeros(x.shape[0], dtype=torch.float64)
+    count = torch.zeros(x.shape[0], dtype=torch.float64)
+    g = torch.Generator().manual_seed(0)
+    rank = torch.rand(x.shape, generator=g).masked_fill(~gen, 2.0).argsort(1).argsort(1)
+    n = gen.sum(1, keepdim=True)
+    for r in _SCORE_RATES:
+        hide = gen & (rank < torch.ceil(r * n))
+        logits = model(x.masked_fill(hide, mask_id), attention_mask=real, position_ids=pos)
+        logp = torch.log_softmax(logits.double(), -1).gather(-1, x[..., None])[..., 0]
+        total += (logp * hide).sum(1).cpu()
+        count += hide.sum(1).cpu()
+    return total / count.clamp_min(1)
+
+
+def infill(model, tokenizer, prefix: str | list[str], suffix: str | list[str],
+           length: int | str = "auto", *, config: GenerationConfig | None = None,
+           candidates=DEFAULT_CANDIDATES, seed: int = 0, watermark=None, streamer=None,
+           context: int | None = None, heal: bool = True, **overrides):  # fmt: skip
+    """Fill the middle between `prefix` and `suffix` (one string each, or lists for a batch).
+
+    `context`: tokens of prefix + middle + suffix the model sees (default its ``max_len``; a
+    model trained on shorter windows does best at its training length). `config`/`overrides`
+    are sampler settings (`GenerationConfig`); ``gen_length`` is ignored. `heal`: token
+    healing at the hole's left edge (see the module doc).
+    """
+    single = isinstance(prefix, str)
+    prefixes, suffixes = ([prefix], [suffix]) if single else (list(prefix), list(suffix))
+    if len(prefixes) != len(suffixes) or not prefixes:
+        raise InvalidInputError("need as many prefixes as suffixes (at least one)")
+    if length == "auto":
+        lengths = [int(c) for c in candidates]
+        if not lengths or min(lengths) < 1:
+            raise InvalidInputError("candidates must be positive token counts")
+    elif isinstance(length, int) and not isinstance(length, bool) and length >= 1:
+        lengths = [length]
+    else:
+        raise InvalidInputError(f"length must be a positive int or 'auto', got {length!r}")
+    spec = model.spec
+    pad = spec.pad_id if spec.pad_id is not None else spec.mask_id
+    limit = min(context or _max_len(model), _max_len(model))
+    rows, parts, heals = [], [], [heal_prefix(tokenizer, p, enabled=heal) for p in prefixes]
+    for i, (s, (kept, _, _)) in enumerate(zip(suffixes, heals, strict=True)):
+        pre, suf = tokenizer.encode(kept), tokenizer.encode(s)
+        for n in lengths:
+            a, b = fit_context(pre, suf, n, limit)
+            rows.append(a + [spec.mask_id] * n + b)
+            parts.append((i, n, len(a)))
+    x, real = left_pad(rows, pad)
+    device = next(model.parameters()).device
+    x, real = x.to(device), real.to(device)
+    gens = [torch.Generator(device).manual_seed(seed + i) for i, _, _ in parts]
+    restrict = _restrict(heals, parts, rows, x.shape[1])
+    out = denoise(model, x, None if bool(real.all()) else real, config, generators=gens,
+                  watermark=watermark, streamer=streamer, restrict=restrict,
+                  **overrides)  # fmt: skip
+    search = len(lengths) > 1
+    scores = _score(model, out.sequences, real, out.generated, spec.mask_id) if search else None
+    results = []
+    for i, (p, s) in enumerate(zip(prefixes, suffixes, strict=True)):
+        idx = [j for j, part in enumerate(parts) if part[0] == i]
+        by_length = {parts[j][1]: float(scores[j]) for j in idx} if search else {}
+        best = max(idx, key=lambda j: float(scores[j])) if search else idx[0]
+        carry = heals[i][1]
+        results.append(_result(out, best, parts[best][1], p, s, tokenizer, by_length, carry))
+    return results[0] if single else results
+
+
+def _restrict(heals, parts, rows, width: int):
+    """`denoise`'s ``restrict`` for healed rows: the hole's first column, after left padding."""
+    if all(allowed is None for _, _, allowed in heals):
+        return None
+    V = max(len(allowed) for _, _, allowed in heals if allowed is not None)
+    pos = torch.full((len(rows),), -1, dtype=torch.long)
+    allowed = torch.ones(len(rows), V, dtype=torch.bool)
+    for r, ((i, _, start), row) in enumerate(zip(parts, rows, strict=True)):
+        if heals[i][2] is not None:
+            pos[r], allowed[r] = width - len(row) + start, heals[i][2]
+    return pos, allowed
+
+
+def _result(out: GenerationOutput, row: int, n: int, prefix: str, suffix: str, tokenizer,
+            scores: dict, carry: str = "") -> InfillResult:  # fmt: skip
+    ids = out.sequences[row][out.generated[row]].tolist()
+    middle = tokenizer.decode(ids, skip_special_tokens=True)
+    middle = strip_carry(middle, carry)  # the carry is the prefix's own tail
+    span = (len(prefix), len(prefix) + len(middle))
+    tpf = float(out.tokens_per_forward[row])
+    return InfillResult(prefix + middle + suffix, middle, n, span, tpf, out.nfe, scores,
+                        out.settings)  # fmt: skip
+
+
+def fill(model, tokenizer, text: str, *, marker: str = MARKER, length: int | str = "auto",
+         streamer_factory=None, **kwargs) -> tuple[str, list[InfillResult]]:  # fmt: skip
+    """Fill every `marker` in `text`, left to right; returns the text and one result per hole
+    (each result's ``span`` is relative to the returned text).
+
+    ``streamer_factory(n)`` (optional) makes the streamer of a hole of n tokens; with
+    ``length="auto"`` the search runs first, then the chosen length is streamed (same seed,
+    same result)."""
+    pieces = text.split(marker)
+    if len(pieces) < 2:
+        raise InvalidInputError(f"no {marker} marker in the text")
+    filled, results = pieces[0], []
+    for k in range(1, len(pieces)):
+        later = "".join(pieces[k:])  # the rest, other holes removed: they stay unknown
+        r = infill(model, tokenizer, filled, later, length, **kwargs)
+        if streamer_factory is not None:
+            streamer = streamer_factory(r.length)
+            scores = r.scores
+            r = infill(model, tokenizer, filled, later, r.length, streamer=streamer, **kwargs)
+            r.scores = scores
+        start = len(filled)
+        filled = filled + r.middle + pieces[k]
+        r.span = (start, start + len(r.middle))
+        r.text = filled + "".join(pieces[k + 1 :])
+        results.append(r)
+    return filled, results

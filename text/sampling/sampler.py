@@ -1,0 +1,370 @@
+"""The text sampler: one denoising loop with pluggable policies (`mdiff.text.sampling.policies`).
+
+``generate(model, prompts, config)`` appends ``gen_length`` masks to a left-padded prompt batch;
+``denoise(model, x, ...)`` fills every ``[MASK]`` of a canvas (B, L), e.g. prefix + masks +
+suffix for infilling. A step, for every row that is decoding:
+
+    logits (window of the canvas; runner.py: guidance, caches)  → [MASK] never proposed
+    → EOS policy → watermark bias → restriction (token healing) → top-k / top-p
+    → proposals (float64 Gumbel, temperature) → scores → selection (schedule)
+    → optional ReMDM remasking → commit
+
+Blocks. Bidirectional model: block k of a row is its masked positions of rank
+``k·block_length …`` — LLaDA's semi-AR blocks when the masks sit at the end (a full forward
+every step; nothing outside the current block is committed). Block-causal model: blocks are
+windows of ``block_length`` slots (a multiple of the model's ``block_size``) from the first model
+block holding a mask; a left-padded row's positions are shifted by whole blocks of padding, so
+slot blocks are model blocks and the exact cache applies. ``steps`` is the total: each of a
+row's n blocks gets ``steps // n`` (≥ 1; default one token per step); the threshold and
+entropy schedules take as many steps as they need.
+
+Batching: every row keeps its own block, step and schedule, and draws its randomness from its
+own generator (``seed + row``, or a user list) only at its own steps, over its own positions.
+With an exact or no cache a row's output is therefore the same alone or in any left-padded
+batch. The approximate caches run blocks in lock-step and share windows across rows.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from mdiff.errors import InvalidInputError
+from mdiff.solvers import sample_categorical
+from mdiff.text.model.spec import DenoiserSpec
+from mdiff.text.sampling import policies as P
+from mdiff.text.sampling.generation import GenerationConfig, GenerationOutput
+from mdiff.text.sampling.heal import fit_vocab
+from mdiff.text.sampling.layout import Layout, canvas_from_prompts, check_canvas, layout
+from mdiff.text.sampling.runner import ModelRunner, resolve_cache_mode
+from mdiff.text.sampling.stream import CommitFeed
+
+__all__ = ["GenerationConfig", "GenerationOutput", "denoise", "generate"]
+
+
+def generate(model, input_ids, attention_mask=None, config: GenerationConfig | None = None, *,
+             generators=None, streamer=None, watermark=None,
+             **overrides) -> GenerationOutput:  # fmt: skip
+    """Append ``gen_length`` masks to each prompt and denoise them.
+
+    ``input_ids``: a left-padded LongTensor (B, P) with ``attention_mask`` (B, P), or a list of
+    token-id lists. Rows are left-padded to a common length (for a block-causal model, to a whole
+    number of blocks). The new tokens are ``output.sequences[:, -gen_length:]``.
+    """
+    cfg = _config(config, overrides)
+    spec = _spec_of(model)
+    x, real = canvas_from_prompts(input_ids, attention_mask, spec, cfg.gen_length, _device(model))
+    return denoise(model, x, None if bool(real.all()) else real, cfg, generators=generators,
+                   streamer=streamer, watermark=watermark)  # fmt: skip
+
+
+@torch.no_grad()
+def denoise(model, x: Tensor, attention_mask: Tensor | None = None,
+            config: GenerationConfig | None = None, *, generators=None, streamer=None,
+            watermark=None, restrict=None, **overrides) -> GenerationOutput:  # fmt: skip
+    """Fill every ``mask_id`` position of ``x`` (B, L), left-padded per ``attention_mask``.
+
+    ``generators``: one ``torch.Generator`` per row (default ``seed + row``). ``streamer``: one
+    per row (see `mdiff.text.sampling.stream`). ``watermark``: an object with
+    ``bias(logits, x, mask_id) -> logits`` (e.g. ``TextWatermark``), applied every step.
+    ``restrict``: ``(positions (B,), allowed (B, V) bool)`` — row b's token at column
+    ``positions[b]`` (−1: none) is drawn only from ``allowed[b]`` (token healing, `heal.py`).
+    """
+    cfg = _config(config, overrides)
+    spec = _spec_of(model)
+    x, real = check_canvas(x, attention_mask, spec)
+    lay = layout(real, x == spec.mask_id, spec, cfg.block_length)
+    mode = resolve_cache_mode(cfg.cache, spec, model)
+    gens, seed = _generators(cfg, generators, x.shape[0], x.device)
+    eos_ids = cfg.eos.ids(spec.eos_ids)
+    runner = ModelRunner(model, spec, mode, real, lay.positions, real & ~lay.gen, cfg.cfg_scale,
+                         cfg.measure_drift)  # fmt: skip
+    feed = None if streamer is None else CommitFeed(streamer, real, lay.gen, eos_ids,
+                                                    cfg.eos.truncate)  # fmt: skip
+    run = _Run(spec, cfg, x.clone(), lay, runner, gens, watermark, feed, mode != "none",
+               _restriction(restrict, x))  # fmt: skip
+    out, tokens = run.run()
+    settings = {**cfg.to_dict(), "cache": mode, "seed": seed, "watermarked": watermark is not None}
+    return GenerationOutput(
+        sequences=out, generated=lay.gen, nfe=runner.nfe, drift=runner.drift, settings=settings,
+        tokens_per_forward=tokens.double() / run.forwards.clamp_min(1).double(),
+        steps_per_block=run.per_block,
+    )  # fmt: skip
+
+
+class _Run:
+    """The loop's state: per row the current block, step in block and planned schedule."""
+
+    def __init__(self, spec: DenoiserSpec, cfg: GenerationConfig, x: Tensor, lay: Layout,
+                 runner: ModelRunner, gens, watermark, feed, sync: bool,
+                 restrict: tuple[Tensor, Tensor] | None = None):  # fmt: skip
+        self.spec, self.cfg, self.x, self.lay, self.runner = spec, cfg, x, lay, runner
+        self.gens, self.watermark, self.feed, self.sync = gens, watermark, feed, sync
+        self.mask_id, self.eos_ids = spec.mask_id, cfg.eos.ids(spec.eos_ids)
+        B, dev = x.shape[0], x.device
+        n_blocks = lay.n_blocks.clamp_min(1)
+        total = lay.gen.sum(1)
+        spb = -(-total // n_blocks) if cfg.steps is None else cfg.steps // n_blocks
+        self.spb = spb.clamp_min(1)  # (B,) steps per block
+        zeros = torch.zeros(B, dtype=torch.long, device=dev)
+        self.left = zeros[:, None].repeat(1, int(self.spb.max()))  # planned masks after a step
+        self.cur = zeros - 1  # current block
+        self.step = zeros.clone()
+        self.size = zeros.clone()  # masks in the block when entered
+        self.done = zeros.bool()
+        self.forwards = zeros.clone()
+        self.per_block: list[list[int]] = [[] for _ in range(B)]
+        self.auto = torch.zeros_like(lay.gen)  # filled by the EOS stop rule
+        self.fixed = cfg.schedule in P.FIXED_SCHEDULES
+        self.remasking = cfg.remask != "none" and cfg.remask_eta > 0
+        self.n_steps, self.last_block = 0, None
+        self.restrict = restrict  # (positions (B,), allowed (B, V)) or None
+
+    # ---- the loop -----------------------------------------------------------------------------
+
+    def run(self) -> tuple[Tensor, Tensor]:
+        self._enter(range(self.x.shape[0]))
+        if self.feed is not None:
+            self.feed.commit(self.x, self._final())
+        while not bool(self.done.all()):
+            active = ~self.done
+            g = int(self.cur[active].min()) if self.sync else None
+            stepping = active & (self.cur == g) if self.sync else active
+            s, e = self._window(g, stepping)
+            rows = None if self.sync else stepping.nonzero().squeeze(1)  # finished rows rest
+            logits = self.runner.logits(self.x, s, e, fresh=g != self.last_block, rows=rows)
+            self.last_block = g
+            self._step(logits, s, e, stepping)
+        return self._output()
+
+    def _window(self, g, stepping: Tensor) -> tuple[int, int]:
+        L = self.x.shape[1]
+        if g is None:
+            return 0, L
+        if self.spec.attention == "block_causal":
+            s = self.lay.origin + g * self.lay.block_length
+            return s, min(s + self.lay.block_length, L)
+        cols = ((self.lay.blocks == g) & stepping[:, None]).any(0).nonzero().squeeze(1)
+        return int(cols.min()), int(cols.max()) + 1
+
+    def _step(self, logits: Tensor, s: int, e: int, stepping: Tensor) -> None:
+        xw = self.x[:, s:e]
+        in_block = self.lay.gen[:, s:e] & (self.lay.blocks[:, s:e] == self.cur[:, None])
+        in_block &= stepping[:, None]
+        masked = xw == self.mask_id
+        proc = self._process(logits, s, e)
+        prop, sc, h = self._propose(proc, in_block & masked)
+        commit, remask = self._select(sc, h, in_block & masked, in_block & ~masked)
+        new = torch.where(commit, prop, xw)
+        new = torch.where(remask, torch.full_like(new, self.mask_id), new)
+        self.x[:, s:e] = new
+        self.forwards += stepping.long()
+        if self.feed is not None and self.feed.wants_drafts:
+            canvas = self.x.clone()
+            still = (new == self.mask_id) & self.lay.real[:, s:e]
+            canvas[:, s:e] = torch.where(still, proc.argmax(-1), new)
+            self.feed.draft(canvas, self.n_steps)
+        self.n_steps += 1
+        self._advance(stepping)
+        if self.feed is not None:
+            self.feed.commit(self.x, self._final())
+
+    # ---- one step's parts ---------------------------------------------------------------------
+
+    def _process(self, logits: Tensor, s: int, e: int) -> Tensor:
+        """Logits proposals are drawn from: no [MASK], EOS policy, watermark bias, `restrict`."""
+        logits = logits.clone()
+        logits[..., self.mask_id] = -torch.inf
+        logits = self.cfg.eos.process(logits, self.eos_ids)
+        if self.watermark is not None:
+            L = self.x.shape[1]
+            lo, hi = max(s - 1, 0), min(e + 1, L)  # one neighbour of context on each side
+            ctx = torch.where(self.lay.real[:, lo:hi], self.x[:, lo:hi], self.mask_id)
+            padded = F.pad(logits, (0, 0, s - lo, hi - e))
+            logits = self.watermark.bias(padded, ctx, self.mask_id)[:, s - lo : s - lo + e - s]
+        if self.restrict is not None:
+            pos, allowed = self.restrict
+            rows = ((pos >= s) & (pos < e)).nonzero()[:, 0]
+            cols = pos[rows] - s
+            keep = fit_vocab(allowed[rows], logits.shape[-1])
+            logits[rows, cols] = logits[rows, cols].masked_fill(~keep, -torch.inf)
+        return logits
+
+    def _propose(self, proc: Tensor, eligible: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Proposals (B, W), scores (−inf where not eligible) and entropies (+inf)."""
+        cfg = self.cfg
+        prop = proc.argmax(-1)
+        sc = torch.full(prop.shape, -torch.inf, dtype=torch.float64, device=prop.device)
+        h = torch.full_like(sc, torch.inf)
+        rows, cols = eligible.nonzero(as_tuple=True)
+        if rows.numel() == 0:
+            return prop, sc, h
+        lg = P.filter_logits(proc[rows, cols], cfg.top_k, cfg.top_p)  # (N, V)
+        noise = None
+        if cfg.temperature == 0 and cfg.score != "random":
+            p = lg.argmax(-1)
+        else:  # row by row: each row's draws come from its own generator, over its own positions
+            parts, noises = [], []
+            for b, seg in enumerate(lg.split(eligible.sum(1).tolist())):
+                if seg.shape[0]:
+                    gen = self.gens[b]
+                    parts.append(sample_categorical(seg, gen, cfg.temperature))
+                    if cfg.score == "random":
+                        noises.append(torch.rand(seg.shape[0], generator=gen, device=seg.device,
+                                                 dtype=torch.float64))  # fmt: skip
+            p, noise = torch.cat(parts), (torch.cat(noises) if noises else None)
+        if bool((p == self.mask_id).any()):
+            raise InvalidInputError("the model gives no finite logit except [MASK] at a position")
+        sl = cfg.eos.score_logits(lg, self.eos_ids)
+        prop[rows, cols] = p
+        sc[rows, cols] = cfg.eos.defer_scores(P.score(cfg.score, sl, p, noise), p, self.eos_ids)
+        if cfg.schedule == "entropy":
+            h[rows, cols] = -cfg.eos.defer_scores(-P.entropy(sl), p, self.eos_ids)
+        return prop, sc, h
+
+    def _select(self, sc, h, eligible, decoded) -> tuple[Tensor, Tensor]:
+        """Which eligible positions commit, and which decoded ones ReMDM remasks."""
+        cfg, remask = self.cfg, torch.zeros_like(eligible)
+        if cfg.schedule == "threshold":
+            return P.threshold_accept(sc, eligible, cfg.threshold), remask
+        if cfg.schedule == "entropy":
+            return P.entropy_bound_accept(h, eligible, cfg.entropy_bound), remask
+        masked_now = eligible.sum(1)  # (B,)
+        k = self.step.clamp(max=self.left.shape[1] - 1)
+        after = self.left.gather(1, k[:, None]).squeeze(1)  # planned masks after this step
+        before = torch.where(k > 0, self.left.gather(1, (k - 1).clamp_min(0)[:, None])[:, 0],
+                             self.size)  # fmt: skip
+        if self.remasking:
+            size = self.size.clamp_min(1).double()
+            sigma = P.remask_sigma(cfg.remask, cfg.remask_eta, (size - before) / size,
+                                   (size - after) / size)  # fmt: skip
+            for b in (decoded.any(1) & (sigma > 0)).nonzero().squeeze(1).tolist():
+                idx = decoded[b].nonzero().squeeze(1)
+                u = torch.rand(idx.numel(), generator=self.gens[b], dtype=torch.float64,
+                               device=idx.device)  # fmt: skip
+                remask[b, idx[u < sigma[b]]] = True
+        n = (masked_now - after + remask.sum(1)).clamp(min=0)
+        n = torch.where(self.step >= self.spb - 1, masked_now, torch.minimum(n, masked_now))
+        return P.top_n(sc, eligible, n), remask
+
+    # ---- bookkeeping --------------------------------------------------------------------------
+
+    def _advance(self, stepping: Tensor) -> None:
+        for b in stepping.nonzero().squeeze(1).tolist():
+            self.per_block[b][-1] += 1
+        self.step += stepping.long()
+        in_block = self.lay.gen & (self.lay.blocks == self.cur[:, None])
+        finished = stepping & ~(in_block & (self.x == self.mask_id)).any(1)
+        if self.cfg.eos.stop and self.eos_ids:
+            is_eos = torch.isin(self.x, torch.tensor(self.eos_ids, device=self.x.device))
+            all_eos = finished & in_block.any(1) & ~(in_block & ~is_eos).any(1)
+            fill = all_eos[:, None] & self.lay.gen & (self.x == self.mask_id)
+            self.x[fill] = self.eos_ids[0]
+            self.auto |= fill
+            self.done |= all_eos
+        self._enter((finished & ~self.done).nonzero().squeeze(1).tolist())
+
+    def _enter(self, rows) -> None:
+        """Move each row to its next block with masks (done when none is left)."""
+        for b in rows:
+            while True:
+                self.cur[b] += 1
+                c = int(self.cur[b])
+                if c >= int(self.lay.n_blocks[b]):
+                    self.done[b] = True
+                    break
+                self.per_block[b].append(0)
+                m = int(((self.lay.blocks[b] == c) & (self.x[b] == self.mask_id)).sum())
+                if m:
+                    self.size[b], self.step[b] = m, 0
+                    if self.fixed:
+                        n = int(self.spb[b])
+                        counts = P.transfer_counts(self.cfg.schedule, torch.tensor([m]), n,
+                                                   self.cfg.eps)[0].to(self.x.device)  # fmt: skip
+                        self.left[b] = 0
+                        self.left[b, :n] = m - counts.cumsum(0)
+                    break
+
+    def _final(self) -> Tensor:
+        """Tokens nothing can change any more (streamed)."""
+        final = self.lay.real & (self.x != self.mask_id)
+        if self.remasking:
+            current = self.lay.gen & (self.lay.blocks == self.cur[:, None]) & ~self.done[:, None]
+            final &= ~current
+        return final
+
+    def _output(self) -> tuple[Tensor, Tensor]:
+        x, kept = self.x, self.lay.gen & ~self.auto
+        if self.cfg.eos.truncate and self.eos_ids:
+            is_eos = self.lay.gen & torch.isin(x, torch.tensor(self.eos_ids, device=x.device))
+            after = self.lay.gen & (is_eos.long().cumsum(1) - is_eos.long() > 0)
+            pad = self.spec.pad_id if self.spec.pad_id is not None else self.eos_ids[0]
+            x = x.masked_fill(after, pad)
+            kept &= ~after
+        if self.feed is not None:
+            self.feed.end(x)
+        return x, kept.sum(1)
+
+
+# ---- helpers ------------------------------------------------------------------------------------
+
+
+def _restriction(restrict, x: Tensor) -> tuple[Tensor, Tensor] | None:
+    if restrict is None:
+        return None
+    pos, allowed = (torch.as_tensor(r, device=x.device) for r in restrict)
+    B, L = x.shape
+    if pos.shape != (B,) or allowed.dim() != 2 or allowed.shape[0] != B:
+        raise InvalidInputError(f"restrict needs positions ({B},) and allowed ({B}, V)")
+    if bool(((pos < -1) | (pos >= L)).any()):
+        raise InvalidInputError(f"restrict positions must be -1 or columns 0..{L - 1}")
+    allowed = allowed.bool()
+    on = pos >= 0
+    if bool((on & ~allowed.any(1)).any()):
+        raise InvalidInputError("restrict allows no token at some position")
+    return pos.long(), allowed
+
+
+def _config(config: GenerationConfig | None, overrides: dict) -> GenerationConfig:
+    cfg = config if config is not None else GenerationConfig()
+    if not isinstance(cfg, GenerationConfig):
+        raise InvalidInputError(f"config must be a GenerationConfig, got {type(cfg).__name__}")
+    overrides = dict(overrides)
+    if "max_new_tokens" in overrides:  # the transformers name
+        overrides["gen_length"] = overrides.pop("max_new_tokens")
+    names = {f.name for f in dataclasses.fields(GenerationConfig)}
+    unknown = sorted(set(overrides) - names)
+    if unknown:
+        raise InvalidInputError(f"unknown generation settings: {', '.join(unknown)}")
+    return dataclasses.replace(cfg, **overrides) if overrides else cfg
+
+
+def _spec_of(model) -> DenoiserSpec:
+    spec = getattr(model, "spec", None)
+    if not isinstance(spec, DenoiserSpec):
+        raise InvalidInputError("the model must expose a DenoiserSpec as `model.spec`")
+    return spec
+
+
+def _device(model) -> torch.device:
+    try:
+        return next(model.parameters()).device
+    except (AttributeError, StopIteration, TypeError):
+        return torch.device("cpu")
+
+
+def _generators(cfg: GenerationConfig, generators, batch: int, device):
+    """One generator per row and the base seed (None when the user passed generators)."""
+    if generators is not None:
+        gens = [generators] if isinstance(generators, torch.Generator) else list(generators)
+        if len(gens) != batch or not all(isinstance(g, torch.Generator) for g in gens):
+            raise InvalidInputError(f"need one torch.Generator per row ({batch}), got {gens!r}")
+        return gens, None
+    random = cfg.temperature > 0 or cfg.score == "random" or cfg.remask_eta > 0
+    if cfg.seed is None and not random:
+        return None, None  # greedy: nothing to draw
+    seed = cfg.seed if cfg.seed is not None else int(torch.randint(0, 2**62, (1,)))
+    return [torch.Generator(device=device).manual_seed(seed + b) for b in range(batch)], seed

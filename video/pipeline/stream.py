@@ -1,0 +1,152 @@
+"""Streaming output of the video pipeline: latent chunks → decoded, watermarked frame chunks,
+and the live fragmented MP4 they can be written to.
+
+    for chunk in decode_chunks(vae, latent_chunks, stamp):   # VideoChunk, as soon as final
+        show(chunk.frames)                                    # uint8 (n, H, W, 3), watermarked
+
+Every latent chunk goes through one VAE decode session (`CausalVAE.decode_stream`), which
+carries the causal state explicitly, so the chunks' frames concatenated are exactly the frames
+of the whole clip decoded at once (the first latent gives 1 frame, every later one 4). Each
+chunk is watermarked by its own `Stamper.frames` call with the record of the whole generation,
+so every chunk carries the same payload and a stream concatenated equals the offline output
+bit for bit (the offline path joins the same chunks).
+
+`write_live` writes the chunks to a fragmented MP4 that a player can open while it grows and
+signs the finished file in the writer's `on_finish` hook, which also runs when the generation
+is interrupted (Ctrl-C, an exception in a callback): the file then holds every finished chunk,
+is playable and carries a manifest that says it was cut short.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from mdiff.errors import InvalidInputError
+from mdiff.provenance.stamp import Stamped
+from mdiff.record import GenerationRecord
+from mdiff.video.io import FragmentedMP4Writer, pixels_to_frames
+from mdiff.video.pipeline.sampling import LatentChunk
+from mdiff.video.vae.model import CausalVAE
+
+__all__ = ["StreamSummary", "VideoChunk", "decode_chunks", "write_live"]
+
+
+@dataclass(frozen=True)
+class VideoChunk:
+    """One finished piece of a stream: frames [start_frame, end_frame) of the output video."""
+
+    index: int
+    frames: Tensor  # uint8 (n, H, W, 3), watermarked
+    start_frame: int
+    end_frame: int
+    latents: Tensor  # (1, C, n', h, w) the latent frames this chunk decodes
+    timings: dict[str, float]  # seconds: denoise, decode, watermark, since_start
+    stamped: Stamped = field(repr=False)
+
+    @property
+    def record(self) -> GenerationRecord:
+        return self.stamped.record
+
+
+@dataclass(frozen=True)
+class StreamSummary:
+    """What `stream_to` wrote."""
+
+    path: Path
+    frames: int
+    chunks: int
+    seconds: float  # wall time from the call to the signed file
+    time_to_first_frame: float  # seconds until the first chunk was written
+    fps: float  # frames generated per second of wall time
+    record: GenerationRecord
+
+
+def decode_chunks(
+    vae: CausalVAE,
+    latents: Iterable[LatentChunk],
+    stamp: Callable[[Tensor], Stamped],
+    *,
+    skip_frames: int = 0,
+) -> Iterator[VideoChunk]:
+    """Decode each latent chunk through one VAE stream session, drop the first `skip_frames`
+    output frames (those of a prefix clip), watermark with `stamp(frames)` and yield."""
+    session = vae.decode_stream()
+    p = next(vae.parameters())
+    start, produced, emitted = time.perf_counter(), 0, 0
+    chunks = iter(latents)
+    while True:
+        t0 = time.perf_counter()
+        chunk = next(chunks, None)
+        if chunk is None:
+            return
+        t1 = time.perf_counter()
+        with torch.no_grad():
+            pixels = session.push(chunk.latents.to(p.device, p.dtype))  # (1, 3, n, H, W)
+        frames = pixels_to_frames(pixels[0])  # uint8 (n, H, W, 3)
+        cut = min(max(skip_frames - produced, 0), frames.shape[0])
+        produced += frames.shape[0]
+        frames = frames[cut:]
+        t2 = time.perf_counter()
+        if frames.shape[0] == 0:  # a chunk of the prefix: it only warmed the decoder
+            continue
+        stamped = stamp(frames)
+        t3 = time.perf_counter()
+        timings = {"denoise": t1 - t0, "decode": t2 - t1, "watermark": t3 - t2,
+                   "since_start": t3 - start}  # fmt: skip
+        n = stamped.frames.shape[0]
+        yield VideoChunk(chunk.index, stamped.frames, emitted, emitted + n, chunk.latents,
+                         timings, stamped)  # fmt: skip
+        emitted += n
+
+
+def check_mp4_target(path: str | os.PathLike) -> Path:
+    """A live stream goes to an .mp4 path whose folder exists (checked before any work)."""
+    path = Path(path)
+    if path.suffix.lower() not in (".mp4", ".m4v", ".mov"):
+        raise InvalidInputError(f"a live stream is written as .mp4, not {path.name}")
+    if not path.parent.is_dir():
+        raise InvalidInputError(f"{path}: the destination folder does not exist")
+    return path
+
+
+def write_live(
+    path: str | os.PathLike, chunks: Iterable[VideoChunk], stamper, *, fps: float
+) -> StreamSummary:
+    """Write chunks to a live fragmented MP4 at `path` and sign it when it is finished.
+
+    If the chunks stop with an exception (or Ctrl-C), the writer still finalizes the file and
+    signs it with the generation's record marked ``extra["interrupted"] = True`` and the number
+    of frames it holds; the exception then propagates.
+    """
+    path = check_mp4_target(path)
+    start = time.perf_counter()
+    state: dict = {"record": None, "complete": False, "first": None}
+
+    def finish(target) -> Path:
+        record = state["record"]
+        if not state["complete"]:
+            extra = {**record.extra, "interrupted": True, "frames_written": writer.frames_written}
+            record = dataclasses.replace(record, extra=extra)
+        return stamper.sign(target, record)
+
+    with FragmentedMP4Writer(path, fps=fps, on_finish=finish) as writer:
+        for chunk in chunks:
+            state["record"] = chunk.record
+            writer.write(chunk.frames)
+            if state["first"] is None:
+                state["first"] = time.perf_counter() - start
+        state["complete"] = True
+    seconds = time.perf_counter() - start
+    if state["record"] is None:
+        raise InvalidInputError("the stream produced no frames")
+    frames = writer.frames_written
+    return StreamSummary(path, frames, writer.chunks_written, seconds, state["first"],
+                         frames / seconds, state["record"])  # fmt: skip

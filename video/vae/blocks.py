@@ -1,0 +1,290 @@
+"""Building blocks of the causal 3D VAE (Wan 2.1 family), with explicit streaming state.
+
+Every module takes `(x, cache)`, where `x` is `(B, C, T, H, W)` and `cache` is either `None`
+(the whole clip in one call, starting at frame 0) or a plain `dict` owned by a stream session
+(`mdiff.video.vae.stream`). A module that needs history keys its entry by itself:
+
+- `CausalConv3d` with temporal kernel k stores the last `2·p_t` frames of its (left-padded)
+  input; the next chunk is prepended with them instead of zeros. Exactly the context a single
+  pass over the whole clip would see, so chunking changes nothing.
+- `Resample("downsample3d")` codes the first frame on its own and then runs a stride-2 time conv
+  over (last frame of the previous chunk, chunk); it stores that last frame.
+- `Resample("upsample3d")` passes the very first frame through (1 latent -> 1 frame) and doubles
+  every later frame with a time conv whose history starts at zeros (not at frame 0); it stores a
+  "started" marker (its time conv stores its own tail).
+
+Normalisation is an L2 norm over channels per position (no statistics over time or space) and
+attention runs within a frame, so nothing else couples frames. Parameter names follow diffusers'
+`AutoencoderKLWan`, so its state dicts load without renaming.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+Cache = dict  # module -> cached tail (Tensor) or marker, owned by one stream session
+
+
+def conv3d(x: Tensor, weight: Tensor, bias: Tensor | None, stride, padding) -> Tensor:
+    """F.conv3d, but straight to oneDNN for fp32 CPU tensors with a k×k (k > 1) kernel.
+
+    For batch-1 inputs with C·T·H < 20480 (every conv of a 1-5 latent decode at 64×64) PyTorch
+    picks its im2col kernel `slow_conv3d`, whose unfold buffer grows as 27·C·T·H·W: up to 25×
+    slower than oneDNN at one thread. 1×1 kernels stay on PyTorch's own path (a plain GEMM,
+    faster than oneDNN there).
+    """
+    if (
+        x.device.type == "cpu"
+        and x.dtype == weight.dtype == torch.float32
+        and weight.shape[-2:] != (1, 1)
+        and torch.backends.mkldnn.is_available()
+        and torch.backends.mkldnn.enabled
+        and not torch.is_autocast_enabled("cpu")
+    ):
+        return torch.mkldnn_convolution(x, weight, bias, padding, stride, (1, 1, 1), 1)
+    return F.conv3d(x, weight, bias, stride, padding)
+
+
+class CausalConv3d(nn.Conv3d):
+    """Conv3d padded only on the left in time (by 2·p_t frames); spatial padding symmetric."""
+
+    def __init__(self, in_dim: int, out_dim: int, kernel_size, stride=1, padding=0):
+        super().__init__(in_dim, out_dim, kernel_size, stride=stride, padding=padding)
+        self.time_pad = 2 * self.padding[0]
+        self.padding = (0, *self.padding[1:])  # time padded in forward, space inside the conv
+
+    def forward(self, x: Tensor, cache: Cache | None = None) -> Tensor:
+        tp = self.time_pad
+        if tp:
+            past = None if cache is None else cache.get(self)  # (B, C, 2p, H, W) or None
+            if past is None:
+                past = x.new_zeros(*x.shape[:2], tp, *x.shape[3:])  # the clip starts here
+            x = torch.cat([past.to(x.dtype), x], 2)  # (B, C, 2p + T, H, W)
+            if cache is not None:
+                cache[self] = x[:, :, -tp:].clone()  # (B, C, 2p, H, W)
+        return conv3d(x, self.weight, self.bias, self.stride, self.padding)  # (B, C', T', H, W)
+
+
+class RMSNorm(nn.Module):
+    """x / ||x||_channels · √C · γ (computed in fp32 for half-precision inputs)."""
+
+    def __init__(self, dim: int, images: bool = False):
+        super().__init__()
+        self.scale = dim**0.5
+        self.gamma = nn.Parameter(torch.ones(dim, *((1, 1) if images else (1, 1, 1))))
+
+    def forward(self, x: Tensor) -> Tensor:
+        # F.normalize(x, dim=1) by hand: its vector norm over a strided dim is ~20x slower on CPU
+        xf = x.float()
+        norm = xf.square().sum(1, keepdim=True).sqrt().clamp_min(1e-12)  # (B, 1, ...)
+        return (xf / norm).to(x.dtype) * (self.gamma * self.scale)  # (B, C, ...)
+
+
+class Upsample2x(nn.Module):
+    """Nearest ×2 in H and W of (B, C, T, H, W), computed in fp32, returned in the input dtype."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = F.interpolate(x.float(), scale_factor=(1.0, 2.0, 2.0), mode="nearest-exact")
+        return y.type_as(x)  # (B, C, T, 2H, 2W)
+
+
+class FrameConv2d(nn.Conv2d):
+    """A Conv2d run on every frame of (B, C, T, H, W) as a (1, k, k) Conv3d: no layout copies."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        stride, padding = (1, *self.stride), (0, *self.padding)
+        return conv3d(x, self.weight.unsqueeze(2), self.bias, stride, padding)  # (B, C', T, H', W')
+
+
+def per_frame(fn, x: Tensor) -> Tensor:
+    """Apply a 2D module to every frame: (B, C, T, H, W) -> (B, C', T, H', W')."""
+    b, c, t, h, w = x.shape
+    y = fn(x.transpose(1, 2).reshape(b * t, c, h, w))  # (B·T, C', H', W')
+    return y.view(b, t, *y.shape[1:]).transpose(1, 2)  # (B, C', T, H', W')
+
+
+class Resample(nn.Module):
+    """Spatial ×2 up/down sampling, with optional causal temporal ×2 (the '3d' modes)."""
+
+    def __init__(self, dim: int, mode: str):
+        super().__init__()
+        self.mode = mode
+        if mode in ("upsample2d", "upsample3d"):
+            self.resample = nn.Sequential(Upsample2x(), FrameConv2d(dim, dim // 2, 3, padding=1))
+        elif mode in ("downsample2d", "downsample3d"):
+            self.resample = nn.Sequential(nn.ZeroPad2d((0, 1, 0, 1)), FrameConv2d(dim, dim, 3, 2))
+        else:
+            raise ValueError(f"unknown resample mode {mode!r}")
+        if mode == "upsample3d":
+            self.time_conv = CausalConv3d(dim, dim * 2, (3, 1, 1), padding=(1, 0, 0))
+        elif mode == "downsample3d":
+            self.time_conv = CausalConv3d(dim, dim, (3, 1, 1), stride=(2, 1, 1))
+
+    def _double_time(self, x: Tensor, cache: Cache | None) -> Tensor:
+        b, c, t, h, w = x.shape
+        y = self.time_conv(x, cache)  # (B, 2C, T, H, W)
+        y = y.view(b, 2, c, t, h, w).permute(0, 2, 3, 1, 4, 5)  # (B, C, T, 2, H, W)
+        return y.reshape(b, c, 2 * t, h, w)  # (B, C, 2T, H, W), pairs interleaved
+
+    def forward(self, x: Tensor, cache: Cache | None = None) -> Tensor:
+        if self.mode == "upsample3d":
+            first = cache is None or self not in cache
+            if cache is not None:
+                cache[self] = True  # started: from now on every frame is doubled
+            if not first:
+                x = self._double_time(x, cache)  # (B, C, 2T, H, W)
+            elif x.shape[2] > 1:
+                x = torch.cat([x[:, :, :1], self._double_time(x[:, :, 1:], cache)], 2)
+        x = self.resample(x)  # (B, C', T', H·2^±1, W·2^±1), frame by frame
+        if self.mode == "downsample3d":
+            past = None if cache is None else cache.get(self)
+            if cache is not None:
+                cache[self] = x[:, :, -1:].clone()  # (B, C, 1, H, W)
+            if past is not None:
+                x = self.time_conv(torch.cat([past.to(x.dtype), x], 2))  # (B, C, T/2, H, W)
+            elif x.shape[2] > 1:
+                x = torch.cat([x[:, :, :1], self.time_conv(x)], 2)  # (B, C, 1 + (T-1)/2, H, W)
+        return x
+
+
+class ResidualBlock(nn.Module):
+    """norm → SiLU → causal conv, twice, plus a (1×1×1 conv) shortcut."""
+
+    def __init__(self, in_dim: int, out_dim: int, dropout: float = 0.0):
+        super().__init__()
+        self.norm1 = RMSNorm(in_dim)
+        self.conv1 = CausalConv3d(in_dim, out_dim, 3, padding=1)
+        self.norm2 = RMSNorm(out_dim)
+        self.dropout = nn.Dropout(dropout)
+        self.conv2 = CausalConv3d(out_dim, out_dim, 3, padding=1)
+        self.conv_shortcut = (
+            CausalConv3d(in_dim, out_dim, 1) if in_dim != out_dim else nn.Identity()
+        )
+
+    def forward(self, x: Tensor, cache: Cache | None = None) -> Tensor:
+        h = self.conv_shortcut(x)  # (B, C', T, H, W)
+        x = self.conv1(F.silu(self.norm1(x)), cache)  # (B, C', T, H, W)
+        x = self.conv2(self.dropout(F.silu(self.norm2(x))), cache)  # (B, C', T, H, W)
+        return x + h
+
+
+class AttentionBlock(nn.Module):
+    """Single-head self-attention over the H·W positions of each frame separately."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.norm = RMSNorm(dim, images=True)
+        self.to_qkv = nn.Conv2d(dim, dim * 3, 1)
+        self.proj = nn.Conv2d(dim, dim, 1)
+
+    def _attend(self, x: Tensor) -> Tensor:
+        n, c, h, w = x.shape
+        qkv = self.to_qkv(self.norm(x)).reshape(n, 1, 3 * c, h * w)  # (N, 1, 3C, HW)
+        q, k, v = qkv.transpose(2, 3).chunk(3, dim=-1)  # each (N, 1, HW, C)
+        y = F.scaled_dot_product_attention(q, k, v)  # (N, 1, HW, C)
+        y = y.squeeze(1).transpose(1, 2).reshape(n, c, h, w)  # (N, C, H, W)
+        return self.proj(y)
+
+    def forward(self, x: Tensor, cache: Cache | None = None) -> Tensor:
+        return x + per_frame(self._attend, x)  # (B, C, T, H, W)
+
+
+class MidBlock(nn.Module):
+    """resnet → attention → resnet at the lowest resolution."""
+
+    def __init__(self, dim: int, dropout: float = 0.0):
+        super().__init__()
+        self.attentions = nn.ModuleList([AttentionBlock(dim)])
+        self.resnets = nn.ModuleList([ResidualBlock(dim, dim, dropout) for _ in range(2)])
+
+    def forward(self, x: Tensor, cache: Cache | None = None) -> Tensor:
+        x = self.resnets[0](x, cache)
+        for i, attn in enumerate(self.attentions):  # (slicing a ModuleList builds a new one)
+            x = self.resnets[i + 1](attn(x), cache)
+        return x
+
+
+class UpBlock(nn.Module):
+    """num_res_blocks + 1 residual blocks, then an optional upsampler (halves the channels)."""
+
+    def __init__(self, in_dim, out_dim, num_res_blocks, dropout=0.0, upsample_mode=None):
+        super().__init__()
+        dims = [in_dim] + [out_dim] * (num_res_blocks + 1)
+        self.resnets = nn.ModuleList(
+            [ResidualBlock(a, b, dropout) for a, b in zip(dims[:-1], dims[1:], strict=True)]
+        )
+        self.upsamplers = None
+        if upsample_mode is not None:
+            self.upsamplers = nn.ModuleList([Resample(out_dim, upsample_mode)])
+
+    def forward(self, x: Tensor, cache: Cache | None = None) -> Tensor:
+        for resnet in self.resnets:
+            x = resnet(x, cache)
+        if self.upsamplers is not None:
+            x = self.upsamplers[0](x, cache)
+        return x
+
+
+class Encoder3d(nn.Module):
+    """Pixels (B, C_in, 1 + 4k, H, W) -> moments (B, z_dim, 1 + k, H/8, W/8) (Wan 2.1 sizes)."""
+
+    def __init__(
+        self, in_channels, dim, z_dim, dim_mult, num_res_blocks, attn_scales, temperal_downsample,
+        dropout=0.0,
+    ):  # fmt: skip
+        super().__init__()
+        dims = [dim * u for u in (1, *dim_mult)]
+        self.conv_in = CausalConv3d(in_channels, dims[0], 3, padding=1)
+        blocks, scale = [], 1.0
+        for i, (in_dim, out_dim) in enumerate(zip(dims[:-1], dims[1:], strict=True)):
+            for _ in range(num_res_blocks):
+                blocks.append(ResidualBlock(in_dim, out_dim, dropout))
+                if scale in attn_scales:
+                    blocks.append(AttentionBlock(out_dim))
+                in_dim = out_dim
+            if i != len(dim_mult) - 1:
+                mode = "downsample3d" if temperal_downsample[i] else "downsample2d"
+                blocks.append(Resample(out_dim, mode))
+                scale /= 2.0
+        self.down_blocks = nn.ModuleList(blocks)
+        self.mid_block = MidBlock(dims[-1], dropout)
+        self.norm_out = RMSNorm(dims[-1])
+        self.conv_out = CausalConv3d(dims[-1], z_dim, 3, padding=1)
+
+    def forward(self, x: Tensor, cache: Cache | None = None) -> Tensor:
+        x = self.conv_in(x, cache)  # (B, dim, T, H, W)
+        for block in self.down_blocks:
+            x = block(x, cache)  # (B, dim·mult, T', H', W')
+        x = self.mid_block(x, cache)
+        return self.conv_out(F.silu(self.norm_out(x)), cache)  # (B, z_dim, T', H', W')
+
+
+class Decoder3d(nn.Module):
+    """Latents (B, z_dim, 1 + k, h, w) -> pixels (B, C_out, 1 + 4k, 8h, 8w) (Wan 2.1 sizes)."""
+
+    def __init__(
+        self, dim, z_dim, dim_mult, num_res_blocks, temperal_upsample, dropout=0.0, out_channels=3,
+    ):  # fmt: skip
+        super().__init__()
+        dims = [dim * u for u in (dim_mult[-1], *dim_mult[::-1])]
+        self.conv_in = CausalConv3d(z_dim, dims[0], 3, padding=1)
+        self.mid_block = MidBlock(dims[0], dropout)
+        blocks = []
+        for i, (in_dim, out_dim) in enumerate(zip(dims[:-1], dims[1:], strict=True)):
+            in_dim = in_dim // 2 if i > 0 else in_dim  # the previous upsampler halved the channels
+            mode = None
+            if i != len(dim_mult) - 1:
+                mode = "upsample3d" if temperal_upsample[i] else "upsample2d"
+            blocks.append(UpBlock(in_dim, out_dim, num_res_blocks, dropout, mode))
+        self.up_blocks = nn.ModuleList(blocks)
+        self.norm_out = RMSNorm(dims[-1])
+        self.conv_out = CausalConv3d(dims[-1], out_channels, 3, padding=1)
+
+    def forward(self, z: Tensor, cache: Cache | None = None) -> Tensor:
+        x = self.conv_in(z, cache)  # (B, dim·mult[-1], T, h, w)
+        x = self.mid_block(x, cache)
+        for block in self.up_blocks:
+            x = block(x, cache)  # (B, dim·mult, T', h', w')
+        return self.conv_out(F.silu(self.norm_out(x)), cache)  # (B, C_out, T', H, W)
