@@ -3,13 +3,13 @@
 The core (this package) holds what the frontends share: time and schedules, probability paths,
 losses, solvers, guidance, neural-network building blocks (``mdiff.nn``), the trainer
 (``mdiff.train``) and checkpoints (``mdiff.hub``). Frontends: ``mdiff.video``, ``mdiff.text``,
-``mdiff.provenance``. Importing mdiff changes no global torch setting.
+``mdiff.provenance``. Importing mdiff changes no global torch setting, and imports no torch:
+the names below load on first use (`mdiff.lazy`), so ``mdiff --help`` stays fast.
 """
 
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as _version
 
-from mdiff import errors, guidance, losses, paths, schedules, solvers, time
 from mdiff.errors import (
     CheckpointError,
     InvalidInputError,
@@ -17,14 +17,28 @@ from mdiff.errors import (
     ProvenanceError,
     VideoIOError,
 )
-from mdiff.paths import AffinePath, MaskPath
-from mdiff.schedules import CondOT, Cosine, CosineSquaredKappa, PolynomialKappa
-from mdiff.time import TimeSampler
+from mdiff.lazy import lazy_package
 
 try:
     __version__ = _version("mdiff")
 except PackageNotFoundError:  # running from a source tree without installation
     __version__ = "0.0.0+local"
+
+lazy_package(
+    __name__,
+    {
+        **{name: f"mdiff.{name}" for name in
+           ("guidance", "losses", "paths", "schedules", "solvers", "time", "unmasking",
+            "unmask_rules")},
+        "AffinePath": "mdiff.paths:AffinePath",
+        "MaskPath": "mdiff.paths:MaskPath",
+        "CondOT": "mdiff.schedules:CondOT",
+        "Cosine": "mdiff.schedules:Cosine",
+        "CosineSquaredKappa": "mdiff.schedules:CosineSquaredKappa",
+        "PolynomialKappa": "mdiff.schedules:PolynomialKappa",
+        "TimeSampler": "mdiff.time:TimeSampler",
+    },
+)  # fmt: skip
 
 __all__ = [
     "AffinePath",
@@ -47,4 +61,6 @@ __all__ = [
     "schedules",
     "solvers",
     "time",
+    "unmask_rules",
+    "unmasking",
 ]

@@ -10,6 +10,12 @@ null_context}``). By default cond and uncond go through the model in one batched
     APG        in data space: Δ = x1_c − x1_u, split into parts parallel and orthogonal to x1_c,
                g = x1_c + (w − 1)·(Δ⊥ + η·Δ∥), optional ‖Δ‖ clipping and (negative) momentum
 
+This is the one CFG convention of mdiff: ``w = 1`` is off, for every method. The combinations
+are also plain functions of (c, u) (``combine_cfg``, ``combine_cfg_zero_star``, ``combine_apg``,
+``combine(method, …)`` by name) for callers that run the two branches themselves, such as the
+text sampler on logits. LLaDA writes CFG as ``u + (w_llada + 1)·(c − u)`` (off at 0); its scale
+is converted once, at the frontend's boundary: ``w = from_llada_scale(w_llada) = w_llada + 1``.
+
 The guidance interval ``(t_lo, t_hi)`` is in t (not in step fractions, which mean different
 noise levels under different grids): outside it the output is the conditional model's, and
 when no sample of the batch is inside, the unconditional forward is skipped.
@@ -25,7 +31,22 @@ from torch import Tensor
 from mdiff.errors import InvalidInputError
 from mdiff.paths import AffinePath, Prediction
 
-__all__ = ["APG", "apg", "cfg", "cfg_zero_star"]
+__all__ = [
+    "APG",
+    "METHODS",
+    "apg",
+    "cfg",
+    "cfg_zero_star",
+    "combine",
+    "combine_apg",
+    "combine_cfg",
+    "combine_cfg_zero_star",
+    "from_llada_scale",
+    "guide",
+    "to_llada_scale",
+]
+
+METHODS = ("cfg", "cfg_zero_star", "apg")
 
 ModelFn = Callable[..., Tensor]
 
@@ -78,6 +99,59 @@ def _per_sample_dot(a: Tensor, b: Tensor) -> Tensor:
     return (_hi(a) * _hi(b)).flatten(1).sum(1)
 
 
+def from_llada_scale(w_llada: float) -> float:
+    """LLaDA's CFG scale (``u + (w_llada + 1)(c − u)``, off at 0) → ours (off at 1)."""
+    return float(w_llada) + 1.0
+
+
+def to_llada_scale(w: float) -> float:
+    """Our CFG scale (``u + w(c − u)``, off at 1) → LLaDA's (off at 0)."""
+    return float(w) - 1.0
+
+
+def combine_cfg(c: Tensor, u: Tensor, scale: float) -> Tensor:
+    """``u + w·(c − u)``."""
+    return u + scale * (c - u)
+
+
+def combine_cfg_zero_star(c: Tensor, u: Tensor, scale: float) -> Tensor:
+    """``s·u + w·(c − s·u)`` with ``s = ⟨c, u⟩/‖u‖²`` per sample (dim 0); no zero-init."""
+    s = _per_sample_dot(c, u) / _per_sample_dot(u, u).clamp_min(1e-12)  # (B,)
+    su = _rows(s, u).to(u.dtype) * u
+    return su + scale * (c - su)
+
+
+def combine_apg(c: Tensor, u: Tensor, scale: float, *, eta: float = 0.0,
+                norm_threshold: float | None = None, momentum: float = 0.0,
+                running: Tensor | None = None) -> tuple[Tensor, Tensor | None]:  # fmt: skip
+    """APG on data-space predictions ``c``, ``u`` (per sample, dim 0): ``Δ = c − u`` (plus
+    ``momentum·running`` when momentum ≠ 0), clipped to ‖Δ‖ ≤ ``norm_threshold``, then
+    ``c + (w − 1)·(Δ⊥ + η·Δ∥)`` with Δ∥ the part of Δ along c. Returns the guided prediction and
+    the new running Δ (None without momentum)."""
+    delta = c - u
+    if momentum != 0:
+        running = delta if running is None else delta + momentum * running
+        delta = running
+    if norm_threshold is not None:
+        norm = _hi(delta).flatten(1).norm(dim=1).clamp_min(1e-12)
+        delta = delta * _rows((norm_threshold / norm).clamp(max=1), delta).to(delta.dtype)
+    coef = _per_sample_dot(delta, c) / _per_sample_dot(c, c).clamp_min(1e-12)
+    parallel = _rows(coef, c).to(c.dtype) * c
+    return c + (scale - 1) * (delta - parallel + eta * parallel), running
+
+
+def combine(method: str, c: Tensor, u: Tensor, scale: float) -> Tensor:
+    """The guided output of ``method`` (one of ``METHODS``) from the two branches, each with its
+    defaults; APG treats ``c`` and ``u`` as the data-space predictions themselves."""
+    if method == "cfg":
+        return combine_cfg(c, u, scale)
+    if method == "cfg_zero_star":
+        return combine_cfg_zero_star(c, u, scale)
+    if method == "apg":
+        return combine_apg(c, u, scale)[0]
+    raise InvalidInputError(f"unknown guidance method {method!r}; one of {METHODS}")
+
+
 class _Guided:
     """Shared plumbing: interval, batching, and the per-variant combination ``combine``."""
 
@@ -102,7 +176,7 @@ class _Guided:
 
 class _CFG(_Guided):
     def combine(self, c, u, x, t):
-        return u + self.scale * (c - u)
+        return combine_cfg(c, u, self.scale)
 
 
 class _CFGZeroStar(_Guided):
@@ -111,9 +185,7 @@ class _CFGZeroStar(_Guided):
         self.zero_init_t = zero_init_t
 
     def combine(self, c, u, x, t):
-        s = _per_sample_dot(c, u) / _per_sample_dot(u, u).clamp_min(1e-12)  # (B,)
-        su = _rows(s, u).to(u.dtype) * u
-        g = su + self.scale * (c - su)
+        g = combine_cfg_zero_star(c, u, self.scale)
         early = _rows(_row_t(t) < self.zero_init_t, g)
         return torch.where(early, torch.zeros_like(g), g)
 
@@ -174,16 +246,10 @@ class APG(_Guided):
         at_data = self.path.schedule(rt).sigma.abs() < 1e-6  # (B,)
         rt = torch.where(at_data, torch.full_like(rt, 0.5), rt)
         c1, u1 = (self.path.convert(p, self.prediction, "x1", x, rt) for p in (c, u))
-        delta = c1 - u1
-        if self.momentum != 0:
-            self.running = delta if self.running is None else delta + self.momentum * self.running
-            delta = self.running
-        if self.norm_threshold is not None:
-            norm = _hi(delta).flatten(1).norm(dim=1).clamp_min(1e-12)
-            delta = delta * _rows((self.norm_threshold / norm).clamp(max=1), delta).to(delta.dtype)
-        coef = _per_sample_dot(delta, c1) / _per_sample_dot(c1, c1).clamp_min(1e-12)
-        parallel = _rows(coef, c1).to(c1.dtype) * c1
-        guided = c1 + (self.scale - 1) * (delta - parallel + self.eta * parallel)
+        guided, self.running = combine_apg(
+            c1, u1, self.scale, eta=self.eta, norm_threshold=self.norm_threshold,
+            momentum=self.momentum, running=self.running,
+        )  # fmt: skip
         out = self.path.convert(guided, "x1", self.prediction, x, rt)
         return torch.where(_rows(at_data, c), c, out)
 
@@ -191,3 +257,12 @@ class APG(_Guided):
 def apg(model_fn: ModelFn, scale: float, uncond: dict, **kwargs) -> APG:
     """Adaptive projected guidance (see :class:`APG` for the options)."""
     return APG(model_fn, scale, uncond, **kwargs)
+
+
+def guide(method: str, model_fn: ModelFn, scale: float, uncond: dict, **kwargs) -> ModelFn:
+    """The guided model function of ``method`` by name: ``cfg``, ``cfg_zero_star`` or ``apg``
+    (``kwargs`` go to that variant; APG holds momentum, so build one per sampling call)."""
+    makers = {"cfg": cfg, "cfg_zero_star": cfg_zero_star, "apg": apg}
+    if method not in makers:
+        raise InvalidInputError(f"unknown guidance method {method!r}; one of {METHODS}")
+    return makers[method](model_fn, scale, uncond, **kwargs)

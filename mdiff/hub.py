@@ -37,6 +37,7 @@ logger = logging.getLogger(__name__)
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+TRAINING_LOG = "training_log.json"  # provenance; configuration only in the old layout
 BUILTIN_PACKAGES = ("mdiff.video", "mdiff.text")
 _SHOW = 5  # how many key names an error message lists
 
@@ -309,6 +310,47 @@ def read_config(config_class: type, directory: str | os.PathLike, class_name: st
     return _config_from_dict(config_class, data, path)
 
 
+def with_legacy_fields(
+    config: Any, directory: str | os.PathLike, fields: Mapping[str, tuple[str, ...]]
+) -> Any:
+    """`config` with the fields that older exports kept only in their training log.
+
+    `fields` maps a config field to its path of keys in ``training_log.json`` (e.g.
+    ``{"trained_frames": ("data", "frames")}``). A field is taken from the log only when
+    ``config.json`` lacks its key (the old layout) and the log holds a value there; one WARNING
+    names what was taken. A folder in the new layout, or without a readable log, keeps `config`.
+    """
+    directory = Path(directory)
+    log_path = directory / TRAINING_LOG
+    saved = read_json_object(directory / CONFIG_NAME) if fields else {}
+    missing = {name: keys for name, keys in fields.items() if name not in saved}
+    if not missing or not log_path.is_file():
+        return config
+    try:
+        log = read_json_object(log_path)
+    except CheckpointError as e:
+        logger.warning("old-layout checkpoint %s: %s; keeping the config defaults", directory, e)
+        return config
+    found = {}
+    for name, keys in missing.items():
+        value = log
+        for key in keys:
+            value = value.get(key) if isinstance(value, dict) else None
+        if value is not None:
+            found[name] = value
+    if not found:
+        return config
+    taken = ", ".join(f"{k}={v!r}" for k, v in found.items())
+    logger.warning(
+        "taking %s from %s (old layout); re-save with save_pretrained to move it into %s",
+        taken, log_path, CONFIG_NAME,
+    )  # fmt: skip
+    try:
+        return dataclasses.replace(config, **found)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{log_path} gives an invalid {taken}: {e}") from e
+
+
 # ---------------------------------------------------------------- the mixin
 
 
@@ -316,10 +358,12 @@ class PretrainedMixin:
     """Adds `save_pretrained` / `from_pretrained` to an `nn.Module` built from one config.
 
     The subclass sets `config_class` (a dataclass), takes that config as the only argument of
-    `__init__`, and stores it as `self.config`.
+    `__init__`, and stores it as `self.config`. `legacy_log_fields` (see `with_legacy_fields`)
+    names config fields that older exports of the class kept in their training log.
     """
 
     config_class: ClassVar[type]
+    legacy_log_fields: ClassVar[Mapping[str, tuple[str, ...]]] = {}
     config: Any
 
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
@@ -353,6 +397,7 @@ class PretrainedMixin:
             hint = f" (found {', '.join(pickled)}, which would need unpickling)" if pickled else ""
             raise CheckpointError(f"no {WEIGHTS_NAME} in {directory}{hint}")
         config = read_config(cls.config_class, directory, cls.__name__)
+        config = with_legacy_fields(config, directory, cls.legacy_log_fields)
         model = cls(config)
         load_weights(model, weights)
         return model.to(device=device, dtype=dtype).eval()

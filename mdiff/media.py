@@ -112,10 +112,12 @@ def read_image(path: str | os.PathLike) -> torch.Tensor:
     return torch.from_numpy(array.copy())[None]
 
 
-def read_video(
+def read_video_head(
     path: str | os.PathLike, *, max_frames: int = MAX_FRAMES
 ) -> tuple[torch.Tensor, float]:
-    """Decode up to ``max_frames`` frames as ``uint8 (T, H, W, 3)``, with the stream's fps."""
+    """Decode the first ``max_frames`` frames (at most) as ``uint8 (T, H, W, 3)``, with the
+    stream's fps; the rest of a longer video is not read. (`mdiff.video.io.read_video` instead
+    refuses a video past its limits.)"""
     frames = []
     for array in decode_frames(path):
         frames.append(array)

@@ -8,11 +8,13 @@ source towards the data. The grid is data; no solver keeps a step counter. For `
     midpoint  x ← x + h·v(x + ½h·v(x, t), t + ½h)                        (2 evaluations, order 2)
     heun      x̃ = x + h·v(x, t);  x ← x + ½h·(v(x, t) + v(x̃, t'))       (2 evaluations, order 2)
 
-Discrete: ``unmask(model_fn, x_init, grid, mask_id, policy)`` runs an absorbing-state sampler:
-at each step the model gives logits, a proposal token is drawn for every position, and a policy
-decides which still-masked positions commit their proposal. Committed tokens never change here
-(remasking belongs to the text frontend). The stochastic discrete Euler policy is the exact
-ancestral step of the mask path; ``ranked`` builds "how many / which" policies.
+Discrete: ``unmask(model_fn, x_init, grid, mask_id, policy=…, remask=…)`` runs an absorbing-state
+sampler: at each step the model gives logits, a proposal token is drawn for every position, and
+`mdiff.unmasking.unmask_step` lets a policy decide which still-masked positions commit (and an
+optional remask policy reopen decoded ones). The stochastic discrete Euler policy is the exact
+ancestral step of the mask path; ``ranked(count, score)`` builds "how many / which" policies.
+The step, the policies and the proposals live in `mdiff.unmasking` (the text sampler runs the
+same step over its blocks); their names are re-exported here.
 """
 
 from __future__ import annotations
@@ -25,6 +27,18 @@ from torch import Tensor
 
 from mdiff.errors import InvalidInputError
 from mdiff.schedules import ConvexSchedule, PolynomialKappa
+from mdiff.unmasking import (
+    Generators,
+    Policy,
+    Remask,
+    UnmaskState,
+    ranked,
+    sample_categorical,
+    schedule_count,
+    stochastic_euler,
+    uniform_like,
+    unmask_step,
+)
 
 __all__ = [
     "SOLVERS",
@@ -123,91 +137,8 @@ def solve(method: str, model_fn: ModelFn, x_init: Tensor, grid: Tensor, **kwargs
 
 
 # ----------------------------------------------------------------------------------------------
-# Discrete: proposals, policies and the unmasking loop.
+# Discrete: the unmasking loop (its step and policies are in `mdiff.unmasking`).
 # ----------------------------------------------------------------------------------------------
-
-
-Generators = torch.Generator | list[torch.Generator] | tuple[torch.Generator, ...] | None
-
-
-def uniform_like(shape: tuple[int, ...], generator: Generators, device) -> Tensor:
-    """float64 uniforms of ``shape`` (B, ...). A list of B generators draws row b from the b-th,
-    so a row's randomness does not depend on which other rows share the batch."""
-    if not isinstance(generator, list | tuple):
-        return torch.rand(shape, generator=generator, device=device, dtype=torch.float64)
-    if len(generator) != shape[0]:
-        raise InvalidInputError(f"{len(generator)} generators for a batch of {shape[0]} rows")
-    rows = [
-        torch.rand(shape[1:], generator=g, device=device, dtype=torch.float64) for g in generator
-    ]
-    return torch.stack(rows)
-
-
-def sample_categorical(logits: Tensor, generator: Generators = None, temperature=1.0) -> Tensor:
-    """Draw token ids from logits (B, ..., V) by the Gumbel-max trick in float64.
-
-    float64 matters: float32/bf16 Gumbel noise truncates the tail and biases low-temperature
-    sampling. ``temperature = 0`` is argmax. ``generator`` may be one per row (see
-    :func:`uniform_like`).
-    """
-    if temperature == 0:
-        return logits.argmax(-1)
-    u = uniform_like(tuple(logits.shape), generator, logits.device)
-    gumbel = -torch.log(-torch.log(u.clamp_min(1e-300)))
-    return (logits.double() / temperature + gumbel).argmax(-1)
-
-
-@dataclass
-class UnmaskState:
-    """What an unmasking policy sees at one step (all tensors batch-first)."""
-
-    x: Tensor  # (B, L) current tokens
-    masked: Tensor  # (B, L) bool, still [MASK]
-    logits: Tensor  # (B, L, V) model output
-    proposal: Tensor  # (B, L) the token each position would commit
-    t: Tensor  # (B,) current time
-    t_next: Tensor  # (B,) time after this step
-    kappa: ConvexSchedule
-    generator: Generators
-
-
-Policy = Callable[[UnmaskState], Tensor]
-
-
-def stochastic_euler(state: UnmaskState) -> Tensor:
-    """Commit each masked position independently with probability ``(κ' − κ)/(1 − κ)``.
-
-    This is the exact transition of the absorbing path from t to t' (the discrete Euler step
-    with its jump probability taken in closed form), so at ``t' = 1`` every position commits.
-    """
-    k0 = state.kappa.kappa(state.t.double())[:, None]
-    k1 = state.kappa.kappa(state.t_next.double())[:, None]
-    p = ((k1 - k0) / (1 - k0).clamp_min(1e-12)).clamp(0, 1)
-    u = uniform_like(tuple(state.masked.shape), state.generator, state.masked.device)
-    return state.masked & (u < p)
-
-
-def schedule_count(state: UnmaskState) -> Tensor:
-    """How many to commit per row so the revealed fraction follows κ: ``round(n_masked·p)``."""
-    k0 = state.kappa.kappa(state.t.double())
-    k1 = state.kappa.kappa(state.t_next.double())
-    p = ((k1 - k0) / (1 - k0).clamp_min(1e-12)).clamp(0, 1)
-    return torch.round(state.masked.sum(1).double() * p).long()
-
-
-def ranked(
-    count: Callable[[UnmaskState], Tensor], score: Callable[[UnmaskState], Tensor]
-) -> Policy:
-    """A policy that commits, per row, the ``count(state)`` masked positions of highest score."""
-
-    def policy(state: UnmaskState) -> Tensor:
-        k = count(state).clamp(min=0)  # (B,)
-        s = score(state).double().masked_fill(~state.masked, -torch.inf)  # (B, L)
-        order = s.argsort(dim=-1, descending=True, stable=True)
-        rank = torch.empty_like(order).scatter_(-1, order, torch.arange(s.shape[1]).expand_as(s))
-        return state.masked & (rank < k[:, None])
-
-    return policy
 
 
 def unmask(
@@ -217,6 +148,7 @@ def unmask(
     mask_id: int,
     *,
     policy: Policy = stochastic_euler,
+    remask: Remask | None = None,
     kappa: ConvexSchedule | None = None,
     temperature: float = 1.0,
     generator: Generators = None,
@@ -224,6 +156,12 @@ def unmask(
     **cond,
 ) -> Tensor:
     """Fill the ``[MASK]`` positions of ``x_init`` (B, L) by stepping along ``grid``.
+
+    Each step: logits ``model_fn(x, t, **cond)`` (B, L, V), a proposal for every position
+    (float64 Gumbel-max at ``temperature``), then `mdiff.unmasking.unmask_step` with ``policy``
+    (which masked positions commit) and the optional ``remask`` policy (which positions decoded
+    during this call reopen, e.g. ``unmasking.remdm("cap", 0.5)``). Top-k / top-p: wrap
+    ``model_fn`` with `mdiff.unmask_rules.filter_logits`.
 
     ``generator`` is one ``torch.Generator`` or a list with one per row; with one per row, a
     row's result is the same whatever else is in the batch (for a model that treats rows
@@ -236,7 +174,7 @@ def unmask(
     if x_init.dim() != 2 or x_init.dtype != torch.long:
         raise InvalidInputError("x_init must be a LongTensor of token ids (B, L)")
     kappa = kappa or PolynomialKappa(1.0)
-    x = x_init.clone()
+    x, generated = x_init.clone(), x_init == mask_id
     ts = grid.tolist()
     for i, (t, t_next) in enumerate(zip(ts[:-1], ts[1:], strict=True)):
         masked = x == mask_id
@@ -245,11 +183,9 @@ def unmask(
         tb = torch.full((x.shape[0],), t, device=x.device)
         logits = model_fn(x, tb, **cond)  # (B, L, V)
         proposal = sample_categorical(logits, generator, temperature)
-        state = UnmaskState(
-            x, masked, logits, proposal, tb, torch.full_like(tb, t_next), kappa, generator
-        )
-        commit = masked if i == len(ts) - 2 else policy(state) & masked
-        x = torch.where(commit, proposal, x)
+        state = UnmaskState(x, masked, logits, proposal, generator, tb, torch.full_like(tb, t_next),
+                            kappa, decoded=generated & ~masked)  # fmt: skip
+        x = unmask_step(state, mask_id, policy, remask, last=i == len(ts) - 2)
         if callback is not None:
             callback(Step(i, t, t_next, x, logits))
     return x

@@ -121,7 +121,7 @@ def _check_watermark(path: Path, kind: str, manifest, home, tokenize) -> dict[st
         return {"checked": False, "reason": f"key {key_id} is not in this key ring"}
     secret = keys.master_secret(home)
     if kind in ("image", "video"):
-        frames = media.read_image(path) if kind == "image" else media.read_video(path)[0]
+        frames = media.read_image(path) if kind == "image" else media.read_video_head(path)[0]
         detector = pixel.PixelWatermark(keys.watermark_key(key_id, pixel.SCHEME, secret))
         result = detector.detect(frames).to_dict()
         if result.get("payload") is not None:

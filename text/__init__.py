@@ -4,27 +4,22 @@
 from mdiff.text import CodeModel, GenerationConfig, generate, denoise, infill
 """
 
-from importlib import import_module
+from mdiff.lazy import lazy_package
 
-_EXPORTS = {
-    "CodeModel": "mdiff.text.pipeline",
-    "Completion": "mdiff.text.pipeline",
-    "GenerationConfig": "mdiff.text.sampling",
-    "GenerationOutput": "mdiff.text.sampling",
-    "generate": "mdiff.text.sampling",
-    "denoise": "mdiff.text.sampling",
-    "infill": "mdiff.text.fim",
-    "fill": "mdiff.text.fim",
-    "TextDenoiser": "mdiff.text.model",
-    "TextDenoiserConfig": "mdiff.text.model",
-    "CodeTokenizer": "mdiff.text.model",
-    "DenoiserSpec": "mdiff.text.model",
+EXPORTS = {
+    "CodeModel": "mdiff.text.pipeline:CodeModel",
+    "Completion": "mdiff.text.pipeline:Completion",
+    "GenerationConfig": "mdiff.text.sampling:GenerationConfig",
+    "GenerationOutput": "mdiff.text.sampling:GenerationOutput",
+    "generate": "mdiff.text.sampling:generate",
+    "denoise": "mdiff.text.sampling:denoise",
+    "infill": "mdiff.text.fim:infill",
+    "fill": "mdiff.text.fim:fill",
+    "TextDenoiser": "mdiff.text.model:TextDenoiser",
+    "TextDenoiserConfig": "mdiff.text.model:TextDenoiserConfig",
+    "CodeTokenizer": "mdiff.text.model:CodeTokenizer",
+    "DenoiserSpec": "mdiff.text.model:DenoiserSpec",
 }
+lazy_package(__name__, EXPORTS)
 
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name in _EXPORTS:  # imported on first use, so `import mdiff.text` stays light
-        return getattr(import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'mdiff.text' has no attribute {name!r}")
+__all__ = sorted(EXPORTS)

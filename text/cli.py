@@ -1,10 +1,11 @@
-"""`mdiff complete FILE`: fill ``<FILL>`` markers (or one line) with the code model.
+"""`mdiff complete FILE`, `mdiff eval fim` and `mdiff train text`: their flags (`register`) and
+handlers.
 
     mdiff complete todo.py                  # print the completed file
     mdiff complete todo.py --line 12 -o done.py   # regenerate line 12, write + sign
     mdiff complete todo.py --stream         # committed text and the live draft on stderr
 
-Argument parsing lives in ``mdiff.cli``; this module does the work.
+The handlers import the models when they run, so registering the commands stays light.
 """
 
 from __future__ import annotations
@@ -15,13 +16,66 @@ import time
 from pathlib import Path
 
 from mdiff.errors import InvalidInputError
-from mdiff.text.fim.infilling import MARKER
+from mdiff.train.cli import RecipeCommand
 
-__all__ = ["TerminalStreamer", "line_hole", "run_complete"]
+__all__ = ["TerminalStreamer", "line_hole", "register", "run_complete", "run_eval_fim"]
+
+TEXT = RecipeCommand("mdiff.text.training.train:TextRecipe")
 
 
-def line_hole(text: str, line: int, marker: str = MARKER) -> str:
-    """`text` with the code of 1-based `line` (after its indentation) replaced by `marker`."""
+def register(commands) -> None:
+    commands.add("complete", "fill <FILL> markers (or a line) of a source file with the code model",
+                 run_complete, _complete)  # fmt: skip
+    commands.group("eval").add(
+        "fim", "fill-in-the-middle exact match on held-out code (fixed / true / auto length)",
+        run_eval_fim, _eval_fim,
+        description="Cut single- or multi-line holes from the model's held-out files (or "
+        "--corpus) and report exact match per length mode, tokens per forward and tokens/s.",
+    )  # fmt: skip
+    commands.group("train").add(
+        "text", "train a text model on code (masked / block diffusion or the AR FIM baseline)",
+        TEXT.run, TEXT.arguments,
+        description="Train a text model on a folder of source files (default: the Python "
+        "standard library), resumable. --kind mdm: masked diffusion (LLaDA/MDLM); block: "
+        "block diffusion (BD3-LM); ar: the causal fill-in-the-middle baseline.",
+    )  # fmt: skip
+
+
+def _complete(p: argparse.ArgumentParser) -> None:
+    p.add_argument("file", help="a source file with <FILL> markers (or use --line)")
+    p.add_argument("--line", type=int, help="regenerate the code of this line (1-based)")
+    p.add_argument("-o", "--output", help="write the result here, with a signed .c2pa sidecar")
+    p.add_argument("--stream", action="store_true", help="show committed text and drafts live")
+    p.add_argument("--model", default="code-tiny", help="built-in name or model folder")
+    p.add_argument("--length", default="auto", help="tokens per hole, or auto (default)")
+    p.add_argument("--schedule", default="equal", help="equal|dream|cosine|threshold|entropy")
+    p.add_argument("--steps", type=int, help="denoising steps per hole (default: one per token)")
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def _eval_fim(f: argparse.ArgumentParser) -> None:
+    f.add_argument("--model", default="code-tiny", help="built-in name or model folder")
+    f.add_argument("--ar", metavar="MODEL", help="also score this autoregressive FIM baseline")
+    f.add_argument("--corpus", help="folder of sources (default: the model's held-out files)")
+    f.add_argument("--kind", choices=["single", "multi"], default="single")
+    f.add_argument("-n", type=int, default=50, help="number of tasks (default 50)")
+    f.add_argument("--modes", default="fixed,true,auto", help="comma list of fixed,true,auto")
+    f.add_argument("--fixed-length", type=int, default=16, help="tokens in fixed mode")
+    f.add_argument("--schedule", default="equal", help="equal|dream|cosine|threshold|entropy")
+    f.add_argument("--threshold", type=float, default=0.9, help="for --schedule threshold")
+    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--no-heal", action="store_true",
+                   help="no token healing at the hole's left edge (for comparison)")  # fmt: skip
+    f.add_argument("--json", action="store_true", help="print the report as JSON")
+
+
+def line_hole(text: str, line: int, marker: str | None = None) -> str:
+    """`text` with the code of 1-based `line` (after its indentation) replaced by `marker`
+    (default: the FIM marker ``<FILL>``)."""
+    from mdiff.text.fim.infilling import MARKER
+
+    marker = MARKER if marker is None else marker
     lines = text.splitlines(keepends=True)
     if not 1 <= line <= len(lines):
         raise InvalidInputError(f"--line {line} is outside the file (1..{len(lines)})")
@@ -68,8 +122,11 @@ class TerminalStreamer:
 
 def run_complete(args: argparse.Namespace) -> int:
     from mdiff.provenance.stamp import Stamper
+    from mdiff.text.fim.infilling import MARKER
     from mdiff.text.pipeline import CodeModel
 
+    if args.length != "auto" and not (args.length.isdigit() and int(args.length) > 0):
+        raise InvalidInputError(f"--length must be a positive integer or auto, got {args.length!r}")
     src = Path(args.file)
     if not src.is_file():
         raise InvalidInputError(f"no such file: {src}")

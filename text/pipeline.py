@@ -15,7 +15,6 @@ prompt is a creation.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,14 +51,13 @@ class Completion:
 
 
 class CodeModel:
-    """A text denoiser with its tokenizer, its id and a `Stamper` for provenance."""
+    """A text denoiser with its tokenizer, its id and a `Stamper` for provenance.
+
+    How it infills comes from the model's config: `context` and `fim_order`."""
 
     def __init__(self, model: TextDenoiser, tokenizer: CodeTokenizer, model_id: str, *,
-                 stamper=None, weights_sha256: str | None = None,
-                 context: int | None = None, fim_order: str = "psm"):  # fmt: skip
+                 stamper=None, weights_sha256: str | None = None):  # fmt: skip
         self.model, self.tokenizer, self.model_id = model, tokenizer, model_id
-        self.context = context  # tokens the model sees when infilling (its training length)
-        self.fim_order = fim_order  # the AR baseline's FIM prompt order ("psm" | "spm")
         self._stamper, self._wm = stamper, None
         self.weights_sha256 = weights_sha256 or hub.weights_sha256(model)
 
@@ -72,13 +70,18 @@ class CodeModel:
         model = TextDenoiser.from_pretrained(directory, device=device)
         tokenizer = CodeTokenizer.load(directory / TOKENIZER_FILE)
         model_id = str(name_or_path) if not Path(name_or_path).exists() else str(directory)
-        log = directory / "training_log.json"
-        data = {}
-        if log.is_file():  # infill within the window length the model was trained on
-            data = json.loads(log.read_text(encoding="utf-8")).get("data", {})
-        return cls(model, tokenizer, model_id, stamper=stamper, context=data.get("seq_len"),
-                   fim_order=data.get("fim_order", "psm"),
+        return cls(model, tokenizer, model_id, stamper=stamper,
                    weights_sha256=hub.weights_sha256(directory / hub.WEIGHTS_NAME))  # fmt: skip
+
+    @property
+    def context(self) -> int | None:
+        """Tokens the model sees when infilling (its training window; None = its max_len)."""
+        return self.model.config.context
+
+    @property
+    def fim_order(self) -> str:
+        """The FIM prompt order of an autoregressive baseline ("psm" | "spm")."""
+        return self.model.config.fim_order
 
     # ---------------------------------------------------------------- provenance plumbing
 

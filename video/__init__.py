@@ -1,32 +1,27 @@
 """mdiff.video: a causal 3D VAE, a space-time DiT and the pipelines over them (see README
 "Video"). Subpackages: `vae`, `dit`, `pipeline`, `text_encoders`, `eval`; modules `io`, `data`,
-`cli`. Names are imported on first use, so `import mdiff.video` (and the CLI) stays light.
+`cli`. Names load on first use (`mdiff.lazy`), so `import mdiff.video` (and the CLI) stays light.
 
     from mdiff.video import VideoPipeline, CausalVAE, SpaceTimeDiT
 """
 
-from importlib import import_module
+from mdiff.lazy import lazy_package
 
-_EXPORTS = {
-    "CausalVAE": "mdiff.video.vae",
-    "CausalVAEConfig": "mdiff.video.vae",
-    "DecodeSession": "mdiff.video.vae",
-    "EncodeSession": "mdiff.video.vae",
-    "Tiling": "mdiff.video.vae",
-    "VAEStreamState": "mdiff.video.vae",
-    "DiTCache": "mdiff.video.dit",
-    "DiTConfig": "mdiff.video.dit",
-    "SpaceTimeDiT": "mdiff.video.dit",
-    "VideoOutput": "mdiff.video.pipeline",
-    "VideoPipeline": "mdiff.video.pipeline",
-    "VAEObjective": "mdiff.video.vae.train",
-    "shapes_vae_config": "mdiff.video.vae.train",
+EXPORTS = {
+    "CausalVAE": "mdiff.video.vae:CausalVAE",
+    "CausalVAEConfig": "mdiff.video.vae:CausalVAEConfig",
+    "DecodeSession": "mdiff.video.vae:DecodeSession",
+    "EncodeSession": "mdiff.video.vae:EncodeSession",
+    "Tiling": "mdiff.video.vae:Tiling",
+    "VAEStreamState": "mdiff.video.vae:VAEStreamState",
+    "DiTCache": "mdiff.video.dit:DiTCache",
+    "DiTConfig": "mdiff.video.dit:DiTConfig",
+    "SpaceTimeDiT": "mdiff.video.dit:SpaceTimeDiT",
+    "VideoOutput": "mdiff.video.pipeline:VideoOutput",
+    "VideoPipeline": "mdiff.video.pipeline:VideoPipeline",
+    "VAEObjective": "mdiff.video.vae.train:VAEObjective",
+    "shapes_vae_config": "mdiff.video.vae.train:shapes_vae_config",
 }
+lazy_package(__name__, EXPORTS)
 
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'mdiff.video' has no attribute {name!r}")
+__all__ = sorted(EXPORTS)

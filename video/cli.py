@@ -1,4 +1,5 @@
-"""`mdiff video PROMPT -o out.mp4` and `mdiff image PROMPT -o out.png`.
+"""`mdiff video PROMPT -o out.mp4` and `mdiff image PROMPT -o out.png`, and the video parts of
+`mdiff train` (vae, dit) and `mdiff eval` (video): their flags (`register`) and handlers.
 
     mdiff video "a red circle moving right" -o circle.mp4             # whole clip, then signed
     mdiff video "a red circle moving right" -o live.mp4 --stream      # live fMP4, chunk by chunk
@@ -6,7 +7,7 @@
     mdiff video "the circle rolls on" --extend circle.mp4 -o more.mp4 # the next 16 frames
     mdiff image "a blue square on grey" -o square.png
 
-Argument parsing lives in ``mdiff.cli_generate``; this module does the work.
+The handlers import the models when they run, so registering the commands stays light.
 """
 
 from __future__ import annotations
@@ -16,14 +17,94 @@ import sys
 import time
 from pathlib import Path
 
-from mdiff import media
 from mdiff.errors import InvalidInputError
+from mdiff.train.cli import RecipeCommand
 
-__all__ = ["run_image", "run_video"]
+__all__ = ["DEFAULT_MODEL", "register", "run_image", "run_video"]
+
+DEFAULT_MODEL = "shapes-t2v"
+VAE = RecipeCommand("mdiff.video.vae.train:VAERecipe")
+DIT = RecipeCommand("mdiff.video.dit.train:DiTRecipe")
+
+
+def register(commands) -> None:
+    commands.add("video", "generate a signed video from a prompt (--stream: live MP4)",
+                 run_video, _video)  # fmt: skip
+    commands.add("image", "generate a signed image from a prompt", run_image, _image)
+    commands.group("eval").add(
+        "video", "prompt adherence (colour, shape, motion, background) and temporal figures",
+        _run_eval_video, _eval_video,
+        description="Generate a clip per prompt and seed and score it with weight-free "
+        "detectors: accuracy per attribute (colour, shape, motion and direction, background, "
+        "object count) and the temporal figures flicker, drift and, for streamed output, the "
+        "chunk-seam jump. Prompts default to captions of held-out shapes clips.",
+    )  # fmt: skip
+    train = commands.group("train")
+    train.add(
+        "vae", "train the causal video VAE on procedural shapes clips", VAE.run, VAE.arguments,
+        description="Train the causal video VAE on procedural shapes clips (resumable).",
+    )  # fmt: skip
+    train.add(
+        "dit", "train the video DiT and its text encoder on VAE latents of shapes clips",
+        DIT.run, DIT.arguments,
+        description="Train the space-time DiT jointly with the shapes text encoder by flow "
+        "matching on latents of procedural shapes clips (encoded once by the frozen VAE into "
+        "the run folder), resumable. Block-causal presets (shapes-tiny-stream) train with "
+        "diffusion forcing (one noise level per chunk). --export writes a pipeline folder.",
+    )  # fmt: skip
+
+
+def _sampling_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("prompt", help="what to generate (quote it)")
+    p.add_argument("--model", default=DEFAULT_MODEL, help=f"built-in name or pipeline folder "
+                   f"(default {DEFAULT_MODEL})")  # fmt: skip
+    p.add_argument("--height", type=int, help="pixels, a multiple of 8·patch (default: model's)")
+    p.add_argument("--width", type=int, help="pixels, a multiple of 8·patch (default: model's)")
+    p.add_argument("--steps", type=int, help="solver steps (default: the model's)")
+    p.add_argument("--guidance", type=float, help="CFG scale, 1 = none (default: the model's)")
+    p.add_argument("--negative-prompt", help="what the unconditional branch describes")
+    p.add_argument("--seed", type=int, default=0, help="same seed, same output (default 0)")
+    p.add_argument("--no-progress", action="store_true", help="no tqdm bar")
+
+
+def _video(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-o", "--output", required=True, help="the signed .mp4 to write")
+    _sampling_flags(p)
+    p.add_argument("--frames", type=int, help="1 + 4k frames (default: the model's)")
+    p.add_argument("--image", help="first frame (image-to-video); sets the size")
+    p.add_argument(
+        "--extend", metavar="VIDEO",
+        help="continue this clip (1 + 4k frames): the output holds the "
+        "--frames new frames (a multiple of 4, default the model's length − 1)",
+    )  # fmt: skip
+    p.add_argument(
+        "--stream", action="store_true",
+        help="write a live fragmented MP4 chunk by chunk (block-causal models); Ctrl-C leaves a "
+        "playable, signed file of the finished chunks",
+    )  # fmt: skip
+
+
+def _image(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-o", "--output", required=True, help="the signed .png or .jpg to write")
+    _sampling_flags(p)
+
+
+def _eval_video(p: argparse.ArgumentParser) -> None:
+    from mdiff.video.eval import run
+
+    run.add_arguments(p)
+
+
+def _run_eval_video(args: argparse.Namespace) -> int:
+    from mdiff.video.eval import run
+
+    return run.run_eval_video(args)
 
 
 def _output(path: str, kind: str) -> Path:
     """Check the output path before any work: its type and that its folder exists."""
+    from mdiff import media
+
     out = Path(path)
     if media.kind_of(out) != kind:
         want = ".mp4" if kind == "video" else ".png or .jpg"

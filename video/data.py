@@ -252,7 +252,7 @@ class ShapesDataset(Dataset):
 class VideoFolderDataset(Dataset):
     """Clips of ``num_frames`` frames from the videos in a folder (recursively).
 
-    Item ``i`` is video ``i % len(videos)`` with a clip start drawn from ``(seed, epoch, i)``;
+    Item ``i`` is video ``i % len(videos)`` with a clip start drawn from ``(seed, i)``;
     frames are read with decord (PyAV where decord is missing or fails), resized to ``size``
     (H, W) if given, and returned as float ``(3, T, H, W)`` in [-1, 1]. The caption is the
     text of a sibling ``<name>.txt`` file, else "".
@@ -279,15 +279,11 @@ class VideoFolderDataset(Dataset):
         if num_frames < 1 or stride < 1:
             raise InvalidInputError("num_frames and stride must be >= 1")
         self.num_frames, self.stride, self.size = num_frames, stride, size
-        self.seed, self.backend, self.epoch = seed, backend, 0
+        self.seed, self.backend = seed, backend
         self._lengths: dict[Path, int] = {}
 
     def __len__(self) -> int:
         return len(self.videos)
-
-    def set_epoch(self, epoch: int) -> None:
-        """Draw other clip starts in the next epoch."""
-        self.epoch = epoch
 
     def _length(self, path: Path) -> int:
         if path not in self._lengths:
@@ -304,7 +300,7 @@ class VideoFolderDataset(Dataset):
         total = self._length(path)
         if total < span:
             raise VideoIOError(f"{path.name} has {total} frames; a clip needs {span}")
-        rng = np.random.default_rng([self.seed, self.epoch, index])
+        rng = np.random.default_rng([self.seed, 0, index])  # the 0 keeps earlier clip starts
         start = int(rng.integers(0, total - span + 1))
         frames = io.read_frames(path, range(start, start + span, self.stride), backend=self.backend)
         pixels = io.frames_to_pixels(frames)

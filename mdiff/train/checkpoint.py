@@ -31,53 +31,6 @@ LATEST = "latest"
 _SCALARS = (bool, int, float, str, type(None))
 
 
-RUN_FILE = "run.json"  # a `mdiff train …` run folder's settings: configs, data, command
-
-
-def read_run_folder(run_dir: str | os.PathLike, command: str = "train") -> dict:
-    """The settings of a run folder (``run.json``); `CheckpointError` if there is none."""
-    path = Path(run_dir) / RUN_FILE
-    if not path.is_file():
-        raise CheckpointError(f"{path} does not exist: not a `mdiff {command}` run folder")
-    return json.loads(path.read_text(encoding="utf-8"))
-
-
-def write_run(run_dir: str | os.PathLike, run: dict) -> None:
-    """Write a run folder's ``run.json`` atomically."""
-    write_text_atomic(Path(run_dir) / RUN_FILE, json.dumps(run, indent=2) + "\n")
-
-
-TRAINING_LOG = "training_log.json"  # what an exported model carries about its training
-
-
-PARENT_LOG = "parent_log.json"  # a fine-tune run's copy of its starting model's training log
-
-
-def keep_parent_log(run_dir: str | os.PathLike, init_from: str | os.PathLike) -> None:
-    """Copy the training log of the model a fine-tune starts from (a folder or built-in name)
-    into its run folder, when it has one: the name may point at other weights by export time
-    (a built-in model re-shipped from this very run)."""
-    from mdiff.hub import resolve
-
-    path = resolve(init_from) / TRAINING_LOG
-    if path.is_file():
-        write_text_atomic(Path(run_dir) / PARENT_LOG, path.read_text(encoding="utf-8"))
-
-
-def parent_log(run: dict, run_dir: str | os.PathLike) -> dict | None:
-    """The training log of the model a run was fine-tuned from, so an export keeps its whole
-    history: the copy in ``run_dir`` (see :func:`keep_parent_log`), else, for runs made before
-    that copy existed, ``run["train"]["init_from"]`` resolved now; None if there is none."""
-    from mdiff.hub import resolve
-
-    init = run.get("train", {}).get("init_from")
-    if init is None:
-        return None
-    kept = Path(run_dir) / PARENT_LOG
-    path = kept if kept.is_file() else resolve(init) / TRAINING_LOG
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
-
-
 def encode_tree(tree: Any, prefix: str = "") -> tuple[Any, dict[str, torch.Tensor]]:
     """Split `tree` into a JSON-able skeleton and the tensors it holds."""
     tensors: dict[str, torch.Tensor] = {}

@@ -145,6 +145,39 @@ def test_interval_outside_is_conditional_and_skips_uncond():
         guidance.cfg(model, 3.0, NULL, interval=(0.6, 0.3))
 
 
+def test_llada_scale_conversion():
+    """LLaDA's ``u + (w_l + 1)(c − u)`` (off at 0) is ours ``u + w(c − u)`` (off at 1)."""
+    c, u = torch.randn(2, 3, 5, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    for w_llada in (0.0, 0.5, 2.0):
+        w = guidance.from_llada_scale(w_llada)
+        assert w == w_llada + 1 and guidance.to_llada_scale(w) == w_llada
+        assert torch.equal(guidance.combine_cfg(c, u, w), u + (w_llada + 1) * (c - u))
+    assert torch.allclose(guidance.combine_cfg(c, u, guidance.from_llada_scale(0.0)), c)
+
+
+@pytest.mark.parametrize("method", guidance.METHODS)
+def test_guide_and_combine_by_name_are_the_variants(method):
+    """``guide(name, …)`` is the variant's wrapper and ``combine(name, c, u, w)`` its rule on the
+    raw branches (APG: with the predictions themselves as data space, i.e. an x1-model)."""
+    x, t, label = inputs()
+    path = AffinePath()
+    make = {"cfg": guidance.cfg, "cfg_zero_star": guidance.cfg_zero_star, "apg": guidance.apg}
+    by_name = guidance.guide(method, model, 2.5, NULL)(x, t, label=label)
+    assert torch.equal(by_name, make[method](model, 2.5, NULL)(x, t, label=label))
+
+    def as_x1(x_, t_, label):
+        return path.convert(model(x_, t_, label), "velocity", "x1", x_, t_)
+
+    c, u = as_x1(x, t, label), as_x1(x, t, NULL["label"])
+    guided = guidance.guide(method, as_x1, 2.5, NULL, **({"prediction": "x1"} if method == "apg"
+                                                          else {}))(x, t, label=label)  # fmt: skip
+    assert torch.allclose(guidance.combine(method, c, u, 2.5), guided, atol=1e-12)
+    with pytest.raises(InvalidInputError, match="unknown guidance method"):
+        guidance.guide("pag", model, 2.0, NULL)
+    with pytest.raises(InvalidInputError, match="unknown guidance method"):
+        guidance.combine("CFG", c, u, 2.0)
+
+
 def test_uncond_key_must_be_passed():
     x, t, label = inputs()
     with pytest.raises(InvalidInputError):

@@ -201,6 +201,51 @@ def test_tied_weights_are_stored_once_and_retied(tmp_path):
     _assert_same(model, TinyModel.from_pretrained(tmp_path / "m"))
 
 
+class LoggedModel(TinyModel):
+    """A class whose older exports kept `name` and `width` only in their training log."""
+
+    legacy_log_fields = {"name": ("data", "name"), "width": ("model", "width")}
+
+
+def _drop_config_keys(folder, *keys) -> None:
+    config = json.loads((folder / hub.CONFIG_NAME).read_text())
+    (folder / hub.CONFIG_NAME).write_text(
+        json.dumps({k: v for k, v in config.items() if k not in keys})
+    )
+
+
+def _old_messages(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if "old layout" in r.getMessage()]
+
+
+def test_old_layout_takes_legacy_fields_from_the_training_log_once(tmp_path, caplog):
+    folder = _model(seed=4, width=6).save_pretrained(tmp_path / "m")
+    log = {"data": {"name": "old"}, "model": {"width": 6}}
+    (folder / hub.TRAINING_LOG).write_text(json.dumps(log))
+    caplog.set_level("INFO", logger="mdiff.hub")
+    new = LoggedModel.from_pretrained(folder)  # new layout: the log is provenance only
+    assert (new.config.name, new.config.width) == (None, 6) and not _old_messages(caplog)
+    _drop_config_keys(folder, "name", "width")
+    old = LoggedModel.from_pretrained(folder)
+    assert (old.config.name, old.config.width) == ("old", 6)
+    _assert_same(old, _model(seed=4, width=6))
+    (line,) = _old_messages(caplog)
+    assert "name='old', width=6" in line and hub.TRAINING_LOG in line and "re-save" in line
+
+
+def test_old_layout_without_a_usable_log_keeps_the_defaults(tmp_path, caplog):
+    folder = _model(name="kept").save_pretrained(tmp_path / "m")
+    _drop_config_keys(folder, "name")
+    caplog.set_level("INFO", logger="mdiff.hub")
+    assert LoggedModel.from_pretrained(folder).config.name is None  # no log
+    (folder / hub.TRAINING_LOG).write_text(json.dumps({"data": {"steps": 3}}))
+    assert LoggedModel.from_pretrained(folder).config.name is None  # the log lacks the field
+    assert not _old_messages(caplog)
+    (folder / hub.TRAINING_LOG).write_text("{not json")
+    assert LoggedModel.from_pretrained(folder).config.name is None
+    assert any("keeping the config defaults" in r.getMessage() for r in caplog.records)
+
+
 @pytest.fixture
 def fake_builtins(tmp_path, monkeypatch):
     """A top-level package `mdiff_fake_frontend` with checkpoints/ as its package data."""

@@ -149,7 +149,7 @@ def test_tampered_pixels_read_invalid(signed, home, tmp_path):
 
 
 def test_stripped_manifest_with_watermark_is_flagged(signed, home, tmp_path):
-    frames, fps = media.read_video(signed["mp4"])
+    frames, fps = media.read_video_head(signed["mp4"])
     stripped = media.write_mp4(frames, tmp_path / "reencoded.mp4", fps=fps, crf=23)
     report = verify(stripped, home=home)
     assert report.manifest.state == "absent" and report.watermark["detected"]

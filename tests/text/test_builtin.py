@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from mdiff import hub
+from mdiff.text.model.denoiser import TextDenoiser
 from mdiff.text.pipeline import CodeModel
 from mdiff.text.training.objectives import masked_nelbo
 
@@ -39,6 +40,19 @@ def test_shipped_model_is_small_and_logged(cm):
     log = json.loads((folder / "training_log.json").read_text(encoding="utf-8"))
     assert log["step"] > 0 and log["evals"]
     assert cm.tokenizer.decode(cm.tokenizer.encode(SNIPPET)) == SNIPPET
+
+
+def test_shipped_model_keeps_its_inference_settings_in_config_json(cm, caplog):
+    """Context and FIM order are config fields (re-saved from the training log, which records
+    the same window): the built-in loads in the new layout, with no old-layout fallback."""
+    folder = hub.resolve(cm.model_id)
+    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    log = json.loads((folder / "training_log.json").read_text(encoding="utf-8"))
+    assert (config["context"], config["fim_order"]) == (256, "psm") == (cm.context, cm.fim_order)
+    assert log["data"]["seq_len"] == config["context"]
+    caplog.set_level("INFO", logger="mdiff.hub")
+    assert TextDenoiser.from_pretrained(folder).config == cm.model.config
+    assert not [r for r in caplog.records if "old layout" in r.getMessage()]
 
 
 def test_shipped_model_beats_chance_on_unseen_code(cm):

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from mdiff import cli
+from mdiff import cli, demo
 from mdiff.provenance.verify import verify
 
 
@@ -70,6 +70,6 @@ def test_demo_completes_with_the_builtin_model(tiny_code_model, home, tmp_path, 
     (pkg / "__init__.py").write_text("")
     monkeypatch.syspath_prepend(str(tmp_path / "site"))
     monkeypatch.setattr(hub, "BUILTIN_PACKAGES", ("fake_text_frontend",))
-    (path,) = cli._demo_complete(tmp_path, Stamper(home=home), 0)
+    (path,) = demo.complete_file(tmp_path, Stamper(home=home), 0)
     assert path.name == "completed.py" and "<FILL>" not in path.read_text(encoding="utf-8")
     assert verify(path, home=home).exit_code == 0

@@ -1,9 +1,12 @@
 """CodeModel end to end: load from a folder, complete, save with a sidecar, verify."""
 
 import hashlib
+import json
+import shutil
 
 import pytest
 
+import mdiff.text.fim.infilling as infilling
 from mdiff.errors import CheckpointError
 from mdiff.provenance import keys
 from mdiff.provenance.stamp import Stamper
@@ -47,3 +50,54 @@ def test_folder_without_tokenizer_is_refused(tmp_path):
     TextDenoiser(cfg).save_pretrained(tmp_path / "m")
     with pytest.raises(CheckpointError, match="tokenizer"):
         CodeModel.from_pretrained(tmp_path / "m")
+
+
+def _variant(folder, dest, *, config=None, drop=(), log=None):
+    """A copy of a model folder (without its training log) with config.json edited and,
+    optionally, a training log written."""
+    shutil.copytree(folder, dest, ignore=shutil.ignore_patterns("training_log.json"))
+    data = json.loads((dest / "config.json").read_text())
+    data = {k: v for k, v in {**data, **(config or {})}.items() if k not in drop}
+    (dest / "config.json").write_text(json.dumps(data))
+    if log is not None:
+        (dest / "training_log.json").write_text(json.dumps(log))
+    return dest
+
+
+def _settings(folder) -> tuple:
+    cm = CodeModel.from_pretrained(folder)
+    return cm.context, cm.fim_order
+
+
+def _old_layout_lines(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if "old layout" in r.getMessage()]
+
+
+def test_context_and_fim_order_come_from_config_json(tiny_code_model, tmp_path, caplog,
+                                                     monkeypatch):  # fmt: skip
+    caplog.set_level("INFO", logger="mdiff.hub")
+    log = {"data": {"seq_len": 200, "fim_order": "psm"}}  # provenance only: never read
+    folder = _variant(tiny_code_model, tmp_path / "m", config={"context": 48, "fim_order": "spm"},
+                      log=log)  # fmt: skip
+    cm = CodeModel.from_pretrained(folder)
+    assert (cm.context, cm.fim_order) == (48, "spm") and not _old_layout_lines(caplog)
+    seen, real = [], infilling.infill
+    monkeypatch.setattr(infilling, "infill",
+                        lambda *a, **kw: seen.append(kw["context"]) or real(*a, **kw))  # fmt: skip
+    cm.infill("def f(x):\n    return ", "\n", length=3)
+    assert seen == [48]  # infilling sees the configured window
+    with pytest.raises(CheckpointError, match="fim_order"):
+        CodeModel.from_pretrained(_variant(folder, tmp_path / "bad", config={"fim_order": "pms"}))
+
+
+def test_old_layout_takes_context_and_fim_order_from_the_training_log(tiny_code_model, tmp_path,
+                                                                      caplog):  # fmt: skip
+    caplog.set_level("INFO", logger="mdiff.hub")
+    old = dict(drop=("context", "fim_order"))
+    log = {"data": {"seq_len": 64, "fim_order": "spm"}}
+    assert _settings(_variant(tiny_code_model, tmp_path / "a", **old, log=log)) == (64, "spm")
+    (line,) = _old_layout_lines(caplog)
+    assert "context=64, fim_order='spm'" in line and "training_log.json" in line
+    log = {"data": {"seq_len": 64}}  # exported before fim_order was recorded: PSM
+    assert _settings(_variant(tiny_code_model, tmp_path / "b", **old, log=log)) == (64, "psm")
+    assert _settings(_variant(tiny_code_model, tmp_path / "c", **old)) == (None, "psm")  # no log

@@ -34,9 +34,11 @@ def left_pad(rows):
 # ---- LLaDA reference (research b.2), written independently of the sampler -------------------
 
 
-def llada_reference(model, prompt, attention_mask, steps, gen_length, block_length, cfg_scale):
+def llada_reference(model, prompt, attention_mask, steps, gen_length, block_length, cfg_scale,
+                    combine=None):  # fmt: skip
     """Greedy low-confidence LLaDA generate: equal split per block, full forward every step,
-    confidence −inf after the current block, CFG with the prompt (pads included) masked."""
+    confidence −inf after the current block, CFG with the prompt (pads included) masked
+    (``combine(c, u)`` replaces LLaDA's ``u + (cfg_scale + 1)(c − u)`` when given)."""
     B, P = prompt.shape
     x = torch.cat([prompt, torch.full((B, gen_length), MASK)], 1)
     am = pos = None
@@ -60,7 +62,7 @@ def llada_reference(model, prompt, attention_mask, steps, gen_length, block_leng
                 a2 = None if am is None else torch.cat([am, am])
                 p2 = None if pos is None else torch.cat([pos, pos])
                 c, u = model(both, attention_mask=a2, position_ids=p2).chunk(2)
-                logits = u + (cfg_scale + 1) * (c - u)
+                logits = u + (cfg_scale + 1) * (c - u) if combine is None else combine(c, u)
             else:
                 logits = model(x, attention_mask=am, position_ids=pos)
             x0 = logits.argmax(-1)
@@ -107,6 +109,75 @@ def test_llada_parity_with_cfg(padded, w):
     assert torch.equal(out.sequences, ref)
     plain = generate(model, ids, am, steps=8, gen_length=8, block_length=4)
     assert not torch.equal(out.sequences, plain.sequences)  # guidance changed something
+
+
+def guidance_rules(w):
+    """The core's guidance rules written out, per position (the last axis is the vocabulary):
+    CFG ``u + w(c − u)``; CFG-Zero* ``s·u + w(c − s·u)``, ``s = ⟨c, u⟩/‖u‖²``; APG on the
+    logits themselves (η = 0): ``c + (w − 1)·(Δ − ⟨Δ, c⟩/‖c‖²·c)``, ``Δ = c − u``."""
+
+    def dot(a, b):
+        return (a * b).sum(-1, keepdim=True)
+
+    def zero_star(c, u):
+        su = dot(c, u) / dot(u, u) * u
+        return su + w * (c - su)
+
+    def apg(c, u):
+        delta = c - u
+        return c + (w - 1) * (delta - dot(delta, c) / dot(c, c) * c)
+
+    return {"cfg": lambda c, u: u + w * (c - u), "cfg_zero_star": zero_star, "apg": apg}
+
+
+@pytest.mark.parametrize("method", ["cfg", "cfg_zero_star", "apg"])
+def test_guidance_methods_by_name_follow_the_core_rule(method):
+    """The runner's guided logits are the named rule's and no other's; greedy generation with
+    it equals the LLaDA reference with that rule."""
+    from mdiff.text.sampling.runner import ModelRunner
+
+    model, w = TinyDenoiser(seed=2), 2.5
+    ids, am = left_pad(prompts([6, 4], seed=7))
+    x = torch.cat([ids, torch.full((2, 8), MASK)], 1)
+    real = torch.cat([am, torch.ones(2, 8, dtype=torch.bool)], 1)
+    pos = (real.long().cumsum(1) - 1).clamp(min=0)
+    fixed = real & (x != MASK)
+    runner = ModelRunner(model, model.spec, "none", real, pos, fixed, w, method)
+    got = runner.logits(x, 6, 14, fresh=True)
+    c = model(x, attention_mask=real, position_ids=pos)
+    u = model(torch.where(fixed, MASK, x), attention_mask=real, position_ids=pos)
+    rules = guidance_rules(w)
+    for name, rule in rules.items():
+        same = torch.allclose(got, rule(c, u)[:, 6:14], atol=1e-9, rtol=1e-9)
+        assert same == (name == method), name
+    ref = llada_reference(model, ids, am, 8, 8, 4, 1.0, combine=rules[method])
+    out = generate(model, ids, am, steps=8, gen_length=8, block_length=4, guidance=w,
+                   guidance_method=method)  # fmt: skip
+    assert torch.equal(out.sequences, ref)
+    assert out.record_fields()["guidance"] == {"kind": method, "scale": w}
+
+
+def test_cfg_scale_is_llada_form_of_guidance():
+    """``cfg_scale = w`` (LLaDA, off at 0) is ``guidance = w + 1`` (the core's, off at 1)."""
+    model = TinyDenoiser(seed=6)
+    rows = prompts([5, 3], seed=2)
+    for w in (0.5, 2.0):
+        kw = dict(gen_length=8, steps=8, block_length=4, temperature=0.8, seed=3)
+        llada = generate(model, rows, cfg_scale=w, **kw)
+        core = generate(model, rows, guidance=w + 1, **kw)
+        assert torch.equal(llada.sequences, core.sequences)
+        assert llada.settings["guidance"] == core.settings["guidance"] == w + 1
+    assert GenerationConfig(cfg_scale=0.0).guidance == GenerationConfig().guidance == 1.0
+    assert GenerationConfig(cfg_scale=1.5, guidance=2.5).guidance == 2.5  # both, agreeing
+    with pytest.raises(InvalidInputError, match="disagree"):
+        GenerationConfig(cfg_scale=1.0, guidance=3.0)
+    # an override of one form replaces the other form given in a config
+    base = GenerationConfig(gen_length=8, steps=8, cfg_scale=1.0)
+    over = generate(model, rows, config=base, guidance=1.0)
+    assert torch.equal(over.sequences, generate(model, rows, gen_length=8, steps=8).sequences)
+    for bad in (dict(guidance=-1.0), dict(cfg_scale=float("nan")), dict(guidance_method="pag")):
+        with pytest.raises(InvalidInputError):
+            GenerationConfig(**bad)
 
 
 # ---- batch invariance ---------------------------------------------------------------------------
@@ -398,7 +469,8 @@ def test_output_metrics_and_record():
     assert out.settings["steps"] == 4 and out.settings["seed"] == 7
     assert out.settings["eos"] == EOSPolicy().to_dict()
     rec = GenerationRecord.create("text", "tiny", prompt="hi", **out.record_fields())
-    assert rec.guidance == {"cfg_scale": 1.0} and rec.sizes == {"tokens": 16} and rec.seed == 7
+    assert rec.guidance == {"kind": "cfg", "scale": 2.0, "cfg_scale": 1.0}
+    assert rec.sizes == {"tokens": 16} and rec.seed == 7
     fast = generate(model, prompts([3, 5]), max_new_tokens=8, schedule="threshold", threshold=0)
     assert fast.nfe == 1 and fast.tokens_per_forward.tolist() == [8.0, 8.0]
     slow = generate(model, prompts([3, 5]), gen_length=8, schedule="threshold", threshold=1.1)
@@ -430,8 +502,8 @@ def test_invalid_inputs_raise():
         generate(TinyDenoiser(supports_cache=False), [[5]], gen_length=4, cache="dual")
 
 
-@pytest.mark.parametrize("cfg_scale", [0.0, 1.5])
-def test_runner_runs_only_the_rows_still_stepping(cfg_scale):
+@pytest.mark.parametrize("guidance", [1.0, 2.5])
+def test_runner_runs_only_the_rows_still_stepping(guidance):
     from mdiff.text.sampling.runner import ModelRunner
 
     model = TinyDenoiser(seed=5)
@@ -444,11 +516,11 @@ def test_runner_runs_only_the_rows_still_stepping(cfg_scale):
 
     def runner():
         return ModelRunner(model, model.spec, "none", real, positions, real & (x != MASK),
-                           cfg_scale)  # fmt: skip
+                           guidance)  # fmt: skip
 
     full = runner().logits(x, 6, 10, fresh=True)
     part = runner().logits(x, 6, 10, fresh=True, rows=torch.tensor([0, 2]))
-    halves = 2 if cfg_scale else 1
+    halves = 2 if guidance != 1 else 1
     assert seen == [3 * halves, 2 * halves]  # the finished row 1 was not run
     assert torch.allclose(part[[0, 2]], full[[0, 2]], atol=1e-12)
     assert not part[1].any() and full[1].abs().sum() > 0

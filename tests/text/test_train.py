@@ -27,7 +27,7 @@ from mdiff.text.training.objectives import (
     masked_nelbo,
     stratified_uniform,
 )
-from mdiff.text.training.train import train
+from mdiff.text.training.train import TextRecipe
 from mdiff.train.checkpoint import load_tree
 from mdiff.train.metrics import read_metrics
 
@@ -335,9 +335,10 @@ def test_cli_resume_continues_exactly_and_export_loads(tmp_path, corpus):
 @pytest.mark.parametrize("kind", ["block", "ar"])
 def test_other_kinds_train(tmp_path, corpus, kind):
     out = tmp_path / kind
-    result = train(out, kind=kind, preset="test", steps=2, batch_size=2, seq_len=32,
-                   corpus=corpus, vocab_size=300, block_size=8, eval_every=2,
-                   progress=False)  # fmt: skip
+    recipe = TextRecipe(kind=kind, preset="test", steps=2, batch_size=2, seq_len=32,
+                        corpus=str(corpus), vocab_size=300, block_size=8, eval_every=2,
+                        progress=False)  # fmt: skip
+    result = recipe.train(out)
     assert result.step == 2 and math.isfinite(result.loss)
     run = json.loads((out / "run.json").read_text())
     attention = {"block": "block_causal", "ar": "causal"}[kind]
@@ -381,7 +382,12 @@ def test_fim_order_is_recorded_and_read_back_with_the_model(tmp_path, corpus):
                 "--eval-every", "0", "--export", str(model)) == 0  # fmt: skip
     assert json.loads((out / "run.json").read_text())["data"]["fim_order"] == "spm"
     assert CodeModel.from_pretrained(model).fim_order == "spm"
-    (model / "training_log.json").unlink()  # an older export: PSM, as models were trained then
+    config = json.loads((model / "config.json").read_text())
+    assert (config["fim_order"], config["context"]) == ("spm", 32)  # inference reads the config
+    (model / "training_log.json").unlink()  # without the log, the config alone says it
+    assert CodeModel.from_pretrained(model).fim_order == "spm"
+    del config["fim_order"], config["context"]  # an older export without a log: PSM, as
+    (model / "config.json").write_text(json.dumps(config))  # models were trained then
     assert CodeModel.from_pretrained(model).fim_order == "psm"
 
 

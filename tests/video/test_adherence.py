@@ -25,9 +25,9 @@ from mdiff.video.data import (
     render_clip,
     sample_truth,
 )
+from mdiff.video.eval import metrics as video_eval
 from mdiff.video.eval.adherence import adherence, evaluate_prompts, parse_prompt, summarise_hits
 from mdiff.video.eval.detect import classify_motion, detect
-from mdiff.video.eval import metrics as video_eval
 from mdiff.video.io import frames_to_pixels, pixels_to_frames
 
 # Fixtures come from the shared helper module (imported by name, so ruff sees redefinitions).

@@ -8,7 +8,7 @@ import torch
 
 from mdiff import hub
 from mdiff.video.data import ShapesDataset
-from mdiff.video.vae.model import CausalVAE
+from mdiff.video.vae.model import CausalVAE, CausalVAEConfig
 
 SHIPPED = "shapes-vae" in hub.list_builtin()
 pytestmark = pytest.mark.skipif(not SHIPPED, reason="shapes-vae is not shipped in this tree")
@@ -52,3 +52,23 @@ def test_shipped_vae_holds_its_quality_on_long_clips(vae):
     per_frame = (10 * torch.log10(4 / mse)).tolist()
     first, rest = sum(per_frame[1:17]) / 16, sum(per_frame[17:]) / 48
     assert rest > 30.0 and rest > first - 1.5, per_frame
+
+
+@torch.no_grad()
+def test_shipped_vae_config_alone_re_anchors_like_the_loaded_model(vae, caplog):
+    """The training clip length is a config field: `CausalVAE(config)` with the shipped weights
+    decodes a 9-latent stream (re-anchored after 5 latents) exactly as `from_pretrained`."""
+    folder = hub.resolve("shapes-vae")
+    config = hub.read_config(CausalVAEConfig, folder)
+    log = json.loads((folder / "training_log.json").read_text(encoding="utf-8"))
+    assert config.trained_frames == 17 == log["data"]["frames"]
+    built = CausalVAE(config).eval()
+    hub.load_weights(built, folder / hub.WEIGHTS_NAME)
+    z = torch.randn(1, 16, 9, 8, 8, generator=torch.Generator().manual_seed(0))
+    ours = built.decode(z)
+    assert built.decode_segment == vae.decode_segment == 5
+    assert torch.equal(ours, vae.decode(z))
+    assert not torch.allclose(ours, built.decode(z, reanchor=False), atol=1e-2)
+    caplog.set_level("INFO", logger="mdiff.hub")
+    assert CausalVAE.from_pretrained("shapes-vae").config == config
+    assert not [r for r in caplog.records if "old layout" in r.getMessage()]

@@ -54,12 +54,28 @@ def test_stream_concatenated_equals_offline_exactly_and_arrives_chunk_by_chunk(c
     assert set(chunks[0].timings) >= {"denoise", "decode", "watermark", "since_start"}
 
 
+def guided_velocity(method: str, w: float, c, u, x, t: float):
+    """The core's guidance rules written out for one sample (B = 1): CFG ``u + w(c − u)``;
+    CFG-Zero* ``s·u + w(c − s·u)``, ``s = ⟨c, u⟩/‖u‖²``; APG (η = 0) in data space on the CondOT
+    path, ``x1 = x + (1 − t)v``: ``x1_c + (w − 1)(Δ − ⟨Δ, x1_c⟩/‖x1_c‖²·x1_c)``, back to v."""
+    if method == "cfg":
+        return u + w * (c - u)
+    if method == "cfg_zero_star":
+        su = (c * u).sum() / (u * u).sum() * u
+        return su + w * (c - su)
+    c1, u1 = x + (1 - t) * c, x + (1 - t) * u
+    delta = c1 - u1
+    g1 = c1 + (w - 1) * (delta - (delta * c1).sum() / (c1 * c1).sum() * c1)
+    return (g1 - x) / (1 - t)
+
+
 @torch.no_grad()
-def reference_latents(pipe: VideoPipeline, prompt: str, seed: int, frames: int) -> torch.Tensor:
+def reference_latents(pipe: VideoPipeline, prompt: str, seed: int, frames: int,
+                      method: str = "cfg") -> torch.Tensor:  # fmt: skip
     """The block-causal sampler without a KV cache: chunk j is denoised by full forwards over
     [chunks < j at t = 1 − σ ; chunk j at t] (the block-causal mask keeps earlier frames from
-    seeing later ones, which is what the cache computes), CFG written out, Euler steps. With
-    σ = context_noise > 0 the earlier chunks are seen as σ·ε + (1 − σ)·x, ε of the chunk's
+    seeing later ones, which is what the cache computes), guidance written out, Euler steps.
+    With σ = context_noise > 0 the earlier chunks are seen as σ·ε + (1 − σ)·x, ε of the chunk's
     "context" generator; σ = 0: clean."""
     s, dit = pipe.settings, pipe.dit
     sigma = s.context_noise
@@ -76,7 +92,7 @@ def reference_latents(pipe: VideoPipeline, prompt: str, seed: int, frames: int) 
             ts = torch.cat([torch.full((1, a), 1 - sigma), torch.full((1, b - a), t)], dim=1)
             c = dit(xs, ts, text, mask)[:, :, a:]
             u = dit(xs, ts, null, null_mask)[:, :, a:]
-            x = x + (t_next - t) * (u + s.guidance * (c - u))
+            x = x + (t_next - t) * guided_velocity(method, s.guidance, c, u, x, t)
         done = torch.cat([done, x], dim=2)
         eps = torch.randn(x.shape, generator=chunk_generator(seed, j, "context"))
         seen = torch.cat([seen, (1 - sigma) * x + sigma * eps if sigma else x], dim=2)
@@ -90,6 +106,36 @@ def test_cached_chunked_sampling_matches_the_uncached_reference(stamper, text):
     ref = reference_latents(pipe, PROMPT, 8, 17)
     assert out.latents.shape == ref.shape == (1, 4, 5, 4, 4)
     assert torch.allclose(out.latents, ref, atol=1e-4, rtol=1e-4)
+
+
+METHODS = ["cfg", "cfg_zero_star", "apg"]
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_guidance_method_by_name_follows_the_core_rule(stamper, causal, method):
+    """Per call or in the settings, the named method is applied, and no other."""
+    out = causal(PROMPT, seed=8, guidance_method=method, return_latents=True)
+    for name in METHODS:
+        ref = reference_latents(causal, PROMPT, 8, 17, name)
+        assert torch.allclose(out.latents, ref, atol=1e-4, rtol=1e-4) == (name == method), name
+    assert out.record.guidance == {"kind": method, "scale": 3.0}
+    pipe = make_pipeline(stamper, causal=True, guidance_method=method)
+    assert torch.equal(pipe(PROMPT, seed=8, return_latents=True).latents, out.latents)
+    assert torch.equal(torch.cat([c.frames for c in pipe.stream(PROMPT, seed=8)]),
+                       pipe(PROMPT, seed=8).frames)  # fmt: skip
+    with pytest.raises(InvalidInputError, match="guidance_method must be one of"):
+        causal(PROMPT, guidance_method="pag")
+    with pytest.raises(InvalidInputError, match="guidance_method must be one of"):
+        make_pipeline(stamper, causal=True, guidance_method="CFG")
+
+
+@pytest.mark.parametrize("method", ["cfg_zero_star", "apg"])
+def test_every_guidance_method_keeps_the_image_anchor(causal, method):
+    image = torch.full((SIZE, SIZE, 3), 90, dtype=torch.uint8)
+    out = causal(PROMPT, num_frames=9, image=image, guidance_method=method, return_latents=True)
+    with torch.no_grad():
+        anchor = causal.vae.encode(frames_to_pixels(image[None])[None])
+    assert torch.equal(out.latents[:, :, :1], anchor)
 
 
 def test_context_noise_matches_the_reference_and_keeps_stream_equal_offline(stamper, causal):
@@ -218,8 +264,12 @@ def test_long_clips_decode_re_anchored(causal, monkeypatch, tmp_path):
     from mdiff.video.vae.model import CausalVAE
 
     folder = causal.vae.save_pretrained(tmp_path / "vae")
-    assert CausalVAE.from_pretrained(folder).trained_frames is None  # no training log
+    assert CausalVAE.from_pretrained(folder).trained_frames is None  # config.json says unknown
     (folder / "training_log.json").write_text(json.dumps({"data": {"frames": 9}}))
+    assert CausalVAE.from_pretrained(folder).trained_frames is None  # a log is provenance only
+    config = json.loads((folder / "config.json").read_text())
+    del config["trained_frames"]  # the old layout: the length only in the training log
+    (folder / "config.json").write_text(json.dumps(config))
     assert CausalVAE.from_pretrained(folder).trained_frames == 9
     (folder / "training_log.json").write_text("{not json")
     assert CausalVAE.from_pretrained(folder).trained_frames is None

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mdiff import cli
+from mdiff import cli, demo
 from mdiff.provenance import verify
 
 # Fixtures come from the shared helper module (imported by name, so ruff sees redefinitions).
@@ -138,6 +138,6 @@ def test_demo_streams_the_builtin_video_model(pipe_dir, home, stamper, tmp_path,
     (pkg / "__init__.py").write_text("")
     monkeypatch.syspath_prepend(str(tmp_path / "site"))
     monkeypatch.setattr(hub, "BUILTIN_PACKAGES", ("fake_video_frontend",))
-    (path,) = cli._demo_video(tmp_path, stamper, 0)
+    (path,) = demo.stream_video(tmp_path, stamper, 0)
     assert path.name == "streamed.mp4" and decode_all(path).shape[0] == 17
     assert verify(path, home=home).exit_code == 0

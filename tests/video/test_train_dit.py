@@ -17,15 +17,14 @@ from mdiff.video.data import ShapesDataset
 from mdiff.video.dit.latent_cache import LatentCache
 from mdiff.video.dit.model import DiTConfig, SpaceTimeDiT
 from mdiff.video.dit.train import (
-    PIPELINE_FORMAT,
+    DiTExport,
     DiTObjective,
+    DiTRecipe,
     TextConditionedDiT,
-    export,
     heldout_loss,
-    load_ema_model,
     token_shift,
-    train,
 )
+from mdiff.video.pipeline.folder import PIPELINE_FORMAT
 from mdiff.video.text_encoders import ShapesTextEncoder, ShapesTextEncoderConfig
 from mdiff.video.vae.model import CausalVAE
 from mdiff.video.vae.train import shapes_vae_config
@@ -231,11 +230,12 @@ def test_latent_cache_reads_back_and_rejects_other_settings(vae_dir, tmp_path):
     assert third.captions != first.captions  # re-encoded for the other clips
 
 
-def _train(out, vae_dir, steps, **kw):
-    return train(
-        out, preset="test", vae=vae_dir, steps=steps, batch_size=2, size=16, frames=5, clips=6,
+def _train(out, vae_dir, steps, resume=False, **kw):
+    recipe = DiTRecipe(
+        preset="test", vae=vae_dir, steps=steps, batch_size=2, size=16, frames=5, clips=6,
         heldout_clips=2, save_every=2, log_every=1, eval_every=2, progress=False, **kw,
     )  # fmt: skip
+    return recipe.train(out, resume=resume)
 
 
 def _weights(out, step):
@@ -257,14 +257,14 @@ def test_resume_is_exact_and_export_loads(vae_dir, tmp_path):
     assert [r["step"] for r in rows if r["kind"] == "eval"] == [2, 4]
 
     out = tmp_path / "pipe"
-    log = export(tmp_path / "split", out, settings={"guidance": 3.0})
+    log = DiTRecipe.export(tmp_path / "split", out, DiTExport(guidance=3.0))
     pipe = json.loads((out / "pipeline.json").read_text())
     assert pipe["format"] == PIPELINE_FORMAT and pipe["text_encoder_class"] == "ShapesTextEncoder"
     assert (pipe["vae"], pipe["dit"], pipe["text_encoder"]) == ("vae", "dit", "text_encoder")
     s = pipe["settings"]
     assert {"steps", "shift", "solver", "guidance", "fps", "num_frames"} <= set(s)
     assert s["guidance"] == 3.0 and pipe["chunking"] is None and s["shift"] == 1.0
-    model, step = load_ema_model(tmp_path / "split")
+    model, step = DiTRecipe.load_ema(tmp_path / "split")
     dit = SpaceTimeDiT.from_pretrained(out / pipe["dit"])
     encoder = ShapesTextEncoder.from_pretrained(out / pipe["text_encoder"])
     captions = ["a red circle moving left", ""]
@@ -293,7 +293,7 @@ def test_export_ships_a_decoder_finetune_and_refuses_another_latent_space(vae_di
     with torch.no_grad():
         next(vae.decoder.parameters()).add_(0.1)  # a decoder fine-tune: same latent space
     vae.save_pretrained(tmp_path / "ft")
-    log = export(run, tmp_path / "pipe", vae=tmp_path / "ft")
+    log = DiTRecipe.export(run, tmp_path / "pipe", DiTExport(export_vae=tmp_path / "ft"))
     assert weights_sha256(tmp_path / "pipe" / "vae") == weights_sha256(tmp_path / "ft")
     assert weights_sha256(tmp_path / "ft") != weights_sha256(vae_dir)
     assert log["exported_vae"] == str(tmp_path / "ft")
@@ -301,7 +301,7 @@ def test_export_ships_a_decoder_finetune_and_refuses_another_latent_space(vae_di
         next(vae.encoder.parameters()).add_(0.1)  # another encoder: other latents
     vae.save_pretrained(tmp_path / "other")
     with pytest.raises(CheckpointError, match="another latent space"):
-        export(run, tmp_path / "pipe2", vae=tmp_path / "other")
+        DiTRecipe.export(run, tmp_path / "pipe2", DiTExport(export_vae=tmp_path / "other"))
     assert not (tmp_path / "pipe2").exists()
 
 
@@ -313,7 +313,7 @@ def test_export_references_a_builtin_vae_by_name_and_hash(vae_dir, tmp_path, mon
     _train(run, vae_dir, 1)
     CausalVAE.from_pretrained(vae_dir).save_pretrained(builtins / "tiny-builtin-vae")
     monkeypatch.setattr(hub, "_builtin_roots", lambda: [builtins])
-    export(run, tmp_path / "pipe", vae="tiny-builtin-vae")
+    DiTRecipe.export(run, tmp_path / "pipe", DiTExport(export_vae="tiny-builtin-vae"))
     entry = json.loads((tmp_path / "pipe" / "pipeline.json").read_text())["components"]["vae"]
     assert entry["builtin"] == "tiny-builtin-vae" and entry["sha256"] == weights_sha256(vae_dir)
     assert json.loads((tmp_path / "pipe" / "pipeline.json").read_text())["vae"] == entry["builtin"]
@@ -378,31 +378,32 @@ def test_init_from_starts_a_fine_tune_from_a_pipeline_and_checks_it_fits(
     from mdiff.video.pipeline.video_pipeline import VideoPipeline
 
     _train(tmp_path / "parent", vae_dir, 2)
-    export(tmp_path / "parent", tmp_path / "pipe", sink_position="adjacent")  # not a weight:
-    child = tmp_path / "child"  # a fine-tune from it may keep its preset's sink position
+    # the sink position is not a weight: a fine-tune may keep its preset's
+    DiTRecipe.export(tmp_path / "parent", tmp_path / "pipe", DiTExport(sink_position="adjacent"))
+    child = tmp_path / "child"
     _train(child, vae_dir, 1, lr=0.0, init_from=tmp_path / "pipe")  # lr 0: weights unchanged
 
     pipe = VideoPipeline.from_pretrained(tmp_path / "pipe")
-    start, _ = load_ema_model(child)
+    start, _ = DiTRecipe.load_ema(child)
     assert weights_sha256(start.dit) == weights_sha256(pipe.dit)
     assert weights_sha256(start.text_encoder) == weights_sha256(pipe.text_encoder)
     _train(tmp_path / "fresh", vae_dir, 1, lr=0.0)  # the same run without --init-from
-    assert weights_sha256(load_ema_model(tmp_path / "fresh")[0].dit) != weights_sha256(pipe.dit)
+    assert weights_sha256(DiTRecipe.load_ema(tmp_path / "fresh")[0].dit) != weights_sha256(pipe.dit)
     _train(tmp_path / "parent", vae_dir, 3, resume=True)  # the name now holds other weights:
-    export(tmp_path / "parent", tmp_path / "pipe")  # the child keeps the log it started from
-    log = export(child, tmp_path / "child-pipe")
+    DiTRecipe.export(tmp_path / "parent", tmp_path / "pipe")  # the child keeps its start's log
+    log = DiTRecipe.export(child, tmp_path / "child-pipe")
     assert log["init_log"]["step"] == 2 and log["train"]["init_from"] == str(tmp_path / "pipe")
 
     monkeypatch.setitem(dit.PRESETS, "test-deeper", {**dit.PRESETS["test"], "depth": 3})
     with pytest.raises(CheckpointError, match=r"DiT differs from the run's .* \['depth'\]"):
-        train(tmp_path / "deeper", preset="test-deeper", vae=vae_dir, steps=1, batch_size=2,
-              size=16, frames=5, clips=6, heldout_clips=2, progress=False,
-              init_from=tmp_path / "pipe")  # fmt: skip
+        DiTRecipe(preset="test-deeper", vae=vae_dir, steps=1, batch_size=2, size=16, frames=5,
+                  clips=6, heldout_clips=2, progress=False,
+                  init_from=tmp_path / "pipe").train(tmp_path / "deeper")  # fmt: skip
     other = CausalVAE.from_pretrained(vae_dir)
     with torch.no_grad():
         next(other.encoder.parameters()).add_(0.1)
     other.save_pretrained(tmp_path / "other-vae")
     with pytest.raises(CheckpointError, match="another VAE encoder"):
-        train(tmp_path / "other", preset="test", vae=tmp_path / "other-vae", steps=1,
-              batch_size=2, size=16, frames=5, clips=6, heldout_clips=2, progress=False,
-              init_from=tmp_path / "pipe")  # fmt: skip
+        DiTRecipe(preset="test", vae=tmp_path / "other-vae", steps=1, batch_size=2, size=16,
+                  frames=5, clips=6, heldout_clips=2, progress=False,
+                  init_from=tmp_path / "pipe").train(tmp_path / "other")  # fmt: skip

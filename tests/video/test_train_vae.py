@@ -92,10 +92,24 @@ def test_cli_resume_continues_exactly_and_export_loads(tmp_path):
     for name, p in vae.named_parameters():
         assert torch.equal(p, ema[name]), name
     assert vae.config.latents_mean != (0.0,) * 4  # measured statistics
+    assert vae.config.trained_frames == 5  # the training clip length, which decoding reads
     log = json.loads((exported / "training_log.json").read_text())
     assert log["step"] == 4 and len(log["losses"]) == 4 and log["command"].startswith("mdiff")
     assert {"psnr_mean", "psnr_min", "ssim_mean", "flicker_recon"} <= set(log["heldout"])
     assert len(log["heldout"]["psnr_per_frame"]) == 17
+
+
+def test_a_run_folder_of_the_earlier_layout_resumes_exactly(tmp_path):
+    """run.json as `mdiff train vae` wrote it before the recipes (no train.warmup_steps; the
+    warm-up was always 200) resumes bit-identically to a run that never stopped."""
+    straight = _run(tmp_path, "straight", "--steps", "4", "--eval-every", "0")
+    split = _run(tmp_path, "split", "--steps", "2", "--eval-every", "0")
+    run = json.loads((split / "run.json").read_text())
+    assert run["train"].pop("warmup_steps") == 200
+    (split / "run.json").write_text(json.dumps(run, indent=2))
+    _run(tmp_path, "split", "--steps", "4", "--eval-every", "0", "--resume")
+    for a, b in zip(_weights(straight, 4), _weights(split, 4), strict=True):
+        assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_new_run_refuses_to_overwrite(tmp_path):

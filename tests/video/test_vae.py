@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import logging
+
 import pytest
 import torch
 
-from mdiff.errors import InvalidInputError
+from mdiff.errors import CheckpointError, InvalidInputError
 from mdiff.hub import read_config
 from mdiff.video.vae.model import CausalVAE, CausalVAEConfig
 from mdiff.video.vae.stream import Tiling
@@ -184,9 +187,7 @@ def test_decode_state_does_not_grow(vae):
 def trained13() -> CausalVAE:
     """A VAE that says it was trained on 13-frame clips: segments of 4 latents, a new key
     frame every 2 latents from latent 4 on."""
-    vae = make_vae(seed=3)
-    vae.trained_frames = 13
-    return vae
+    return make_vae(seed=3, trained_frames=13)
 
 
 def test_decode_segment_follows_the_training_length(trained13):
@@ -195,6 +196,50 @@ def test_decode_segment_follows_the_training_length(trained13):
     for frames, segment in [(None, None), (5, None), (8, None), (9, 3), (17, 5), (129, 33)]:
         vae.trained_frames = frames
         assert vae.decode_segment == segment, frames
+    assert vae.config.trained_frames == 129  # the attribute is the config field
+    for bad in (0, -3, 9.0, True, "9"):
+        with pytest.raises(InvalidInputError, match="trained_frames"):
+            CausalVAEConfig(trained_frames=bad)
+
+
+@torch.no_grad()
+def test_trained_frames_lives_in_config_json_and_the_log_is_provenance(trained13, tmp_path):
+    """`CausalVAE(config)` and its saved folder decode alike: the training length round-trips
+    through config.json, and a training log beside it changes nothing."""
+    folder = trained13.save_pretrained(tmp_path / "vae")
+    assert json.loads((folder / "config.json").read_text())["trained_frames"] == 13
+    (folder / "training_log.json").write_text(json.dumps({"data": {"frames": 9}}))
+    loaded = CausalVAE.from_pretrained(folder)
+    assert loaded.config == trained13.config and loaded.decode_segment == 4
+    z = latents(11)
+    assert torch.equal(loaded.decode(z), trained13.decode(z))
+    assert not torch.allclose(loaded.decode(z), loaded.decode(z, reanchor=False), atol=1e-2)
+
+
+def _old_layout(folder, log) -> None:
+    """Make a saved VAE folder look like an older export: no trained_frames in config.json."""
+    config = json.loads((folder / "config.json").read_text())
+    config.pop("trained_frames", None)
+    (folder / "config.json").write_text(json.dumps(config))
+    (folder / "training_log.json").write_text(json.dumps(log))
+
+
+@torch.no_grad()
+def test_old_layout_takes_trained_frames_from_the_training_log(trained13, tmp_path, caplog):
+    folder = trained13.save_pretrained(tmp_path / "vae")
+    _old_layout(folder, {"data": {"frames": 13}})
+    with caplog.at_level(logging.INFO, logger="mdiff.hub"):
+        loaded = CausalVAE.from_pretrained(folder)
+    (line,) = [r.getMessage() for r in caplog.records if "old layout" in r.getMessage()]
+    assert "trained_frames=13" in line and "training_log.json" in line
+    assert loaded.config == trained13.config
+    z = latents(11)
+    assert torch.equal(loaded.decode(z), trained13.decode(z))
+    _old_layout(folder, {"data": {"frames": "13"}})
+    with pytest.raises(CheckpointError, match="trained_frames"):
+        CausalVAE.from_pretrained(folder)
+    _old_layout(folder, {"data": {"size": 64}})  # an old log without the length: unknown
+    assert CausalVAE.from_pretrained(folder).trained_frames is None
 
 
 @pytest.mark.parametrize("trained", [13, 17])
@@ -355,9 +400,20 @@ def test_frame_counts(vae):
 
 
 def test_forward_reconstructs_with_gradients():
+    """forward = decode(posterior mean), or decode(mean + std·noise) with a generator, unclamped;
+    gradients reach the encoder and the decoder (an identity or a mean-only forward fails)."""
     model = make_vae().train()
     x = video(5, hw=16)
+    plain = dict(normalize=False, reanchor=False)
+    with torch.no_grad():
+        mean, logvar = model.encode_moments(x)
+        noise = torch.randn(mean.shape, generator=torch.Generator().manual_seed(0))
+        sampled = model.decode(mean + (0.5 * logvar).exp() * noise, **plain)
+        assert torch.allclose(model(x).clamp(-1, 1), model.decode(mean, **plain), atol=1e-6)
     out = model(x, generator=torch.Generator().manual_seed(0))
     assert out.shape == x.shape
+    assert torch.allclose(out.detach().clamp(-1, 1), sampled, atol=1e-6)
+    assert not torch.allclose(sampled, model.decode(mean, **plain), atol=1e-3)  # noise is used
     out.square().mean().backward()
-    assert model.encoder.conv_in.weight.grad is not None
+    for param in (model.encoder.conv_in.weight, model.decoder.conv_out.weight):
+        assert param.grad is not None and bool(param.grad.abs().sum() > 0)

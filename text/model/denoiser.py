@@ -47,6 +47,10 @@ __all__ = ["PRESETS", "TextDenoiser", "TextDenoiserConfig"]
 
 @dataclass
 class TextDenoiserConfig:
+    """Architecture, special ids, and how the model is used at inference: `context`, the tokens
+    it sees when infilling (its training window; None = up to `max_len`), and `fim_order`, the
+    FIM prompt order of an autoregressive baseline ("psm" | "spm", see `mdiff.text.data`)."""
+
     vocab_size: int
     dim: int = 256
     depth: int = 6
@@ -65,8 +69,12 @@ class TextDenoiserConfig:
     dropout: float = 0.0  # on the token embeddings
     rope_theta: float = 10000.0
     backend: str = "auto"  # attention kernel, see mdiff.nn.attention
+    context: int | None = None  # tokens seen when infilling; None = max_len
+    fim_order: str = "psm"  # FIM prompt order of an autoregressive baseline
 
     def __post_init__(self):
+        from mdiff.text.data import FIM_ORDERS  # here: mdiff.text.data imports this package
+
         if self.attention not in ATTENTION_KINDS:
             raise InvalidInputError(
                 f"attention must be one of {ATTENTION_KINDS}, got {self.attention!r}"
@@ -84,6 +92,12 @@ class TextDenoiserConfig:
             raise InvalidInputError("mask_id must differ from pad_id, bos_id and eos_id")
         if not 0.0 <= self.dropout < 1.0:
             raise InvalidInputError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.context is not None and not (type(self.context) is int and self.context >= 1):
+            raise InvalidInputError(f"context must be a positive int or None, got {self.context!r}")
+        if self.fim_order not in FIM_ORDERS:
+            raise InvalidInputError(
+                f"fim_order must be one of {FIM_ORDERS}, got {self.fim_order!r}"
+            )
         if (self.dim // self.heads) % 2:
             raise InvalidInputError(f"head dim {self.dim}/{self.heads} must be even for RoPE")
         self.block_config()  # validates dim / heads / kv_heads / mlp
@@ -118,9 +132,13 @@ PRESETS: dict[str, dict] = {
 
 
 class TextDenoiser(nn.Module, PretrainedMixin):
-    """Masked-diffusion LM: `model(input_ids, attention_mask, position_ids, cache, cache_at)`."""
+    """Masked-diffusion LM: `model(input_ids, attention_mask, position_ids, cache, cache_at)`.
+
+    Folders of the old layout, whose config.json lacks `context` / `fim_order`, take them from
+    their training log (`hub.with_legacy_fields`)."""
 
     config_class = TextDenoiserConfig
+    legacy_log_fields = {"context": ("data", "seq_len"), "fim_order": ("data", "fim_order")}
 
     def __init__(self, config: TextDenoiserConfig):
         super().__init__()

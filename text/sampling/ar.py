@@ -20,10 +20,10 @@ import torch
 from torch import Tensor
 
 from mdiff.errors import InvalidInputError
-from mdiff.solvers import sample_categorical
 from mdiff.text.data import FIM_ORDERS
 from mdiff.text.sampling.heal import fit_vocab
 from mdiff.text.sampling.layout import left_pad
+from mdiff.unmasking import sample_categorical
 
 __all__ = ["ARResult", "fim_prompt", "generate_ar"]
 

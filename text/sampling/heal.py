@@ -26,7 +26,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["first_token_mask", "fit_vocab", "heal", "split_prefix", "strip_carry", "true_length"]
+from mdiff.errors import InvalidInputError
+
+__all__ = [
+    "check_restriction",
+    "first_token_mask",
+    "fit_vocab",
+    "heal",
+    "split_prefix",
+    "strip_carry",
+    "true_length",
+]
 
 _WORD = re.compile(r" ?[A-Za-z0-9_]+\Z")
 _TEXTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # tokenizer -> token texts
@@ -89,3 +99,21 @@ def strip_carry(middle: str, carry: str) -> str:
 def fit_vocab(allowed: Tensor, size: int) -> Tensor:
     """``allowed`` (..., V) bool cut or padded with False to a model's `size` logits."""
     return F.pad(allowed.bool(), (0, max(size - allowed.shape[-1], 0)))[..., :size]
+
+
+def check_restriction(restrict, x: Tensor) -> tuple[Tensor, Tensor] | None:
+    """The sampler's ``restrict`` argument checked against the canvas x (B, L): positions (B,)
+    long (−1: none) and allowed tokens (B, V) bool, or None."""
+    if restrict is None:
+        return None
+    pos, allowed = (torch.as_tensor(r, device=x.device) for r in restrict)
+    B, L = x.shape
+    if pos.shape != (B,) or allowed.dim() != 2 or allowed.shape[0] != B:
+        raise InvalidInputError(f"restrict needs positions ({B},) and allowed ({B}, V)")
+    if bool(((pos < -1) | (pos >= L)).any()):
+        raise InvalidInputError(f"restrict positions must be -1 or columns 0..{L - 1}")
+    allowed = allowed.bool()
+    on = pos >= 0
+    if bool((on & ~allowed.any(1)).any()):
+        raise InvalidInputError("restrict allows no token at some position")
+    return pos.long(), allowed

@@ -17,8 +17,11 @@ the canvas x (B, L) and counts one model forward. Cache modes:
 max |logits_cached − logits_full| over the window (≈ 0 for exact; the approximation error else).
 
 Guidance (LLaDA's unsupervised CFG): the unconditional canvas has every fixed (prompt or
-context) token replaced by ``[MASK]``; ``l = u + (w + 1)(c − u)``. Both halves run as one
-batch, with or without an attention mask.
+context) token replaced by ``[MASK]``. Both halves run as one batch, with or without an
+attention mask, and are combined by the core's rule (`mdiff.guidance.combine`, the one
+convention: scale ``w``, off at 1; ``cfg`` is ``l = u + w(c − u)``). Each position's logits are
+one prediction: CFG-Zero*'s ``s`` and APG's projection are taken per position over the
+vocabulary, and APG acts on the logits themselves (no path conversion, no momentum).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import torch
 from torch import Tensor
 
 from mdiff.errors import InvalidInputError
+from mdiff.guidance import combine
 
 __all__ = ["CACHE_MODES", "ModelRunner", "resolve_cache_mode"]
 
@@ -54,14 +58,17 @@ class ModelRunner:
     """Calls ``model`` on windows of a canvas; owns the cache and the forward / drift counters.
 
     ``real`` (B, L) marks non-padding slots; ``positions`` (B, L) or None (slots are positions);
-    ``fixed`` (B, L) marks the context tokens that the unconditional branch masks.
+    ``fixed`` (B, L) marks the context tokens that the unconditional branch masks; ``guidance``
+    is the core's scale (1 = off) and ``guidance_method`` one of `mdiff.guidance.METHODS`.
     """
 
     def __init__(self, model, spec, mode: str, real: Tensor, positions: Tensor | None,
-                 fixed: Tensor, cfg_scale: float = 0.0, measure_drift: bool = False):  # fmt: skip
+                 fixed: Tensor, guidance: float = 1.0, guidance_method: str = "cfg",
+                 measure_drift: bool = False):  # fmt: skip
         self.model, self.mask_id, self.mode = model, spec.mask_id, mode
         self.real = None if bool(real.all()) else real
-        self.positions, self.fixed, self.w = positions, fixed, float(cfg_scale)
+        self.positions, self.fixed = positions, fixed
+        self.w, self.method, self.guided = float(guidance), guidance_method, guidance != 1
         self.cache = None
         self.nfe = 0
         self.drift: list[float] | None = [] if measure_drift else None
@@ -119,18 +126,18 @@ class ModelRunner:
         pick = (lambda t: t) if rows is None else (lambda t: None if t is None else t[rows])
         x, real, positions = pick(x), pick(self.real), pick(self.positions)
         ids = x[:, start:end]
-        if self.w:
+        if self.guided:
             uncond = torch.where(pick(self.fixed), torch.full_like(x, self.mask_id), x)
             ids = torch.cat([ids, uncond[:, start:end]])
         keys = None
         if real is not None:
             stop = x.shape[1] if cache_at is not None else end
             keys = real[:, :stop] if cache is not None else real[:, start:end]
-            keys = torch.cat([keys, keys]) if self.w else keys
+            keys = torch.cat([keys, keys]) if self.guided else keys
         pos = None
         if positions is not None:
             pos = positions[:, start:end]
-            pos = torch.cat([pos, pos]) if self.w else pos
+            pos = torch.cat([pos, pos]) if self.guided else pos
         out = self.model(ids, attention_mask=keys, position_ids=pos, cache=cache,
                          cache_at=cache_at)  # fmt: skip
         if not torch.is_tensor(out) or out.shape[:2] != ids.shape:
@@ -139,7 +146,10 @@ class ModelRunner:
         return out
 
     def _guide(self, out: Tensor) -> Tensor:
-        if not self.w:
+        """The guided logits (B, W, V) from the two halves (2B, W, V), position by position."""
+        if not self.guided:
             return out
         cond, uncond = out.chunk(2)
-        return uncond + (self.w + 1) * (cond - uncond)
+        V = out.shape[-1]
+        g = combine(self.method, cond.reshape(-1, V), uncond.reshape(-1, V), self.w)
+        return g.reshape(cond.shape)

@@ -1,4 +1,4 @@
-"""The text sampler: one denoising loop with pluggable policies (`mdiff.text.sampling.policies`).
+"""The text sampler: blocks, EOS, caches, healing and streaming over the core's unmasking step.
 
 ``generate(model, prompts, config)`` appends ``gen_length`` masks to a left-padded prompt batch;
 ``denoise(model, x, ...)`` fills every ``[MASK]`` of a canvas (B, L), e.g. prefix + masks +
@@ -6,8 +6,11 @@ suffix for infilling. A step, for every row that is decoding:
 
     logits (window of the canvas; runner.py: guidance, caches)  → [MASK] never proposed
     → EOS policy → watermark bias → restriction (token healing) → top-k / top-p
-    → proposals (float64 Gumbel, temperature) → scores → selection (schedule)
-    → optional ReMDM remasking → commit
+    → proposals (float64 Gumbel, temperature) → scores (EOS deferred)
+    → `mdiff.unmasking.unmask_step`: selection (schedule) → optional ReMDM remasking → commit
+
+The schedules, scores, selection rules, ReMDM and top-k / top-p are the core's
+(`mdiff.unmask_rules`, `mdiff.unmasking`); this module plans them per row and per block.
 
 Blocks. Bidirectional model: block k of a row is its masked positions of rank
 ``k·block_length …`` — LLaDA's semi-AR blocks when the masks sit at the end (a full forward
@@ -26,23 +29,29 @@ batch. The approximate caches run blocks in lock-step and share windows across r
 
 from __future__ import annotations
 
-import dataclasses
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from mdiff import unmask_rules as R
+from mdiff import unmasking as U
 from mdiff.errors import InvalidInputError
-from mdiff.solvers import sample_categorical
+from mdiff.schedules import PolynomialKappa
 from mdiff.text.model.spec import DenoiserSpec
-from mdiff.text.sampling import policies as P
-from mdiff.text.sampling.generation import GenerationConfig, GenerationOutput
-from mdiff.text.sampling.heal import fit_vocab
+from mdiff.text.sampling.generation import (
+    GenerationConfig,
+    GenerationOutput,
+    resolve_config,
+    row_generators,
+)
+from mdiff.text.sampling.heal import check_restriction, fit_vocab
 from mdiff.text.sampling.layout import Layout, canvas_from_prompts, check_canvas, layout
 from mdiff.text.sampling.runner import ModelRunner, resolve_cache_mode
 from mdiff.text.sampling.stream import CommitFeed
 
 __all__ = ["GenerationConfig", "GenerationOutput", "denoise", "generate"]
+
+LINEAR = PolynomialKappa(1.0)  # κ(t) = t: a block's clock is its revealed fraction
 
 
 def generate(model, input_ids, attention_mask=None, config: GenerationConfig | None = None, *,
@@ -54,7 +63,7 @@ def generate(model, input_ids, attention_mask=None, config: GenerationConfig | N
     token-id lists. Rows are left-padded to a common length (for a block-causal model, to a whole
     number of blocks). The new tokens are ``output.sequences[:, -gen_length:]``.
     """
-    cfg = _config(config, overrides)
+    cfg = resolve_config(config, overrides)
     spec = _spec_of(model)
     x, real = canvas_from_prompts(input_ids, attention_mask, spec, cfg.gen_length, _device(model))
     return denoise(model, x, None if bool(real.all()) else real, cfg, generators=generators,
@@ -73,19 +82,19 @@ def denoise(model, x: Tensor, attention_mask: Tensor | None = None,
     ``restrict``: ``(positions (B,), allowed (B, V) bool)`` — row b's token at column
     ``positions[b]`` (−1: none) is drawn only from ``allowed[b]`` (token healing, `heal.py`).
     """
-    cfg = _config(config, overrides)
+    cfg = resolve_config(config, overrides)
     spec = _spec_of(model)
     x, real = check_canvas(x, attention_mask, spec)
     lay = layout(real, x == spec.mask_id, spec, cfg.block_length)
     mode = resolve_cache_mode(cfg.cache, spec, model)
-    gens, seed = _generators(cfg, generators, x.shape[0], x.device)
+    gens, seed = row_generators(cfg, generators, x.shape[0], x.device)
     eos_ids = cfg.eos.ids(spec.eos_ids)
-    runner = ModelRunner(model, spec, mode, real, lay.positions, real & ~lay.gen, cfg.cfg_scale,
-                         cfg.measure_drift)  # fmt: skip
+    runner = ModelRunner(model, spec, mode, real, lay.positions, real & ~lay.gen, cfg.guidance,
+                         cfg.guidance_method, cfg.measure_drift)  # fmt: skip
     feed = None if streamer is None else CommitFeed(streamer, real, lay.gen, eos_ids,
                                                     cfg.eos.truncate)  # fmt: skip
     run = _Run(spec, cfg, x.clone(), lay, runner, gens, watermark, feed, mode != "none",
-               _restriction(restrict, x))  # fmt: skip
+               check_restriction(restrict, x))  # fmt: skip
     out, tokens = run.run()
     settings = {**cfg.to_dict(), "cache": mode, "seed": seed, "watermarked": watermark is not None}
     return GenerationOutput(
@@ -118,8 +127,9 @@ class _Run:
         self.forwards = zeros.clone()
         self.per_block: list[list[int]] = [[] for _ in range(B)]
         self.auto = torch.zeros_like(lay.gen)  # filled by the EOS stop rule
-        self.fixed = cfg.schedule in P.FIXED_SCHEDULES
+        self.fixed = cfg.schedule in R.FIXED_SCHEDULES
         self.remasking = cfg.remask != "none" and cfg.remask_eta > 0
+        self.remask = U.remdm(cfg.remask, cfg.remask_eta) if self.remasking else None
         self.n_steps, self.last_block = 0, None
         self.restrict = restrict  # (positions (B,), allowed (B, V)) or None
 
@@ -156,10 +166,11 @@ class _Run:
         in_block &= stepping[:, None]
         masked = xw == self.mask_id
         proc = self._process(logits, s, e)
-        prop, sc, h = self._propose(proc, in_block & masked)
-        commit, remask = self._select(sc, h, in_block & masked, in_block & ~masked)
-        new = torch.where(commit, prop, xw)
-        new = torch.where(remask, torch.full_like(new, self.mask_id), new)
+        prop, sc = self._propose(proc, in_block & masked)
+        policy, last, t, t_next = self._plan()
+        state = U.UnmaskState(xw, in_block & masked, proc, prop, self.gens, t, t_next, LINEAR,
+                              scores=sc, decoded=in_block & ~masked)  # fmt: skip
+        new = U.unmask_step(state, self.mask_id, policy, self.remask, last)
         self.x[:, s:e] = new
         self.forwards += stepping.long()
         if self.feed is not None and self.feed.wants_drafts:
@@ -193,62 +204,44 @@ class _Run:
             logits[rows, cols] = logits[rows, cols].masked_fill(~keep, -torch.inf)
         return logits
 
-    def _propose(self, proc: Tensor, eligible: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Proposals (B, W), scores (−inf where not eligible) and entropies (+inf)."""
+    def _propose(self, proc: Tensor, eligible: Tensor) -> tuple[Tensor, Tensor]:
+        """Proposals (B, W) and scores (float64, −inf where not eligible): the configured score,
+        or −entropy for the entropy schedule, both with EOS deferred."""
         cfg = self.cfg
         prop = proc.argmax(-1)
         sc = torch.full(prop.shape, -torch.inf, dtype=torch.float64, device=prop.device)
-        h = torch.full_like(sc, torch.inf)
         rows, cols = eligible.nonzero(as_tuple=True)
         if rows.numel() == 0:
-            return prop, sc, h
-        lg = P.filter_logits(proc[rows, cols], cfg.top_k, cfg.top_p)  # (N, V)
-        noise = None
-        if cfg.temperature == 0 and cfg.score != "random":
-            p = lg.argmax(-1)
-        else:  # row by row: each row's draws come from its own generator, over its own positions
-            parts, noises = [], []
-            for b, seg in enumerate(lg.split(eligible.sum(1).tolist())):
-                if seg.shape[0]:
-                    gen = self.gens[b]
-                    parts.append(sample_categorical(seg, gen, cfg.temperature))
-                    if cfg.score == "random":
-                        noises.append(torch.rand(seg.shape[0], generator=gen, device=seg.device,
-                                                 dtype=torch.float64))  # fmt: skip
-            p, noise = torch.cat(parts), (torch.cat(noises) if noises else None)
+            return prop, sc
+        lg = R.filter_logits(proc[rows, cols], cfg.top_k, cfg.top_p)  # (N, V)
+        p, noise = U.propose_rows(lg, eligible.sum(1).tolist(), self.gens, cfg.temperature,
+                                  noise=cfg.score == "random")  # fmt: skip
         if bool((p == self.mask_id).any()):
             raise InvalidInputError("the model gives no finite logit except [MASK] at a position")
         sl = cfg.eos.score_logits(lg, self.eos_ids)
         prop[rows, cols] = p
-        sc[rows, cols] = cfg.eos.defer_scores(P.score(cfg.score, sl, p, noise), p, self.eos_ids)
-        if cfg.schedule == "entropy":
-            h[rows, cols] = -cfg.eos.defer_scores(-P.entropy(sl), p, self.eos_ids)
-        return prop, sc, h
+        kind = "neg_entropy" if cfg.schedule == "entropy" else cfg.score
+        sc[rows, cols] = cfg.eos.defer_scores(R.score(kind, sl, p, noise), p, self.eos_ids)
+        return prop, sc
 
-    def _select(self, sc, h, eligible, decoded) -> tuple[Tensor, Tensor]:
-        """Which eligible positions commit, and which decoded ones ReMDM remasks."""
-        cfg, remask = self.cfg, torch.zeros_like(eligible)
+    def _plan(self) -> tuple[U.Policy, bool | Tensor, Tensor | None, Tensor | None]:
+        """This step's selection policy, the rows at their block's last step, and the step's
+        clock ``t``, ``t_next`` (B,): the block's revealed fraction before and after the step
+        (κ(t) = t), which ReMDM's σ reads. Fixed schedules commit the masks planned for the
+        step (plus as many as ReMDM reopened); threshold and entropy take what their rule
+        accepts."""
+        cfg = self.cfg
         if cfg.schedule == "threshold":
-            return P.threshold_accept(sc, eligible, cfg.threshold), remask
+            return U.threshold(cfg.threshold, U.precomputed), False, None, None
         if cfg.schedule == "entropy":
-            return P.entropy_bound_accept(h, eligible, cfg.entropy_bound), remask
-        masked_now = eligible.sum(1)  # (B,)
+            return U.entropy_bound(cfg.entropy_bound, U.precomputed), False, None, None
         k = self.step.clamp(max=self.left.shape[1] - 1)
         after = self.left.gather(1, k[:, None]).squeeze(1)  # planned masks after this step
         before = torch.where(k > 0, self.left.gather(1, (k - 1).clamp_min(0)[:, None])[:, 0],
                              self.size)  # fmt: skip
-        if self.remasking:
-            size = self.size.clamp_min(1).double()
-            sigma = P.remask_sigma(cfg.remask, cfg.remask_eta, (size - before) / size,
-                                   (size - after) / size)  # fmt: skip
-            for b in (decoded.any(1) & (sigma > 0)).nonzero().squeeze(1).tolist():
-                idx = decoded[b].nonzero().squeeze(1)
-                u = torch.rand(idx.numel(), generator=self.gens[b], dtype=torch.float64,
-                               device=idx.device)  # fmt: skip
-                remask[b, idx[u < sigma[b]]] = True
-        n = (masked_now - after + remask.sum(1)).clamp(min=0)
-        n = torch.where(self.step >= self.spb - 1, masked_now, torch.minimum(n, masked_now))
-        return P.top_n(sc, eligible, n), remask
+        size = self.size.clamp_min(1).double()
+        policy = U.ranked(lambda state: state.masked.sum(1) - after, U.precomputed)
+        return policy, self.step >= self.spb - 1, (size - before) / size, (size - after) / size
 
     # ---- bookkeeping --------------------------------------------------------------------------
 
@@ -282,7 +275,7 @@ class _Run:
                     self.size[b], self.step[b] = m, 0
                     if self.fixed:
                         n = int(self.spb[b])
-                        counts = P.transfer_counts(self.cfg.schedule, torch.tensor([m]), n,
+                        counts = R.transfer_counts(self.cfg.schedule, torch.tensor([m]), n,
                                                    self.cfg.eps)[0].to(self.x.device)  # fmt: skip
                         self.left[b] = 0
                         self.left[b, :n] = m - counts.cumsum(0)
@@ -312,36 +305,6 @@ class _Run:
 # ---- helpers ------------------------------------------------------------------------------------
 
 
-def _restriction(restrict, x: Tensor) -> tuple[Tensor, Tensor] | None:
-    if restrict is None:
-        return None
-    pos, allowed = (torch.as_tensor(r, device=x.device) for r in restrict)
-    B, L = x.shape
-    if pos.shape != (B,) or allowed.dim() != 2 or allowed.shape[0] != B:
-        raise InvalidInputError(f"restrict needs positions ({B},) and allowed ({B}, V)")
-    if bool(((pos < -1) | (pos >= L)).any()):
-        raise InvalidInputError(f"restrict positions must be -1 or columns 0..{L - 1}")
-    allowed = allowed.bool()
-    on = pos >= 0
-    if bool((on & ~allowed.any(1)).any()):
-        raise InvalidInputError("restrict allows no token at some position")
-    return pos.long(), allowed
-
-
-def _config(config: GenerationConfig | None, overrides: dict) -> GenerationConfig:
-    cfg = config if config is not None else GenerationConfig()
-    if not isinstance(cfg, GenerationConfig):
-        raise InvalidInputError(f"config must be a GenerationConfig, got {type(cfg).__name__}")
-    overrides = dict(overrides)
-    if "max_new_tokens" in overrides:  # the transformers name
-        overrides["gen_length"] = overrides.pop("max_new_tokens")
-    names = {f.name for f in dataclasses.fields(GenerationConfig)}
-    unknown = sorted(set(overrides) - names)
-    if unknown:
-        raise InvalidInputError(f"unknown generation settings: {', '.join(unknown)}")
-    return dataclasses.replace(cfg, **overrides) if overrides else cfg
-
-
 def _spec_of(model) -> DenoiserSpec:
     spec = getattr(model, "spec", None)
     if not isinstance(spec, DenoiserSpec):
@@ -354,17 +317,3 @@ def _device(model) -> torch.device:
         return next(model.parameters()).device
     except (AttributeError, StopIteration, TypeError):
         return torch.device("cpu")
-
-
-def _generators(cfg: GenerationConfig, generators, batch: int, device):
-    """One generator per row and the base seed (None when the user passed generators)."""
-    if generators is not None:
-        gens = [generators] if isinstance(generators, torch.Generator) else list(generators)
-        if len(gens) != batch or not all(isinstance(g, torch.Generator) for g in gens):
-            raise InvalidInputError(f"need one torch.Generator per row ({batch}), got {gens!r}")
-        return gens, None
-    random = cfg.temperature > 0 or cfg.score == "random" or cfg.remask_eta > 0
-    if cfg.seed is None and not random:
-        return None, None  # greedy: nothing to draw
-    seed = cfg.seed if cfg.seed is not None else int(torch.randint(0, 2**62, (1,)))
-    return [torch.Generator(device=device).manual_seed(seed + b) for b in range(batch)], seed

@@ -26,8 +26,8 @@ import torch
 
 from mdiff.errors import InvalidInputError
 from mdiff.video.data import BACKGROUNDS, COLORS, PHRASES, SHAPES, SIZES
-from mdiff.video.eval.detect import Track, detect
 from mdiff.video.eval import metrics as video_eval
+from mdiff.video.eval.detect import Track, detect
 
 __all__ = ["ATTRIBUTES", "DIRECTIONS", "ObjectSpec", "PromptSpec", "adherence",
            "evaluate_prompts", "parse_prompt"]  # fmt: skip

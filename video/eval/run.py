@@ -5,8 +5,8 @@
     mdiff eval video -n 100 --objects 2 --reference  # the clips themselves: the ceiling
     mdiff eval video -n 50 --image-to-video          # from their first frames: first-frame PSNR
 
-Argument parsing lives in ``mdiff.cli_models``; this module does the work (see
-`mdiff.video.eval.adherence`).
+`add_arguments` gives the command its flags (registered by `mdiff.video.cli`) and
+`run_eval_video` does the work (see `mdiff.video.eval.adherence`).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from pathlib import Path
 from mdiff.errors import InvalidInputError
 
 __all__ = [
+    "add_arguments",
     "default_prompts",
     "heldout_first_frames",
     "read_prompts",
@@ -113,6 +114,42 @@ def read_prompts(path: str) -> list[str]:
     return prompts
 
 
+REFERENCE_HELP = (
+    "generate nothing: score the held-out clips themselves, as rendered and through the "
+    "model's VAE (the most a model can reach on these captions)"
+)
+IMAGE_TO_VIDEO_HELP = (
+    "start each clip from its held-out clip's first frame (image-to-video) and report the "
+    "first-frame PSNR against it, beside that frame's VAE round trip"
+)
+
+
+def add_arguments(v: argparse.ArgumentParser) -> None:
+    """The flags of ``mdiff eval video``."""
+    from mdiff.video.cli import DEFAULT_MODEL
+
+    v.add_argument("--model", default=DEFAULT_MODEL, help="built-in name or pipeline folder")
+    what = v.add_mutually_exclusive_group()
+    what.add_argument("--prompts", metavar="FILE", help="one prompt per line (# comments)")
+    what.add_argument("-n", type=int, default=20, help="held-out shapes captions (default 20)")
+    v.add_argument(
+        "--objects", type=int, choices=[1, 2], default=None,
+        help="only held-out captions naming this many objects (default: any)",
+    )  # fmt: skip
+    v.add_argument("--skip", type=int, default=0,
+                   help="start after this many held-out captions (default 0)")  # fmt: skip
+    v.add_argument("--frames", type=int, default=17, help="frames per clip, 1 + 4k (default 17)")
+    v.add_argument("--size", type=int, help="height and width (default: the model's)")
+    v.add_argument("--steps", type=int, help="solver steps (default: the model's)")
+    v.add_argument("--guidance", type=float, help="CFG scale (default: the model's)")
+    v.add_argument("--seed", type=int, default=0, help="first seed (default 0)")
+    v.add_argument("--seeds", type=int, default=1, help="seeds per prompt (default 1)")
+    v.add_argument("--reference", action="store_true", help=REFERENCE_HELP)
+    v.add_argument("--image-to-video", action="store_true", help=IMAGE_TO_VIDEO_HELP)
+    v.add_argument("--no-progress", action="store_true", help="no tqdm bar")
+    v.add_argument("--json", action="store_true", help="print the report as JSON")
+
+
 def run_eval_video(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -122,13 +159,12 @@ def run_eval_video(args: argparse.Namespace) -> int:
 
     if args.n < 1 or args.seeds < 1:
         raise InvalidInputError("-n and --seeds must be at least 1")
-    objects, skip = getattr(args, "objects", None), getattr(args, "skip", 0)
-    i2v = getattr(args, "image_to_video", False)
-    if i2v and (args.prompts or getattr(args, "reference", False)):
+    objects, skip, i2v = args.objects, args.skip, args.image_to_video
+    if i2v and (args.prompts or args.reference):
         raise InvalidInputError(
             "--image-to-video starts from held-out clips: use -n, without --prompts or --reference"
         )
-    if getattr(args, "reference", False):
+    if args.reference:
         return _run_reference(args, objects, skip)
     pipe = VideoPipeline.from_pretrained(args.model, stamper=Stamper(home=args.home))
     settings = {k: v for k, v in dict(num_frames=args.frames, height=args.size,

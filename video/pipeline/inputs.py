@@ -7,6 +7,7 @@
                    the DiT's max_size
     prompt         one str (a list of exactly one str); "" means no prompt
     steps          a positive int;  guidance  a number ≥ 0 (1 = no guidance)
+    guidance_method  "cfg", "cfg_zero_star" or "apg" (`mdiff.guidance.METHODS`)
     seed           an int in [0, 2⁶³), or drawn from a torch.Generator
     image          a path to an existing image file, or uint8 (H, W, 3); sets the size if none
                    is given, else must match it
@@ -26,6 +27,7 @@ from torch import Tensor
 
 from mdiff import media
 from mdiff.errors import InvalidInputError
+from mdiff.guidance import METHODS
 from mdiff.provenance.watermark.pixel import MIN_EMBED_SIDE
 from mdiff.video.io import read_video
 from mdiff.video.text_encoders import check_prompts
@@ -34,6 +36,7 @@ __all__ = [
     "check_frames_count",
     "check_matches",
     "check_guidance",
+    "check_guidance_method",
     "check_size",
     "load_clip",
     "load_image",
@@ -71,6 +74,12 @@ def check_guidance(guidance) -> float:
     if not math.isfinite(guidance) or guidance < 0:
         raise InvalidInputError(f"guidance must be a number >= 0 (1 = none), got {guidance}")
     return float(guidance)
+
+
+def check_guidance_method(method) -> str:
+    if method not in METHODS:
+        raise InvalidInputError(f"guidance_method must be one of {METHODS}, got {method!r}")
+    return method
 
 
 def check_size(height, width, vae, dit) -> tuple[int, int]:

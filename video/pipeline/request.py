@@ -19,6 +19,7 @@ from mdiff.video.io import frames_to_pixels
 from mdiff.video.pipeline.inputs import (
     check_frames_count,
     check_guidance,
+    check_guidance_method,
     check_matches,
     check_size,
     load_clip,
@@ -31,13 +32,13 @@ from mdiff.video.pipeline.sampling import LatentPlan, TextCondition
 if TYPE_CHECKING:
     from mdiff.video.pipeline.video_pipeline import VideoPipeline
 
-__all__ = ["PipelineSettings", "Request", "prepare"]
+__all__ = ["Call", "PipelineSettings", "Request", "prepare"]
 
 
 SAMPLER = "mdiff.video/flow-matching"
 
 
-def _check_steps(steps) -> int:
+def checked_steps(steps) -> int:
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise InvalidInputError(f"steps must be a positive integer, got {steps!r}")
     return steps
@@ -50,7 +51,8 @@ class PipelineSettings:
     steps: int = 20
     shift: float | str = 3.0  # SD3/Wan shift α > 0 (larger: more steps near noise), or "auto"
     solver: str = "euler"  # euler | midpoint | heun
-    guidance: float = 5.0  # CFG scale (1 = none)
+    guidance: float = 5.0  # guidance scale w (1 = none): CFG is u + w(c − u)
+    guidance_method: str = "cfg"  # cfg | cfg_zero_star | apg (mdiff.guidance)
     context_noise: float = 0.0  # block-causal: finished chunks are read re-noised to t = 1 − this
     fps: float = 16.0
     num_frames: int = 17
@@ -58,7 +60,7 @@ class PipelineSettings:
     width: int = 64
 
     def __post_init__(self):
-        _check_steps(self.steps)
+        checked_steps(self.steps)
         if self.shift != "auto" and not (
             isinstance(self.shift, int | float) and math.isfinite(self.shift) and self.shift > 0
         ):
@@ -66,6 +68,7 @@ class PipelineSettings:
         if self.solver not in SOLVERS:
             raise InvalidInputError(f"unknown solver {self.solver!r}; one of {sorted(SOLVERS)}")
         check_guidance(self.guidance)
+        check_guidance_method(self.guidance_method)
         c = self.context_noise
         if isinstance(c, bool) or not isinstance(c, int | float) or not 0 <= c < 1:
             raise InvalidInputError(f"context_noise must be a number in [0, 1), got {c!r}")
@@ -81,6 +84,24 @@ class PipelineSettings:
 
 
 @dataclass(frozen=True)
+class Call:
+    """The arguments of one pipeline call as given; None takes the settings' default."""
+
+    prompt: object
+    num_frames: int | None = None
+    height: int | None = None
+    width: int | None = None
+    steps: int | None = None
+    guidance: float | None = None
+    guidance_method: str | None = None
+    seed: int = 0
+    generator: torch.Generator | None = None
+    image: object = None  # a path or uint8 (H, W, 3): the first frame
+    prefix: object = None  # a path or uint8 (T, H, W, 3): a clip to continue
+    negative_prompt: str | None = None
+
+
+@dataclass(frozen=True)
 class Request:
     plan: LatentPlan
     text: TextCondition
@@ -89,16 +110,19 @@ class Request:
     skip_frames: int  # output frames of a prefix clip, not returned
 
 
-def prepare(pipe: VideoPipeline, prompt, num_frames, height, width, steps, guidance, seed,
-            generator, image, prefix, negative_prompt) -> Request:  # fmt: skip
+def prepare(pipe: VideoPipeline, call: Call) -> Request:
     """Check every argument (see `mdiff.video.pipeline.inputs`) and resolve the defaults."""
     s, vae, dit = pipe.settings, pipe.vae, pipe.dit
+    prompt, num_frames, height, width = call.prompt, call.num_frames, call.height, call.width
+    image, prefix, negative_prompt = call.image, call.prefix, call.negative_prompt
     prompt = one_prompt(prompt)
     if negative_prompt is not None and not isinstance(negative_prompt, str):
         raise InvalidInputError(f"negative_prompt must be a str, got {type(negative_prompt)}")
-    steps = _check_steps(s.steps if steps is None else steps)
-    guidance = check_guidance(s.guidance if guidance is None else guidance)
-    seed = resolve_seed(seed, generator)
+    steps = checked_steps(s.steps if call.steps is None else call.steps)
+    guidance = check_guidance(s.guidance if call.guidance is None else call.guidance)
+    method = s.guidance_method if call.guidance_method is None else call.guidance_method
+    method = check_guidance_method(method)
+    seed = resolve_seed(call.seed, call.generator)
     if image is not None and prefix is not None:
         raise InvalidInputError("pass image= (first frame) or prefix= (a clip to extend), not both")
     f, extending = vae.temporal_factor, prefix is not None
@@ -124,14 +148,14 @@ def prepare(pipe: VideoPipeline, prompt, num_frames, height, width, steps, guida
     total = n_known + num_frames // f if extending else vae.latent_frames(num_frames)
     _check_layout(pipe, total, n_known)
     plan = LatentPlan(total, vae.config.z_dim, h, w, steps, s.shift, s.solver, guidance, seed,
-                      known, float(s.context_noise))  # fmt: skip
+                      known, float(s.context_noise), method)  # fmt: skip
     text = _encode_text(pipe, prompt, negative_prompt)
 
     modality = "image" if num_frames == 1 and not extending else "video"
     sizes = {"width": width, "height": height}
     if modality == "video":
         sizes.update(frames=num_frames, fps=s.fps)
-    cfg = {"kind": "cfg", "scale": guidance} if guidance != 1 else {"kind": "none", "scale": 1.0}
+    cfg = {"kind": method, "scale": guidance} if guidance != 1 else {"kind": "none", "scale": 1.0}
     if negative_prompt is not None:
         cfg["negative_prompt_sha256"] = sha256_text(negative_prompt)
     extra = {"solver": s.solver, "shift": s.shift, "attention": dit.config.attention,

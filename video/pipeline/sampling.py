@@ -11,15 +11,19 @@ final, runs it once more at t = 1 (or re-noised, `LatentPlan.context_noise`) and
 
 Each chunk is the ODE `dx/dt = v(x, t)` integrated with a core solver (`mdiff.solvers`) on a
 shifted grid (`mdiff.time.shifted_grid`) from Gaussian noise at t = 0 to data at t = 1, under
-classifier-free guidance (`mdiff.guidance.cfg`) when the scale is not 1. The two CFG branches
-always run as one batched forward, rows [prompt ; unconditional] with the text padded to one
-length; with a block-causal DiT they share one cache of batch 2 (the joint-text layout caches
-each row's prompt, padding masked), so a guided step costs one model call, not two.
+guidance when the scale is not 1 (the core's convention, `u + w(c − u)` for CFG). The method
+is named by `LatentPlan.guidance_method` and built by `mdiff.guidance.guide`: "cfg",
+"cfg_zero_star", or "apg" (in data space on the CondOT path; one APG, with its momentum, per
+chunk). The two branches always run as one batched forward, rows [prompt ; unconditional] with
+the text padded to one length; with a block-causal DiT they share one cache of batch 2 (the
+joint-text layout caches each row's prompt, padding masked), so a guided step costs one model
+call, not two.
 
 Known latents (the encoded image of image-to-video, the prefix clip of an extension) sit at the
 start of the sequence. A known frame gets t = 1 (clean, in our convention) in every call and a
 velocity of exactly 0, so the solver leaves it bit-for-bit as given; a chunk made only of
-known frames is not sampled at all, only committed (KV prefill).
+known frames is not sampled at all, only committed (KV prefill). The guided velocity is zeroed
+there again, so every guidance variant leaves known frames alone.
 
 Noise. Chunk j draws its noise (all its frames, known or not) from a CPU generator seeded with
 SHA-256 of (seed, j), so a chunk's noise never depends on how the clip is cut into calls:
@@ -35,7 +39,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from mdiff.guidance import cfg
+from mdiff.guidance import guide
 from mdiff.solvers import solve
 from mdiff.time import sd3_alpha, shifted_grid
 from mdiff.video.dit.cache import DiTCache
@@ -70,6 +74,7 @@ class LatentPlan:
     seed: int
     known: Tensor | None = None  # (1, C, P, h, w) float32 clean latents of the first P frames
     context_noise: float = 0.0  # finished chunks are committed re-noised to t = 1 − this
+    guidance_method: str = "cfg"  # cfg | cfg_zero_star | apg (mdiff.guidance.METHODS)
 
     @property
     def n_known(self) -> int:
@@ -151,11 +156,21 @@ def _velocity(dit: SpaceTimeDiT, frame_offset: int, clean: Tensor | None):
         v = dit(x.to(dtype), t, text, text_mask, frame_offset=frame_offset, cache=cache).float()
         if cache is not None:
             cache.discard()
-        if clean is not None:
-            v = v.masked_fill(clean[None, None, :, None, None], 0.0)
-        return v
+        return _zero_clean(v, clean)
 
     return fn
+
+
+def _zero_clean(v: Tensor, clean: Tensor | None) -> Tensor:
+    return v if clean is None else v.masked_fill(clean[None, None, :, None, None], 0.0)
+
+
+def _keep_clean(fn, clean: Tensor | None):
+    """A guided `fn` with velocity 0 again on the `clean` frames: each branch has 0 there, but
+    APG's projection moves every frame of the sample."""
+    if clean is None:
+        return fn
+    return lambda *args, **kwargs: _zero_clean(fn(*args, **kwargs), clean)
 
 
 def _pad_text(emb: Tensor, mask: Tensor, length: int) -> tuple[Tensor, Tensor]:
@@ -174,7 +189,9 @@ def _model_fn(dit, plan: LatentPlan, text: TextCondition, offset: int, clean, ca
         return fn, {"text": text.text, "text_mask": text.mask, "cache": cache}
     (emb, mask), (null, null_mask) = _branches(text)
     cond = {"text": emb, "text_mask": mask, "cache": cache}  # the cache holds both rows
-    return cfg(fn, plan.guidance, {"text": null, "text_mask": null_mask}, batched=True), cond
+    uncond = {"text": null, "text_mask": null_mask}
+    guided = guide(plan.guidance_method, fn, plan.guidance, uncond, batched=True)
+    return _keep_clean(guided, clean), cond
 
 
 def _branches(text: TextCondition) -> list[tuple[Tensor, Tensor]]:

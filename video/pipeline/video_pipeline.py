@@ -12,14 +12,15 @@ encoder, offline or streamed, every output watermarked and signed.
     pipe.extend(clip, "the circle keeps moving", num_frames=16)   # continue a clip
 
 Sampling (`sampling`): flow matching from noise (t = 0) to data (t = 1) with
-a core solver on a shifted grid, classifier-free guidance against the text encoder's null
-embedding (or a negative prompt), the whole clip at once for a bidirectional DiT, chunk by chunk
+a core solver on a shifted grid, guidance (`guidance_method`: "cfg", "cfg_zero_star" or "apg",
+the core's scale convention, 1 = off) against the text encoder's null embedding (or a
+negative prompt), the whole clip at once for a bidirectional DiT, chunk by chunk
 with a KV cache for a block-causal one. For a block-causal DiT `pipe(...)` is literally the
 stream joined, so the stream concatenated equals the offline output exactly. Image-to-video and
 extension give the first latent frames (the encoded image, the prefix clip) and keep them clean.
 
 A pipeline folder holds `pipeline.json` (component classes and subfolders, sampler settings)
-and one checkpoint folder per component: `vae/`, `dit/`, `text_encoder/`.
+and one checkpoint folder per component: `vae/`, `dit/`, `text_encoder/` (see `folder`).
 """
 
 from __future__ import annotations
@@ -34,7 +35,6 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-import mdiff
 from mdiff import hub
 from mdiff.atomic import atomic_dir
 from mdiff.errors import CheckpointError, InvalidInputError
@@ -42,7 +42,9 @@ from mdiff.provenance.stamp import Stamped, Stamper
 from mdiff.provenance.watermark.pixel import MotionTrack
 from mdiff.record import GenerationRecord
 from mdiff.video.dit.model import SpaceTimeDiT
-from mdiff.video.pipeline.request import PipelineSettings, Request, prepare
+from mdiff.video.pipeline import folder
+from mdiff.video.pipeline.folder import COMPONENTS, PIPELINE_FILE
+from mdiff.video.pipeline.request import Call, PipelineSettings, Request, prepare
 from mdiff.video.pipeline.sampling import LatentChunk, Progress, sample_latents
 from mdiff.video.pipeline.stream import (
     StreamSummary,
@@ -51,16 +53,10 @@ from mdiff.video.pipeline.stream import (
     decode_chunks,
     write_live,
 )
-from mdiff.video.text_encoders import ShapesTextEncoder, TextEncoder
-from mdiff.video.text_encoders.hf import HFTextEncoder
+from mdiff.video.text_encoders import TextEncoder
 from mdiff.video.vae.model import CausalVAE
 
 __all__ = ["PIPELINE_FILE", "VideoOutput", "VideoPipeline"]
-
-PIPELINE_FILE = "pipeline.json"
-PIPELINE_FORMAT = "mdiff-video-pipeline/1"
-COMPONENTS = ("vae", "dit", "text_encoder")
-CLASSES = {c.__name__: c for c in (CausalVAE, SpaceTimeDiT, ShapesTextEncoder, HFTextEncoder)}
 
 
 @dataclass(frozen=True)
@@ -85,8 +81,8 @@ class VideoPipeline:
     def __init__(self, vae: CausalVAE, dit: SpaceTimeDiT, text_encoder: TextEncoder, *,
                  model_id: str = "mdiff-video", stamper: Stamper | None = None,
                  **settings) -> None:  # fmt: skip
-        """`settings`: steps, shift, solver, guidance, fps and the default num_frames, height,
-        width (see `PipelineSettings`)."""
+        """`settings`: steps, shift, solver, guidance, guidance_method, fps and the default
+        num_frames, height, width (see `PipelineSettings`)."""
         if dit.config.in_channels != vae.config.z_dim:
             raise InvalidInputError(
                 f"the DiT takes {dit.config.in_channels} latent channels, the VAE makes "
@@ -142,22 +138,24 @@ class VideoPipeline:
 
     def __call__(self, prompt, num_frames: int | None = None, height: int | None = None,
                  width: int | None = None, *, steps: int | None = None,
-                 guidance: float | None = None, seed: int = 0,
-                 generator: torch.Generator | None = None, image=None, prefix=None,
-                 negative_prompt: str | None = None,
+                 guidance: float | None = None, guidance_method: str | None = None,
+                 seed: int = 0, generator: torch.Generator | None = None, image=None,
+                 prefix=None, negative_prompt: str | None = None,
                  callback: Callable[[Progress], object] | None = None,
                  return_latents: bool = False) -> VideoOutput:  # fmt: skip
         """Generate one clip (or image, `num_frames=1`) for `prompt`.
 
         `num_frames` must be 1 + 4k (the new frames, a multiple of 4, with `prefix`); height
-        and width multiples of 8·patch. Unset sizes, `steps` and `guidance` come from the
-        settings (sizes from `image` / `prefix` when given). `image` (a path or uint8 (H, W, 3))
-        becomes the first frame; `prefix` (a path or uint8 (T, H, W, 3)) is a clip to continue,
-        and only the new frames are returned. `callback(Progress)` runs after every solver
-        step; `seed` (or a `generator` to draw it from) makes the output reproducible.
+        and width multiples of 8·patch. Unset sizes, `steps`, `guidance` and `guidance_method`
+        ("cfg", "cfg_zero_star", "apg") come from the settings (sizes from `image` / `prefix`
+        when given). `image` (a path or uint8 (H, W, 3)) becomes the first frame; `prefix` (a
+        path or uint8 (T, H, W, 3)) is a clip to continue, and only the new frames are returned.
+        `callback(Progress)` runs after every solver step; `seed` (or a `generator` to draw it
+        from) makes the output reproducible.
         """
-        req = self._prepare(prompt, num_frames, height, width, steps, guidance, seed,
-                            generator, image, prefix, negative_prompt)  # fmt: skip
+        req = self._prepare(Call(prompt, num_frames, height, width, steps, guidance,
+                                 guidance_method, seed, generator, image, prefix,
+                                 negative_prompt))  # fmt: skip
         latents: list[LatentChunk] = []
         chunks = list(self._chunks(req, callback, latents.append))
         stamped = self.stamper.join([c.stamped for c in chunks])
@@ -167,9 +165,9 @@ class VideoPipeline:
 
     def stream(self, prompt, num_frames: int | None = None, height: int | None = None,
                width: int | None = None, *, steps: int | None = None,
-               guidance: float | None = None, seed: int = 0,
-               generator: torch.Generator | None = None, image=None, prefix=None,
-               negative_prompt: str | None = None,
+               guidance: float | None = None, guidance_method: str | None = None,
+               seed: int = 0, generator: torch.Generator | None = None, image=None,
+               prefix=None, negative_prompt: str | None = None,
                callback: Callable[[Progress], object] | None = None,
                ) -> Iterator[VideoChunk]:  # fmt: skip
         """Chunks of the clip `pipe(...)` makes with the same arguments, each yielded (decoded,
@@ -180,8 +178,9 @@ class VideoPipeline:
                 "stream() needs a block-causal DiT (attention='block_causal'); this pipeline's "
                 "DiT is bidirectional and makes the whole clip at once: call the pipeline instead"
             )
-        req = self._prepare(prompt, num_frames, height, width, steps, guidance, seed,
-                            generator, image, prefix, negative_prompt)  # fmt: skip
+        req = self._prepare(Call(prompt, num_frames, height, width, steps, guidance,
+                                 guidance_method, seed, generator, image, prefix,
+                                 negative_prompt))  # fmt: skip
         return self._chunks(req, callback)
 
     def stream_to(self, path: str | os.PathLike, prompt, num_frames: int | None = None,
@@ -199,8 +198,8 @@ class VideoPipeline:
         block-causal DiT at t = 1) and only the new frames are returned."""
         return self(prompt, num_frames, prefix=video, **kwargs)
 
-    def _prepare(self, *args) -> Request:
-        return prepare(self, *args)
+    def _prepare(self, call: Call) -> Request:
+        return prepare(self, call)
 
     def _chunks(self, req: Request, callback, on_latents=None) -> Iterator[VideoChunk]:
         latents = sample_latents(self.dit, req.plan, req.text, callback=callback)
@@ -216,21 +215,16 @@ class VideoPipeline:
 
     # ---------------------------------------------------------------- checkpoints
 
-    def save_pretrained(self, directory: str | os.PathLike) -> Path:
-        """Write `pipeline.json` and `vae/`, `dit/`, `text_encoder/` into `directory`."""
-        spec = {
-            "format": PIPELINE_FORMAT,
-            "_class_name": type(self).__name__,
-            "_mdiff_version": mdiff.__version__,
-            "components": {
-                name: {"class": type(getattr(self, name)).__name__, "path": name}
-                for name in COMPONENTS
-            },
-            "settings": self.settings.to_dict(),
-        }
+    def save_pretrained(self, directory: str | os.PathLike, *,
+                        shared_vae: str | None = None) -> Path:  # fmt: skip
+        """Write `pipeline.json` and `vae/`, `dit/`, `text_encoder/` into `directory`,
+        atomically (see `mdiff.video.pipeline.folder`). `shared_vae`: the name of the built-in
+        VAE this pipeline's VAE is, referenced by name and weights hash instead of copied."""
+        spec = folder.spec(self, shared_vae)
         with atomic_dir(directory) as tmp:
             for name in COMPONENTS:
-                getattr(self, name).save_pretrained(tmp / name)
+                if not (name == "vae" and shared_vae is not None):
+                    getattr(self, name).save_pretrained(tmp / name)
             text = json.dumps(spec, indent=2, sort_keys=True) + "\n"
             (tmp / PIPELINE_FILE).write_text(text, encoding="utf-8")
         return Path(directory)
@@ -240,15 +234,13 @@ class VideoPipeline:
                         stamper: Stamper | None = None) -> VideoPipeline:  # fmt: skip
         """Load a pipeline folder (or a built-in name); `dtype` applies to the DiT."""
         directory = hub.resolve(name_or_path)
-        spec = _read_spec(directory)
-        parts = {name: _load_component(directory, name, spec, device) for name in COMPONENTS}
+        spec = folder.read_spec(directory)
+        parts = {name: folder.load_component(directory, name, spec, device)
+                 for name in COMPONENTS}  # fmt: skip
         parts["dit"].to(dtype=dtype)
         model_id = str(directory) if Path(name_or_path).exists() else str(name_or_path)
-        settings = spec.get("settings", {})
-        if not isinstance(settings, dict):
-            raise CheckpointError(f"settings in {directory / PIPELINE_FILE} must be an object")
         try:
-            return cls(**parts, model_id=model_id, stamper=stamper, **settings)
+            return cls(**parts, model_id=model_id, stamper=stamper, **spec.get("settings", {}))
         except (InvalidInputError, TypeError) as e:
             raise CheckpointError(f"{directory} is not a valid video pipeline: {e}") from e
 
@@ -257,37 +249,3 @@ def _tee(chunks: Iterator[LatentChunk], sink) -> Iterator[LatentChunk]:
     for chunk in chunks:
         sink(chunk)
         yield chunk
-
-
-def _read_spec(directory: Path) -> dict:
-    path = directory / PIPELINE_FILE
-    if not path.is_file():
-        raise CheckpointError(f"{directory} has no {PIPELINE_FILE}: not a video pipeline folder")
-    spec = hub.read_json_object(path)
-    if not isinstance(spec.get("components"), dict):
-        raise CheckpointError(f"{path} must be an object with a 'components' object")
-    if spec.get("format", PIPELINE_FORMAT) != PIPELINE_FORMAT:
-        raise CheckpointError(f"{path} has format {spec['format']!r}; this mdiff reads "
-                              f"{PIPELINE_FORMAT!r}")  # fmt: skip
-    return spec
-
-
-def _load_component(directory: Path, name: str, spec: dict, device):
-    entry = spec["components"].get(name)
-    if not isinstance(entry, dict) or entry.get("class") not in CLASSES:
-        raise CheckpointError(
-            f"{directory / PIPELINE_FILE} must name the {name} component's class, one of "
-            f"{sorted(CLASSES)}; got {entry!r}"
-        )
-    if "builtin" in entry:  # shared with another built-in (the shipped VAE), not copied
-        folder = hub.builtin(str(entry["builtin"]))
-        if entry.get("sha256") not in (None, hub.weights_sha256(folder)):
-            raise CheckpointError(
-                f"{directory / PIPELINE_FILE} was trained with other weights of the built-in "
-                f"{entry['builtin']!r} than the ones installed (sha256 differs)"
-            )
-        return CLASSES[entry["class"]].from_pretrained(folder, device=device)
-    sub = Path(str(entry.get("path", name)))
-    if sub.is_absolute() or ".." in sub.parts:
-        raise CheckpointError(f"component path {sub} must be a subfolder of {directory}")
-    return CLASSES[entry["class"]].from_pretrained(directory / sub, device=device)

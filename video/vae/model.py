@@ -14,14 +14,13 @@ sessions when `normalize=True` (the default: the latents a DiT sees). diffusers'
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import Tensor, nn
 
 from mdiff.errors import InvalidInputError
-from mdiff.hub import PretrainedMixin, resolve
+from mdiff.hub import PretrainedMixin
 from mdiff.video.vae.blocks import CausalConv3d, Decoder3d, Encoder3d
 from mdiff.video.vae.stream import DecodeSession, EncodeSession, Tiling
 
@@ -39,7 +38,10 @@ WAN21_LATENTS_STD = (
 
 @dataclass
 class CausalVAEConfig:
-    """The keys (and defaults) of diffusers' `AutoencoderKLWan` config: Wan 2.1 is the default."""
+    """The keys (and defaults) of diffusers' `AutoencoderKLWan` config: Wan 2.1 is the default,
+    plus `trained_frames`, ours: the clip length the VAE was trained on (None = unknown), which
+    decides re-anchored decoding (`CausalVAE.decode_segment`). diffusers ignores the extra key.
+    """
 
     base_dim: int = 96
     decoder_base_dim: int | None = None  # None = base_dim
@@ -57,6 +59,7 @@ class CausalVAEConfig:
     patch_size: int | None = None  # Wan 2.2 patchify: not supported
     scale_factor_temporal: int | None = 4  # informational (derived from temperal_downsample)
     scale_factor_spatial: int | None = 8  # informational (derived from dim_mult)
+    trained_frames: int | None = None  # training clip length; None = no re-anchoring
 
     def __post_init__(self):
         self.dim_mult = tuple(self.dim_mult)
@@ -79,23 +82,23 @@ class CausalVAEConfig:
                 f"latents_mean and latents_std need z_dim = {self.z_dim} values each, got "
                 f"{len(self.latents_mean)} and {len(self.latents_std)}"
             )
+        frames = self.trained_frames
+        if frames is not None and not (type(frames) is int and frames >= 1):
+            raise InvalidInputError(
+                f"trained_frames must be a positive int or None, got {frames!r}"
+            )
 
 
 class CausalVAE(nn.Module, PretrainedMixin):
     """Causal 3D VAE: `encode` / `decode` whole clips, `encode_stream` / `decode_stream` chunks.
 
-    `trained_frames`: the clip length it was trained on, when its folder's `training_log.json`
-    says (else None). A causal decoder degrades past that length (benchmarks/RESULTS.md, "Long
-    streams"), so decoding re-anchors the decoder every training clip (`decode_stream`)."""
+    `config.trained_frames`: the clip length it was trained on (None = unknown). A causal
+    decoder degrades past that length (benchmarks/RESULTS.md, "Long streams"), so decoding
+    re-anchors the decoder every training clip (`decode_stream`). Folders of the old layout,
+    whose config.json lacks it, take it from their training log (`hub.with_legacy_fields`)."""
 
     config_class = CausalVAEConfig
-    trained_frames: int | None = None
-
-    @classmethod
-    def from_pretrained(cls, name_or_path, device=None, dtype=None) -> CausalVAE:
-        vae = super().from_pretrained(name_or_path, device=device, dtype=dtype)
-        vae.trained_frames = _trained_frames(resolve(name_or_path) / "training_log.json")
-        return vae
+    legacy_log_fields = {"trained_frames": ("data", "frames")}
 
     def __init__(self, config: CausalVAEConfig):
         super().__init__()
@@ -128,6 +131,15 @@ class CausalVAE(nn.Module, PretrainedMixin):
         if num_frames < 1 or (num_frames - 1) % f:
             raise InvalidInputError(f"a video must have 1 + {f}k frames, got {num_frames}")
         return 1 + (num_frames - 1) // f
+
+    @property
+    def trained_frames(self) -> int | None:
+        """The config's training clip length; setting it replaces the config (not shared)."""
+        return self.config.trained_frames
+
+    @trained_frames.setter
+    def trained_frames(self, frames: int | None) -> None:
+        self.config = replace(self.config, trained_frames=frames)
 
     @property
     def decode_segment(self) -> int | None:
@@ -236,12 +248,3 @@ class CausalVAE(nn.Module, PretrainedMixin):
             noise = torch.randn(mean.shape, generator=generator, device=mean.device)
             mean = mean + (0.5 * logvar).exp() * noise.to(mean.dtype)
         return self._decode_frames(mean, None)  # (B, C, T, H, W), not clamped
-
-
-def _trained_frames(log_path) -> int | None:
-    """The training clip length a VAE's `training_log.json` records, or None."""
-    try:
-        frames = json.loads(log_path.read_text(encoding="utf-8"))["data"]["frames"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    return frames if isinstance(frames, int) and not isinstance(frames, bool) else None

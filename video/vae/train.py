@@ -1,9 +1,9 @@
-"""Training the causal VAE on procedural shapes: objective, tiny preset, evaluation and export.
+"""Training the causal VAE on procedural shapes: objective, tiny preset, evaluation, and the
+recipe of ``mdiff train vae``.
 
-    objective = VAEObjective()                      # L1 + sharpness + temporal + beta·KL
-    trainer = Trainer(CausalVAE(shapes_vae_config()), objective, ShapesDataset(...), cfg)
-    trainer.fit()
-    export("runs/shapes-vae", "video/checkpoints/shapes-vae")   # EMA weights + training_log.json
+    VAERecipe(size=64, frames=17, steps=100_000).train("runs/shapes-vae")
+    VAERecipe(steps=120_000, crop=0).train("runs/shapes-vae", resume=True)   # may change frames,
+    VAERecipe.export("runs/shapes-vae", "video/checkpoints/shapes-vae")      # lr, crop, precision
 
 The objective returns a per-sample loss ``[B]``, each term a mean per element:
 
@@ -13,18 +13,18 @@ The objective returns a per-sample loss ``[B]``, each term a mean per element:
 - temporal: L1 between the frame-to-frame differences of both (reconstruction flicker);
 - ``kl_weight`` times the KL to N(0, I), a mean per latent element (β small: the latents
   stay nearly deterministic; their scale is fixed afterwards by the per-channel statistics
-  that `export` writes into the config as ``latents_mean`` / ``latents_std``).
+  that the export writes into the config as ``latents_mean`` / ``latents_std``).
 
-`mdiff train vae` (see `mdiff/cli.py`) drives `train`; a run folder holds ``run.json`` (the
-configs and command), ``metrics.jsonl`` (mean logs every ``log_every`` steps and held-out
-figures every ``eval_every`` steps) and the trainer's ``checkpoints/``.
+The run folder (see `mdiff.train.run`) holds ``run.json`` (``vae_config``, ``objective``,
+``data``, ``train``, command), ``metrics.jsonl`` (held-out figures every ``eval_every`` steps)
+and ``checkpoints/``. The export writes the EMA VAE (`save_pretrained`) with the measured latent
+statistics and ``trained_frames`` (the training clip length, past which decoding re-anchors)
+in its config, and ``training_log.json``.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -32,15 +32,8 @@ import torch
 from torch import Tensor
 
 from mdiff.errors import InvalidInputError
-from mdiff.train.checkpoint import (
-    RUN_FILE,
-    TRAINING_LOG,
-    keep_parent_log,
-    parent_log,
-    read_run_folder,
-    write_run,
-)
-from mdiff.train.metrics import read_metrics
+from mdiff.train.recipe import Package, Recipe, RunData, setting
+from mdiff.train.run import load_ema
 from mdiff.video.data import ShapesDataset
 from mdiff.video.vae.eval import evaluate, latent_stats
 from mdiff.video.vae.model import CausalVAE, CausalVAEConfig
@@ -49,17 +42,17 @@ __all__ = [
     "HELDOUT_SEED",
     "RandomCrops",
     "VAEObjective",
+    "VAERecipe",
     "evaluate",
-    "export",
     "latent_stats",
-    "load_ema_vae",
     "param_count",
     "shapes_vae_config",
-    "train",
 ]
 
 HELDOUT_SEED = 1_000_003  # the shapes seed of held-out clips (training uses seed 0)
 TRAIN_LENGTH = 10_000_000  # procedural: effectively never repeats
+EXPORT_CLIPS = 32  # held-out clips an export evaluates
+STATS_CLIPS = 64  # training clips an export measures the latent statistics on
 
 
 def shapes_vae_config(base_dim: int = 16, z_dim: int = 16, num_res_blocks: int = 1):
@@ -153,166 +146,6 @@ class VAEObjective:
         return loss, logs
 
 
-# ------------------------------------------------------------------------------ run folder
-
-LOG_FILE = TRAINING_LOG
-
-
-def read_run(run_dir: str | Path) -> dict:
-    return read_run_folder(run_dir, "train vae")
-
-
-def _vae_config(d: dict) -> CausalVAEConfig:
-    return CausalVAEConfig(**d)
-
-
-def load_ema_vae(run_dir: str | Path, checkpoint: str = "latest") -> tuple[CausalVAE, int]:
-    """The EMA weights (the raw weights if the run has no EMA) of a run's checkpoint."""
-    from mdiff.train.checkpoint import find_checkpoint, load_ema_weights  # imports accelerate
-
-    run = read_run(run_dir)
-    directory = find_checkpoint(checkpoint, Path(run_dir) / "checkpoints")
-    vae = CausalVAE(_vae_config(run["vae_config"]))
-    step = load_ema_weights(vae, directory)
-    return vae.eval(), step
-
-
-# ------------------------------------------------------------------------------ train, export
-
-
-def train(
-    out: str | Path = "runs/shapes-vae",
-    *,
-    steps: int = 100_000,
-    batch_size: int = 4,
-    resume: bool = False,
-    size: int = 64,
-    frames: int | None = None,
-    base_dim: int = 16,
-    z_dim: int = 16,
-    num_res_blocks: int = 1,
-    lr: float | None = None,
-    save_every: int = 200,
-    log_every: int = 50,
-    eval_every: int = 1000,
-    seed: int = 0,
-    progress: bool = True,
-    command: str | None = None,
-    objective: VAEObjective | None = None,
-    crop: int | None = None,
-    mixed_precision: str | None = None,
-    init_from: str | Path | None = None,
-    freeze_encoder: bool = False,
-):
-    """Train (or, with `resume`, continue) a VAE on shapes clips; returns the `FitResult`.
-
-    `crop` trains on random ``crop × crop`` windows of the clips (the VAE is convolutional:
-    4× cheaper steps at half the size; 0 = full frames, to finish). `frames` (default 17)
-    should be as long as the clips it will code: the causal caches' state keeps changing
-    for several latent chunks, and a VAE trained on 1 + 4 frames degrades from frame 5 on,
-    one trained on 9 frames from frame 9 on (held-out 25.7 dB → 29.1 dB within 1,000 steps
-    of switching to 17, measured). `lr`
-    defaults to 2e-4. On resume the model, objective and data settings come from the run's
-    ``run.json``; only `steps` (the target), `frames`, `lr`, `crop`, `mixed_precision` ("no" |
-    "bf16"), `save_every`, `log_every`, `eval_every` and `progress` may change (a given
-    `frames`, `lr`, `crop` or `mixed_precision` is recorded in ``run.json``).
-
-    `init_from` (a new run only) starts from an exported VAE folder or built-in name, with its
-    architecture; `freeze_encoder` then trains the decoder alone, so the latent space (and
-    every latent cache or DiT trained on it) stays valid while reconstructions improve."""
-    from mdiff.train.trainer import TrainConfig, Trainer
-
-    out = Path(out)
-    has_run = (out / RUN_FILE).is_file()
-    init = None
-    if resume and has_run:
-        run = read_run(out)
-        vae_config = _vae_config(run["vae_config"])
-        objective = VAEObjective(**run["objective"])
-        data = run["data"]
-        t = run["train"]
-        changes = {"lr": lr, "crop": crop, "mixed_precision": mixed_precision}
-        t.update({k: v for k, v in changes.items() if v is not None})
-        if frames is not None:
-            data["frames"] = frames
-        seed, batch_size, lr = t["seed"], t["batch_size"], t["lr"]
-    else:
-        if has_run and (out / "checkpoints" / "latest").is_file():
-            raise InvalidInputError(f"{out} already holds a run; pass --resume or another --out")
-        lr = 2e-4 if lr is None else lr
-        frames = 17 if frames is None else frames
-        init = CausalVAE.from_pretrained(init_from) if init_from is not None else None
-        if freeze_encoder and init is None:
-            raise InvalidInputError(
-                "freezing the encoder needs init_from (--init-from): the trained VAE to keep"
-            )
-        vae_config = init.config if init else shapes_vae_config(base_dim, z_dim, num_res_blocks)
-        objective = objective or VAEObjective()
-        data = {"size": size, "frames": frames, "train_seed": seed, "heldout_seed": HELDOUT_SEED}
-        run = {
-            "vae_config": dataclasses.asdict(vae_config),
-            "objective": dataclasses.asdict(objective),
-            "data": data,
-            "train": {
-                "seed": seed,
-                "batch_size": batch_size,
-                "lr": lr,
-                "crop": crop,
-                "mixed_precision": mixed_precision or "no",
-                "init_from": None if init_from is None else str(init_from),
-                "freeze_encoder": freeze_encoder,
-            },
-            "parameters": param_count(vae_config),
-            "command": command,
-        }
-    out.mkdir(parents=True, exist_ok=True)
-    write_run(out, run)  # on resume: with the settings changed for this leg
-    cfg = TrainConfig(
-        steps=steps,
-        batch_size=batch_size,
-        lr=lr,
-        warmup_steps=200,
-        clip_grad_norm=1.0,
-        ema=True,
-        ema_max_decay=0.999,
-        ema_warmup_power=3 / 4,
-        seed=seed,
-        save_every=save_every,
-        keep_last=3,
-        keep_every=5000,
-        log_every=log_every,
-        eval_every=eval_every,
-        out_dir=str(out),
-        progress=progress,
-        mixed_precision=run["train"].get("mixed_precision", "no"),
-    )
-    size, frames = data["size"], data["frames"]
-    dataset = ShapesDataset(
-        TRAIN_LENGTH, num_frames=frames, height=size, width=size, seed=data["train_seed"]
-    )
-    crop = run["train"].get("crop")
-    if crop:
-        dataset = RandomCrops(dataset, crop, seed=data["train_seed"])
-    heldout = ShapesDataset(64, num_frames=17, height=size, width=size, seed=data["heldout_seed"])
-    torch.manual_seed(seed)  # the initial weights
-    vae = CausalVAE(vae_config)
-    resuming = resume and (out / "checkpoints" / "latest").is_file()
-    if not resuming and run["train"].get("init_from") is not None:
-        init = init or CausalVAE.from_pretrained(run["train"]["init_from"])
-        vae.load_state_dict(init.state_dict())
-        keep_parent_log(out, run["train"]["init_from"])
-    if run["train"].get("freeze_encoder"):
-        for module in (vae.encoder, vae.quant_conv):
-            module.requires_grad_(False)  # out of the optimizer; its EMA stays equal too
-    trainer = Trainer(
-        vae, objective, dataset, cfg, collate_fn=_collate,
-        evaluate=lambda vae: _heldout_figures(vae, heldout),
-    )  # fmt: skip
-    if resuming:
-        trainer.resume("latest")
-    return trainer.fit()
-
-
 class RandomCrops(torch.utils.data.Dataset):
     """``crop × crop`` windows of a clip dataset's "pixels"; item ``i``'s window is a pure
     function of ``(seed, i)`` (exact resume)."""
@@ -347,54 +180,122 @@ def _collate(items: list[dict]) -> dict:
     return {"pixels": torch.stack([it["pixels"] for it in items])}
 
 
-def export(
-    run_dir: str | Path,
-    out_dir: str | Path,
-    *,
-    checkpoint: str = "latest",
-    eval_n: int = 32,
-    stats_n: int = 64,
-    command: str | None = None,
-) -> dict:
-    """Write a run's EMA weights with `save_pretrained` (latent statistics measured on
-    training clips, or the init's for a frozen encoder: other clips must not rescale the
-    latent space a DiT was trained on) plus ``training_log.json`` (steps, losses, held-out
-    figures, configs, command) into `out_dir`; returns the log."""
-    from mdiff.train.checkpoint import find_checkpoint  # imports accelerate
+# ------------------------------------------------------------------------------ the recipe
 
-    run_dir, out_dir = Path(run_dir), Path(out_dir)
-    run = read_run(run_dir)
-    vae, step = load_ema_vae(run_dir, checkpoint)
-    size, frames = run["data"]["size"], run["data"]["frames"]
-    train_set = ShapesDataset(
-        stats_n, num_frames=frames, height=size, width=size, seed=run["data"]["train_seed"]
+
+@dataclass
+class VAERecipe(Recipe):
+    """``mdiff train vae``: a `CausalVAE` (the `shapes_vae_config` preset, or `init_from`'s
+    architecture) on shapes clips with `VAEObjective`.
+
+    `crop` trains on random ``crop × crop`` windows of the clips (the VAE is convolutional:
+    4× cheaper steps at half the size; 0 = full frames, to finish). `frames` (default 17)
+    should be as long as the clips it will code: the causal caches' state keeps changing for
+    several latent chunks, and a VAE trained on 1 + 4 frames degrades from frame 5 on, one
+    trained on 9 frames from frame 9 on (held-out 25.7 dB → 29.1 dB within 1,000 steps of
+    switching to 17, measured). On resume `frames`, `lr`, `crop` and `mixed_precision` may
+    change. `init_from` (a new run only) starts from an exported VAE folder or built-in name;
+    `freeze_encoder` then trains the decoder alone, so the latent space (and every latent cache
+    or DiT trained on it) stays valid while reconstructions improve."""
+
+    name = "vae"
+    default_out = "runs/shapes-vae"
+    summary = (
+        "held-out PSNR {psnr_mean:.2f} dB (min {psnr_min:.2f}), SSIM {ssim_mean:.4f} (min "
+        "{ssim_min:.4f}), flicker {flicker_recon:.5f} vs original {flicker_orig:.5f}"
     )
-    if not run["train"].get("freeze_encoder"):  # else the latent space, statistics included,
-        mean, std = latent_stats(vae, train_set, stats_n)  # is the init's (run.json holds them)
-        vae.config.latents_mean, vae.config.latents_std = tuple(mean), tuple(std)
-    heldout = ShapesDataset(
-        eval_n, num_frames=17, height=size, width=size, seed=run["data"]["heldout_seed"]
-    )
-    figures = evaluate(vae, heldout, eval_n)
-    vae.save_pretrained(out_dir)
-    metrics = read_metrics(run_dir)
-    train_rows = [r for r in metrics if r.get("kind", "train") == "train"]
-    log = {
-        "step": step,
-        "exported_from": str(find_checkpoint(checkpoint, run_dir / "checkpoints")),
-        "parameters": param_count(vae.config),
-        "heldout": {"seed": run["data"]["heldout_seed"], "size": size, **figures},
-        "data": run["data"],
-        "objective": run["objective"],
-        "train": run["train"],
-        "vae_config": dataclasses.asdict(vae.config),
-        "command": run.get("command"),
-        "export_command": command,
-        "losses": [{k: v for k, v in r.items() if k not in ("kind", "time")} for r in train_rows],
-        "evals": [r for r in metrics if r.get("kind") == "eval"],
-    }
-    if (parent := parent_log(run, run_dir)) is not None:  # a fine-tune: keep the VAE's history
-        log["init_log"] = parent
-    text = json.dumps(log, indent=1) + "\n"  # inf PSNR is written as Infinity
-    (out_dir / LOG_FILE).write_text(text, encoding="utf-8")
-    return log
+    export_help = "after training, export the EMA VAE to DIR"
+    trainer = {"ema_max_decay": 0.999, "keep_every": 5000}
+    hidden = frozenset({"cooldown", "checkpoint"})
+
+    steps: int = setting(100_000, "target step count (default 1e5)")
+    batch_size: int = setting(4, "clips per step (default 4)", key="train.batch_size")
+    lr: float | None = setting(None, "learning rate (default 2e-4; may change on --resume)",
+                               key="train.lr", resume=True, fresh=2e-4)  # fmt: skip
+    mixed_precision: str | None = setting(
+        None, "bf16 autocast (default no; may change on --resume)",
+        key="train.mixed_precision", resume=True, fresh="no", choices=("no", "bf16"),
+    )  # fmt: skip
+    init_from: str | None = setting(
+        None, "start a new run from an exported VAE folder or built-in name (its architecture)",
+        key="train.init_from", metavar="VAE",
+    )  # fmt: skip
+    save_every: int = setting(200, "checkpoint period in steps")
+    size: int = setting(64, "frame height and width (default 64)", key="data.size")
+    frames: int | None = setting(
+        None, "frames per training clip (default 17; may change on --resume); a causal decoder "
+        "degrades past the length it was trained on", key="data.frames", resume=True, fresh=17,
+        choices=(5, 9, 17, 33, 65, 129),
+    )  # fmt: skip
+    base_dim: int = setting(16, "VAE base channels (default 16)", key="vae_config.base_dim")
+    z_dim: int = setting(16, "latent channels (default 16)", key="vae_config.z_dim")
+    res_blocks: int = setting(1, "res blocks per level (default 1)",
+                              key="vae_config.num_res_blocks")  # fmt: skip
+    recon: str = setting("l1", "reconstruction loss", key="objective.recon", choices=("l1", "l2"))
+    focus_weight: float = setting(
+        0.0, "extra recon weight on pixels unlike the clip's dominant colour (default 0)",
+        key="objective.focus_weight",
+    )  # fmt: skip
+    crop: int | None = setting(
+        None, "random CROP x CROP training windows (0: full frames; may change on --resume)",
+        key="train.crop", resume=True,
+    )  # fmt: skip
+    freeze_encoder: bool = setting(
+        False, "with --init-from: train the decoder only (latents, and DiTs on them, stay valid)",
+        key="train.freeze_encoder",
+    )  # fmt: skip
+
+    def start(self, out: Path) -> dict:
+        init = CausalVAE.from_pretrained(self.init_from) if self.init_from is not None else None
+        if self.freeze_encoder and init is None:
+            raise InvalidInputError(
+                "freezing the encoder needs init_from (--init-from): the trained VAE to keep"
+            )
+        config = init.config if init else shapes_vae_config(self.base_dim, self.z_dim,
+                                                            self.res_blocks)  # fmt: skip
+        objective = VAEObjective(recon=self.recon, focus_weight=self.focus_weight)
+        run = self.record()
+        run["data"].update(train_seed=self.seed, heldout_seed=HELDOUT_SEED)
+        return {**run, "vae_config": asdict(config), "objective": asdict(objective),
+                "parameters": param_count(config)}  # fmt: skip
+
+    def data(self, out: Path, run: dict) -> RunData:
+        seed, size = run["data"]["train_seed"], self.size
+        dataset = ShapesDataset(TRAIN_LENGTH, num_frames=self.frames, height=size, width=size,
+                                seed=seed)  # fmt: skip
+        if self.crop:
+            dataset = RandomCrops(dataset, self.crop, seed=seed)
+        heldout = ShapesDataset(64, num_frames=17, height=size, width=size,
+                                seed=run["data"]["heldout_seed"])  # fmt: skip
+        return RunData(dataset, lambda vae: _heldout_figures(vae, heldout), _collate)
+
+    def build(self, run: dict) -> CausalVAE:
+        vae = CausalVAE(CausalVAEConfig(**run["vae_config"]))
+        if self.freeze_encoder:
+            for module in (vae.encoder, vae.quant_conv):
+                module.requires_grad_(False)  # out of the optimizer; its EMA stays equal too
+        return vae
+
+    def objective(self, run: dict) -> VAEObjective:
+        return VAEObjective(**run["objective"])
+
+    def initialize(self, model: CausalVAE, run: dict, out: Path) -> None:
+        model.load_state_dict(CausalVAE.from_pretrained(self.init_from).state_dict())
+
+    def package(self, run: dict, run_dir: Path, checkpoint: Path, options) -> Package:
+        """The EMA VAE with latent statistics measured on training clips (or the init's, for a
+        frozen encoder: other clips must not rescale the latent space a DiT was trained on)
+        and the training clip length, evaluated on held-out clips."""
+        vae, step = load_ema(self, run, checkpoint)
+        d, size = run["data"], self.size
+        if not self.freeze_encoder:  # else the latent space, statistics included, is the init's
+            clips = ShapesDataset(STATS_CLIPS, num_frames=self.frames, height=size, width=size,
+                                  seed=d["train_seed"])  # fmt: skip
+            mean, std = latent_stats(vae, clips, STATS_CLIPS)
+            vae.config.latents_mean, vae.config.latents_std = tuple(mean), tuple(std)
+        vae.trained_frames = self.frames  # decoding re-anchors past the training clip length
+        heldout = ShapesDataset(EXPORT_CLIPS, num_frames=17, height=size, width=size,
+                                seed=d["heldout_seed"])  # fmt: skip
+        figures = evaluate(vae, heldout, EXPORT_CLIPS)
+        return Package(vae.save_pretrained, step, {"seed": d["heldout_seed"], "size": size,
+                       **figures}, {"vae_config": asdict(vae.config)})  # fmt: skip
