@@ -62,6 +62,11 @@ def _sampling_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--width", type=int, help="pixels, a multiple of 8·patch (default: model's)")
     p.add_argument("--steps", type=int, help="solver steps (default: the model's)")
     p.add_argument("--guidance", type=float, help="CFG scale, 1 = none (default: the model's)")
+    p.add_argument(
+        "--guidance-method",
+        choices=("cfg", "cfg_zero_star", "apg"),
+        help="how the scale combines the two branches (default: the model's)",
+    )
     p.add_argument("--negative-prompt", help="what the unconditional branch describes")
     p.add_argument("--seed", type=int, default=0, help="same seed, same output (default 0)")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bar")
@@ -148,7 +153,8 @@ class _Bar:
 
 def _sampling(args: argparse.Namespace) -> dict:
     return dict(height=args.height, width=args.width, steps=args.steps, guidance=args.guidance,
-                seed=args.seed, negative_prompt=args.negative_prompt)  # fmt: skip
+                seed=args.seed, negative_prompt=args.negative_prompt,
+                guidance_method=args.guidance_method)  # fmt: skip
 
 
 def run_video(args: argparse.Namespace) -> int:

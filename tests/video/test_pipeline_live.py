@@ -103,9 +103,10 @@ def test_cli_video_extends_a_clip(home, pipe_dir, causal, tmp_path, capsys):
 def test_cli_image_writes_a_signed_png(home, pipe_dir, tmp_path):
     out = tmp_path / "out.png"
     args = ["image", PROMPT, "-o", str(out), "--model", str(pipe_dir), "--steps", "2"]
-    assert run_cli(home, *args, "--no-progress") == 0
+    assert run_cli(home, *args, "--no-progress", "--guidance", "3", "--guidance-method", "apg") == 0
     report = verify(out, home=home)
     assert report.manifest.state == "trusted" and report.manifest.record.modality == "image"
+    assert report.manifest.record.guidance == {"kind": "apg", "scale": 3.0}  # the flag arrives
 
 
 def test_cli_missing_model_and_bad_input_give_one_line(
