@@ -249,6 +249,7 @@ def test_extend_prefills_the_clip_and_returns_only_new_frames(causal):
         (dict(prefix=torch.zeros(5, 32, 32, 3, dtype=torch.uint8),
               image=torch.zeros(32, 32, 3, dtype=torch.uint8)), "not both"),
         (dict(num_frames=4 * 70 + 1), "max_frames"),  # 71 latent frames > 64
+        (dict(guidence=2.0), r"unknown argument\(s\) guidence; the pipeline takes steps, guidance"),
     ],
 )  # fmt: skip
 def test_bad_inputs_raise_naming_the_rule(causal, kwargs, rule):

@@ -100,6 +100,18 @@ class Call:
     prefix: object = None  # a path or uint8 (T, H, W, 3): a clip to continue
     negative_prompt: str | None = None
 
+    @classmethod
+    def of(cls, prompt, num_frames, height, width, options: dict) -> Call:
+        """The call a pipeline method was given: its positional arguments and keyword
+        `options` (the other fields); an unknown keyword is an `InvalidInputError`."""
+        known = [f.name for f in dataclasses.fields(cls)][4:]
+        unknown = sorted(set(options) - set(known))
+        if unknown:
+            raise InvalidInputError(
+                f"unknown argument(s) {', '.join(unknown)}; the pipeline takes {', '.join(known)}"
+            )
+        return cls(prompt, num_frames, height, width, **options)
+
 
 @dataclass(frozen=True)
 class Request:

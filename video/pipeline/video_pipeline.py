@@ -137,25 +137,20 @@ class VideoPipeline:
     # ---------------------------------------------------------------- generation
 
     def __call__(self, prompt, num_frames: int | None = None, height: int | None = None,
-                 width: int | None = None, *, steps: int | None = None,
-                 guidance: float | None = None, guidance_method: str | None = None,
-                 seed: int = 0, generator: torch.Generator | None = None, image=None,
-                 prefix=None, negative_prompt: str | None = None,
-                 callback: Callable[[Progress], object] | None = None,
-                 return_latents: bool = False) -> VideoOutput:  # fmt: skip
+                 width: int | None = None, *, callback: Callable[[Progress], object] | None = None,
+                 return_latents: bool = False, **options) -> VideoOutput:  # fmt: skip
         """Generate one clip (or image, `num_frames=1`) for `prompt`.
 
         `num_frames` must be 1 + 4k (the new frames, a multiple of 4, with `prefix`); height
-        and width multiples of 8·patch. Unset sizes, `steps`, `guidance` and `guidance_method`
-        ("cfg", "cfg_zero_star", "apg") come from the settings (sizes from `image` / `prefix`
-        when given). `image` (a path or uint8 (H, W, 3)) becomes the first frame; `prefix` (a
-        path or uint8 (T, H, W, 3)) is a clip to continue, and only the new frames are returned.
-        `callback(Progress)` runs after every solver step; `seed` (or a `generator` to draw it
-        from) makes the output reproducible.
+        and width multiples of 8·patch. `options` (the fields of `request.Call`): ``steps``,
+        ``guidance``, ``guidance_method`` ("cfg", "cfg_zero_star", "apg"), ``seed`` (default 0;
+        or a ``generator`` to draw it from), ``image``, ``prefix``, ``negative_prompt``. Unset
+        sizes, steps and guidance come from the settings (sizes from `image` / `prefix` when
+        given). `image` (a path or uint8 (H, W, 3)) becomes the first frame; `prefix` (a path or
+        uint8 (T, H, W, 3)) is a clip to continue, and only the new frames are returned.
+        `callback(Progress)` runs after every solver step.
         """
-        req = self._prepare(Call(prompt, num_frames, height, width, steps, guidance,
-                                 guidance_method, seed, generator, image, prefix,
-                                 negative_prompt))  # fmt: skip
+        req = self._prepare(Call.of(prompt, num_frames, height, width, options))
         latents: list[LatentChunk] = []
         chunks = list(self._chunks(req, callback, latents.append))
         stamped = self.stamper.join([c.stamped for c in chunks])
@@ -164,12 +159,8 @@ class VideoPipeline:
                            self.stamper)  # fmt: skip
 
     def stream(self, prompt, num_frames: int | None = None, height: int | None = None,
-               width: int | None = None, *, steps: int | None = None,
-               guidance: float | None = None, guidance_method: str | None = None,
-               seed: int = 0, generator: torch.Generator | None = None, image=None,
-               prefix=None, negative_prompt: str | None = None,
-               callback: Callable[[Progress], object] | None = None,
-               ) -> Iterator[VideoChunk]:  # fmt: skip
+               width: int | None = None, *, callback: Callable[[Progress], object] | None = None,
+               **options) -> Iterator[VideoChunk]:  # fmt: skip
         """Chunks of the clip `pipe(...)` makes with the same arguments, each yielded (decoded,
         watermarked) as soon as its latents are final. Needs a block-causal DiT. The inputs
         are checked here, before the first chunk is asked for."""
@@ -178,9 +169,7 @@ class VideoPipeline:
                 "stream() needs a block-causal DiT (attention='block_causal'); this pipeline's "
                 "DiT is bidirectional and makes the whole clip at once: call the pipeline instead"
             )
-        req = self._prepare(Call(prompt, num_frames, height, width, steps, guidance,
-                                 guidance_method, seed, generator, image, prefix,
-                                 negative_prompt))  # fmt: skip
+        req = self._prepare(Call.of(prompt, num_frames, height, width, options))
         return self._chunks(req, callback)
 
     def stream_to(self, path: str | os.PathLike, prompt, num_frames: int | None = None,
