@@ -90,7 +90,7 @@ def build(args, stamper: Stamper) -> VideoPipeline:
     vae = CausalVAE(shapes_vae_config())
     dit = randomize(SpaceTimeDiT(DiTConfig.preset(args.random, in_channels=vae.config.z_dim)), 1)
     text = ShapesTextEncoder(ShapesTextEncoderConfig(dim=dit.config.text_dim))
-    # steps and guidance: the defaults `train_dit.export` writes for the built-in model
+    # steps and guidance: the defaults `DiTRecipe.export` writes for the built-in model
     return VideoPipeline(vae, dit, text, model_id=f"random {args.random}", stamper=stamper,
                          steps=24, guidance=4.0)  # fmt: skip
 

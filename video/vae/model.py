@@ -5,7 +5,7 @@ sizes; the factors follow `dim_mult` and `temperal_downsample`). The first frame
 its own, so an image is a one-frame video. Everything is strictly causal in time: latent j
 depends only on frames < 1 + 4j, and decoded frames < 1 + 4j only on latents ≤ j.
 
-Every encode and decode runs through a stream session (`vae_stream`); the whole clip is one
+Every encode and decode runs through a stream session (`stream`); the whole clip is one
 push. The latent normalisation `(z - mean) / std` with the config's per-channel statistics is
 applied in exactly one place, `normalize_latents` / `denormalize_latents`, called by the
 sessions when `normalize=True` (the default: the latents a DiT sees). diffusers'
@@ -192,7 +192,7 @@ class CausalVAE(nn.Module, PretrainedMixin):
     def encode_stream(
         self, *, normalize: bool = True, tiling: Tiling | None = None, dtype=None
     ) -> EncodeSession:
-        """A session: `push(frames)` -> latents (posterior mean); see `vae_stream` for the rules.
+        """A session: `push(frames)` -> latents (posterior mean); see `stream` for the rules.
 
         `dtype` (e.g. torch.bfloat16) runs the encoder under autocast; None = the weights' dtype.
         """
