@@ -222,7 +222,7 @@ def test_old_layout_takes_legacy_fields_from_the_training_log_once(tmp_path, cap
     folder = _model(seed=4, width=6).save_pretrained(tmp_path / "m")
     log = {"data": {"name": "old"}, "model": {"width": 6}}
     (folder / hub.TRAINING_LOG).write_text(json.dumps(log))
-    caplog.set_level("INFO", logger="mdiff.hub")
+    caplog.set_level("INFO", logger="mdiff.configs")
     new = LoggedModel.from_pretrained(folder)  # new layout: the log is provenance only
     assert (new.config.name, new.config.width) == (None, 6) and not _old_messages(caplog)
     _drop_config_keys(folder, "name", "width")
@@ -236,7 +236,7 @@ def test_old_layout_takes_legacy_fields_from_the_training_log_once(tmp_path, cap
 def test_old_layout_without_a_usable_log_keeps_the_defaults(tmp_path, caplog):
     folder = _model(name="kept").save_pretrained(tmp_path / "m")
     _drop_config_keys(folder, "name")
-    caplog.set_level("INFO", logger="mdiff.hub")
+    caplog.set_level("INFO", logger="mdiff.configs")
     assert LoggedModel.from_pretrained(folder).config.name is None  # no log
     (folder / hub.TRAINING_LOG).write_text(json.dumps({"data": {"steps": 3}}))
     assert LoggedModel.from_pretrained(folder).config.name is None  # the log lacks the field

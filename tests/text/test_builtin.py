@@ -50,7 +50,7 @@ def test_shipped_model_keeps_its_inference_settings_in_config_json(cm, caplog):
     log = json.loads((folder / "training_log.json").read_text(encoding="utf-8"))
     assert (config["context"], config["fim_order"]) == (256, "psm") == (cm.context, cm.fim_order)
     assert log["data"]["seq_len"] == config["context"]
-    caplog.set_level("INFO", logger="mdiff.hub")
+    caplog.set_level("INFO", logger="mdiff.configs")
     assert TextDenoiser.from_pretrained(folder).config == cm.model.config
     assert not [r for r in caplog.records if "old layout" in r.getMessage()]
 

@@ -75,7 +75,7 @@ def _old_layout_lines(caplog) -> list[str]:
 
 def test_context_and_fim_order_come_from_config_json(tiny_code_model, tmp_path, caplog,
                                                      monkeypatch):  # fmt: skip
-    caplog.set_level("INFO", logger="mdiff.hub")
+    caplog.set_level("INFO", logger="mdiff.configs")
     log = {"data": {"seq_len": 200, "fim_order": "psm"}}  # provenance only: never read
     folder = _variant(tiny_code_model, tmp_path / "m", config={"context": 48, "fim_order": "spm"},
                       log=log)  # fmt: skip
@@ -92,7 +92,7 @@ def test_context_and_fim_order_come_from_config_json(tiny_code_model, tmp_path, 
 
 def test_old_layout_takes_context_and_fim_order_from_the_training_log(tiny_code_model, tmp_path,
                                                                       caplog):  # fmt: skip
-    caplog.set_level("INFO", logger="mdiff.hub")
+    caplog.set_level("INFO", logger="mdiff.configs")
     old = dict(drop=("context", "fim_order"))
     log = {"data": {"seq_len": 64, "fim_order": "spm"}}
     assert _settings(_variant(tiny_code_model, tmp_path / "a", **old, log=log)) == (64, "spm")

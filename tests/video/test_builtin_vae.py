@@ -69,6 +69,6 @@ def test_shipped_vae_config_alone_re_anchors_like_the_loaded_model(vae, caplog):
     assert built.decode_segment == vae.decode_segment == 5
     assert torch.equal(ours, vae.decode(z))
     assert not torch.allclose(ours, built.decode(z, reanchor=False), atol=1e-2)
-    caplog.set_level("INFO", logger="mdiff.hub")
+    caplog.set_level("INFO", logger="mdiff.configs")
     assert CausalVAE.from_pretrained("shapes-vae").config == config
     assert not [r for r in caplog.records if "old layout" in r.getMessage()]

@@ -228,7 +228,7 @@ def _old_layout(folder, log) -> None:
 def test_old_layout_takes_trained_frames_from_the_training_log(trained13, tmp_path, caplog):
     folder = trained13.save_pretrained(tmp_path / "vae")
     _old_layout(folder, {"data": {"frames": 13}})
-    with caplog.at_level(logging.INFO, logger="mdiff.hub"):
+    with caplog.at_level(logging.INFO, logger="mdiff.configs"):
         loaded = CausalVAE.from_pretrained(folder)
     (line,) = [r.getMessage() for r in caplog.records if "old layout" in r.getMessage()]
     assert "trained_frames=13" in line and "training_log.json" in line
