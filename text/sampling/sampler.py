@@ -128,8 +128,8 @@ class _Run:
         self.per_block: list[list[int]] = [[] for _ in range(B)]
         self.auto = torch.zeros_like(lay.gen)  # filled by the EOS stop rule
         self.fixed = cfg.schedule in R.FIXED_SCHEDULES
-        self.remasking = cfg.remask != "none" and cfg.remask_eta > 0
-        self.remask = U.remdm(cfg.remask, cfg.remask_eta) if self.remasking else None
+        remasking = cfg.remask != "none" and cfg.remask_eta > 0
+        self.remask = U.remdm(cfg.remask, cfg.remask_eta) if remasking else None  # ReMDM or None
         self.n_steps, self.last_block = 0, None
         self.restrict = restrict  # (positions (B,), allowed (B, V)) or None
 
@@ -284,7 +284,7 @@ class _Run:
     def _final(self) -> Tensor:
         """Tokens nothing can change any more (streamed)."""
         final = self.lay.real & (self.x != self.mask_id)
-        if self.remasking:
+        if self.remask is not None:
             current = self.lay.gen & (self.lay.blocks == self.cur[:, None]) & ~self.done[:, None]
             final &= ~current
         return final
