@@ -14,9 +14,18 @@ from typing import Any
 
 from mdiff.errors import InvalidInputError
 
-__all__ = ["GenerationRecord", "WatermarkInfo", "sha256_text"]
+__all__ = ["SEED_LIMIT", "GenerationRecord", "WatermarkInfo", "check_seed", "sha256_text"]
 
 MODALITIES = ("image", "video", "text", "code")
+SEED_LIMIT = 2**63  # seeds are ints in [0, 2^63): they fit torch's generators and C2PA's CBOR
+
+
+def check_seed(seed: object, name: str = "seed") -> int:
+    """``seed`` if it is an int in [0, `SEED_LIMIT`), else `InvalidInputError` (bools refused);
+    every frontend checks seeds with this before any work, so no run fails at signing."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < SEED_LIMIT:
+        raise InvalidInputError(f"{name} must be an integer in [0, 2^63), got {seed!r}")
+    return seed
 
 
 def sha256_text(text: str) -> str:

@@ -16,3 +16,12 @@ def home(tmp_path_factory):
         mp.setenv("MDIFF_HOME", str(path))
         keys.init_dev_identity(path)
         yield path
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The bad-input corpus's totals (tests/corpus.py), when any of its cases ran."""
+    from tests.corpus import OUTCOMES, TOTALS
+
+    if TOTALS:
+        counts = ", ".join(f"{TOTALS[k]} {k}" for k in OUTCOMES)
+        terminalreporter.write_line(f"bad-input corpus: {sum(TOTALS.values())} cases: {counts}")

@@ -28,6 +28,7 @@ from torch import Tensor
 from mdiff import media
 from mdiff.errors import InvalidInputError
 from mdiff.guidance import METHODS
+from mdiff.record import check_seed
 from mdiff.provenance.watermark.pixel import MIN_EMBED_SIDE
 from mdiff.video.io import read_video
 from mdiff.video.text_encoders import check_prompts
@@ -63,9 +64,7 @@ def resolve_seed(seed, generator: torch.Generator | None) -> int:
         if not isinstance(generator, torch.Generator):
             raise InvalidInputError(f"generator must be a torch.Generator, got {generator!r}")
         return int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
-        raise InvalidInputError(f"seed must be an int in [0, 2^63), got {seed!r}")
-    return seed
+    return check_seed(seed)
 
 
 def check_guidance(guidance) -> float:
