@@ -281,6 +281,40 @@ def test_evaluate_prompts_aggregates_accuracy_and_temporal_figures():
         evaluate_prompts(good, [], num_frames=9)
 
 
+def test_evaluate_prompts_scores_hand_written_labels_not_the_parse():
+    """A free-form prompt is scored against its labels: the oracle clip of a red-circle caption
+    scores colour 1 under a "red, left" label and 0 under a "blue" one, whatever the words."""
+    from mdiff.video.eval.adherence import ObjectSpec, PromptSpec
+
+    good = _OraclePipe()
+    prompt, truth = next((p, t) for p, t in good.truths.items() if len(t.objects) == 1)
+    obj = truth.objects[0]
+    other = next(c for c in ("red", "blue") if c != obj.color)
+
+    def spec(colour):
+        o = ObjectSpec(colour=colour, motion=obj.motion)
+        return PromptSpec(colour, None, obj.motion, None, None, (o,))
+
+    right = evaluate_prompts(good, [prompt], specs=[spec(obj.color)], num_frames=9)
+    wrong = evaluate_prompts(good, [prompt], specs=[spec(other)], num_frames=9)
+    assert right["accuracy"]["colour"] == {"hits": 1, "total": 1, "accuracy": 1.0}
+    assert wrong["accuracy"]["colour"]["hits"] == 0
+    assert right["per_clip"][0]["prompt"] == prompt
+    with pytest.raises(InvalidInputError, match="one spec per prompt"):
+        evaluate_prompts(good, [prompt], specs=[], num_frames=9)
+
+
+def test_free_form_set_is_labelled_and_unlike_the_templates():
+    from mdiff.video.data import COLORS
+    from mdiff.video.eval.free_form import FREE_FORM
+
+    assert len(FREE_FORM) >= 50 and len({p.prompt for p in FREE_FORM}) == len(FREE_FORM)
+    assert all(p.colour in COLORS and p.motion in ("left", "right", "up", "down")
+               for p in FREE_FORM)  # fmt: skip
+    assert not any("background" in p.prompt for p in FREE_FORM)
+    assert {p.colour for p in FREE_FORM} == set(COLORS)
+
+
 # -------------------------------------------------------------------------------------- CLI
 
 
@@ -322,6 +356,19 @@ def test_cli_eval_video_text_report_and_prompt_file(pipe_dir, home, tmp_path, ca
     assert _mdiff(home, "eval", "video", "--model", str(pipe_dir), "--prompts", str(empty)) == 2
     assert _mdiff(home, "eval", "video", "--model", str(tmp_path / "missing"), "-n", "1") == 2
     assert "mdiff: error:" in capsys.readouterr().err
+
+
+def test_cli_eval_video_free_form(pipe_dir, home, capsys):  # noqa: F811
+    from mdiff.video.eval.free_form import FREE_FORM
+
+    argv = ["eval", "video", "--model", str(pipe_dir), "--free-form", "-n", "2", "--skip", "3",
+            "--frames", "5", "--no-progress", "--json"]  # fmt: skip
+    assert _mdiff(home, *argv) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert [c["prompt"] for c in report["per_clip"]] == [p.prompt for p in FREE_FORM[3:5]]
+    assert [c["spec"]["colour"] for c in report["per_clip"]] == [p.colour for p in FREE_FORM[3:5]]
+    assert report["accuracy"]["direction"]["total"] == 2
+    assert _mdiff(home, "eval", "video", "--free-form", "--reference") != 0
 
 
 def test_default_prompts_are_held_out_captions_filtered_by_object_count():

@@ -43,6 +43,7 @@ from mdiff.errors import CheckpointError, InvalidInputError
 from mdiff.hub import resolve, weights_sha256
 from mdiff.train.recipe import ExportOptions, Package, Recipe, RunData, setting
 from mdiff.train.run import load_ema
+from mdiff.video.captions import FreeFormCaptions
 from mdiff.video.data import ShapesDataset
 from mdiff.video.dit.latent_cache import LatentCache
 from mdiff.video.dit.model import DiTConfig, SpaceTimeDiT
@@ -72,11 +73,17 @@ __all__ = [
 
 def _caches(run_dir: Path, run: dict) -> tuple[LatentCache, LatentCache]:
     d, vae = run["data"], CausalVAE.from_pretrained(run_dir / "vae")
-    kw = dict(num_frames=d["frames"], height=d["size"], width=d["size"], fps=d["fps"])
-    train = ShapesDataset(d["clips"], seed=d["train_seed"], **kw)
-    held = ShapesDataset(d["heldout_clips"], seed=d["heldout_seed"], **kw)
     root = run_dir / "latents"
-    return LatentCache(root, "train", vae, train), LatentCache(root, "heldout", vae, held)
+    return (LatentCache(root, "train", vae, _clips(d, "train")),
+            LatentCache(root, "heldout", vae, _clips(d, "heldout")))  # fmt: skip
+
+
+def _clips(d: dict, which: str) -> ShapesDataset:
+    """The run's training or held-out shapes clips (``d`` is run.json's "data")."""
+    kw = dict(num_frames=d["frames"], height=d["size"], width=d["size"], fps=d["fps"])
+    if which == "train":
+        return ShapesDataset(d["clips"], seed=d["train_seed"], **kw)
+    return ShapesDataset(d["heldout_clips"], seed=d["heldout_seed"], **kw)
 
 
 def _same_encoder(a: CausalVAE, b: CausalVAE) -> bool:
@@ -172,6 +179,10 @@ class DiTRecipe(Recipe):
     heldout_clips: int = setting(32, key="data.heldout_clips", cli=False)
     caption_dropout: float = setting(0.1, "P(caption -> null) (default 0.1)",
                                      key="objective.caption_dropout")  # fmt: skip
+    free_form: float = setting(
+        0.0, "P(a training caption is redrawn free-form: synonyms, other orders, attributes "
+        "left out, unknown words; mdiff.video.captions) (default 0)", key="data.free_form",
+    )  # fmt: skip
     clean_context: float = setting(
         0.5, "block-causal DiTs: P(teacher forcing with clean earlier chunks) (default 0.5)",
         key="objective.clean_context",
@@ -230,6 +241,8 @@ class DiTRecipe(Recipe):
 
     def data(self, out: Path, run: dict) -> RunData:
         train, held = (cache.fill(self.progress) for cache in _caches(out, run))
+        if run["data"].get("free_form", 0.0) > 0:
+            train = FreeFormCaptions(train, _clips(run["data"], "train"), run["data"]["free_form"])
         return RunData(train, lambda model: heldout_loss(model, held), _collate)
 
     def build(self, run: dict) -> TextConditionedDiT:
@@ -243,7 +256,8 @@ class DiTRecipe(Recipe):
     def initialize(self, model: TextConditionedDiT, run: dict, out: Path) -> None:
         """Copy the DiT and text encoder of pipeline `init_from` into `model`; `CheckpointError`
         when their configs differ from the run's (another preset) or the pipeline's VAE codes
-        other latents than the run's ``vae/``."""
+        other latents than the run's ``vae/``. The text encoder's vocabulary may differ: its
+        rows move by word (`ShapesTextEncoder.load_with_vocabulary`)."""
         pipe = VideoPipeline.from_pretrained(self.init_from)
         ours = (run["dit_config"], run["text_config"])
         theirs = (asdict(pipe.dit.config), asdict(pipe.text_encoder.config))
@@ -251,6 +265,7 @@ class DiTRecipe(Recipe):
             a, b = json.loads(json.dumps(a)), json.loads(json.dumps(b))  # tuples as lists
             for config in (a, b):  # the sink position is not in the weights: the run's applies
                 config.pop("sink_position", None)
+                config.pop("vocab", None)  # the encoder's rows move by word
             if a != b:
                 diff = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
                 raise CheckpointError(
@@ -262,7 +277,7 @@ class DiTRecipe(Recipe):
                 f"{run['vae']['source']}; pass the VAE it was trained with"
             )
         model.dit.load_state_dict(pipe.dit.state_dict())
-        model.text_encoder.load_state_dict(pipe.text_encoder.state_dict())
+        model.text_encoder.load_with_vocabulary(pipe.text_encoder)
 
     def package(self, run: dict, run_dir: Path, checkpoint: Path, options: DiTExport) -> Package:
         """A `VideoPipeline` of the EMA weights (see the module docstring). `export_vae` must

@@ -193,9 +193,11 @@ def _mean(values) -> float | None:
 
 def evaluate_prompts(pipe, prompts: Sequence[str], seeds: Sequence[int] = (0,), *,
                      chunks: Sequence[int] | None = None, images: Sequence | None = None,
+                     specs: Sequence[PromptSpec] | None = None,
                      progress: Callable[[int, int], object] | None = None,
                      **settings) -> dict:  # fmt: skip
-    """Generate every prompt with every seed and score the clips.
+    """Generate every prompt with every seed and score the clips (against ``specs[k]``, the
+    hand-written labels of prompt k, when given; else against what `parse_prompt` reads).
 
     ``settings`` go to the pipeline (num_frames, height, width, steps, guidance, ...). Seams:
     ``chunks`` (frame counts per chunk) when given, else the chunks a block-causal pipeline
@@ -209,17 +211,18 @@ def evaluate_prompts(pipe, prompts: Sequence[str], seeds: Sequence[int] = (0,), 
     """
     if not prompts or not seeds:
         raise InvalidInputError("need at least one prompt and one seed")
-    if images is not None and len(images) != len(prompts):
-        raise InvalidInputError(f"need one image per prompt, got {len(images)} for "
-                                f"{len(prompts)} prompts")  # fmt: skip
+    for name, given in (("image", images), ("spec", specs)):
+        if given is not None and len(given) != len(prompts):
+            raise InvalidInputError(f"need one {name} per prompt, got {len(given)} for "
+                                    f"{len(prompts)} prompts")  # fmt: skip
     total, per_clip = len(prompts) * len(seeds), []
     runs = itertools.product(enumerate(prompts), seeds)
     for done, ((k, prompt), seed) in enumerate(runs, start=1):
         image = None if images is None else torch.as_tensor(images[k])
         kw = settings if image is None else {**settings, "image": image}
         frames, lengths = _generate(pipe, prompt, int(seed), chunks, kw)
-        row = adherence(frames, prompt)
-        row["seed"] = int(seed)
+        row = adherence(frames, prompt if specs is None else specs[k])
+        row["prompt"], row["seed"] = prompt, int(seed)
         if image is not None:
             row["first_frame_psnr"] = float(video_eval.psnr(frames[:1], image[None])[0])
         row["flicker"] = video_eval.flicker(frames) if len(frames) > 1 else None

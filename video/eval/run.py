@@ -4,6 +4,7 @@
     mdiff eval video --model runs/pipe --prompts p.txt --json
     mdiff eval video -n 100 --objects 2 --reference  # the clips themselves: the ceiling
     mdiff eval video -n 50 --image-to-video          # from their first frames: first-frame PSNR
+    mdiff eval video --free-form                     # prompts people type (eval.free_form)
 
 `add_arguments` gives the command its flags (registered by `mdiff.video.cli`) and
 `run_eval_video` does the work (see `mdiff.video.eval.adherence`).
@@ -118,6 +119,10 @@ REFERENCE_HELP = (
     "generate nothing: score the held-out clips themselves, as rendered and through the "
     "model's VAE (the most a model can reach on these captions)"
 )
+FREE_FORM_HELP = (
+    "score the free-form development prompts (mdiff.video.eval.free_form: one object each, "
+    "labelled by hand with its colour and direction) instead of held-out captions"
+)
 IMAGE_TO_VIDEO_HELP = (
     "start each clip from its held-out clip's first frame (image-to-video) and report the "
     "first-frame PSNR against it, beside that frame's VAE round trip"
@@ -131,7 +136,8 @@ def add_arguments(v: argparse.ArgumentParser) -> None:
     v.add_argument("--model", default=DEFAULT_MODEL, help="built-in name or pipeline folder")
     what = v.add_mutually_exclusive_group()
     what.add_argument("--prompts", metavar="FILE", help="one prompt per line (# comments)")
-    what.add_argument("-n", type=int, default=20, help="held-out shapes captions (default 20)")
+    what.add_argument("-n", type=int, default=None,
+                      help="held-out shapes captions (default 20; --free-form: all)")  # fmt: skip
     v.add_argument(
         "--objects", type=int, choices=[1, 2], default=None,
         help="only held-out captions naming this many objects (default: any)",
@@ -145,6 +151,7 @@ def add_arguments(v: argparse.ArgumentParser) -> None:
     v.add_argument("--seed", type=int, default=0, help="first seed (default 0)")
     v.add_argument("--seeds", type=int, default=1, help="seeds per prompt (default 1)")
     v.add_argument("--reference", action="store_true", help=REFERENCE_HELP)
+    v.add_argument("--free-form", action="store_true", help=FREE_FORM_HELP)
     v.add_argument("--image-to-video", action="store_true", help=IMAGE_TO_VIDEO_HELP)
     v.add_argument("--no-progress", action="store_true", help="no tqdm bar")
     v.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -157,9 +164,14 @@ def run_eval_video(args: argparse.Namespace) -> int:
     from mdiff.video.eval.adherence import evaluate_prompts
     from mdiff.video.pipeline.video_pipeline import VideoPipeline
 
-    if args.n < 1 or args.seeds < 1:
+    if args.n is None and not args.free_form:
+        args.n = 20
+    if (args.n is not None and args.n < 1) or args.seeds < 1:
         raise InvalidInputError("-n and --seeds must be at least 1")
     objects, skip, i2v = args.objects, args.skip, args.image_to_video
+    if args.free_form and (args.prompts or args.reference or i2v):
+        raise InvalidInputError("--free-form has its own prompts: without --prompts, "
+                                "--reference or --image-to-video")  # fmt: skip
     if i2v and (args.prompts or args.reference):
         raise InvalidInputError(
             "--image-to-video starts from held-out clips: use -n, without --prompts or --reference"
@@ -170,8 +182,13 @@ def run_eval_video(args: argparse.Namespace) -> int:
     settings = {k: v for k, v in dict(num_frames=args.frames, height=args.size,
                 width=args.size, steps=args.steps, guidance=args.guidance).items()
                 if v is not None}  # fmt: skip
-    images = None
-    if i2v:
+    images = specs = None
+    if args.free_form:
+        from mdiff.video.eval.free_form import FREE_FORM, free_form_spec
+
+        chosen = FREE_FORM[skip : None if args.n is None else skip + args.n]
+        prompts, specs = [p.prompt for p in chosen], [free_form_spec(p) for p in chosen]
+    elif i2v:
         size = args.size or pipe.settings.height
         given = heldout_first_frames(pipe.vae, args.n, objects, skip, num_frames=args.frames,
                                      size=size)  # fmt: skip
@@ -188,8 +205,8 @@ def run_eval_video(args: argparse.Namespace) -> int:
         def progress(done: int, _total: int) -> None:
             bar.update(done - bar.n)
 
-        result = evaluate_prompts(pipe, prompts, seeds, images=images, progress=progress,
-                                  **settings)  # fmt: skip
+        result = evaluate_prompts(pipe, prompts, seeds, images=images, specs=specs,
+                                  progress=progress, **settings)  # fmt: skip
     if i2v:
         trips = given["round_trip_psnr"]
         result["first_frame_psnr"]["vae_round_trip"] = sum(trips) / len(trips)

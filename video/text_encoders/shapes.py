@@ -3,6 +3,7 @@ bidirectional transformer, trained jointly with the DiT (see `base` for the enco
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass, field
 
@@ -12,10 +13,13 @@ from torch import Tensor, nn
 from mdiff.errors import InvalidInputError
 from mdiff.hub import PretrainedMixin
 from mdiff.nn import BlockConfig, Dense, RotaryEmbedding, TransformerBlock, arange_positions
+from mdiff.video.captions import FILLERS, SYNONYM_OF, free_form_phrases
 from mdiff.video.data import BACKGROUNDS, COLORS, MOTIONS, PHRASES, SHAPES, SIZES, TEMPLATES
 from mdiff.video.text_encoders.base import TextEncoder, check_prompts
 
 __all__ = ["ShapesTextEncoder", "ShapesTextEncoderConfig", "shapes_vocabulary", "words"]
+
+logger = logging.getLogger(__name__)
 
 SPECIALS = ("[PAD]", "[UNK]")  # ids 0 and 1 of every ShapesTextEncoder vocabulary
 FUNCTION_WORDS = ("a", "an", "and", "the", "with", "of", "in", "on", "at", "is", "two", "one")
@@ -26,12 +30,15 @@ def words(text: str) -> list[str]:
     return re.findall(r"[^\W_]+", text.lower())
 
 
-def shapes_vocabulary() -> tuple[str, ...]:
-    """Specials, then every word the shapes captions (video.data) can contain, sorted."""
+def shapes_vocabulary(free_form: bool = True) -> tuple[str, ...]:
+    """Specials, then every word the shapes captions (video.data) can contain, sorted; with
+    ``free_form`` also the words of the free-form captions (video.captions) but its fillers,
+    which stay unknown."""
     parts = [*COLORS, *BACKGROUNDS, *SHAPES, *SIZES, *MOTIONS, *TEMPLATES, *FUNCTION_WORDS]
     parts += [phrase for phrases in PHRASES.values() for phrase in phrases]
+    parts += free_form_phrases() if free_form else []
     vocab = {w for part in parts for w in words(part.replace("{objects}", "").replace("{bg}", ""))}
-    return SPECIALS + tuple(sorted(vocab))
+    return SPECIALS + tuple(sorted(vocab - set(FILLERS)))
 
 
 @dataclass
@@ -106,6 +113,36 @@ class ShapesTextEncoder(TextEncoder, PretrainedMixin):
             ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
         mask = torch.arange(width) < torch.tensor([len(r) for r in rows])[:, None]
         return ids.to(self.device), mask.to(self.device)
+
+    def unknown_words(self, prompts: list[str]) -> list[str]:
+        """The words of ``prompts`` outside the vocabulary (they become ``[UNK]``), in order."""
+        seen = [w for p in check_prompts(prompts) for w in words(p) if w not in self.ids]
+        return list(dict.fromkeys(seen))
+
+    @torch.no_grad()
+    def load_with_vocabulary(self, source: ShapesTextEncoder) -> int:
+        """Copy ``source``'s weights into this encoder, whose vocabulary may differ: a word's
+        embedding row is copied by word; a word ``source`` lacks starts at the row of the word
+        it stands for (`SYNONYM_OF`: "ball" at "circle") or keeps its fresh initialisation.
+        Every other weight must match in shape. Returns how many rows had no source."""
+        state = {k: v for k, v in source.state_dict().items() if k != "embed.weight"}
+        try:
+            missing, unexpected = self.load_state_dict(state, strict=False)
+        except RuntimeError as e:  # a shape differs
+            raise InvalidInputError(f"encoder weights differ beyond the vocabulary: {e}") from e
+        if unexpected or [k for k in missing if k != "embed.weight"]:
+            raise InvalidInputError(
+                f"encoder weights differ beyond the vocabulary: {[*missing, *unexpected][:5]}"
+            )
+        old, fresh = source.embed.weight, 0
+        for word, row in self.ids.items():
+            origin = source.ids.get(word, source.ids.get(SYNONYM_OF.get(word, ""), None))
+            if origin is None:
+                fresh += 1
+            else:
+                self.embed.weight[row] = old[origin]
+        logger.info("vocabulary transfer: %d of %d words start fresh", fresh, len(self.ids))
+        return fresh
 
     def embed_ids(self, ids: Tensor, mask: Tensor) -> Tensor:
         """ids (B, L), mask (B, L) True = real token -> hidden states (B, L, D)."""
