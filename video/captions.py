@@ -43,7 +43,8 @@ SHAPE_WORDS = {
                "round shape", "circular shape", "bubble"),
     "square": ("square", "square", "square", "box", "box", "block", "cube", "tile", "square shape",
                "rectangle"),
-    "triangle": ("triangle", "triangle", "triangle", "pyramid", "wedge", "triangular shape", "arrowhead"),
+    "triangle": ("triangle", "triangle", "triangle", "pyramid", "wedge", "triangular shape",
+                 "arrowhead"),
 }  # fmt: skip
 GENERIC = ("shape", "object", "thing", "blob", "item", "figure", "sprite", "one", "form")
 SIZE_WORDS = {"small": ("small", "tiny", "little"), "medium": ("medium", "medium sized", "mid"),
@@ -91,9 +92,17 @@ ADVERBS = ("slowly", "quickly", "steadily", "smoothly", "fast", "gently", "gradu
 BACKGROUND_WORDS = {"black": ("black", "black"), "gray": ("gray", "grey"),
                     "navy": ("navy", "navy blue"), "dark green": ("dark green",),
                     "white": ("white", "white")}  # fmt: skip
-BACKGROUND_FORMS = ("on a {bg} background", "on {bg}", ", {bg} background", "against {bg}",
-                    "over a {bg} backdrop", "in front of a {bg} background",
-                    "with a {bg} background", "on a plain {bg} background", "{bg} background")
+BACKGROUND_FORMS = (
+    "on a {bg} background",
+    "on {bg}",
+    ", {bg} background",
+    "against {bg}",
+    "over a {bg} backdrop",
+    "in front of a {bg} background",
+    "with a {bg} background",
+    "on a plain {bg} background",
+    "{bg} background",
+)
 PREFIXES = ("", "", "", "", "a video of ", "an animation of ", "a clip of ", "footage of ",
             "show ", "show me ", "generate ", "make ", "render ", "create ", "please generate ",
             "i want ", "draw ", "animate ", "a simple animation of ", "a short video of ",
@@ -131,7 +140,7 @@ def _pick(rng: np.random.Generator, options):
 
 
 def _object_words(obj: ShapeObject, rng: np.random.Generator) -> str:
-    """"a big crimson ball", "the red one", "something green", "a circle" ..."""
+    """ "a big crimson ball", "the red one", "something green", "a circle" ..."""
     colour = _pick(rng, COLOUR_WORDS[obj.color]) if rng.random() < 0.92 else None
     shape = _pick(rng, SHAPE_WORDS[obj.shape]) if rng.random() < 0.8 else None
     if colour is not None and shape is None and rng.random() < 0.25:

@@ -29,8 +29,9 @@ def _colour_words() -> dict[str, str]:
     out = {}
     for colour, phrases in COLOUR_WORDS.items():
         for phrase in phrases:
-            out.update({w: colour for w in phrase.split() if w not in ("bright", "light",
-                                                                       "pure", "snow")})
+            out.update(
+                {w: colour for w in phrase.split() if w not in ("bright", "light", "pure", "snow")}
+            )
     return out
 
 
