@@ -98,7 +98,7 @@ def complete_file(out: Path, stamper, seed: int) -> list:
     done = CodeModel.from_pretrained("code-tiny", stamper=stamper).fill(DEMO_SOURCE, seed=seed)
     print("FIM: the built-in code model filled <FILL> in:\n")
     print(done.text)
-    return [done.save(out / "completed.py")]
+    return [done.save(out / "completed.py", overwrite=True)]  # the demo's own folder
 
 
 def stream_video(out: Path, stamper, seed: int) -> list:
@@ -113,10 +113,10 @@ def stream_video(out: Path, stamper, seed: int) -> list:
     pipe = VideoPipeline.from_pretrained("shapes-t2v", stamper=stamper)
     path = out / "streamed.mp4"
     if pipe.causal:
-        s = pipe.stream_to(path, DEMO_PROMPT, seed=seed)
+        s = pipe.stream_to(path, DEMO_PROMPT, seed=seed, overwrite=True)
         print(f"Video: streamed {s.frames} frames of {DEMO_PROMPT!r} live into {path}")
         print(f"  first frame after {s.time_to_first_frame:.2f} s, {s.fps:.1f} frames/s\n")
         return [s.path]
-    pipe(DEMO_PROMPT, seed=seed).save(path)  # a bidirectional model makes the clip at once
+    pipe(DEMO_PROMPT, seed=seed).save(path, overwrite=True)  # a bidirectional model: at once
     print(f"Video: generated {DEMO_PROMPT!r} into {path}\n")
     return [path]

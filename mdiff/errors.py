@@ -29,6 +29,17 @@ class ProvenanceError(MdiffError):
     """Signing, watermarking or verification failed."""
 
 
+class WriteError(MdiffError, OSError):
+    """An output could not be written: no space left, no permission, a read-only file system.
+    The message names the path the caller asked for (never a temporary file); ``errno`` is the
+    operating system's, ``path`` the path that could not be written. Also an `OSError`, so
+    callers that catch those keep working."""
+
+    def __init__(self, message: str, *, path: str | None = None, errno: int | None = None):
+        super().__init__(message)
+        self.path, self.errno = path, errno
+
+
 __all__ = [
     "BackendUnavailableError",
     "CheckpointError",
@@ -36,4 +47,5 @@ __all__ = [
     "MdiffError",
     "ProvenanceError",
     "VideoIOError",
+    "WriteError",
 ]

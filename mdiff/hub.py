@@ -139,6 +139,29 @@ def check_state_dict(module: torch.nn.Module, tensors: Mapping[str, torch.Tensor
         raise CheckpointError(f"weights in {source} do not fit {kind}: " + "; ".join(problems))
 
 
+def header_shapes(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file as meta tensors: names, shapes and dtypes from its
+    header, nothing read or allocated."""
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            return {
+                k: torch.empty(f.get_slice(k).get_shape(), device="meta")
+                for k in f.keys()  # noqa: SIM118 (safe_open has no iter)
+            }
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"cannot read safetensors file {path}: {e}") from e
+
+
+def check_fits(cls: type, config, path: str | os.PathLike) -> None:
+    """Raise `CheckpointError` unless ``cls(config)`` has exactly the keys and shapes of the
+    safetensors file at `path`, found without allocating: the module is built on the meta
+    device and compared with the file's header. A config.json whose sizes do not fit its
+    weights (a dim of 1e6) fails here, not after allocating gigabytes."""
+    with torch.device("meta"):
+        shell = cls(config)
+    check_state_dict(shell, header_shapes(path), path)
+
+
 def load_weights(module: torch.nn.Module, path: str | os.PathLike) -> None:
     """Load a safetensors file into `module` strictly (keys and shapes must match)."""
     tensors = load_state_dict(path)
@@ -284,6 +307,7 @@ class PretrainedMixin:
             raise CheckpointError(f"no {WEIGHTS_NAME} in {directory}{hint}")
         config = read_config(cls.config_class, directory, cls.__name__)
         config = with_legacy_fields(config, directory, cls.legacy_log_fields)
+        check_fits(cls, config, weights)  # before anything is allocated
         model = cls(config)
         load_weights(model, weights)
         return model.to(device=device, dtype=dtype).eval()

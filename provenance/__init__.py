@@ -24,6 +24,7 @@ lazy_package(
         "TrustConfig": "mdiff.provenance.keys:TrustConfig",
         "default_identity": "mdiff.provenance.keys:default_identity",
         "init_dev_identity": "mdiff.provenance.keys:init_dev_identity",
+        "sign_existing": "mdiff.provenance.resign:sign_existing",
         "verify": "mdiff.provenance.verify:verify",
     },
 )
@@ -39,5 +40,6 @@ __all__ = [
     "TrustConfig",
     "default_identity",
     "init_dev_identity",
+    "sign_existing",
     "verify",
 ]

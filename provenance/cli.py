@@ -11,13 +11,24 @@ import json
 import sys
 from pathlib import Path
 
-from mdiff.errors import InvalidInputError, MdiffError
+from mdiff.errors import MdiffError
 
 __all__ = ["register", "run_keys", "run_sign", "run_verify"]
 
 VERIFY_EPILOG = (
-    "exit codes: 0 intact (trusted), 1 warning (untrusted signer, or provenance stripped "
-    "but watermark found), 2 invalid/tampered, 3 nothing found, 4 usage or unreadable file"
+    "exit codes: 0 intact (trusted), 1 warning (untrusted signer, provenance stripped but "
+    "watermark found, or a --prompt that does not match), 2 invalid/tampered, 3 nothing found, "
+    "4 usage error or unreadable file. Watermarks are looked for with every key in the key ring "
+    "(MDIFF_HOME/watermark.secret and MDIFF_HOME/keyring/*.secret); verify never writes."
+)
+SIGN_EPILOG = (
+    "The file becomes the parent ingredient of the new manifest (action c2pa.opened); a "
+    "manifest it carries is kept inside the new one. A file that already carries a watermark "
+    "(declared by its valid manifest, or found by a key in your key ring) keeps it and is signed "
+    "byte for byte; other images and videos get your watermark. Source types (IPTC): "
+    "trained = trainedAlgorithmicMedia, composite = compositeWithTrainedAlgorithmicMedia, "
+    "algorithmic = algorithmicMedia, human = digitalCreation, capture = digitalCapture; "
+    "default: the one a valid parent manifest declares, else none (no AI claim)."
 )
 
 
@@ -29,18 +40,27 @@ def register(commands) -> None:
 
 
 def _keys(p: argparse.ArgumentParser) -> None:
-    p.add_argument("action", choices=["init"], help="init: create the development identity")
+    p.add_argument("action", choices=["init", "list"], help="init: create the development "
+                   "identity; list: the watermark key ring (read only)")  # fmt: skip
     p.add_argument("--force", action="store_true", help="replace an existing identity")
 
 
 def _sign(p: argparse.ArgumentParser) -> None:
-    p.add_argument("file", help="an image (.png/.jpg), video (.mp4) or text file")
+    from mdiff.provenance.manifest import SOURCE_TYPES  # light: no c2pa, no torch
+
+    p.add_argument("file", help="an image (.png/.jpg), video (.mp4) or UTF-8 text file")
     p.add_argument("-o", "--output", help="output path (default: FILE-signed.EXT; text: in place)")
-    p.add_argument("--model", default="external", help="generator to name in the manifest")
+    p.add_argument("--model", default="external", help="the tool that made the file")
+    p.add_argument("--source-type", choices=list(SOURCE_TYPES), default=None,
+                   help="how the content was made (see below); default: what a valid parent "
+                   "manifest declares, else none")  # fmt: skip
+    p.add_argument("--force", action="store_true", help="replace an existing output file")
+    p.epilog = SIGN_EPILOG
 
 
 def _verify(p: argparse.ArgumentParser) -> None:
-    p.usage_exit_code = 4  # verify's documented code for usage errors (2 means tampered there)
+    from mdiff.cli import utf8_text
+
     p.add_argument("file", help="image, video or text file to check")
     p.add_argument("--sidecar", help="manifest file for text (default: FILE.c2pa)")
     p.add_argument(
@@ -49,13 +69,28 @@ def _verify(p: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--no-watermark", action="store_true", help="skip watermark detection")
+    p.add_argument("--model", help="the generating model (name or folder) whose tokenizer reads "
+                   "a text watermark (default: the one the manifest names)")  # fmt: skip
+    p.add_argument("--prompt", type=utf8_text, help="check that the file was made from this "
+                   "prompt (against the manifest's keyed commitment)")  # fmt: skip
+    p.add_argument("--prompt-opening", metavar="HEX", help="the commitment's opening that the "
+                   "file's owner gave (else your key ring opens it, and prints it)")  # fmt: skip
     p.epilog = VERIFY_EPILOG
 
 
 def run_keys(args: argparse.Namespace) -> int:
-    """`mdiff keys init [--force]`: create the development signing identity and watermark secret."""
+    """`mdiff keys init [--force]`: create the development signing identity and watermark
+    secret; `mdiff keys list`: the key ids of the key ring."""
     from mdiff.provenance import keys
 
+    if args.action == "list":
+        home = keys.mdiff_home() if args.home is None else Path(args.home)
+        ring = keys.keyring(home)
+        print(f"key ring of {home}: {len(ring)} key(s)" + (":" if ring else ""))
+        for i, key_id in enumerate(ring):
+            print(f"  {key_id}" + ("  (yours: watermark.secret)" if i == 0 and
+                                   (home / "watermark.secret").is_file() else ""))  # fmt: skip
+        return 0
     identity = keys.init_dev_identity(args.home, force=args.force)
     home = keys.mdiff_home() if args.home is None else Path(args.home)
     print(f"created development identity {identity.name!r} under {home}")
@@ -64,42 +99,17 @@ def run_keys(args: argparse.Namespace) -> int:
     return 0
 
 
-def _default_output(path: Path) -> Path:
-    from mdiff import media
-
-    if media.kind_of(path) == "text":
-        return path  # text keeps its bytes; the manifest goes into the sidecar beside it
-    return path.with_name(f"{path.stem}-signed{path.suffix}")
-
-
 def run_sign(args: argparse.Namespace) -> int:
-    """`mdiff sign FILE [-o OUT] [--model NAME]`: watermark where the format allows, then sign."""
+    """`mdiff sign FILE [-o OUT] [--model NAME] [--source-type T] [--force]`: see
+    `mdiff.provenance.resign` (parent ingredient, source type, watermark kept or added)."""
     from mdiff import media
+    from mdiff.provenance.resign import sign_existing
     from mdiff.provenance.stamp import Stamper
-    from mdiff.record import GenerationRecord
 
-    src = Path(args.file)
-    kind = media.kind_of(src)
-    out = Path(args.output) if args.output else _default_output(src)
-    if media.kind_of(out) != kind:
-        raise InvalidInputError(f"{out.name} is not a {kind} file name like {src.name}")
-    stamper = Stamper(home=args.home)
-    extra = {"signed_by": "mdiff sign", "source_file": src.name}
-    if kind == "text":
-        content = src.read_text(encoding="utf-8")
-        record = GenerationRecord.create("text", args.model, extra=extra)
-        stamper.save(stamper.text(content, record, policy=None), out)
-    else:
-        if kind == "image":
-            frames, fps = media.read_image(src), None
-        else:
-            frames, fps = media.read_video_head(src)
-        sizes = {"width": frames.shape[2], "height": frames.shape[1], "frames": frames.shape[0]}
-        if fps:
-            sizes["fps"] = fps
-        record = GenerationRecord.create(kind, args.model, sizes=sizes, extra=extra)
-        stamper.save(stamper.frames(frames, record, fps=fps), out)
-    print(f"signed {out}" + (f" (manifest in {out.name}.c2pa)" if kind == "text" else ""))
+    out = sign_existing(args.file, args.output, Stamper(home=args.home), model=args.model,
+                        source_type=args.source_type, overwrite=args.force)  # fmt: skip
+    text = media.kind_of(out) == "text"
+    print(f"signed {out}" + (f" (manifest in {out.name}.c2pa)" if text else ""))
     return 0
 
 
@@ -117,6 +127,9 @@ def run_verify(args: argparse.Namespace) -> int:
             trust=trust,
             home=args.home,
             check_watermark=not args.no_watermark,
+            model=args.model,
+            prompt=args.prompt,
+            prompt_opening=args.prompt_opening,
         )
     except (MdiffError, OSError) as exc:
         print(f"mdiff: error: {exc}", file=sys.stderr)

@@ -77,6 +77,7 @@ class ManifestReport:
     claim_generator: str | None = None
     record: GenerationRecord | None = None
     ai_generated: bool = False
+    action: str | None = None  # the first action: c2pa.created, or c2pa.opened (a re-signed file)
     digital_source_type: str | None = None
     soft_binding: dict[str, str] | None = None  # {"scheme", "alg", "payload"}
     ingredients: list[IngredientReport] = field(default_factory=list)
@@ -120,14 +121,16 @@ def _ingredient(ing: dict, deltas: dict[str, dict]) -> IngredientReport:
     )
 
 
-def _source_type(manifest: dict) -> str | None:
-    """digitalSourceType of the first action that declares one."""
+def _actions(manifest: dict) -> list[dict]:
     for a in manifest.get("assertions", []):
         if a.get("label", "").startswith("c2pa.actions"):
-            for action in a.get("data", {}).get("actions", []):
-                if action.get("digitalSourceType"):
-                    return action["digitalSourceType"]
-    return None
+            return list(a.get("data", {}).get("actions", []))
+    return []
+
+
+def _source_type(actions: list[dict]) -> str | None:
+    """digitalSourceType of the first action that declares one."""
+    return next((a["digitalSourceType"] for a in actions if a.get("digitalSourceType")), None)
 
 
 def _record(data: dict | None, warnings: list[Code]) -> GenerationRecord | None:
@@ -229,7 +232,8 @@ def _report(store: dict, raw: bytes | None, mime: str) -> ManifestReport:
         d.get("ingredientAssertionURI", "").rsplit("/", 1)[-1]: d.get("validationDeltas")
         for d in results.get("ingredientDeltas", [])
     }
-    dst = _source_type(m)
+    actions = _actions(m)
+    dst = _source_type(actions)
     return ManifestReport(
         state=state,
         mime=mime,
@@ -240,6 +244,7 @@ def _report(store: dict, raw: bytes | None, mime: str) -> ManifestReport:
         claim_generator=" ".join(str(gen[k]) for k in ("name", "version") if gen.get(k)) or None,
         record=_record(assertions.get(GENERATION_LABEL), warnings),
         ai_generated=dst in AI_SOURCE_TYPES,
+        action=actions[0].get("action") if actions else None,
         digital_source_type=dst,
         soft_binding=_soft_binding(assertions.get("c2pa.soft-binding")),
         ingredients=[_ingredient(i, deltas) for i in m.get("ingredients", [])],

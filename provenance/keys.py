@@ -1,13 +1,21 @@
 """Signing identities, trust anchors and watermark keys.
 
 Layout of the mdiff home (``$MDIFF_HOME``, else ``$XDG_DATA_HOME/mdiff``, else
-``~/.local/share/mdiff``)::
+``~/.local/share/mdiff``); folders mdiff creates are mode 0700, secrets 0600, whatever the umask::
 
     identity/root.pem       trust anchor (public; give it to verifiers)
     identity/chain.pem      end-entity certificate + intermediate (root excluded)
     identity/signer.key     EC P-256 private key, PKCS#8 PEM, mode 0600
     identity/identity.json  {"name", "alg", "tsa_url", "production"}
-    watermark.secret        32 random bytes, mode 0600 (independent of the signing key)
+    watermark.secret        32 random bytes, mode 0600 (independent of the signing key): your
+                            watermark keys and your prompt-commitment key derive from it
+    keyring/*.secret        other watermark secrets you may detect with (a colleague's, your
+                            previous ones): copy them here, mode 0600; never used to mark
+
+The **key ring** is ``watermark.secret`` plus ``keyring/*.secret``; each secret's key id is a
+hash of it (`key_id_of`), so a file's name does not matter. `keyring` only reads: verifying
+never creates the home, a secret or an identity. (Secrets and folders: `mdiff.provenance.keyring`,
+re-exported here.)
 
 The development chain follows the certificate profile c2pa-rs checks (research a1): the
 end-entity certificate has KeyUsage digitalSignature (critical), EKU emailProtection,
@@ -17,12 +25,9 @@ BasicConstraints ca=false (critical), SubjectKeyIdentifier and AuthorityKeyIdent
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
-import hmac
 import json
 import logging
 import os
-import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,9 +35,19 @@ from pathlib import Path
 import c2pa
 from cryptography import x509
 
-from mdiff.atomic import atomic_file
 from mdiff.errors import InvalidInputError, ProvenanceError
 from mdiff.provenance.certs import dev_chain
+from mdiff.provenance.keyring import (
+    default_key_id,
+    key_id_of,
+    keyring,
+    master_secret,
+    mdiff_home,
+    private_dir,
+    prompt_key,
+    watermark_key,
+    write_private,
+)
 
 __all__ = [
     "Identity",
@@ -40,8 +55,11 @@ __all__ = [
     "default_identity",
     "default_key_id",
     "init_dev_identity",
+    "key_id_of",
+    "keyring",
     "master_secret",
     "mdiff_home",
+    "prompt_key",
     "watermark_key",
 ]
 
@@ -57,22 +75,6 @@ _ALGS = {
     "ed25519": c2pa.C2paSigningAlg.ED25519,
 }
 _DEV_NAME = "mdiff development signer"
-
-
-def mdiff_home() -> Path:
-    """``$MDIFF_HOME``, else ``$XDG_DATA_HOME/mdiff``, else ``~/.local/share/mdiff``."""
-    if os.environ.get("MDIFF_HOME"):
-        return Path(os.environ["MDIFF_HOME"]).expanduser()
-    xdg = os.environ.get("XDG_DATA_HOME")
-    base = Path(xdg).expanduser() if xdg else Path.home() / ".local" / "share"
-    return base / "mdiff"
-
-
-def _write(path: Path, data: bytes, mode: int) -> None:
-    """Atomically write ``data`` with permission bits ``mode`` (set before the rename)."""
-    with atomic_file(path) as tmp:
-        tmp.write_bytes(data)
-        tmp.chmod(mode)
 
 
 @dataclass(frozen=True)
@@ -200,13 +202,13 @@ def init_dev_identity(
         )
     if not isinstance(validity, dt.timedelta):
         validity = dt.timedelta(seconds=float(validity))
-    d.mkdir(parents=True, exist_ok=True)
+    private_dir(d)
     chain, key, root = dev_chain(name, validity)
-    _write(d / "signer.key", key, 0o600)
-    _write(d / "chain.pem", chain, 0o644)
-    _write(d / "root.pem", root, 0o644)
+    write_private(d / "signer.key", key, 0o600)
+    write_private(d / "chain.pem", chain, 0o644)
+    write_private(d / "root.pem", root, 0o644)
     meta = {"name": name, "alg": "es256", "tsa_url": None, "production": False}
-    _write(d / "identity.json", json.dumps(meta, indent=2).encode(), 0o644)
+    write_private(d / "identity.json", json.dumps(meta, indent=2).encode(), 0o644)
     master_secret(home)
     log.info("created a development signing identity in %s", d)
     return Identity(chain, key, name=name)
@@ -266,28 +268,3 @@ class TrustConfig:
             return c2pa.Context.from_dict(self.settings())
         except c2pa.C2paError as e:
             raise ProvenanceError(f"invalid trust configuration: {e}") from e
-
-
-def master_secret(home: str | os.PathLike | None = None) -> bytes:
-    """The 32-byte watermark master secret, created (mode 0600) on first use."""
-    path = Path(home or mdiff_home()) / "watermark.secret"
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        _write(path, secrets.token_bytes(32), 0o600)
-        log.info("created a watermark master secret in %s", path)
-    data = path.read_bytes()
-    if len(data) < 16:
-        raise ProvenanceError(f"watermark secret {path} is too short ({len(data)} bytes)")
-    return data
-
-
-def watermark_key(key_id: str, scheme: str, secret: bytes | None = None) -> bytes:
-    """The 32-byte key of one watermark scheme: HMAC-SHA256(secret, f"{scheme}|{key_id}")."""
-    secret = master_secret() if secret is None else secret
-    return hmac.new(secret, f"{scheme}|{key_id}".encode(), hashlib.sha256).digest()
-
-
-def default_key_id(home: str | os.PathLike | None = None) -> str:
-    """A short stable id of the master secret (safe to publish: a hash, not the secret)."""
-    digest = hashlib.sha256(b"mdiff-key-id|" + master_secret(home)).hexdigest()
-    return f"k{digest[:8]}"

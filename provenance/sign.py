@@ -9,6 +9,7 @@ when signing in place. c2pa-rs verifies each manifest right after signing
 from __future__ import annotations
 
 import io
+import json
 import logging
 import os
 from pathlib import Path
@@ -20,7 +21,7 @@ from mdiff.errors import InvalidInputError, ProvenanceError
 from mdiff.record import GenerationRecord
 
 from .keys import Identity, TrustConfig, default_identity
-from .manifest import build_manifest, ingredient_label
+from .manifest import PARENT_LABEL, build_manifest, ingredient_label
 
 __all__ = ["EMBEDDABLE", "mime_of", "sidecar_path", "sign_file", "sign_sidecar"]
 
@@ -97,6 +98,49 @@ def _add_ingredients(builder: c2pa.Builder, inputs: tuple[str, ...]) -> None:
             builder.add_ingredient(meta, mime, f)
 
 
+def _sidecar_parent(path: Path, trust: TrustConfig) -> tuple[dict, bytes] | None:
+    """``(ingredient definition, manifest store)`` for a parent whose manifest is the sidecar
+    ``<path>.c2pa`` (c2pa reads no sidecar when adding an ingredient: the store is handed over
+    as a resource, with the validation results it reads with now); None without a sidecar."""
+    side = sidecar_path(path)
+    if mime_of(path) in EMBEDDABLE or not side.is_file():
+        return None
+    store = side.read_bytes()
+    try:
+        with trust.context() as ctx, open(path, "rb") as f, \
+                c2pa.Reader("text/plain", f, store, context=ctx) as reader:  # fmt: skip
+            found = json.loads(reader.json())
+    except c2pa.C2paError as e:
+        raise InvalidInputError(f"{side}: unreadable C2PA sidecar ({_one_line(e)})") from e
+    entry = {
+        "title": path.name,
+        "relationship": "parentOf",
+        "label": PARENT_LABEL,
+        "format": "text/plain",
+        "active_manifest": found["active_manifest"],
+        "validation_results": found.get("validation_results") or {},
+        "manifest_data": {"format": "application/c2pa", "identifier": _PARENT_STORE},
+    }
+    return entry, store
+
+
+_PARENT_STORE = "mdiff-parent.c2pa"
+
+
+def _add_parent(builder: c2pa.Builder, path: Path, store: bytes | None) -> None:
+    """Add ``path`` as the ``parentOf`` ingredient (an embedded manifest is kept; a sidecar's
+    ``store`` was put in the definition by `_sidecar_parent`)."""
+    if store is not None:
+        builder.add_resource(_PARENT_STORE, io.BytesIO(store))
+        return
+    mime = mime_of(path)
+    if mime not in EMBEDDABLE:
+        mime = "application/octet-stream"
+    meta = {"title": path.name, "relationship": "parentOf", "label": PARENT_LABEL}
+    with open(path, "rb") as f:
+        builder.add_ingredient(meta, mime, f)
+
+
 def _sign(
     src: Path,
     dst_stream,
@@ -115,6 +159,10 @@ def _sign(
     trust = trust or TrustConfig.default()
     names = [Path(p).name for p in record.inputs]
     manifest = build_manifest(record, title=title, mime=mime, ingredient_titles=names)
+    parent = Path(record.parent) if record.parent is not None else None
+    found = _sidecar_parent(parent, trust) if parent is not None else None
+    if found is not None:
+        manifest["ingredients"] = [found[0]]
     try:
         with (
             identity.signer() as signer,
@@ -122,12 +170,14 @@ def _sign(
             c2pa.Builder(manifest, ctx) as builder,
             open(src, "rb") as fin,
         ):
+            if parent is not None:
+                _add_parent(builder, parent, found[1] if found else None)
             _add_ingredients(builder, record.inputs)
             if sidecar:
                 builder.set_no_embed()
             return builder.sign(signer, mime, fin, dst_stream)
     except c2pa.C2paError as e:
-        raise ProvenanceError(f"signing {src.name} ({mime}) failed: {_one_line(e)}") from e
+        raise ProvenanceError(f"signing {title} ({mime}) failed: {_one_line(e)}") from e
 
 
 def _one_line(e: BaseException) -> str:

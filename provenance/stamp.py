@@ -9,6 +9,10 @@
 Only a :class:`Stamped` value can be saved, and only :class:`Stamper` makes one, so an output
 cannot reach a file without its watermark and record. There is no switch to turn this off.
 Streams write their own fragmented MP4 and call :meth:`Stamper.sign` on the finished file.
+
+The Stamper also commits the record's prompt with the user's prompt key
+(`GenerationRecord.commit_prompt`, key `keys.prompt_key` of ``watermark.secret``), so only a
+keyed commitment reaches the manifest.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from mdiff import media
@@ -75,8 +80,19 @@ class Stamper:
             self._identity = keys.default_identity(self.home)  # created on first use, logged
         return self._identity
 
+    @property
+    def trust(self) -> keys.TrustConfig:
+        """The trust anchors of this home (they validate signed ingredients when added)."""
+        return keys.TrustConfig.default(self.home)
+
     def _key(self, scheme: str) -> bytes:
         return keys.watermark_key(self.key_id, scheme, keys.master_secret(self.home))
+
+    def commit(self, record: GenerationRecord) -> GenerationRecord:
+        """``record`` with its pending prompt replaced by this user's keyed commitment."""
+        if record.pending_prompt is None:
+            return record
+        return record.commit_prompt(keys.prompt_key(keys.master_secret(self.home)))
 
     @property
     def pixel_watermark(self) -> pixel.PixelWatermark:
@@ -91,14 +107,18 @@ class Stamper:
     # ------------------------------------------------------------------------------- stamping
 
     def frames(
-        self, frames: torch.Tensor, record: GenerationRecord, *, fps=None, track=None
+        self, frames: torch.Tensor | np.ndarray, record: GenerationRecord, *, fps=None, track=None
     ) -> Stamped:
-        """Watermark ``uint8 (T, H, W, 3)`` frames (an image is T = 1) and attach the record.
+        """Watermark ``uint8 (T, H, W, 3)`` frames (a tensor or a NumPy array; an image is
+        T = 1) and attach the record.
 
         Pieces of one video (a stream's chunks) pass one ``pixel.MotionTrack`` (``track``), so
         the mark keeps following the camera across them instead of restarting."""
         if record.modality not in ("image", "video"):
             raise InvalidInputError(f"frames need an image or video record, not {record.modality}")
+        if isinstance(frames, np.ndarray):
+            frames = torch.from_numpy(np.ascontiguousarray(frames))
+        record = self.commit(record)
         payload = payload_of(record)
         frames = media.check_frames(frames).to(frames.device)
         marked = self.pixel_watermark.embed(frames, payload, track=track)
@@ -131,6 +151,7 @@ class Stamper:
         """
         if record.modality not in ("text", "code"):
             raise InvalidInputError(f"text needs a text or code record, not {record.modality}")
+        record = self.commit(record)
         if policy is not None:
             params = {"gamma": policy.gamma, "delta": policy.delta}
             record = record.with_watermark(WatermarkInfo(text.SCHEME, self.key_id, "", params))
@@ -150,11 +171,12 @@ class Stamper:
         if output.text is not None:
             if kind != "text":
                 raise InvalidInputError(f"text output must be saved as text, not {path.name}")
+            if not output.text:
+                raise InvalidInputError(f"{path.name}: empty text cannot be signed")
             with atomic_file(path) as tmp:
                 tmp.write_text(output.text, encoding="utf-8")
-                sign.sign_sidecar(
-                    tmp, output.record, self.identity, sidecar=_sidecar(path), title=path.name
-                )
+                sign.sign_sidecar(tmp, output.record, self.identity, sidecar=_sidecar(path),
+                                  trust=self.trust, title=path.name)  # fmt: skip
             return path
         frames = output.frames
         if kind == "image" and frames.shape[0] != 1:
@@ -166,12 +188,15 @@ class Stamper:
                 media.write_image(frames[0], tmp)
             else:
                 media.write_mp4(frames, tmp, fps=output.fps or 16.0)
-            sign.sign_file(tmp, tmp, output.record, self.identity, title=path.name)
+            sign.sign_file(tmp, tmp, output.record, self.identity, trust=self.trust,
+                           title=path.name)  # fmt: skip
         return path
 
-    def sign(self, path: str | os.PathLike, record: GenerationRecord) -> Path:
-        """Sign a file written elsewhere (a finished fragmented MP4 of a stream), in place."""
-        return sign.sign_file(path, path, record, self.identity)
+    def sign(self, path: str | os.PathLike, record: GenerationRecord, *, title=None) -> Path:
+        """Sign a file written elsewhere (a finished fragmented MP4 of a stream, a file that
+        already carries its watermark) in place; ``title`` defaults to the file's name."""
+        return sign.sign_file(path, path, self.commit(record), self.identity, trust=self.trust,
+                              title=title)  # fmt: skip
 
 
 def _sidecar(path: Path) -> Path:

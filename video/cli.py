@@ -7,20 +7,27 @@
     mdiff video "the circle rolls on" --extend circle.mp4 -o more.mp4 # the next 16 frames
     mdiff image "a blue square on grey" -o square.png
 
-The handlers import the models when they run, so registering the commands stays light.
+The handlers import the models when they run, so registering the commands stays light. The
+output path and the numbers are checked before the model loads: -o must be a new file in an
+existing, writable folder (an existing one is replaced only with --force, an input never), and
+--steps, --guidance, --frames and --seed within the pipeline's documented bounds.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import time
 from pathlib import Path
 
+from mdiff.cli import utf8_text
 from mdiff.errors import InvalidInputError
 from mdiff.train.cli import RecipeCommand
 
 __all__ = ["DEFAULT_MODEL", "register", "run_image", "run_video"]
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "shapes-t2v"
 VAE = RecipeCommand("mdiff.video.vae.train:VAERecipe")
@@ -55,27 +62,32 @@ def register(commands) -> None:
 
 
 def _sampling_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("prompt", help="what to generate (quote it)")
+    p.add_argument("prompt", type=utf8_text, help="what to generate (quote it)")
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"built-in name or pipeline folder "
                    f"(default {DEFAULT_MODEL})")  # fmt: skip
     p.add_argument("--height", type=int, help="pixels, a multiple of 8·patch (default: model's)")
     p.add_argument("--width", type=int, help="pixels, a multiple of 8·patch (default: model's)")
-    p.add_argument("--steps", type=int, help="solver steps (default: the model's)")
-    p.add_argument("--guidance", type=float, help="CFG scale, 1 = none (default: the model's)")
+    p.add_argument("--steps", type=int, help="solver steps, at most 1000 (default: the model's)")
+    p.add_argument("--guidance", type=float, help="CFG scale in [0, 100], 1 = none (default: "
+                   "the model's)")  # fmt: skip
     p.add_argument(
         "--guidance-method",
         choices=("cfg", "cfg_zero_star", "apg"),
         help="how the scale combines the two branches (default: the model's)",
     )
-    p.add_argument("--negative-prompt", help="what the unconditional branch describes")
-    p.add_argument("--seed", type=int, default=0, help="same seed, same output (default 0)")
+    p.add_argument("--negative-prompt", type=utf8_text,
+                   help="what the unconditional branch describes")  # fmt: skip
+    p.add_argument("--seed", type=int, default=0,
+                   help="in [0, 2^63): same seed, same output (default 0)")  # fmt: skip
+    p.add_argument("--force", action="store_true", help="replace an existing -o file")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bar")
 
 
 def _video(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--output", required=True, help="the signed .mp4 to write")
     _sampling_flags(p)
-    p.add_argument("--frames", type=int, help="1 + 4k frames (default: the model's)")
+    p.add_argument("--frames", type=int,
+                   help="1 + 4k frames, at most 10000 (default: the model's)")  # fmt: skip
     p.add_argument("--image", help="first frame (image-to-video); sets the size")
     p.add_argument(
         "--extend", metavar="VIDEO",
@@ -106,16 +118,27 @@ def _run_eval_video(args: argparse.Namespace) -> int:
     return run.run_eval_video(args)
 
 
-def _output(path: str, kind: str) -> Path:
-    """Check the output path before any work: its type and that its folder exists."""
+def _output(args: argparse.Namespace, kind: str) -> Path:
+    """Check -o and the numbers before any work: -o's type, folder and inputs
+    (`mdiff.atomic.check_target`), the seed, steps, guidance and frame count's bounds."""
     from mdiff import media
+    from mdiff.atomic import check_target
+    from mdiff.record import check_seed
+    from mdiff.video.pipeline import inputs
 
-    out = Path(path)
+    out = Path(args.output)
     if media.kind_of(out) != kind:
         want = ".mp4" if kind == "video" else ".png or .jpg"
         raise InvalidInputError(f"-o must name a {want} file, got {out.name}")
-    if not out.parent.is_dir():
-        raise InvalidInputError(f"{out}: the destination folder does not exist")
+    sources = [p for p in (getattr(args, "image", None), getattr(args, "extend", None)) if p]
+    check_target(out, overwrite=args.force, inputs=sources, replace_hint="use --force")
+    check_seed(args.seed, "--seed")
+    if args.steps is not None:
+        inputs.check_steps(args.steps)
+    if args.guidance is not None:
+        inputs.check_guidance(args.guidance)
+    if getattr(args, "frames", None) is not None and args.frames > inputs.MAX_NUM_FRAMES:
+        raise InvalidInputError(f"--frames must be at most {inputs.MAX_NUM_FRAMES}")
     return out
 
 
@@ -123,7 +146,13 @@ def _pipeline(args: argparse.Namespace):
     from mdiff.provenance.stamp import Stamper
     from mdiff.video.pipeline.video_pipeline import VideoPipeline
 
-    return VideoPipeline.from_pretrained(args.model, stamper=Stamper(home=args.home))
+    pipe = VideoPipeline.from_pretrained(args.model, stamper=Stamper(home=args.home))
+    prompts = [p for p in (getattr(args, "prompt", None), args.negative_prompt) if p]
+    unknown = pipe.text_encoder.unknown_words(prompts)
+    if unknown:  # once per command: the model reads them as [UNK]
+        logger.warning("%s has never seen these words and passes over them: %s", args.model,
+                       ", ".join(unknown[:20]))  # fmt: skip
+    return pipe
 
 
 class _Bar:
@@ -158,20 +187,22 @@ def _sampling(args: argparse.Namespace) -> dict:
 
 
 def run_video(args: argparse.Namespace) -> int:
-    out = _output(args.output, "video")
+    if args.image and args.extend:
+        raise InvalidInputError("use --image (a first frame) or --extend (a clip), not both")
+    out = _output(args, "video")
     pipe = _pipeline(args)
     if args.stream and not pipe.causal:
         raise InvalidInputError(
             f"--stream needs a block-causal model; {args.model} is bidirectional (drop --stream)"
         )
     kwargs = dict(_sampling(args), num_frames=args.frames, image=args.image, prefix=args.extend)
-    start = time.perf_counter()
+    start, old = time.perf_counter(), _identity(out)
     with _Bar(not args.no_progress) as bar:
         if args.stream:
             try:
-                s = pipe.stream_to(out, args.prompt, callback=bar, **kwargs)
+                s = pipe.stream_to(out, args.prompt, callback=bar, overwrite=args.force, **kwargs)
             except KeyboardInterrupt:
-                if out.is_file():
+                if _identity(out) not in (None, old):  # a new file: the signed finished chunks
                     print(f"interrupted: {out} holds the finished chunks (signed)", file=sys.stderr)
                 raise
             first, frames, fps = s.time_to_first_frame, s.frames, s.fps
@@ -180,20 +211,29 @@ def run_video(args: argparse.Namespace) -> int:
             first = time.perf_counter() - start  # the whole clip arrives at once
             frames = result.frames.shape[0]
             fps = frames / first
-            result.save(out)
+            result.save(out, overwrite=args.force)
     how = "streamed" if args.stream else "whole clip at once"
     print(f"wrote {out}: {frames} frames, signed ({how}); time to first frame {first:.2f} s, "
           f"{fps:.1f} frames/s")  # fmt: skip
     return 0
 
 
+def _identity(path: Path) -> tuple[int, int] | None:
+    """(inode, mtime) of a file, None if there is none: whether a file was replaced."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns
+
+
 def run_image(args: argparse.Namespace) -> int:
-    out = _output(args.output, "image")
+    out = _output(args, "image")
     pipe = _pipeline(args)
     start = time.perf_counter()
     with _Bar(not args.no_progress) as bar:
         result = pipe(args.prompt, num_frames=1, callback=bar, **_sampling(args))
-    result.save(out)
+    result.save(out, overwrite=args.force)
     h, w = result.frames.shape[1:3]
     print(f"wrote {out}: {w}×{h} image, signed, in {time.perf_counter() - start:.2f} s")
     return 0

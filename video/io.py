@@ -41,7 +41,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 MAX_FRAMES = media.MAX_FRAMES
-MAX_PIXELS = 4096 * 4096
+MAX_PIXELS = media.MAX_FRAME_PIXELS
 write_mp4 = media.write_mp4
 video_fps = media.video_fps
 
@@ -138,6 +138,8 @@ def read_frames(
 
 def _existing(path: str | os.PathLike) -> str | os.PathLike:
     """A missing file is an IO error here (the core's readers call it invalid input)."""
+    if Path(path).is_dir():
+        raise VideoIOError(f"{path} is a directory, not a video file")
     if not Path(path).is_file():
         raise VideoIOError(f"no such video file: {path}")
     return path
@@ -189,9 +191,10 @@ class FragmentedMP4Writer:
     ``fragments="chunk"`` it decodes chunks ``0..k-1`` only, and the file is smaller (measured
     on 17-frame 64×64 shapes clips: 6.7 kB vs 8.2 kB; per-frame fragments cost ~90 bytes).
     Used as a context manager the writer is closed (finalized, playable) even when the body
-    raises. Odd sizes are edge-padded to even
-    (``pad=True``) or rejected. ``on_finish(target)`` runs after the file is complete, also
-    after an interruption, e.g. ``lambda p: stamper.sign(p, record)``.
+    raises. Odd sizes are rejected, or edge-padded to even with ``pad=True`` (the file's size
+    then differs from the frames'); ``fps`` is checked by `mdiff.media.check_fps`.
+    ``on_finish(target)`` runs after the file is complete, also after an interruption, e.g.
+    ``lambda p: stamper.sign(p, record)``.
     """
 
     def __init__(
@@ -201,12 +204,11 @@ class FragmentedMP4Writer:
         fps: float = 16.0,
         crf: int = 18,
         preset: str = "veryfast",
-        pad: bool = True,
+        pad: bool = False,
         on_finish: Callable[[str | os.PathLike | BinaryIO], object] | None = None,
         fragments: str = "frame",
     ) -> None:
-        if fps <= 0:
-            raise InvalidInputError(f"fps must be positive, got {fps}")
+        fps = media.check_fps(fps)
         if fragments not in ("frame", "chunk"):
             raise InvalidInputError(f"fragments must be 'frame' or 'chunk', got {fragments!r}")
         self.fragments = fragments
@@ -259,8 +261,7 @@ class FragmentedMP4Writer:
         frames = media.check_frames(frames)
         height, width = frames.shape[1:3]
         if self.size is None:
-            if (height % 2 or width % 2) and not self.pad:
-                raise InvalidInputError(f"H.264 needs even sizes, got {height}x{width} (pad=True)")
+            media.check_even(frames[:1], self.pad)
             self._open(height, width)
             self.size = (height, width)
         elif (height, width) != self.size:

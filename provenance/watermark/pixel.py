@@ -35,6 +35,7 @@ from .pixel_detect import (
     PixelDetection,
     check_frames,
     decode_bits,
+    mark_spectrum,
     payload_bits,
 )
 
@@ -144,11 +145,7 @@ class PixelWatermark:
             raise InvalidInputError(f"payload must be an int in [0, 2³²), got {payload!r}")
         _, h, w, _ = frames.shape
         pat = self.patterns(self.tile_for(h, w), frames.device)
-        coded = ecc.encode(payload_bits(payload))
-        signs = torch.tensor(coded, dtype=torch.float64, device=frames.device)
-        spec = pat.pilot_hat + torch.tensordot(
-            (2 * signs - 1).to(pat.payload_hat.dtype), pat.payload_hat, 1
-        )
+        spec = mark_spectrum(pat, payload)
         track = track if track is not None else motion.MotionTrack()
         out = torch.empty_like(frames)
         for i in range(0, frames.shape[0], chunk):
@@ -209,8 +206,16 @@ class PixelWatermark:
         return field * min(max(RMS_PER_ALPHA * self.alpha / max(rms, 1e-9), lo), hi)
 
     # ------------------------------------------------------------------------------------------
-    def detect(self, frames: Tensor, *, scales="auto", velocities="auto") -> PixelDetection:
+    def detect(
+        self, frames: Tensor, *, scales="auto", velocities="auto", expected: int | None = None
+    ) -> PixelDetection:
         """Fold the frames and look for the mark.
+
+        ``expected``: the payload the mark should carry, if known (a manifest whose hash binding
+        holds declares it); a candidate that does not decode blindly is then also scored against
+        that payload's whole mark (see :mod:`.pixel_detect`). This tells "this mark" from "no
+        mark of this key", not one payload of the key from another (their marks share the
+        pilot): use it only where no other payload of the key can be there.
 
         ``scales``: ``"auto"`` (search around 1, ½, ¾, ⅔ and estimated periods), a sequence of
         scales to try exactly, or ``None`` for scale 1 only.
@@ -222,7 +227,9 @@ class PixelWatermark:
         does, and the clip is one window, the drift is searched at the scale found). A
         sequence: those velocities exactly, at every scale. ``None``: a static mark only.
         """
-        return pixel_detect.detect(self, frames, scales=scales, velocities=velocities)
+        return pixel_detect.detect(
+            self, frames, scales=scales, velocities=velocities, expected=expected
+        )
 
     def detect_windows(self, frames: Tensor, window: int = 10, **kw) -> list[PixelDetection]:
         """:meth:`detect` on consecutive windows of ``window`` frames (the last may be shorter)."""

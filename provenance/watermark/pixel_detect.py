@@ -15,6 +15,12 @@ per candidate). The soft coded bits are the payload correlations at the peak, de
 soft-decision Viterbi (the CRC-8 then checks them). A resize is undone by resampling before
 the fold; the scale is searched around 1, ½, ¾, ⅔ and around period estimates from the
 spectrally flattened autocorrelation.
+
+Known payload. When the payload to expect is known (the manifest declares it), a candidate
+whose blind decoding fails is also scored against the whole expected mark (pilot and coded
+payload bins, `mark_spectrum`): that correlation is ≈ N(0, 1) per shift under no watermark too,
+so the same threshold and bound apply, and it uses twice the pilot's energy. One rule decides
+``detected`` either way, and a payload is reported only with a detection.
 """
 
 from __future__ import annotations
@@ -36,7 +42,15 @@ from . import spectral as sp
 if TYPE_CHECKING:
     from .pixel import PixelWatermark
 
-__all__ = ["PixelDetection", "decode_bits", "detect", "frame_luma", "mean_luma", "payload_bits"]
+__all__ = [
+    "PixelDetection",
+    "decode_bits",
+    "detect",
+    "frame_luma",
+    "mark_spectrum",
+    "mean_luma",
+    "payload_bits",
+]
 
 PAYLOAD_BITS = 32
 CHECK_BITS = 8
@@ -53,10 +67,10 @@ SCALE_MIN_STEP = 0.0015  # ... in steps of max(this, 1 px of drift across the fr
 class PixelDetection:
     """The outcome of one detection; ``to_dict()`` is JSON-serialisable."""
 
-    detected: bool  # z ≥ 8 and the check code matches
+    detected: bool  # z ≥ 8 and (the check code matches, or the expected payload's mark scored)
     z: float
     fpr_bound: float  # T²·S·V·Q(z), summed over the searched (tile, scale, velocity) candidates
-    payload: int | None  # the 32-bit payload when the check code matches, else None
+    payload: int | None  # the 32-bit payload when detected, else None
     bits: list[int]  # the 40 decoded information bits: payload (MSB first), then the CRC-8
     check_ok: bool
     frames_used: int
@@ -66,6 +80,7 @@ class PixelDetection:
     scales_searched: int = 1
     velocity: tuple[float, float] = (0.0, 0.0)  # the mark's drift, px/frame of the unresized frame
     velocities_searched: int = 1  # per (tile, scale); the bound counts T²·S·V candidates
+    known_payload: bool = False  # detected by correlating with the expected payload's mark
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -84,6 +99,13 @@ def decode_bits(bits: Sequence[int]) -> tuple[int, bool]:
     payload = int("".join(map(str, bits[:PAYLOAD_BITS])), 2)
     crc = int("".join(map(str, bits[PAYLOAD_BITS:])), 2)
     return payload, crc == sp.crc8(payload.to_bytes(4, "big"))
+
+
+def mark_spectrum(pat: sp.TilePatterns, payload: int) -> Tensor:
+    """The spectrum of the whole mark for ``payload``: pilot + ±1 on each coded bit's bins."""
+    coded = ecc.encode(payload_bits(payload))
+    signs = 2 * torch.tensor(coded, dtype=torch.float64, device=pat.payload_hat.device) - 1
+    return pat.pilot_hat + torch.tensordot(signs.to(pat.payload_hat.dtype), pat.payload_hat, 1)
 
 
 def check_frames(frames, min_side: int) -> None:
@@ -117,11 +139,16 @@ def mean_luma(frames: Tensor, chunk: int = 16) -> Tensor:
 
 
 def detect(
-    wm: PixelWatermark, frames: Tensor, *, scales="auto", velocities="auto"
+    wm: PixelWatermark, frames: Tensor, *, scales="auto", velocities="auto", expected=None
 ) -> PixelDetection:
     """Fold the frames and look for the mark of ``wm``: the work of
-    :meth:`.PixelWatermark.detect`, whose docstring explains ``scales`` and ``velocities``."""
+    :meth:`.PixelWatermark.detect`, whose docstring explains ``scales``, ``velocities`` and
+    ``expected``."""
     check_frames(frames, MIN_DETECT_SIDE)
+    if expected is not None and (
+        isinstance(expected, bool) or not isinstance(expected, int) or not 0 <= expected < 2**32
+    ):
+        raise InvalidInputError(f"expected must be a payload in [0, 2³²), got {expected!r}")
     n = frames.shape[0]
     windows = [frames[i : i + VELOCITY_WINDOW] for i in range(0, n, VELOCITY_WINDOW)]
     hp = frame_luma(frames) if len(windows) == 1 else None
@@ -145,19 +172,19 @@ def detect(
         n_vel = len(windows) * len(velocities)
     best = None
     if velocities is None or auto:
-        best = dataclasses.replace(_search_static(wm, y, scale_list), frames_used=n)
+        best = dataclasses.replace(_search_static(wm, y, scale_list, expected), frames_used=n)
     if auto and best.detected and hp is not None:
         # a drifting mark can decode smeared: look for its drift at the scale found
-        found = _search_auto(wm, hp, [(best.scale, [best.scale])])
+        found = _search_auto(wm, hp, [(best.scale, [best.scale])], expected)
         if found.detected and found.z > best.z:
             best = dataclasses.replace(found, frames_used=n)
     elif velocities is not None and (best is None or not best.detected):
         for w in windows:
             f = hp if hp is not None else frame_luma(w)
             if auto:
-                found = _search_auto(wm, f, groups)
+                found = _search_auto(wm, f, groups, expected)
             else:
-                found = _search_velocities(wm, f, scale_list, velocities)
+                found = _search_velocities(wm, f, scale_list, velocities, expected)
             if found is not None and (
                 best is None or (found.detected, found.z) > (best.detected, best.z)
             ):
@@ -172,7 +199,8 @@ def detect(
     )
 
 
-def _search_static(wm: PixelWatermark, y: Tensor, scale_list: list[float]) -> PixelDetection:
+def _search_static(wm: PixelWatermark, y: Tensor, scale_list: list[float], expected=None
+                   ) -> PixelDetection:  # fmt: skip
     """The best static candidate of the frames' mean ``y`` (robust ``z``) over all scales."""
     best = None
     for scale in scale_list:
@@ -184,11 +212,11 @@ def _search_static(wm: PixelWatermark, y: Tensor, scale_list: list[float]) -> Pi
             if best is None or z > best[0]:
                 best = (z, shift, scale, tile, g, pat)
     z, shift, scale, tile, g, pat = best
-    return _decode(z, shift, scale, tile, g, pat, (0.0, 0.0))
+    return _decode((z, shift), scale, tile, g, pat, (0.0, 0.0), expected)
 
 
 def _search_velocities(
-    wm: PixelWatermark, f, scales, velocities, tiles=None
+    wm: PixelWatermark, f, scales, velocities, expected=None, tiles=None
 ) -> PixelDetection | None:
     """Best of ``velocities`` × ``scales`` × tiles for the frames' high-passed luma ``f``
     ``(N, H, W)``, ranked by the pilot peak over its exact RMS, then scored by robust ``z``."""
@@ -215,11 +243,11 @@ def _search_velocities(
     spec = torch.zeros(tile * tile, dtype=folds.dtype, device=folds.device)
     spec[idx] = motion.drift_sum(folds[:, idx], freqs, torch.tensor([vel]))[0]
     g = sp.phase_only_spectrum(spec.view(tile, tile), pat.band)
-    z, shift = sp.robust_z(sp.correlate(g, pat.pilot_hat))
-    return _decode(z, shift, scale, tile, g, pat, vel)
+    peak = sp.robust_z(sp.correlate(g, pat.pilot_hat))
+    return _decode(peak, scale, tile, g, pat, vel, expected)
 
 
-def _search_auto(wm: PixelWatermark, f: Tensor, groups) -> PixelDetection | None:
+def _search_auto(wm: PixelWatermark, f: Tensor, groups, expected=None) -> PixelDetection | None:
     """Velocity search: the 0.5 px/frame grid at each scale centre, then the best one's
     scale steps and its 0.25 px/frame neighbours."""
     coarse = motion.velocity_grid(2 * motion.VELOCITY_STEP)
@@ -229,7 +257,7 @@ def _search_auto(wm: PixelWatermark, f: Tensor, groups) -> PixelDetection | None
         if not group:
             continue
         s = min(group, key=lambda s, c=c: abs(s - c))
-        det = _search_velocities(wm, f, [s], grid)
+        det = _search_velocities(wm, f, [s], grid, expected)
         if det is None:
             continue
         if best is None or det.z > best[1].z:
@@ -244,19 +272,29 @@ def _search_auto(wm: PixelWatermark, f: Tensor, groups) -> PixelDetection | None
         for j in (-1, 0, 1)
     ]
     near = [v for v in near if max(abs(v[0]), abs(v[1])) <= vmax]
-    fine = _search_velocities(wm, f, group, near, tiles=[det.tile])
+    fine = _search_velocities(wm, f, group, near, expected, tiles=[det.tile])
     return fine if fine.z >= det.z else det
 
 
-def _decode(z, shift, scale, tile, g, pat, vel) -> PixelDetection:
+def _decode(peak, scale, tile, g, pat, vel, expected) -> PixelDetection:
+    """Decode the bits at the pilot's ``peak`` ``(z, shift)``; the one rule for ``detected``:
+    z ≥ `Z_THRESHOLD` and the check code holds, or, with an ``expected`` payload, that payload's
+    whole mark (`mark_spectrum`) correlates with z ≥ `Z_THRESHOLD`."""
+    z, shift = peak
     soft = sp.correlate(g[None], pat.payload_hat)[:, shift[0], shift[1]]  # (92,)
     bits = ecc.decode(soft.tolist(), PAYLOAD_BITS + CHECK_BITS)
     payload, check_ok = decode_bits(bits)
+    detected, known = bool(z >= Z_THRESHOLD and check_ok), False
+    if not detected and expected is not None:
+        z_known, shift_known = sp.robust_z(sp.correlate(g, mark_spectrum(pat, expected)))
+        if z_known >= Z_THRESHOLD:
+            detected, known, z, shift = True, True, z_known, shift_known
+            payload, bits, check_ok = expected, payload_bits(expected), True
     return PixelDetection(
-        detected=bool(z >= Z_THRESHOLD and check_ok),
+        detected=detected,
         z=z,
         fpr_bound=1.0,
-        payload=payload if check_ok else None,
+        payload=payload if detected else None,
         bits=bits,
         check_ok=check_ok,
         frames_used=0,
@@ -264,6 +302,7 @@ def _decode(z, shift, scale, tile, g, pat, vel) -> PixelDetection:
         shift=shift,
         tile=tile,
         velocity=(float(vel[0]), float(vel[1])),
+        known_payload=known,
     )
 
 

@@ -179,14 +179,24 @@ def test_manifest_definition(record):
 
 
 @pytest.mark.parametrize("keep", [False, True])
-def test_prompt_is_hashed_unless_kept(keep, tmp_path, dev, media):
+def test_prompt_is_committed_unless_kept(keep, tmp_path, dev, media):
+    import hashlib
+
     _, identity, trust = dev
     prompt = "my very private prompt 8812"
     rec = GenerationRecord.create("image", "m", prompt=prompt, keep_prompt=keep)
-    out = sign_file(media["png"], tmp_path / "o.png", rec, identity, trust=trust)
-    assert (prompt.encode() in out.read_bytes()) is keep
+    committed = rec.commit_prompt(b"k" * 32)
+    out = sign_file(media["png"], tmp_path / "o.png", committed, identity, trust=trust)
+    data = out.read_bytes()
+    assert (prompt.encode() in data) is keep
+    assert hashlib.sha256(prompt.encode()).hexdigest().encode() not in data
     r = read_manifest(out, trust=trust)
-    assert r.record.prompt_sha256 == rec.prompt_sha256 and (r.record.prompt == prompt) is keep
+    assert r.record.prompt_commitment == committed.prompt_commitment
+    assert r.record.prompt_sha256 is None
+    assert (r.record.prompt == prompt) is keep
+    # a record signed without a commitment (no Stamper, no key) publishes nothing of the prompt
+    bare = sign_file(media["png"], tmp_path / "bare.png", rec, identity, trust=trust)
+    assert read_manifest(bare, trust=trust).record.prompt_commitment is None
 
 
 def test_tampered_ingredient_is_flagged_but_output_trusted(tmp_path, dev, media, record):
@@ -268,3 +278,40 @@ def test_mime_detection_is_by_content(tmp_path, media):
     assert mime_of(media["jpeg"]) == "image/jpeg"
     assert mime_of(media["fmp4"]) == "video/mp4"
     assert mime_of(media["text"]) == "text/plain"
+
+
+# ---- the tamper matrix through `verify`: the verdict and its exit code -----------------------
+# (kind, where the bit is flipped, expected exit code): the manifest decides, whether or not the
+# pixels still decode (a first media byte of a fragmented MP4 or a PNG's first IDAT bytes break
+# decoding; the verdict must stay "tampered", exit 2, never "unreadable", exit 4)
+VERDICTS = [
+    ("png", "first IDAT byte", 2),
+    ("png", "middle of IDAT", 2),
+    ("jpeg", "middle of the scan", 2),
+    ("mp4", "middle of mdat", 2),
+    ("fmp4", "first byte of the first media block", 2),
+    ("fmp4", "second byte of the first media block", 2),
+    ("text", "one character", 2),
+    ("png", "bytes appended", 2),
+]
+
+
+@pytest.mark.parametrize("kind, where, code", VERDICTS, ids=[f"{k}: {w}" for k, w, _ in VERDICTS])
+def test_tamper_matrix_verdicts(kind, where, code, signed, dev, tmp_path):
+    from mdiff.provenance.verify import verify
+
+    home, _, trust = dev
+    data, side = signed[kind]
+    start, end = PAYLOAD[kind](data)[0]
+    pos = {"first": start, "second": start + 1, "middle": (start + end) // 2,
+           "one": start + 3, "bytes": None}[where.split()[0]]  # fmt: skip
+    bad = bytearray(data) + (b"\x00tail" if pos is None else b"")
+    if pos is not None:
+        bad[pos] ^= 0x01
+    path = tmp_path / ("bad" + {"png": ".png", "jpeg": ".jpg", "text": ".py"}.get(kind, ".mp4"))
+    path.write_bytes(bytes(bad))
+    if side is not None:
+        path.with_name(path.name + ".c2pa").write_bytes(side)
+    report = verify(path, home=home, trust=trust)
+    assert report.exit_code == code and report.verdict.startswith("TAMPERED"), report.format()
+    assert HASH_CODE[kind] in report.manifest.failure_codes()

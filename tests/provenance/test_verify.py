@@ -108,7 +108,12 @@ def test_text_watermark_checked_with_the_models_tokenizer_on_generated_spans(hom
     extra = {"vocab_size": vocab, "generated_spans": spans}
     rec = GenerationRecord.create("code", str(tmp_path / "code-model"), seed=1, extra=extra)
     path = st.save(st.text(content, rec, wm), tmp_path / "done.py")
-    report = verify(path, home=home)
+    # the manifest names a local model by its folder's name only: give the folder to verify
+    unnamed = verify(path, home=home)
+    assert unnamed.manifest.record.model_id == "code-model"
+    assert str(tmp_path).encode() not in path.with_name("done.py.c2pa").read_bytes()
+    assert unnamed.watermark["checked"] is False and "--model" in unnamed.watermark["reason"]
+    report = verify(path, home=home, model=tmp_path / "code-model")
     assert report.manifest.state == "trusted" and report.exit_code == 0
     assert report.watermark["detected"] and report.watermark["scored"] == "generated spans"
     assert report.watermark["z"] >= 8
@@ -116,7 +121,8 @@ def test_text_watermark_checked_with_the_models_tokenizer_on_generated_spans(hom
     whole = verify(path, home=home, tokenize=lambda s: tok.encode(s).ids)
     assert whole.watermark["scored"] == "generated spans"  # a given tokenizer changes nothing
     path.with_name("done.py.c2pa").unlink()
-    assert verify(path, home=home).watermark["checked"] is False  # no record, no tokenizer
+    no_record = verify(path, home=home, model=tmp_path / "code-model")
+    assert no_record.watermark["checked"] is False  # no record: no vocabulary
     unknown = dataclasses.replace(rec, model_id="no-such-model")
     path2 = st.save(st.text(content, unknown, wm), tmp_path / "other.py")
     assert verify(path2, home=home).watermark["reason"].startswith("text needs")
@@ -131,7 +137,7 @@ def test_a_completion_too_short_for_the_text_mark_is_not_checked(home, tmp_path)
              "generated_spans": [[len(prefix), len(prefix) + len(middle)]]}  # fmt: skip
     rec = GenerationRecord.create("code", str(tmp_path / "code-model"), seed=1, extra=extra)
     path = st.save(st.text(prefix + middle + "\n", rec, wm), tmp_path / "short.py")
-    report = verify(path, home=home)
+    report = verify(path, home=home, model=tmp_path / "code-model")
     assert report.exit_code == 0 and report.watermark["checked"] is False
     assert report.watermark["reason"].startswith(f"only {report.watermark['n_scored']} tokens")
     assert report.watermark["n_scored"] < 50 and not report.notes
@@ -286,3 +292,71 @@ def test_stamped_pieces_with_one_track_equal_the_whole_clip(home):
     assert torch.equal(parts.frames, whole)
     restarted = st.join([st.frames(x[:10], rec), st.frames(x[10:], rec)])
     assert not torch.equal(restarted.frames, whole)
+
+
+# ------------------------------------------------------------ one rule, read-only, permissions
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_a_payload_is_reported_only_with_a_detection(seed):
+    """Weak marks (α 0.6) that do not decode blindly: without the expected payload nothing is
+    detected and no payload is shown; with it, the whole mark decides detection and payload
+    together; an unmarked frame stays undetected either way."""
+    from mdiff.provenance.watermark.pixel import PixelWatermark
+
+    wm, payload = PixelWatermark(b"k" * 32, alpha=0.6), 0x1234ABCD
+    x = moving_shapes(1, 128, seed=seed, contrast=8.0)
+    marked = wm.embed(x, payload)
+    fast = {"scales": None, "velocities": None}
+    for found in (wm.detect(marked, **fast), wm.detect(x, expected=payload, **fast)):
+        assert (found.payload is not None) == found.detected
+    known = wm.detect(marked, expected=payload, **fast)
+    assert known.detected and known.payload == payload and known.z >= 8
+    assert not wm.detect(x, expected=payload, **fast).detected
+
+
+def test_streamed_mp4_verdict_table_json_and_exit_code_agree(tmp_path, capsys):
+    """The README's `stream_to` example (built-in shapes model, 64², few steps): whatever the
+    detector finds, the table, the JSON, the verdict and the exit code say the same."""
+    from mdiff.video import VideoPipeline
+
+    home = tmp_path / "home"
+    keys.init_dev_identity(home)
+    pipe = VideoPipeline.from_pretrained("shapes-t2v", stamper=Stamper(home=home))
+    path = tmp_path / "live.mp4"
+    pipe.stream_to(path, "a yellow triangle moving up", seed=0, steps=4)
+    code = cli.main(["--home", str(home), "verify", str(path)])
+    table = capsys.readouterr().out
+    assert cli.main(["--home", str(home), "verify", "--json", str(path)]) == code
+    out = json.loads(capsys.readouterr().out)
+    wm, declared = out["watermark"], out["manifest"]["record"]["watermark"]["payload_hex"]
+    assert code == out["exit_code"] == 0 and out["manifest"]["state"] == "trusted"
+    if wm["detected"]:
+        assert "Watermark   DETECTED" in table and wm["payload_hex"] == declared
+        assert out["payload_matches_manifest"] is True
+        assert out["verdict"] == "AI-generated, provenance intact"
+    else:
+        assert "Watermark   NOT DETECTED" in table and wm["payload"] is None
+        assert "payload_hex" not in wm and "not detected" in out["verdict"]
+    assert table.strip().endswith(out["verdict"])
+
+
+def test_verify_is_read_only(signed, tmp_path):
+    missing = tmp_path / "no-home"
+    report = verify(signed["png"], home=missing)
+    assert report.manifest.state == "valid"  # our root is not known there: untrusted
+    assert report.watermark["checked"] is False and not missing.exists()
+
+
+def test_home_and_identity_are_private_under_umask_000(tmp_path):
+    import os
+
+    old = os.umask(0)
+    try:
+        home = tmp_path / "new" / "mdiff"
+        keys.init_dev_identity(home)
+    finally:
+        os.umask(old)
+    mode = lambda p: p.stat().st_mode & 0o777  # noqa: E731
+    assert mode(home) == mode(home.parent) == mode(home / "identity") == 0o700
+    assert mode(home / "identity" / "signer.key") == mode(home / "watermark.secret") == 0o600

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from mdiff import cli
+from mdiff.cli import EXIT_ERROR
 from mdiff.errors import InvalidInputError
 from mdiff.video.data import (
     BACKGROUNDS,
@@ -353,8 +354,9 @@ def test_cli_eval_video_text_report_and_prompt_file(pipe_dir, home, tmp_path, ca
     assert "background     n/a  (0/0)" in out  # the prompt names no background
     empty = tmp_path / "empty.txt"
     empty.write_text("# nothing\n", encoding="utf-8")
-    assert _mdiff(home, "eval", "video", "--model", str(pipe_dir), "--prompts", str(empty)) == 2
-    assert _mdiff(home, "eval", "video", "--model", str(tmp_path / "missing"), "-n", "1") == 2
+    evaluate = ["eval", "video", "--model"]
+    assert _mdiff(home, *evaluate, str(pipe_dir), "--prompts", str(empty)) == EXIT_ERROR
+    assert _mdiff(home, *evaluate, str(tmp_path / "missing"), "-n", "1") == EXIT_ERROR
     assert "mdiff: error:" in capsys.readouterr().err
 
 
@@ -449,7 +451,7 @@ def test_cli_eval_video_reference(pipe_dir, home, tmp_path, capsys):  # noqa: F8
     prompts = tmp_path / "p.txt"
     prompts.write_text("a red circle\n", encoding="utf-8")
     argv = ["eval", "video", "--model", str(pipe_dir), "--prompts", str(prompts), "--reference"]
-    assert _mdiff(home, *argv) == 2
+    assert _mdiff(home, *argv) == EXIT_ERROR
     assert "--reference scores held-out clips" in capsys.readouterr().err
 
 
@@ -501,5 +503,5 @@ def test_cli_eval_video_image_to_video(pipe_dir, home, tmp_path, capsys):  # noq
     prompts.write_text("a red circle\n", encoding="utf-8")
     for extra in (["--prompts", str(prompts)], ["-n", "1", "--reference"]):
         bad = ["eval", "video", "--model", str(pipe_dir), "--image-to-video", *extra]
-        assert _mdiff(home, *bad) == 2
+        assert _mdiff(home, *bad) == EXIT_ERROR
         assert "--image-to-video starts from held-out clips" in capsys.readouterr().err

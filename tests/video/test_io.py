@@ -179,16 +179,22 @@ def test_frame_and_pixel_limits(tmp_path):
         io.read_frames(path, [16], backend="pyav")  # past the end
 
 
-def test_odd_sizes_are_padded_or_rejected(tmp_path):
+def test_odd_sizes_are_rejected_unless_padding_is_asked_for(tmp_path):
+    """H.264 (yuv420p) cannot keep 47×33: never a silent change of size (the issue's 63×65
+    frames saved as 64×66), only an explicit pad=True."""
     frames = torch.randint(0, 255, (5, 33, 47, 3), dtype=torch.uint8)
-    with io.FragmentedMP4Writer(tmp_path / "odd.mp4") as writer:
+    with io.FragmentedMP4Writer(tmp_path / "odd.mp4", pad=True) as writer:
         writer.write(frames)
         with pytest.raises(InvalidInputError):
             writer.write(frames[:, :32])
     assert io.read_video(tmp_path / "odd.mp4")[0].shape == (5, 34, 48, 3)
     with pytest.raises(InvalidInputError, match="even"):
-        io.FragmentedMP4Writer(tmp_path / "no.mp4", pad=False).write(frames)
-    assert io.read_video(io.write_mp4(frames, tmp_path / "odd2.mp4"))[0].shape == (5, 34, 48, 3)
+        io.FragmentedMP4Writer(tmp_path / "no.mp4").write(frames)
+    with pytest.raises(InvalidInputError, match="even width and height, got 47×33"):
+        io.write_mp4(frames, tmp_path / "odd2.mp4")
+    assert not (tmp_path / "odd2.mp4").exists() and not (tmp_path / "no.mp4").exists()
+    padded = io.write_mp4(frames, tmp_path / "odd3.mp4", pad=True)
+    assert io.read_video(padded)[0].shape == (5, 34, 48, 3)
 
 
 def test_png_and_pixel_conversions(tmp_path):

@@ -174,7 +174,8 @@ def test_guidance_and_negative_prompt_change_the_output(causal):
     assert not torch.equal(base, causal(PROMPT, num_frames=5, seed=0, guidance=1.0).frames)
     negative = causal(PROMPT, num_frames=5, seed=0, negative_prompt="a blue square")
     assert not torch.equal(base, negative.frames)
-    assert negative.record.guidance["negative_prompt_sha256"] == sha256_text("a blue square")
+    assert negative.record.guidance["negative_prompt"] is True  # given, its text not published
+    assert sha256_text("a blue square") not in json.dumps(negative.record.to_dict())
 
 
 # ---------------------------------------------------------------- image-to-video, extension
@@ -236,8 +237,8 @@ def test_extend_prefills_the_clip_and_returns_only_new_frames(causal):
         (dict(prompt=[]), "empty list"),
         (dict(prompt=" "), "prompt is empty"),
         (dict(prompt=["a", "b"]), "one prompt per call"),
-        (dict(steps=-1), "steps must be a positive integer"),
-        (dict(guidance=-2.0), "guidance must be a number >= 0"),
+        (dict(steps=-1), r"steps must be an integer in \[1, 1000\]"),
+        (dict(guidance=-2.0), r"guidance must be a number in \[0, 100\]"),
         (dict(seed=-1), "seed must be an int"),
         (dict(image="no/such/first.png"), "image file not found"),
         (dict(image=torch.zeros(64, 64, 3, dtype=torch.uint8), height=32), "resize it"),
@@ -356,7 +357,9 @@ def test_record_describes_the_generation(causal):
     assert r.sampler == "mdiff.video/flow-matching/euler"
     assert r.guidance == {"kind": "cfg", "scale": 3.0}
     assert r.sizes == {"width": SIZE, "height": SIZE, "frames": 9, "fps": 8.0}
-    assert r.prompt_sha256 == sha256_text(PROMPT) and r.prompt is None
+    assert r.prompt_sha256 is None and r.prompt is None  # the prompt is committed, keyed
+    assert r.prompt_commitment["scheme"] == "mdiff-prompt-hmac-v1"
+    assert sha256_text(PROMPT) not in json.dumps(r.to_dict())
     assert r.inputs == () and not r.edited and r.watermark is not None
     assert out.fps == 8.0
 

@@ -93,8 +93,8 @@ def test_cli_video_extends_a_clip(home, pipe_dir, causal, tmp_path, capsys):
     png = tmp_path / "f.png"
     assert run_cli(home, "image", PROMPT, "-o", str(png), *common) == 0
     bad = ["video", PROMPT, "-o", str(tmp_path / "x.mp4"), "--extend", str(first), *common]
-    assert run_cli(home, *bad, "--image", str(png)) == 2
-    assert run_cli(home, *bad, "--frames", "9") == 2  # new frames come in multiples of 4
+    assert run_cli(home, *bad, "--image", str(png)) == cli.EXIT_ERROR
+    assert run_cli(home, *bad, "--frames", "9") == cli.EXIT_ERROR  # new frames: multiples of 4
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and all(line.startswith("mdiff: error:") for line in err)
     assert not (tmp_path / "x.mp4").exists()
@@ -115,17 +115,17 @@ def test_cli_missing_model_and_bad_input_give_one_line(
     from mdiff import hub
 
     monkeypatch.setattr(hub, "BUILTIN_PACKAGES", ())  # as if the built-in were not installed
-    assert run_cli(home, "video", PROMPT, "-o", str(tmp_path / "x.mp4")) == 2
+    assert run_cli(home, "video", PROMPT, "-o", str(tmp_path / "x.mp4")) == cli.EXIT_ERROR
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "shapes-t2v" in err
     args = ["video", PROMPT, "-o", str(tmp_path / "y.mp4"), "--model", str(pipe_dir)]
-    assert run_cli(home, *args, "--frames", "10") == 2
+    assert run_cli(home, *args, "--frames", "10") == cli.EXIT_ERROR
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "1 + 4k" in err
     assert not (tmp_path / "y.mp4").exists()
     whole = bidirectional.save_pretrained(tmp_path / "bidirectional")
     args = ["video", PROMPT, "-o", str(tmp_path / "z.mp4"), "--model", str(whole), "--stream"]
-    assert run_cli(home, *args) == 2
+    assert run_cli(home, *args) == cli.EXIT_ERROR
     assert "--stream needs a block-causal model" in capsys.readouterr().err
 
 

@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from mdiff.cli import main
+from mdiff.cli import EXIT_ERROR, main
 from mdiff.errors import CheckpointError, InvalidInputError
 from mdiff.hub import weights_sha256
 from mdiff.train.checkpoint import load_tree
@@ -350,15 +350,16 @@ def test_cli_trains_exports_and_refuses_overwrite(vae_dir, tmp_path, capsys):
     )
     assert json.loads((out / "run.json").read_text())["dit_config"]["sink_position"] == "absolute"
     other = tmp_path / "pipe9"
-    assert main([*argv, "--export-only", "--export", str(other), "--export-frames", "10"]) == 2
+    export = ["--export-only", "--export", str(other), "--export-frames"]
+    assert main([*argv, *export, "10"]) == EXIT_ERROR
     assert not other.exists()  # 10 is not 1 + 4k
     assert main([*argv, "--export-only", "--export", str(other), "--export-frames", "9"]) == 0
     assert json.loads((other / "pipeline.json").read_text())["settings"]["num_frames"] == 9
-    assert main([*argv, "--steps", "3"]) == 2  # the run exists: --resume or another --out
-    assert main([*argv, "--export-only"]) == 2  # needs --export DIR
+    assert main([*argv, "--steps", "3"]) == EXIT_ERROR  # the run exists: --resume or another --out
+    assert main([*argv, "--export-only"]) == EXIT_ERROR  # needs --export DIR
     for bad in (["--first-chunk-weight", "0"], ["--size", "12"], ["--caption-dropout", "2"]):
         other = tmp_path / "bad"
-        assert main([*argv, "--out", str(other), "--steps", "1", *bad]) == 2
+        assert main([*argv, "--out", str(other), "--steps", "1", *bad]) == EXIT_ERROR
         assert not other.exists()  # checked before anything is written
 
 

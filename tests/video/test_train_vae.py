@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from mdiff.cli import main
+from mdiff.cli import EXIT_ERROR, main
 from mdiff.errors import InvalidInputError
 from mdiff.train.checkpoint import load_tree, prune_checkpoints
 from mdiff.train.metrics import read_metrics
@@ -115,7 +115,7 @@ def test_a_run_folder_of_the_earlier_layout_resumes_exactly(tmp_path):
 def test_new_run_refuses_to_overwrite(tmp_path):
     _run(tmp_path, "run", "--steps", "1", "--eval-every", "0")
     argv = ["--threads", "1", "train", "vae", "--out", str(tmp_path / "run"), *TINY]
-    assert main([*argv, "--steps", "2"]) == 2
+    assert main([*argv, "--steps", "2"]) == EXIT_ERROR
 
 
 def test_evaluate_identity_and_random():

@@ -58,6 +58,7 @@ __all__ = ["PRESETS", "DiTConfig", "SpaceTimeDiT"]
 TEXT_MODES = ("cross", "joint")
 ATTENTION_KINDS = ("bidirectional", "block_causal")
 SINK_POSITIONS = ("absolute", "adjacent")
+MAX_DEPTH = 1000  # blocks: a config.json past it is refused before anything is built
 
 
 @dataclass
@@ -91,6 +92,8 @@ class DiTConfig:
         for name in ints + ["out_channels"] * (self.out_channels is not None):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise InvalidInputError(f"{name} must be a positive int, got {getattr(self, name)}")
+        if self.depth > MAX_DEPTH:
+            raise InvalidInputError(f"depth must be at most {MAX_DEPTH}, got {self.depth}")
         for name, value, n in (("patch", self.patch, 3), ("max_size", self.max_size, 2)):
             if len(value) != n or not all(isinstance(v, int) and v >= 1 for v in value):
                 raise InvalidInputError(f"{name} must be {n} positive ints, got {value}")

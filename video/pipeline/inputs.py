@@ -1,12 +1,15 @@
 """Input rules of the video pipeline: each broken rule raises `InvalidInputError` naming it.
 
     num_frames     1 + 4k (1, 5, 9, 17, …) for a new clip; a positive multiple of 4 (the new
-                   frames) when extending a prefix clip, which itself has 1 + 4k frames
+                   frames) when extending a prefix clip, which itself has 1 + 4k frames; at
+                   most `MAX_NUM_FRAMES` (10 000, what the readers read back)
     height, width  positive multiples of 8 · patch (the VAE's spatial factor times the DiT's
                    patch), at least 32 px (the watermark's smallest frame), latent size within
                    the DiT's max_size
-    prompt         one str (a list of exactly one str); "" means no prompt
-    steps          a positive int;  guidance  a number ≥ 0 (1 = no guidance)
+    prompt         one str (a list of exactly one str) of valid UTF-8 text, not blank
+    steps          an int in [1, `MAX_STEPS`] (1000)
+    guidance       a number in [0, `MAX_GUIDANCE`] (100; 1 = no guidance): past that the
+                   combination only overflows (1e308 gave an all-black clip)
     guidance_method  "cfg", "cfg_zero_star" or "apg" (`mdiff.guidance.METHODS`)
     seed           an int in [0, 2⁶³), or drawn from a torch.Generator
     image          a path to an existing image file, or uint8 (H, W, 3); sets the size if none
@@ -28,22 +31,32 @@ from torch import Tensor
 from mdiff import media
 from mdiff.errors import InvalidInputError
 from mdiff.guidance import METHODS
-from mdiff.record import check_seed
 from mdiff.provenance.watermark.pixel import MIN_EMBED_SIDE
+from mdiff.record import check_seed
 from mdiff.video.io import read_video
 from mdiff.video.text_encoders import check_prompts
 
 __all__ = [
+    "MAX_GUIDANCE",
+    "MAX_NUM_FRAMES",
+    "MAX_STEPS",
     "check_frames_count",
     "check_matches",
     "check_guidance",
     "check_guidance_method",
     "check_size",
+    "check_steps",
+    "check_text",
     "load_clip",
     "load_image",
     "one_prompt",
     "resolve_seed",
 ]
+
+
+MAX_STEPS = 1000
+MAX_GUIDANCE = 100.0
+MAX_NUM_FRAMES = media.MAX_FRAMES
 
 
 def one_prompt(prompt) -> str:
@@ -55,7 +68,24 @@ def one_prompt(prompt) -> str:
         )
     if not prompts[0].strip():
         raise InvalidInputError("the prompt is empty: it must describe the video to generate")
-    return prompts[0]
+    return check_text(prompts[0], "prompt")
+
+
+def check_text(text: str, name: str) -> str:
+    """`text` if it is valid UTF-8 (a str read with undecodable bytes holds lone surrogates)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidInputError(
+            f"{name} is not valid UTF-8 text (an undecodable byte at character {exc.start})"
+        ) from None
+    return text
+
+
+def check_steps(steps) -> int:
+    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= MAX_STEPS:
+        raise InvalidInputError(f"steps must be an integer in [1, {MAX_STEPS}], got {steps!r}")
+    return steps
 
 
 def resolve_seed(seed, generator: torch.Generator | None) -> int:
@@ -68,10 +98,11 @@ def resolve_seed(seed, generator: torch.Generator | None) -> int:
 
 
 def check_guidance(guidance) -> float:
-    if isinstance(guidance, bool) or not isinstance(guidance, int | float):
-        raise InvalidInputError(f"guidance must be a number >= 0 (1 = none), got {guidance!r}")
-    if not math.isfinite(guidance) or guidance < 0:
-        raise InvalidInputError(f"guidance must be a number >= 0 (1 = none), got {guidance}")
+    ok = not isinstance(guidance, bool) and isinstance(guidance, int | float)
+    if not ok or not (math.isfinite(guidance) and 0 <= guidance <= MAX_GUIDANCE):
+        raise InvalidInputError(
+            f"guidance must be a number in [0, {MAX_GUIDANCE:g}] (1 = none), got {guidance!r}"
+        )
     return float(guidance)
 
 
@@ -105,6 +136,8 @@ def check_size(height, width, vae, dit) -> tuple[int, int]:
 def check_frames_count(num_frames, factor: int, *, extending: bool) -> None:
     if isinstance(num_frames, bool) or not isinstance(num_frames, int):
         raise InvalidInputError(f"num_frames must be an int, got {num_frames!r}")
+    if num_frames > MAX_NUM_FRAMES:
+        raise InvalidInputError(f"num_frames must be at most {MAX_NUM_FRAMES}, got {num_frames}")
     if extending and (num_frames < factor or num_frames % factor):
         raise InvalidInputError(
             f"when extending a clip, num_frames (the new frames) must be a positive multiple "
@@ -134,6 +167,8 @@ def _frames_tensor(value, what: str) -> Tensor:
 
 def _existing(path, what: str) -> Path:
     path = Path(path)
+    if path.is_dir():
+        raise InvalidInputError(f"the {what} {path} is a directory, not a file")
     if not path.is_file():
         raise InvalidInputError(f"{what} file not found: {path}")
     return path

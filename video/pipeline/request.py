@@ -12,8 +12,9 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
+from mdiff import media
 from mdiff.errors import InvalidInputError
-from mdiff.record import GenerationRecord, sha256_text
+from mdiff.record import GenerationRecord
 from mdiff.solvers import SOLVERS
 from mdiff.video.io import frames_to_pixels
 from mdiff.video.pipeline.inputs import (
@@ -22,6 +23,8 @@ from mdiff.video.pipeline.inputs import (
     check_guidance_method,
     check_matches,
     check_size,
+    check_steps,
+    check_text,
     load_clip,
     load_image,
     one_prompt,
@@ -36,12 +39,6 @@ __all__ = ["Call", "PipelineSettings", "Request", "prepare"]
 
 
 SAMPLER = "mdiff.video/flow-matching"
-
-
-def checked_steps(steps) -> int:
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise InvalidInputError(f"steps must be a positive integer, got {steps!r}")
-    return steps
 
 
 @dataclass
@@ -60,7 +57,7 @@ class PipelineSettings:
     width: int = 64
 
     def __post_init__(self):
-        checked_steps(self.steps)
+        check_steps(self.steps)
         if self.shift != "auto" and not (
             isinstance(self.shift, int | float) and math.isfinite(self.shift) and self.shift > 0
         ):
@@ -72,8 +69,7 @@ class PipelineSettings:
         c = self.context_noise
         if isinstance(c, bool) or not isinstance(c, int | float) or not 0 <= c < 1:
             raise InvalidInputError(f"context_noise must be a number in [0, 1), got {c!r}")
-        if not (isinstance(self.fps, int | float) and math.isfinite(self.fps) and self.fps > 0):
-            raise InvalidInputError(f"fps must be a number > 0, got {self.fps!r}")
+        media.check_fps(self.fps)
         for name in ("num_frames", "height", "width"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -120,6 +116,7 @@ class Request:
     record: GenerationRecord
     fps: float
     skip_frames: int  # output frames of a prefix clip, not returned
+    sources: tuple[str, ...] = ()  # the input files (image, prefix clip) as given
 
 
 def prepare(pipe: VideoPipeline, call: Call) -> Request:
@@ -130,7 +127,9 @@ def prepare(pipe: VideoPipeline, call: Call) -> Request:
     prompt = one_prompt(prompt)
     if negative_prompt is not None and not isinstance(negative_prompt, str):
         raise InvalidInputError(f"negative_prompt must be a str, got {type(negative_prompt)}")
-    steps = checked_steps(s.steps if call.steps is None else call.steps)
+    if negative_prompt is not None:
+        check_text(negative_prompt, "negative_prompt")
+    steps = check_steps(s.steps if call.steps is None else call.steps)
     guidance = check_guidance(s.guidance if call.guidance is None else call.guidance)
     method = s.guidance_method if call.guidance_method is None else call.guidance_method
     method = check_guidance_method(method)
@@ -150,7 +149,7 @@ def prepare(pipe: VideoPipeline, call: Call) -> Request:
     width = s.width if width is None else width
     h, w = check_size(height, width, vae, dit)
     if given is not None:
-        check_matches(given, height, width, what)
+        check_matches(given, height, width, what if source is None else f"{what} {source}")
     if num_frames is None:
         num_frames = s.num_frames - 1 if extending else s.num_frames
     check_frames_count(num_frames, f, extending=extending)
@@ -168,8 +167,8 @@ def prepare(pipe: VideoPipeline, call: Call) -> Request:
     if modality == "video":
         sizes.update(frames=num_frames, fps=s.fps)
     cfg = {"kind": method, "scale": guidance} if guidance != 1 else {"kind": "none", "scale": 1.0}
-    if negative_prompt is not None:
-        cfg["negative_prompt_sha256"] = sha256_text(negative_prompt)
+    if negative_prompt is not None:  # that one was given; its text is as private as the prompt's
+        cfg["negative_prompt"] = True
     extra = {"solver": s.solver, "shift": s.shift, "attention": dit.config.attention,
              "latent_frames": total, "noise": "per chunk: sha256(seed, chunk index)"}  # fmt: skip
     if pipe.causal:
@@ -184,7 +183,7 @@ def prepare(pipe: VideoPipeline, call: Call) -> Request:
         inputs=(source,) if source else (), edited=given is not None, extra=extra,
     )  # fmt: skip
     skip = vae.pixel_frames(n_known) if extending else 0
-    return Request(plan, text, record, s.fps, skip)
+    return Request(plan, text, record, s.fps, skip, (source,) if source else ())
 
 
 def _encode(pipe: VideoPipeline, frames: Tensor) -> Tensor:

@@ -14,7 +14,8 @@ bit for bit (the offline path joins the same chunks).
 `write_live` writes the chunks to a fragmented MP4 that a player can open while it grows and
 signs the finished file in the writer's `on_finish` hook, which also runs when the generation
 is interrupted (Ctrl-C, an exception in a callback): the file then holds every finished chunk,
-is playable and carries a manifest that says it was cut short.
+is playable and carries a manifest that says it was cut short. A file that could not be signed
+(a full disk) is removed, and a file that was at the path survives until the new one is signed.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from mdiff.atomic import atomic_file, is_write_failure, write_error
 from mdiff.errors import InvalidInputError
 from mdiff.provenance.stamp import Stamped
 from mdiff.record import GenerationRecord
@@ -122,31 +124,76 @@ def write_live(
 ) -> StreamSummary:
     """Write chunks to a live fragmented MP4 at `path` and sign it when it is finished.
 
-    If the chunks stop with an exception (or Ctrl-C), the writer still finalizes the file and
-    signs it with the generation's record marked ``extra["interrupted"] = True`` and the number
-    of frames it holds; the exception then propagates.
+    A new file is written in place, so a player can open it while it grows; an existing file
+    is replaced by one written beside it and renamed over it once signed, so the old file
+    survives any failure. If the chunks stop with an exception (or Ctrl-C), the writer still
+    finalizes the file and signs it with the generation's record marked
+    ``extra["interrupted"] = True`` and the number of frames it holds; the exception then
+    propagates. A file that could not be finished and signed (a full disk, a failed write,
+    no chunk yet) is removed: no unsigned MP4 is ever left at `path`. A failure to write
+    raises `WriteError` naming `path`.
     """
     path = check_mp4_target(path)
     start = time.perf_counter()
-    state: dict = {"record": None, "complete": False, "first": None}
+    if path.exists():
+        with atomic_file(path) as tmp:
+            live = _write_signed(tmp, chunks, stamper, fps)
+    else:
+        try:
+            live = _write_signed(path, chunks, stamper, fps)
+        except BaseException as exc:
+            path.unlink(missing_ok=True)
+            if is_write_failure(exc, path):
+                raise write_error(path, exc) from exc
+            raise
+    if live.stopped is not None:
+        raise live.stopped
+    seconds = time.perf_counter() - start
+    frames = live.writer.frames_written
+    return StreamSummary(path, frames, live.writer.chunks_written, seconds, live.first,
+                         frames / seconds, live.record)  # fmt: skip
 
-    def finish(target) -> Path:
+
+@dataclass
+class _Live:
+    """What `_write_signed` wrote: the writer, the record signed, when the first chunk was
+    written and the exception that stopped the chunks (None when they all came)."""
+
+    writer: FragmentedMP4Writer
+    record: GenerationRecord
+    first: float
+    stopped: BaseException | None
+
+
+def _write_signed(target: Path, chunks: Iterable[VideoChunk], stamper, fps: float) -> _Live:
+    """Write and sign the fMP4 at `target`. Returns only for a signed file, also one whose
+    chunks were interrupted (their exception in `_Live.stopped`); raises when the file could
+    not be signed or the writing itself failed (an `OSError`)."""
+    start = time.perf_counter()
+    state: dict = {"record": None, "complete": False, "first": None, "signed": False}
+
+    def finish(written) -> Path:
         record = state["record"]
         if not state["complete"]:
             extra = {**record.extra, "interrupted": True, "frames_written": writer.frames_written}
             record = dataclasses.replace(record, extra=extra)
-        return stamper.sign(target, record)
+        signed = stamper.sign(written, record)
+        state["signed"] = True
+        return signed
 
-    with FragmentedMP4Writer(path, fps=fps, on_finish=finish) as writer:
-        for chunk in chunks:
-            state["record"] = chunk.record
-            writer.write(chunk.frames)
-            if state["first"] is None:
-                state["first"] = time.perf_counter() - start
-        state["complete"] = True
-    seconds = time.perf_counter() - start
+    stopped = None
+    try:
+        with FragmentedMP4Writer(target, fps=fps, on_finish=finish) as writer:
+            for chunk in chunks:
+                state["record"] = chunk.record
+                writer.write(chunk.frames)
+                if state["first"] is None:
+                    state["first"] = time.perf_counter() - start
+            state["complete"] = True
+    except BaseException as exc:
+        if not state["signed"] or isinstance(exc, OSError):
+            raise
+        stopped = exc
     if state["record"] is None:
         raise InvalidInputError("the stream produced no frames")
-    frames = writer.frames_written
-    return StreamSummary(path, frames, writer.chunks_written, seconds, state["first"],
-                         frames / seconds, state["record"])  # fmt: skip
+    return _Live(writer, state["record"], state["first"], stopped)

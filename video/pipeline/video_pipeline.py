@@ -36,7 +36,7 @@ import torch
 from torch import Tensor
 
 from mdiff import hub
-from mdiff.atomic import atomic_dir
+from mdiff.atomic import atomic_dir, check_target
 from mdiff.errors import CheckpointError, InvalidInputError
 from mdiff.provenance.stamp import Stamped, Stamper
 from mdiff.provenance.watermark.pixel import MotionTrack
@@ -69,9 +69,13 @@ class VideoOutput:
     latents: Tensor | None = None  # (1, C, T', h, w), known frames included (return_latents)
     stamped: Stamped | None = field(default=None, repr=False)
     stamper: Stamper | None = field(default=None, repr=False)
+    sources: tuple[str, ...] = ()  # the input files it was made from (image, prefix clip)
 
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write a signed file: .mp4 for a video, .png/.jpg for an image (atomically)."""
+    def save(self, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
+        """Write a signed file: .mp4 for a video, .png/.jpg for an image (atomically: a failed
+        write leaves what was there). An existing file is replaced only with
+        ``overwrite=True``, an input of the call never (`mdiff.atomic.check_target`)."""
+        check_target(path, overwrite=overwrite, inputs=self.sources)
         return self.stamper.save(self.stamped, path)
 
 
@@ -156,7 +160,7 @@ class VideoPipeline:
         stamped = self.stamper.join([c.stamped for c in chunks])
         all_latents = torch.cat([c.latents for c in latents], dim=2) if return_latents else None
         return VideoOutput(stamped.frames, stamped.record, req.fps, all_latents, stamped,
-                           self.stamper)  # fmt: skip
+                           self.stamper, req.sources)  # fmt: skip
 
     def stream(self, prompt, num_frames: int | None = None, height: int | None = None,
                width: int | None = None, *, callback: Callable[[Progress], object] | None = None,
@@ -172,12 +176,17 @@ class VideoPipeline:
         req = self._prepare(Call.of(prompt, num_frames, height, width, options))
         return self._chunks(req, callback)
 
-    def stream_to(self, path: str | os.PathLike, prompt, num_frames: int | None = None,
-                  **kwargs) -> StreamSummary:  # fmt: skip
+    def stream_to(self, path: str | os.PathLike, prompt, num_frames: int | None = None, *,
+                  overwrite: bool = False, **kwargs) -> StreamSummary:  # fmt: skip
         """Stream into a live fragmented MP4 at `path` (readable while it grows) and sign it
-        when finished; an interruption leaves a playable, signed file of the finished chunks.
-        Takes the arguments of `stream`; returns frames, time to first frame and fps."""
+        when finished; an interruption leaves a playable, signed file of the finished chunks
+        (see `stream.write_live`). An existing file is replaced only with ``overwrite=True``
+        (and survives until the new one is signed), an input of the call never. Takes the
+        arguments of `stream`; returns frames, time to first frame and fps."""
         check_mp4_target(path)  # before any work
+        inputs = [kwargs.get(k) for k in ("image", "prefix")]
+        inputs = [p for p in inputs if isinstance(p, str | os.PathLike)]
+        check_target(path, overwrite=overwrite, inputs=inputs)
         chunks = self.stream(prompt, num_frames, **kwargs)
         return write_live(path, chunks, self.stamper, fps=self.settings.fps)
 

@@ -90,6 +90,12 @@ class TextEncoder(nn.Module):
         emb = self.null_embedding[None].expand(batch, -1, -1)  # (B, S_null, D)
         return emb, torch.ones(batch, self.null_length, dtype=torch.bool, device=self.device)
 
+    def unknown_words(self, prompts: list[str]) -> list[str]:
+        """Words of ``prompts`` the encoder has no token for (a word-level vocabulary maps them
+        to ``[UNK]``); subword tokenizers know every word, so the default is none."""
+        check_prompts(prompts)
+        return []
+
     def encode(self, prompts: list[str]) -> tuple[Tensor, Tensor]:
         """prompts (B,) -> embeddings (B, S, D), mask (B, S) bool; see the module docstring."""
         prompts = check_prompts(prompts)

@@ -72,6 +72,9 @@ class CausalVAEConfig:
                 "only the Wan 2.1 VAE family is supported (is_residual=False, patch_size=None); "
                 f"got is_residual={self.is_residual}, patch_size={self.patch_size}"
             )
+        blocks = self.num_res_blocks
+        if isinstance(blocks, bool) or not isinstance(blocks, int) or not 1 <= blocks <= 64:
+            raise InvalidInputError(f"num_res_blocks must be an int in [1, 64], got {blocks!r}")
         if len(self.temperal_downsample) != len(self.dim_mult) - 1:
             raise InvalidInputError(
                 f"temperal_downsample needs len(dim_mult) - 1 = {len(self.dim_mult) - 1} "
