@@ -62,9 +62,11 @@ def check_target(
         raise InvalidInputError(f"{path} is a directory: name the file to write")
     if not folder.is_dir():
         raise InvalidInputError(f"{path}: the destination folder does not exist ({folder})")
-    if not os.access(folder, os.W_OK | os.X_OK):
+    try:  # create (and remove) a temporary sibling: os.access says yes to root on /sys
+        Path(_new_temp(path)).unlink()
+    except OSError as e:
         raise WriteError(f"cannot write {path}: the folder {folder} is not writable",
-                         path=str(path), errno=errno.EACCES)  # fmt: skip
+                         path=str(path), errno=e.errno or errno.EACCES) from e  # fmt: skip
     if any(_same_file(path, Path(p)) for p in inputs):
         raise InvalidInputError(f"{path} is also an input: write the output to another file")
     if path.exists() and not overwrite:

@@ -171,6 +171,12 @@ def main(argv: list[str] | None = None) -> int:
         with contextlib.suppress(OSError, ValueError):
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_PIPE
+    except OSError as exc:  # the system refused (disk, permissions, device) where no check
+        # caught it first: still one line; -v logs where it happened
+        logging.getLogger("mdiff").info("system error", exc_info=True)
+        print(f"mdiff: error: {exc.strerror or exc}"
+              f"{f': {exc.filename}' if exc.filename else ''}", file=sys.stderr)  # fmt: skip
+        return EXIT_ERROR
 
 
 def _run(argv: list[str] | None) -> int:

@@ -68,11 +68,13 @@ def prompt_digest(opening: bytes, prompt: str) -> str:
 
 
 def published_name(path: str) -> str:
-    """A local path reduced to its last component; names and hub ids (``org/model``) kept."""
+    """A local path reduced to its last component; names and hub ids (``org/model``) kept.
+    Bytes of a file name that are not UTF-8 (surrogates, as Python passes them) become U+FFFD,
+    so the name always fits a manifest's JSON."""
     p = os.path.expanduser(path)
     if os.path.isabs(p) or path.startswith((".", "~")) or "\\" in path:
-        return PurePath(p.replace("\\", "/")).name or path
-    return path
+        path = PurePath(p.replace("\\", "/")).name or path
+    return path.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 @dataclass(frozen=True)

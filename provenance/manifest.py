@@ -181,7 +181,7 @@ def build_manifest(
         assertions.append({"label": "c2pa.soft-binding", "data": soft})
     return {
         "claim_generator_info": [_generator()],
-        "title": title,
+        "title": published_name(title),
         "format": mime,
         "assertions": assertions,
     }

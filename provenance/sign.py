@@ -18,7 +18,7 @@ import c2pa
 
 from mdiff.atomic import atomic_file
 from mdiff.errors import InvalidInputError, ProvenanceError
-from mdiff.record import GenerationRecord
+from mdiff.record import GenerationRecord, published_name
 
 from .keys import Identity, TrustConfig, default_identity
 from .manifest import PARENT_LABEL, build_manifest, ingredient_label
@@ -93,7 +93,11 @@ def _add_ingredients(builder: c2pa.Builder, inputs: tuple[str, ...]) -> None:
         mime = mime_of(path)
         if mime not in EMBEDDABLE:  # c2pa cannot parse text inputs; hash them as opaque bytes
             mime = "application/octet-stream"
-        meta = {"title": path.name, "relationship": "inputTo", "label": ingredient_label(i)}
+        meta = {
+            "title": published_name(path.name),
+            "relationship": "inputTo",
+            "label": ingredient_label(i),
+        }
         with open(path, "rb") as f:
             builder.add_ingredient(meta, mime, f)
 
@@ -113,7 +117,7 @@ def _sidecar_parent(path: Path, trust: TrustConfig) -> tuple[dict, bytes] | None
     except c2pa.C2paError as e:
         raise InvalidInputError(f"{side}: unreadable C2PA sidecar ({_one_line(e)})") from e
     entry = {
-        "title": path.name,
+        "title": published_name(path.name),
         "relationship": "parentOf",
         "label": PARENT_LABEL,
         "format": "text/plain",
@@ -136,7 +140,7 @@ def _add_parent(builder: c2pa.Builder, path: Path, store: bytes | None) -> None:
     mime = mime_of(path)
     if mime not in EMBEDDABLE:
         mime = "application/octet-stream"
-    meta = {"title": path.name, "relationship": "parentOf", "label": PARENT_LABEL}
+    meta = {"title": published_name(path.name), "relationship": "parentOf", "label": PARENT_LABEL}
     with open(path, "rb") as f:
         builder.add_ingredient(meta, mime, f)
 

@@ -116,11 +116,11 @@ class Stamper:
         the mark keeps following the camera across them instead of restarting."""
         if record.modality not in ("image", "video"):
             raise InvalidInputError(f"frames need an image or video record, not {record.modality}")
-        if isinstance(frames, np.ndarray):
-            frames = torch.from_numpy(np.ascontiguousarray(frames))
+        device = frames.device if torch.is_tensor(frames) else None
+        frames = media.check_frames(frames).to(device)  # NumPy arrays become tensors
+        fps = None if fps is None else media.check_fps(fps)  # 0 is refused, not "16"
         record = self.commit(record)
         payload = payload_of(record)
-        frames = media.check_frames(frames).to(frames.device)
         marked = self.pixel_watermark.embed(frames, payload, track=track)
         info = WatermarkInfo(pixel.SCHEME, self.key_id, f"{payload:08x}", {"alpha": self.alpha})
         return Stamped(record.with_watermark(info), frames=marked, fps=fps, _token=_TOKEN)
@@ -174,7 +174,7 @@ class Stamper:
             if not output.text:
                 raise InvalidInputError(f"{path.name}: empty text cannot be signed")
             with atomic_file(path) as tmp:
-                tmp.write_text(output.text, encoding="utf-8")
+                tmp.write_text(output.text, encoding="utf-8", newline="")  # bytes as given
                 sign.sign_sidecar(tmp, output.record, self.identity, sidecar=_sidecar(path),
                                   trust=self.trust, title=path.name)  # fmt: skip
             return path
@@ -187,7 +187,7 @@ class Stamper:
             if kind == "image":
                 media.write_image(frames[0], tmp)
             else:
-                media.write_mp4(frames, tmp, fps=output.fps or 16.0)
+                media.write_mp4(frames, tmp, fps=16.0 if output.fps is None else output.fps)
             sign.sign_file(tmp, tmp, output.record, self.identity, trust=self.trust,
                            title=path.name)  # fmt: skip
         return path

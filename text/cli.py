@@ -3,6 +3,7 @@ handlers.
 
     mdiff complete todo.py                  # print the completed file
     mdiff complete todo.py --line 12 -o done.py   # regenerate line 12, write + sign
+    mdiff complete todo.py --in-place       # replace todo.py (and todo.py.c2pa) when done
     mdiff complete todo.py --stream         # committed text and the live draft on stderr
 
 The handlers import the models when they run, so registering the commands stays light.
@@ -15,17 +16,36 @@ import sys
 import time
 from pathlib import Path
 
+from mdiff.atomic import write_error
 from mdiff.errors import InvalidInputError
 from mdiff.train.cli import RecipeCommand
 
-__all__ = ["TerminalStreamer", "line_hole", "register", "run_complete", "run_eval_fim"]
+__all__ = [
+    "MAX_SOURCE_BYTES",
+    "TerminalStreamer",
+    "line_hole",
+    "read_source",
+    "register",
+    "run_complete",
+    "run_eval_fim",
+]
 
 TEXT = RecipeCommand("mdiff.text.training.train:TextRecipe")
+MAX_SOURCE_BYTES = 4 * 2**20  # the largest FILE `mdiff complete` reads
+COMPLETE = f"""Fill the <FILL> markers of FILE (or the code of one line, --line N) with the code
+model and print the result, or write it with a signed .c2pa sidecar.
+
+Where it goes: -o OUT writes OUT and OUT.c2pa; an existing OUT (or OUT.c2pa) is replaced only
+with --force, and OUT is never FILE itself. --in-place replaces FILE (and FILE.c2pa). The output
+path is checked before the model runs, and a failed write leaves what was there untouched.
+
+The bytes of FILE outside the holes are kept exactly (CRLF, a BOM, no final newline); a
+completion takes the file's line ending. FILE: UTF-8 text, at most {MAX_SOURCE_BYTES >> 20} MiB."""
 
 
 def register(commands) -> None:
     commands.add("complete", "fill <FILL> markers (or a line) of a source file with the code model",
-                 run_complete, _complete)  # fmt: skip
+                 run_complete, _complete, description=COMPLETE)  # fmt: skip
     commands.group("eval").add(
         "fim", "fill-in-the-middle exact match on held-out code (fixed / true / auto length)",
         run_eval_fim, _eval_fim,
@@ -42,16 +62,24 @@ def register(commands) -> None:
 
 
 def _complete(p: argparse.ArgumentParser) -> None:
+    from mdiff.text.sampling.generation import MAX_STEPS
+
     p.add_argument("file", help="a source file with <FILL> markers (or use --line)")
     p.add_argument("--line", type=int, help="regenerate the code of this line (1-based)")
-    p.add_argument("-o", "--output", help="write the result here, with a signed .c2pa sidecar")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("-o", "--output", help="write the result here, with a signed .c2pa sidecar")
+    where.add_argument("--in-place", action="store_true",
+                       help="replace FILE (and FILE.c2pa) with the result")  # fmt: skip
+    p.add_argument("--force", action="store_true", help="replace an existing -o file")
     p.add_argument("--stream", action="store_true", help="show committed text and drafts live")
     p.add_argument("--model", default="code-tiny", help="built-in name or model folder")
-    p.add_argument("--length", default="auto", help="tokens per hole, or auto (default)")
+    p.add_argument("--length", default="auto", help="tokens per hole (within the model's "
+                   "window), or auto (default)")  # fmt: skip
     p.add_argument("--schedule", default="equal", help="equal|dream|cosine|threshold|entropy")
-    p.add_argument("--steps", type=int, help="denoising steps per hole (default: one per token)")
+    p.add_argument("--steps", type=int, help=f"denoising steps per hole, 1..{MAX_STEPS} "
+                   "(default: one per token; more steps than tokens are not taken)")  # fmt: skip
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="in [0, 2^63) (default 0)")
 
 
 def _eval_fim(f: argparse.ArgumentParser) -> None:
@@ -122,44 +150,96 @@ class TerminalStreamer:
 
 def run_complete(args: argparse.Namespace) -> int:
     from mdiff.provenance.stamp import Stamper
+    from mdiff.record import check_seed
     from mdiff.text.fim.infilling import MARKER
     from mdiff.text.pipeline import CodeModel
+    from mdiff.text.sampling.generation import GenerationConfig
 
-    if args.length != "auto" and not (args.length.isdigit() and int(args.length) > 0):
-        raise InvalidInputError(f"--length must be a positive integer or auto, got {args.length!r}")
+    length = _length(args.length)
+    check_seed(args.seed, "--seed")
+    config = GenerationConfig(schedule=args.schedule, temperature=args.temperature,
+                              steps=args.steps)  # fmt: skip
     src = Path(args.file)
-    if not src.is_file():
-        raise InvalidInputError(f"no such file: {src}")
-    try:
-        text = src.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise InvalidInputError(f"{src} is not UTF-8 text ({e.reason})") from None
+    text = read_source(src)
     if args.line is not None:
         if MARKER in text:
             raise InvalidInputError(f"{src} already has {MARKER} markers; drop --line")
         text = line_hole(text, args.line)
     elif MARKER not in text:
         raise InvalidInputError(f"{src} has no {MARKER} marker; add one or pass --line N")
-    length: int | str = "auto" if args.length == "auto" else int(args.length)
-    settings = {"schedule": args.schedule, "temperature": args.temperature}
-    if args.steps:
-        settings["steps"] = args.steps
+    out = _output(args, src)
     cm = CodeModel.from_pretrained(args.model, stamper=Stamper(home=args.home))
     start = time.perf_counter()
     factory = (lambda n: TerminalStreamer(cm.tokenizer, n)) if args.stream else None
     done = cm.fill(text, length=length, seed=args.seed, source=str(src),
-                   streamer_factory=factory, **settings)  # fmt: skip
+                   streamer_factory=factory, config=config)  # fmt: skip
     seconds = time.perf_counter() - start
     tokens = done.record.sizes.get("tokens", 0)
     stats = (f"{tokens} tokens in {seconds:.2f} s ({tokens / max(seconds, 1e-9):.0f} tok/s, "
              f"{done.tokens_per_forward:.2f} tokens/forward)")  # fmt: skip
-    if args.output:
-        out = done.save(args.output)
+    if out is not None:
+        done.save(out, overwrite=args.force or args.in_place)
         print(f"wrote {out} (manifest in {out.name}.c2pa); {stats}", file=sys.stderr)
     else:
-        sys.stdout.write(done.text)
+        _write_stdout(done.text)
         print(stats, file=sys.stderr)
     return 0
+
+
+def read_source(src: Path) -> str:
+    """The text of the user's file, exactly (no newline translation; a BOM stays a U+FEFF);
+    `InvalidInputError` naming it when it is missing, a folder, not a regular file, larger than
+    `MAX_SOURCE_BYTES`, unreadable or not UTF-8."""
+    if not src.is_file():
+        what = "a folder" if src.is_dir() else "not a regular file" if src.exists() else None
+        raise InvalidInputError(f"{src} is {what}" if what else f"no such file: {src}")
+    try:
+        if (size := src.stat().st_size) > MAX_SOURCE_BYTES:
+            limit = MAX_SOURCE_BYTES >> 20
+            raise InvalidInputError(f"{src} has {size} bytes: at most {limit} MiB are completed")
+        data = src.read_bytes()
+    except OSError as e:
+        raise InvalidInputError(f"cannot read {src}: {e.strerror or e}") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise InvalidInputError(f"{src} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+
+
+def _length(value: str) -> int | str:
+    """``--length``: ``auto`` or a positive integer."""
+    if value == "auto":
+        return value
+    if value.isascii() and value.isdigit() and int(value) > 0:
+        return int(value)
+    raise InvalidInputError(f"--length must be a positive integer or auto, got {value!r}")
+
+
+def _output(args: argparse.Namespace, src: Path) -> Path | None:
+    """Where the result goes (None: standard output), checked before any work."""
+    from mdiff.text.pipeline import check_output
+
+    if args.in_place:
+        return check_output(src, overwrite=True)
+    if args.output is None:
+        return None
+    return check_output(args.output, overwrite=args.force, inputs=(src,),
+                        replace_hint="use --force")  # fmt: skip
+
+
+def _write_stdout(text: str) -> None:
+    """``text`` on standard output as UTF-8 bytes, line breaks untouched."""
+    buffer = getattr(sys.stdout, "buffer", None)  # none when captured (tests)
+    try:
+        if buffer is None:
+            sys.stdout.write(text)
+        else:
+            buffer.write(text.encode("utf-8"))
+        sys.stdout.flush()
+    except BrokenPipeError:
+        raise  # `mdiff.cli.main` ends quietly
+    except OSError as e:
+        raise write_error("standard output", e) from None
 
 
 def run_eval_fim(args: argparse.Namespace) -> int:
@@ -168,23 +248,29 @@ def run_eval_fim(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
+    from mdiff.record import check_seed
     from mdiff.text.data import Corpus
     from mdiff.text.fim.eval import MODES, evaluate_ar_fim, evaluate_fim
     from mdiff.text.fim.tasks import make_tasks
     from mdiff.text.pipeline import CodeModel
+    from mdiff.text.sampling.generation import GenerationConfig
 
     modes = tuple(m.strip() for m in args.modes.split(",") if m.strip())
     if not modes or any(m not in MODES for m in modes):
         raise InvalidInputError(f"--modes must be a comma list of {', '.join(MODES)}")
     if args.n < 1:
         raise InvalidInputError("-n must be at least 1")
+    if args.fixed_length < 1:
+        raise InvalidInputError(f"--fixed-length must be at least 1, got {args.fixed_length}")
+    check_seed(args.seed, "--seed")
+    settings = {"schedule": args.schedule, "threshold": args.threshold}
+    GenerationConfig(**settings)  # refuses bad settings before any work
     corpus = Corpus.from_folder(args.corpus) if args.corpus else Corpus.from_folder()
     files = [(f, t) for f in corpus.heldout_files if (t := corpus.read(f)) is not None]
     tasks = make_tasks(files, args.kind, args.n, args.seed)
     if not tasks:
         raise InvalidInputError(f"no {args.kind}-line tasks could be cut from {corpus.root}")
     cm = CodeModel.from_pretrained(args.model)
-    settings = {"schedule": args.schedule, "threshold": args.threshold}
     heal = not args.no_heal
     bar = tqdm(total=len(tasks) * len(modes), desc="fim", file=sys.stderr, leave=False)
     report = {"model": args.model, "kind": args.kind, "tasks": len(tasks),

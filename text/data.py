@@ -81,7 +81,8 @@ def find_sources(
     """Sorted POSIX paths relative to `root` of files matching `pattern`, outside `exclude_dirs`."""
     root = Path(root)
     if not root.is_dir():
-        raise InvalidInputError(f"corpus folder {root} does not exist")
+        problem = "is not a folder" if root.exists() else "does not exist"
+        raise InvalidInputError(f"corpus folder {root} {problem}")
     found = []
     for path in root.rglob(pattern):
         rel = path.relative_to(root)
@@ -92,7 +93,7 @@ def find_sources(
 
 def heldout_score(relpath: str) -> float:
     """A number in [0, 1) fixed by the relative path: the first 8 bytes of its SHA-256."""
-    digest = hashlib.sha256(relpath.encode("utf-8")).digest()
+    digest = hashlib.sha256(relpath.encode("utf-8", "surrogateescape")).digest()
     return int.from_bytes(digest[:8], "big") / 2.0**64
 
 
@@ -130,12 +131,15 @@ class Corpus:
         return cls(root, train, heldout)
 
     def read(self, relpath: str) -> str | None:
-        """The text of a file (UTF-8, newlines untouched), or None when it is not UTF-8."""
+        """The text of a file (UTF-8, newlines untouched), or None when it is not UTF-8 or
+        cannot be read (a warning says which)."""
         try:
             return (self.root / relpath).read_bytes().decode("utf-8")
         except UnicodeDecodeError:
-            logger.warning("skipping %s: not UTF-8", relpath)
-            return None
+            logger.warning("skipping %r: not UTF-8", relpath)
+        except OSError as e:
+            logger.warning("skipping %r: %s", relpath, e.strerror or e)
+        return None
 
     def texts(self, files: Sequence[str]) -> list[str]:
         return [t for t in (self.read(f) for f in files) if t is not None]

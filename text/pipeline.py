@@ -4,6 +4,7 @@
     done = cm.fill("def add(a, b):\\n    return <FILL>\\n")  # every <FILL> marker
     print(done.text)
     done.save("add.py")                                     # + add.py.c2pa (signed manifest)
+    done.save("add.py", overwrite=True)                     # replace an earlier add.py
 
 Every completion goes through `mdiff.provenance`: the sampler biases every committed token with
 the text watermark of the user's key, the `GenerationRecord` names the model (id and weights
@@ -22,14 +23,38 @@ from pathlib import Path
 import torch
 
 import mdiff.text.fim.infilling as _infill
-from mdiff import hub
-from mdiff.errors import CheckpointError
-from mdiff.record import GenerationRecord
+from mdiff import hub, media
+from mdiff.atomic import check_target, write_error
+from mdiff.errors import CheckpointError, InvalidInputError, WriteError
+from mdiff.provenance.sign import sidecar_path
+from mdiff.record import GenerationRecord, check_seed
 from mdiff.text.model.denoiser import TextDenoiser
 from mdiff.text.model.tokenizer import TOKENIZER_FILE, CodeTokenizer
 from mdiff.text.sampling.sampler import GenerationConfig, generate
 
-__all__ = ["CodeModel", "Completion"]
+__all__ = ["CodeModel", "Completion", "check_output"]
+
+
+def check_output(path: str | os.PathLike, *, overwrite: bool = False, inputs=(),
+                 replace_hint: str = "pass overwrite=True") -> Path:  # fmt: skip
+    """``path`` as a `Path` if a text output and its ``.c2pa`` sidecar may be written there,
+    checked before any work: `mdiff.atomic.check_target` (its folder exists and is writable,
+    it is not a folder nor one of ``inputs``, an existing file only with ``overwrite``), the
+    same for the sidecar, and a text suffix (`mdiff.media.TEXT_SUFFIXES`)."""
+    if not isinstance(path, str | os.PathLike):
+        raise InvalidInputError(
+            f"an output path must be a str or a path, got {type(path).__name__}"
+        )
+    path = check_target(path, overwrite=overwrite, inputs=inputs, replace_hint=replace_hint)
+    sidecar = sidecar_path(path)
+    if sidecar.is_dir():
+        raise InvalidInputError(f"{sidecar} is a directory: it cannot take {path.name}'s manifest")
+    if sidecar.exists() and not overwrite:
+        raise InvalidInputError(f"{sidecar} already exists: {replace_hint} to replace it")
+    if media.kind_of(path) != "text":
+        suffixes = ", ".join(sorted(media.TEXT_SUFFIXES))
+        raise InvalidInputError(f"{path.name}: a completion is text, save it as one of {suffixes}")
+    return path
 
 
 @dataclass
@@ -45,9 +70,17 @@ class Completion:
     tokens_per_forward: float
     nfe: int
 
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write the text and its signed ``.c2pa`` sidecar (atomically)."""
-        return self.stamper.save(self.stamped, path)
+    def save(self, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
+        """Write the text and its signed ``.c2pa`` sidecar, atomically: an existing file or
+        sidecar is replaced only with ``overwrite=True`` (`check_output`), and a failed write
+        (a full disk: `WriteError` naming ``path``) leaves what was there as it was."""
+        path = check_output(path, overwrite=overwrite)
+        try:
+            return self.stamper.save(self.stamped, path)
+        except WriteError:
+            raise
+        except OSError as e:
+            raise write_error(path, e) from None
 
 
 class CodeModel:
@@ -64,6 +97,9 @@ class CodeModel:
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike = "code-tiny", *, device=None,
                         stamper=None) -> CodeModel:  # fmt: skip
+        if not isinstance(name_or_path, str | os.PathLike):
+            kind = type(name_or_path).__name__
+            raise InvalidInputError(f"a model is a built-in name or a folder, got {kind}")
         directory = hub.resolve(name_or_path)
         if not (directory / TOKENIZER_FILE).is_file():
             raise CheckpointError(f"{directory} has no {TOKENIZER_FILE}: not a text model folder")
@@ -123,7 +159,10 @@ class CodeModel:
     def fill(self, text: str, *, marker: str = _infill.MARKER, length: int | str = "auto",
              seed: int = 0, source: str | None = None, streamer_factory=None,
              **settings) -> Completion:  # fmt: skip
-        """Fill every `marker` in `text` (see `mdiff.text.fim.infilling.fill`)."""
+        """Fill every `marker` in `text` (see `mdiff.text.fim.infilling.fill`); ``source`` names
+        the file it came from in the record."""
+        if source is not None and not isinstance(source, str):
+            raise InvalidInputError(f"source must be a file name (str), got {source!r}")
         out, results = _infill.fill(self.model, self.tokenizer, text, marker=marker,
                                     length=length, seed=seed, watermark=self.watermark,
                                     streamer_factory=streamer_factory, context=self.context,
@@ -146,6 +185,9 @@ class CodeModel:
     def generate(self, prompt: str, gen_length: int = 128, *, seed: int = 0, streamer=None,
                  config: GenerationConfig | None = None, **settings) -> Completion:  # fmt: skip
         """Continue `prompt` by `gen_length` tokens (stops at EOS by the default EOS policy)."""
+        if not isinstance(prompt, str):
+            raise InvalidInputError(f"prompt must be a str, got {type(prompt).__name__}")
+        check_seed(seed)
         ids = self.tokenizer.encode(prompt)
         if not ids:
             ids = [self.tokenizer.bos_id]

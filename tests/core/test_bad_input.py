@@ -166,3 +166,15 @@ def test_a_config_that_does_not_fit_its_weights_fails_before_allocating(tmp_path
     o = call(lambda: SpaceTimeDiT.from_pretrained(folder))
     assert o.kind == "error" and "do not fit SpaceTimeDiT" in str(o.error), o
     assert time.perf_counter() - start < 10
+
+
+def test_an_unforeseen_system_error_is_one_line(monkeypatch, tmp_path):
+    """A system refusal no check caught (here: reading the file to verify fails with EIO)."""
+    from mdiff.provenance import cli as provenance_cli
+
+    def broken(args):
+        raise OSError(errno.EIO, "Input/output error", str(tmp_path / "clip.mp4"))
+
+    monkeypatch.setattr(provenance_cli, "run_verify", broken)  # read when the parser is built
+    o = mdiff(["verify", str(tmp_path / "clip.mp4")])
+    assert o.kind == "error" and "Input/output error" in o.stderr and "clip.mp4" in o.stderr, o

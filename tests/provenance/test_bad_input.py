@@ -16,6 +16,7 @@ import struct
 from pathlib import Path
 
 import pytest
+import torch
 
 from mdiff import media
 from mdiff.provenance import keys
@@ -284,3 +285,28 @@ def test_sdk_verify_prompt_must_be_text(home, media):
 def test_sdk_keyring_reads_only(tmp_path):
     o = call(lambda: keys.keyring(tmp_path / "none"), check=lambda ring: ring == {})
     assert o.kind == "accepted" and not (tmp_path / "none").exists(), o
+
+
+@pytest.mark.parametrize("fps", [0, -8, float("nan"), "8"])
+def test_sdk_frames_with_a_bad_fps_are_refused(home, fps):
+    from mdiff.provenance.stamp import Stamper
+    from mdiff.record import GenerationRecord
+
+    st = Stamper(home=home)
+    rec = GenerationRecord.create("video", "m", prompt="p", seed=1)
+    o = call(lambda: st.frames(torch.zeros(2, 64, 64, 3, dtype=torch.uint8), rec, fps=fps))
+    assert o.kind == "error" and "fps" in str(o.error), o
+
+
+def test_sdk_numpy_frames_are_accepted(home, tmp_path):
+    import numpy as np
+
+    from mdiff.provenance.stamp import Stamper
+    from mdiff.record import GenerationRecord
+
+    st = Stamper(home=home)
+    rec = GenerationRecord.create("video", "m", prompt="p", seed=1)
+    frames = np.full((3, 64, 64, 3), 90, np.uint8)[:, :, ::-1]  # not contiguous
+    o = call(lambda: st.save(st.frames(frames, rec, fps=8), tmp_path / "a.mp4"),
+             check=lambda path: media.read_video_head(path)[0].shape == (3, 64, 64, 3))  # fmt: skip
+    assert o.kind == "accepted", o

@@ -26,9 +26,10 @@ def test_fill_save_verify(tiny_code_model, home, tmp_path):
     assert done.record.edited and done.record.prompt is None
     path = done.save(tmp_path / "add.py")
     assert path.read_text(encoding="utf-8") == done.text
-    report = verify(path, home=home)
+    report = verify(path, home=home, model=tiny_code_model)
     assert report.manifest.state == "trusted" and report.exit_code == 0
-    assert report.watermark["scored"] == "generated spans"  # tokenizer found via the model id
+    assert report.watermark["scored"] == "generated spans"  # the tokenizer of the named model
+    assert str(tmp_path) not in json.dumps(report.manifest.record.to_dict())  # no local path
 
 
 def test_generated_text_carries_a_detectable_watermark(tiny_code_model, tmp_path):
@@ -40,7 +41,7 @@ def test_generated_text_carries_a_detectable_watermark(tiny_code_model, tmp_path
     (home / "watermark.secret").write_bytes(hashlib.sha256(b"mdiff text pipeline test").digest())
     cm = CodeModel.from_pretrained(tiny_code_model, stamper=Stamper(home=home))
     done = cm.generate("import os\n", gen_length=160, temperature=1.0, seed=3)
-    report = verify(done.save(tmp_path / "gen.py"), home=home)
+    report = verify(done.save(tmp_path / "gen.py"), home=home, model=tiny_code_model)
     assert not done.record.edited
     assert report.watermark["detected"] and report.watermark["z"] >= 5, report.watermark
 

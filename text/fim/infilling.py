@@ -23,6 +23,12 @@ Seeds: row i of a batch draws from ``seed + i`` whatever its candidate length, a
 is batch-invariant, so re-running the chosen length alone reproduces the search's result
 exactly (the CLI streams that way).
 
+Line endings: the model sees the text with LF line breaks; a middle written into text whose line
+breaks are mostly CRLF gets CRLF breaks too (`line_ending`). Everything outside the hole stays
+the caller's own characters.
+
+Bounds: at most `MAX_HOLES` markers per ``fill``; a middle must fit the model's window.
+
 Context window: when prefix + middle + suffix exceed the model's ``max_len``, the prefix keeps
 its end and the suffix its start (the suffix keeps up to a third of the room, more if the
 prefix is short).
@@ -36,15 +42,26 @@ import torch
 from torch import Tensor
 
 from mdiff.errors import InvalidInputError
+from mdiff.record import check_seed
 from mdiff.text.sampling.heal import heal as heal_prefix
 from mdiff.text.sampling.heal import strip_carry
 from mdiff.text.sampling.layout import left_pad
 from mdiff.text.sampling.sampler import GenerationConfig, GenerationOutput, denoise
 
-__all__ = ["DEFAULT_CANDIDATES", "InfillResult", "fill", "fit_context", "infill"]
+__all__ = [
+    "DEFAULT_CANDIDATES",
+    "MARKER",
+    "MAX_HOLES",
+    "InfillResult",
+    "fill",
+    "fit_context",
+    "infill",
+    "line_ending",
+]
 
 DEFAULT_CANDIDATES = (2, 3, 4, 6, 8, 11, 16, 23, 32, 45, 64)
 MARKER = "<FILL>"
+MAX_HOLES = 256  # markers one fill() call fills
 _SCORE_RATES = (0.25, 0.5, 0.75, 1.0)
 
 
@@ -111,23 +128,22 @@ def infill(model, tokenizer, prefix: str | list[str], suffix: str | list[str],
     healing at the hole's left edge (see the module doc).
     """
     single = isinstance(prefix, str)
-    prefixes, suffixes = ([prefix], [suffix]) if single else (list(prefix), list(suffix))
-    if len(prefixes) != len(suffixes) or not prefixes:
+    prefixes, suffixes = _texts("prefix", prefix), _texts("suffix", suffix)
+    if single != isinstance(suffix, str) or len(prefixes) != len(suffixes) or not prefixes:
         raise InvalidInputError("need as many prefixes as suffixes (at least one)")
-    if length == "auto":
-        lengths = [int(c) for c in candidates]
-        if not lengths or min(lengths) < 1:
-            raise InvalidInputError("candidates must be positive token counts")
-    elif isinstance(length, int) and not isinstance(length, bool) and length >= 1:
-        lengths = [length]
-    else:
-        raise InvalidInputError(f"length must be a positive int or 'auto', got {length!r}")
+    lengths = _lengths(length, candidates)
+    check_seed(seed)
+    if context is not None and (not isinstance(context, int) or isinstance(context, bool)
+                                or context < 1):  # fmt: skip
+        raise InvalidInputError(f"context must be a positive integer or None, got {context!r}")
+    eols = [line_ending(p + s) for p, s in zip(prefixes, suffixes, strict=True)]
     spec = model.spec
     pad = spec.pad_id if spec.pad_id is not None else spec.mask_id
     limit = min(context or _max_len(model), _max_len(model))
-    rows, parts, heals = [], [], [heal_prefix(tokenizer, p, enabled=heal) for p in prefixes]
+    heals = [heal_prefix(tokenizer, _lf(p), enabled=bool(heal)) for p in prefixes]
+    rows, parts = [], []
     for i, (s, (kept, _, _)) in enumerate(zip(suffixes, heals, strict=True)):
-        pre, suf = tokenizer.encode(kept), tokenizer.encode(s)
+        pre, suf = tokenizer.encode(kept), tokenizer.encode(_lf(s))
         for n in lengths:
             a, b = fit_context(pre, suf, n, limit)
             rows.append(a + [spec.mask_id] * n + b)
@@ -147,9 +163,55 @@ def infill(model, tokenizer, prefix: str | list[str], suffix: str | list[str],
         idx = [j for j, part in enumerate(parts) if part[0] == i]
         by_length = {parts[j][1]: float(scores[j]) for j in idx} if search else {}
         best = max(idx, key=lambda j: float(scores[j])) if search else idx[0]
-        carry = heals[i][1]
-        results.append(_result(out, best, parts[best][1], p, s, tokenizer, by_length, carry))
+        r = _result(out, best, parts[best][1], p, s, tokenizer, by_length, heals[i][1])
+        results.append(_with_line_ending(r, eols[i], p, s))
     return results[0] if single else results
+
+
+def _texts(name: str, value) -> list[str]:
+    """``value`` as a list of strings (a str is one), else `InvalidInputError`."""
+    texts = [value] if isinstance(value, str) else value
+    if not isinstance(texts, list | tuple) or not all(isinstance(t, str) for t in texts):
+        raise InvalidInputError(
+            f"{name} must be a str or a list of str, got {type(value).__name__}"
+        )
+    return list(texts)
+
+
+def _lengths(length, candidates) -> list[int]:
+    """The middle lengths to try: ``length`` itself, or every candidate for ``"auto"``."""
+    count = isinstance(length, int) and not isinstance(length, bool)
+    if count and length >= 1:
+        return [length]
+    if length != "auto" or count:
+        raise InvalidInputError(f"length must be a positive int or 'auto', got {length!r}")
+    try:
+        lengths = [int(c) for c in candidates]
+    except (TypeError, ValueError):
+        lengths = []
+    if not lengths or min(lengths) < 1:
+        raise InvalidInputError(f"candidates must be positive token counts, got {candidates!r}")
+    return lengths
+
+
+def line_ending(text: str) -> str:
+    """``"\\r\\n"`` when most line breaks of ``text`` are CRLF, else ``"\\n"``."""
+    crlf = text.count("\r\n")
+    return "\r\n" if crlf and 2 * crlf >= text.count("\n") else "\n"
+
+
+def _lf(text: str) -> str:
+    return text.replace("\r\n", "\n")
+
+
+def _with_line_ending(r: InfillResult, eol: str, prefix: str, suffix: str) -> InfillResult:
+    """``r`` with its middle's line breaks written as ``eol``."""
+    if eol == "\n" or "\n" not in r.middle:
+        return r
+    r.middle = _lf(r.middle).replace("\n", eol)
+    r.text = prefix + r.middle + suffix
+    r.span = (len(prefix), len(prefix) + len(r.middle))
+    return r
 
 
 def _restrict(heals, parts, rows, width: int):
@@ -184,9 +246,17 @@ def fill(model, tokenizer, text: str, *, marker: str = MARKER, length: int | str
     ``streamer_factory(n)`` (optional) makes the streamer of a hole of n tokens; with
     ``length="auto"`` the search runs first, then the chosen length is streamed (same seed,
     same result)."""
+    if not isinstance(text, str):
+        raise InvalidInputError(f"text must be a str, got {type(text).__name__}")
+    if not isinstance(marker, str) or not marker:
+        raise InvalidInputError(f"marker must be a non-empty str, got {marker!r}")
+    if streamer_factory is not None and not callable(streamer_factory):
+        raise InvalidInputError(f"streamer_factory must be callable, got {streamer_factory!r}")
     pieces = text.split(marker)
     if len(pieces) < 2:
         raise InvalidInputError(f"no {marker} marker in the text")
+    if len(pieces) - 1 > MAX_HOLES:
+        raise InvalidInputError(f"{len(pieces) - 1} {marker} markers: at most {MAX_HOLES} per call")
     filled, results = pieces[0], []
     for k in range(1, len(pieces)):
         later = "".join(pieces[k:])  # the rest, other holes removed: they stay unknown

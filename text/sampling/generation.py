@@ -12,10 +12,23 @@ from torch import Tensor
 from mdiff import unmask_rules as R
 from mdiff.errors import InvalidInputError
 from mdiff.guidance import METHODS, from_llada_scale
+from mdiff.record import check_seed
 from mdiff.text.sampling.policies import EOSPolicy
 from mdiff.text.sampling.runner import CACHE_MODES
 
-__all__ = ["GenerationConfig", "GenerationOutput", "resolve_config", "row_generators"]
+__all__ = [
+    "MAX_GEN_LENGTH",
+    "MAX_GUIDANCE",
+    "MAX_STEPS",
+    "GenerationConfig",
+    "GenerationOutput",
+    "resolve_config",
+    "row_generators",
+]
+
+MAX_GEN_LENGTH = 32_768  # tokens one call may generate (and the largest block_length)
+MAX_STEPS = MAX_GEN_LENGTH  # at most one step per token is taken anyway
+MAX_GUIDANCE = 100.0  # a larger CFG scale only overflows the logits
 
 
 @dataclass(frozen=True)
@@ -31,6 +44,11 @@ class GenerationConfig:
     ``cfg_scale`` is LLaDA's form of the same scale, ``u + (s + 1)(c − u)`` with 0 = off: when
     given it sets ``guidance = cfg_scale + 1`` (`mdiff.guidance.from_llada_scale`); give one
     or the other (or both, agreeing).
+
+    Bounds (checked when the config is made, before any work): ``gen_length`` and
+    ``block_length`` at most `MAX_GEN_LENGTH`, ``steps`` at most `MAX_STEPS` (more steps than
+    masked tokens are never taken), ``guidance`` and ``cfg_scale`` in [0, `MAX_GUIDANCE`];
+    every number finite; ``seed`` in [0, 2^63) (`mdiff.record.check_seed`).
     """
 
     gen_length: int = 128  # masks appended by generate()
@@ -55,37 +73,37 @@ class GenerationConfig:
     seed: int | None = None
 
     def __post_init__(self):
-        def bad(msg):
-            raise InvalidInputError(msg)
-
+        """Refuse any field of the wrong type or out of range, naming the field and the value."""
         if isinstance(self.eos, dict):
-            object.__setattr__(self, "eos", EOSPolicy(**self.eos))
+            try:
+                object.__setattr__(self, "eos", EOSPolicy(**self.eos))
+            except (TypeError, ValueError) as e:
+                raise InvalidInputError(f"eos: {e}") from None
+        if not isinstance(self.eos, EOSPolicy):
+            raise InvalidInputError(f"eos must be an EOSPolicy or a dict, got {self.eos!r}")
+        for name, cap in _COUNTS:
+            value = getattr(self, name)
+            if value is not None or name not in _OPTIONAL:
+                _check_count(name, value, cap)
+        for name, choices in _CHOICES:
+            value = getattr(self, name)
+            if not isinstance(value, str) or value not in choices:
+                raise InvalidInputError(
+                    f"{name} must be one of {', '.join(choices)}, got {value!r}"
+                )
+        for name, rule, ok in _REALS:
+            value = getattr(self, name)
+            if value is not None or name not in _OPTIONAL:
+                _check_real(name, value, ok, rule)
+        if not isinstance(self.measure_drift, bool):
+            raise InvalidInputError(
+                f"measure_drift must be True or False, got {self.measure_drift!r}"
+            )
+        if self.seed is not None:
+            check_seed(self.seed)
         self._resolve_cfg_scale()
-        for name in ("gen_length", "steps", "block_length", "top_k"):
-            v = getattr(self, name)
-            if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
-                bad(f"{name} must be a positive int, got {v!r}")
-        if self.gen_length is None:
-            bad("gen_length must be a positive int")
-        checks = [
-            (self.schedule in R.SCHEDULES, f"schedule must be one of {R.SCHEDULES}"),
-            (self.score in R.SCORES, f"score must be one of {R.SCORES}"),
-            (self.remask in R.REMASK_STRATEGIES, f"remask must be one of {R.REMASK_STRATEGIES}"),
-            (self.cache in CACHE_MODES, f"cache must be one of {CACHE_MODES}"),
-            (isinstance(self.eos, EOSPolicy), "eos must be an EOSPolicy"),
-            (math.isfinite(self.temperature) and self.temperature >= 0, "temperature must be ≥ 0"),
-            (self.guidance_method in METHODS, f"guidance_method must be one of {METHODS}"),
-            (self.top_p is None or 0 < self.top_p <= 1, "top_p must lie in (0, 1]"),
-            (math.isfinite(self.remask_eta) and self.remask_eta >= 0, "remask_eta must be ≥ 0"),
-            (math.isfinite(self.threshold), "threshold must be finite"),
-            (self.entropy_bound >= 0, "entropy_bound must be ≥ 0"),
-            (0 < self.eps < 1, "eps must lie in (0, 1)"),
-        ]
-        for ok, msg in checks:
-            if not ok:
-                bad(f"{msg}, got {self!r}")
         if self.remask != "none" and self.schedule not in R.FIXED_SCHEDULES:
-            bad(f"ReMDM remasking needs a fixed schedule {R.FIXED_SCHEDULES}")
+            raise InvalidInputError(f"ReMDM remasking needs a fixed schedule {R.FIXED_SCHEDULES}")
 
     def _resolve_cfg_scale(self) -> None:
         """Check both scales and set ``guidance`` from ``cfg_scale`` when that is given."""
@@ -103,6 +121,21 @@ class GenerationConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+_OPTIONAL = frozenset({"steps", "block_length", "top_k", "top_p"})  # None allowed
+_COUNTS = (("gen_length", MAX_GEN_LENGTH), ("steps", MAX_STEPS),
+           ("block_length", MAX_GEN_LENGTH), ("top_k", None))  # fmt: skip
+_CHOICES = (("schedule", R.SCHEDULES), ("score", R.SCORES), ("remask", R.REMASK_STRATEGIES),
+            ("cache", CACHE_MODES), ("guidance_method", METHODS))  # fmt: skip
+_REALS = (
+    ("temperature", "≥ 0", lambda v: v >= 0),
+    ("top_p", "in (0, 1]", lambda v: 0 < v <= 1),
+    ("remask_eta", "≥ 0", lambda v: v >= 0),
+    ("threshold", "", lambda v: True),
+    ("entropy_bound", "≥ 0", lambda v: v >= 0),
+    ("eps", "in (0, 1)", lambda v: 0 < v < 1),
+)
 
 
 @dataclass
@@ -133,11 +166,24 @@ class GenerationOutput:
         }
 
 
+def _check_count(name: str, value, cap: int | None) -> None:
+    """``value`` must be an int in [1, cap] (bools refused)."""
+    ok = isinstance(value, int) and not isinstance(value, bool) and value >= 1
+    if not ok or (cap is not None and value > cap):
+        bound = f" ≤ {cap}" if cap is not None else ""
+        raise InvalidInputError(f"{name} must be a positive integer{bound}, got {value!r}")
+
+
+def _check_real(name: str, value, ok, rule: str) -> None:
+    """``value`` must be a finite real number (bools refused) for which ``ok(value)`` holds."""
+    real = isinstance(value, int | float) and not isinstance(value, bool)
+    if not (real and math.isfinite(value) and ok(value)):
+        rule = f" {rule}" if rule else ""
+        raise InvalidInputError(f"{name} must be a finite number{rule}, got {value!r}")
+
+
 def _check_scale(name: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
-        raise InvalidInputError(f"{name} must be a number ≥ 0, got {value!r}")
-    if not math.isfinite(value):
-        raise InvalidInputError(f"{name} must be finite, got {value!r}")
+    _check_real(name, value, lambda v: 0 <= v <= MAX_GUIDANCE, f"in [0, {MAX_GUIDANCE:g}]")
 
 
 def _guidance_record(settings: dict) -> dict:
