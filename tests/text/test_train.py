@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mdiff import cli
 from mdiff.cli import main
 from mdiff.errors import InvalidInputError
 from mdiff.losses import discrete_nelbo
@@ -328,8 +329,8 @@ def test_cli_resume_continues_exactly_and_export_loads(tmp_path, corpus):
     assert log["step"] == 4 and len(log["losses"]) == 4 and log["command"].startswith("mdiff")
     assert log["heldout"]["heldout_bits_per_byte"] > 0
 
-    assert _cli(split, corpus, "--steps", "6") == 2  # a new run never overwrites one
-    assert _cli(tmp_path / "x", corpus, "--export-only") == 2
+    assert _cli(split, corpus, "--steps", "6") == cli.EXIT_ERROR  # never overwrites a run
+    assert _cli(tmp_path / "x", corpus, "--export-only") == cli.EXIT_ERROR
 
 
 @pytest.mark.parametrize("kind", ["block", "ar"])
@@ -371,7 +372,8 @@ def test_init_from_fine_tunes_an_exported_model_into_another_attention(tmp_path,
     assert TextDenoiser.from_pretrained(child).config.attention == "block_causal"
 
     bad = tmp_path / "bad"
-    assert _cli(bad, corpus, "--steps", "2", "--init-from", str(tmp_path / "none")) == 2
+    missing = str(tmp_path / "none")
+    assert _cli(bad, corpus, "--steps", "2", "--init-from", missing) == cli.EXIT_ERROR
 
 
 def test_fim_order_is_recorded_and_read_back_with_the_model(tmp_path, corpus):
@@ -398,4 +400,4 @@ def test_export_of_a_named_checkpoint(tmp_path, corpus):
                 "--checkpoint", "step_00000002") == 0  # fmt: skip
     assert json.loads((model / "training_log.json").read_text())["step"] == 2
     assert _cli(out, corpus, "--export", str(model), "--export-only",
-                "--checkpoint", "step_00000003") == 2  # not saved: a one-line error  # fmt: skip
+                "--checkpoint", "step_00000003") == cli.EXIT_ERROR  # not saved  # fmt: skip

@@ -15,7 +15,8 @@ bit for bit (the offline path joins the same chunks).
 signs the finished file in the writer's `on_finish` hook, which also runs when the generation
 is interrupted (Ctrl-C, an exception in a callback): the file then holds every finished chunk,
 is playable and carries a manifest that says it was cut short. A file that could not be signed
-(a full disk) is removed, and a file that was at the path survives until the new one is signed.
+(a full disk) is removed, and a file that was at the path survives unless the new one is
+complete and signed.
 """
 
 from __future__ import annotations
@@ -125,19 +126,21 @@ def write_live(
     """Write chunks to a live fragmented MP4 at `path` and sign it when it is finished.
 
     A new file is written in place, so a player can open it while it grows; an existing file
-    is replaced by one written beside it and renamed over it once signed, so the old file
-    survives any failure. If the chunks stop with an exception (or Ctrl-C), the writer still
-    finalizes the file and signs it with the generation's record marked
-    ``extra["interrupted"] = True`` and the number of frames it holds; the exception then
-    propagates. A file that could not be finished and signed (a full disk, a failed write,
-    no chunk yet) is removed: no unsigned MP4 is ever left at `path`. A failure to write
-    raises `WriteError` naming `path`.
+    is replaced by one written beside it and renamed over it once complete and signed, so the
+    old file survives any failure or interruption. If the chunks of a new file stop with an
+    exception (or Ctrl-C), the writer still finalizes it and signs it with the generation's
+    record marked ``extra["interrupted"] = True`` and the number of frames it holds; the
+    exception then propagates. A file that could not be finished and signed (a full disk, a
+    failed write, no chunk yet) is removed: no unsigned MP4 is ever left at `path`. A failure
+    to write raises `WriteError` naming `path`.
     """
     path = check_mp4_target(path)
     start = time.perf_counter()
     if path.exists():
         with atomic_file(path) as tmp:
             live = _write_signed(tmp, chunks, stamper, fps)
+            if live.stopped is not None:  # interrupted: the old file stays as it was
+                raise live.stopped
     else:
         try:
             live = _write_signed(path, chunks, stamper, fps)
