@@ -408,3 +408,22 @@ def test_init_from_starts_a_fine_tune_from_a_pipeline_and_checks_it_fits(
         DiTRecipe(preset="test", vae=tmp_path / "other-vae", steps=1, batch_size=2, size=16,
                   frames=5, clips=6, heldout_clips=2, progress=False,
                   init_from=tmp_path / "pipe").train(tmp_path / "other")  # fmt: skip
+
+
+def test_freeze_dit_trains_the_text_encoder_alone_and_needs_an_init(vae_dir, tmp_path):
+    _train(tmp_path / "parent", vae_dir, 2)
+    DiTRecipe.export(tmp_path / "parent", tmp_path / "pipe")
+    pipe = tmp_path / "pipe"
+    _train(tmp_path / "frozen", vae_dir, 3, init_from=pipe, freeze_dit=True, free_form=0.5)
+    _train(tmp_path / "joint", vae_dir, 3, init_from=pipe)
+    start, _ = DiTRecipe.load_ema(tmp_path / "parent")
+    frozen, joint = (DiTRecipe.load_ema(tmp_path / n)[0] for n in ("frozen", "joint"))
+    model, _ = _weights(tmp_path / "frozen", 2)  # the raw weights too, not only their EMA
+    dit_keys = [k for k in model if k.startswith("dit.")]
+    assert dit_keys and all(torch.equal(model[k], start.state_dict()[k]) for k in dit_keys)
+    assert weights_sha256(frozen.dit) == weights_sha256(start.dit)
+    assert weights_sha256(joint.dit) != weights_sha256(start.dit)  # the joint run moves it
+    assert weights_sha256(frozen.text_encoder) != weights_sha256(start.text_encoder)
+    assert json.loads((tmp_path / "frozen" / "run.json").read_text())["train"]["freeze_dit"]
+    with pytest.raises(InvalidInputError, match="needs init_from"):
+        _train(tmp_path / "no-init", vae_dir, 1, freeze_dit=True)

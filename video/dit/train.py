@@ -194,9 +194,15 @@ class DiTRecipe(Recipe):
     logit_mean: float = setting(0.0, key="objective.logit_mean", cli=False)
     logit_std: float = setting(1.0, key="objective.logit_std", cli=False)
     shift: float | None = setting(None, "time shift (default: by tokens)", key="objective.shift")
+    freeze_dit: bool = setting(
+        False, "with --init-from: train the text encoder alone (the DiT, and the motion it "
+        "learned, keep the init's weights)", key="train.freeze_dit",
+    )  # fmt: skip
 
     def start(self, out: Path) -> dict:
         """Fit the configs to the VAE, then copy it into the run."""
+        if self.freeze_dit and self.init_from is None:
+            raise InvalidInputError("freezing the DiT needs init_from (--init-from): the DiT to keep")
         source = resolve(self.vae)
         files = [source / "config.json", source / "model.safetensors"]
         if not all(f.is_file() for f in files):
@@ -248,6 +254,8 @@ class DiTRecipe(Recipe):
     def build(self, run: dict) -> TextConditionedDiT:
         dit = SpaceTimeDiT(DiTConfig(**run["dit_config"]))
         encoder = ShapesTextEncoder(ShapesTextEncoderConfig(**run["text_config"]))
+        if self.freeze_dit:
+            dit.requires_grad_(False)  # out of the optimizer; its EMA stays equal too
         return TextConditionedDiT(dit, encoder)
 
     def objective(self, run: dict) -> DiTObjective:
