@@ -202,7 +202,9 @@ class DiTRecipe(Recipe):
     def start(self, out: Path) -> dict:
         """Fit the configs to the VAE, then copy it into the run."""
         if self.freeze_dit and self.init_from is None:
-            raise InvalidInputError("freezing the DiT needs init_from (--init-from): the DiT to keep")
+            raise InvalidInputError(
+                "freezing the DiT needs init_from (--init-from): the DiT to keep"
+            )
         source = resolve(self.vae)
         files = [source / "config.json", source / "model.safetensors"]
         if not all(f.is_file() for f in files):
