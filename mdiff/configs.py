@@ -87,18 +87,24 @@ def preset_config(config_class: type, presets: dict[str, dict], name: str, **ove
     return config_class(**{**presets[name], **overrides})
 
 
-def read_config(config_class: type, directory: str | os.PathLike, class_name: str = "") -> Any:
+def read_config(
+    config_class: type, directory: str | os.PathLike, class_name: str | tuple[str, ...] = ""
+) -> Any:
     """Read `config.json` of a checkpoint directory into `config_class`.
 
-    `class_name`, if given, is compared with the `_class_name` the file records (a warning only).
+    `class_name` (one name, or the names a class answers to: ours and the diffusers class it
+    matches), if given, is compared with the `_class_name` the file records (a warning only).
+    Keys starting with ``_`` (``_class_name``, ``_diffusers_version``, …) are metadata.
     """
     path = Path(directory) / CONFIG_NAME
     if not path.is_file():
         raise CheckpointError(f"no {CONFIG_NAME} in {directory}")
     data = read_json_object(path)
     saved_class = data.get("_class_name")
-    if class_name and saved_class and saved_class != class_name:
-        logger.warning("loading a %s checkpoint from %s as %s", saved_class, directory, class_name)
+    names = (class_name,) if isinstance(class_name, str) else tuple(class_name)
+    names = tuple(n for n in names if n)
+    if names and saved_class and saved_class not in names:
+        logger.warning("loading a %s checkpoint from %s as %s", saved_class, directory, names[0])
     data = {k: v for k, v in data.items() if not k.startswith("_")}
     return _config_from_dict(config_class, data, path)
 

@@ -1,10 +1,15 @@
-"""Checkpoints as directories: `config.json` + `model.safetensors`, and built-in names.
+"""Checkpoints as directories: `config.json` + safetensors weights, and built-in names.
 
 A model that mixes in `PretrainedMixin` and takes one dataclass config round-trips with::
 
     model.save_pretrained("runs/my-model")          # config.json + model.safetensors, atomically
     model = MyModel.from_pretrained("runs/my-model")  # strict keys and shapes, never unpickles
     model = MyModel.from_pretrained("shapes-tiny")    # a built-in name (frontend package data)
+    model = MyModel.from_pretrained("pipe", subfolder="vae")  # a folder inside a folder
+
+Reading takes diffusers' and transformers' layouts too (`diffusion_pytorch_model.safetensors`,
+sharded `*.safetensors.index.json`, see `mdiff.weights`); a class that matches a diffusers
+model writes its layout (`PretrainedMixin.diffusers_class`), so diffusers reads our folders.
 
 Built-in checkpoints live in the frontends' package data, `<pkg>/checkpoints/<name>/` for
 pkg in `BUILTIN_PACKAGES`. They are found through `importlib.util.find_spec`, so the core
@@ -24,7 +29,6 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
-from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 import mdiff
@@ -37,9 +41,21 @@ from mdiff.configs import (  # noqa: F401 (re-exported: checkpoint readers impor
     read_json_object,
     with_legacy_fields,
 )
-from mdiff.errors import CheckpointError
+from mdiff.errors import CheckpointError, InvalidInputError
+from mdiff.weights import (  # noqa: F401 (re-exported: the layouts are read through hub)
+    CONVERT_COMMAND,
+    DIFFUSERS_WEIGHTS_NAME,
+    INDEX_SUFFIX,
+    WEIGHTS_NAME,
+    WEIGHTS_NAMES,
+    find_weights,
+    header_shapes,
+    load_state_dict,
+    shard_plan,
+    weight_files,
+)
 
-WEIGHTS_NAME = "model.safetensors"
+DIFFUSERS_VERSION = "0.42.1"  # the diffusers whose folders we write (and test against)
 BUILTIN_PACKAGES = ("mdiff.video", "mdiff.text")
 _SHOW = 5  # how many key names an error message lists
 
@@ -97,18 +113,6 @@ def save_state_dict(
     return path
 
 
-def load_state_dict(path: str | os.PathLike, device: str | torch.device = "cpu") -> dict:
-    """Read every tensor of a safetensors file (no pickle involved)."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"no weights file at {path}")
-    try:
-        with safe_open(str(path), framework="pt", device=str(device)) as f:
-            return {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no iter)
-    except (SafetensorError, OSError) as e:
-        raise CheckpointError(f"cannot read safetensors file {path}: {e}") from e
-
-
 def _names(keys: list[str]) -> str:
     keys = sorted(keys)
     more = f" (+{len(keys) - _SHOW} more)" if len(keys) > _SHOW else ""
@@ -139,31 +143,20 @@ def check_state_dict(module: torch.nn.Module, tensors: Mapping[str, torch.Tensor
         raise CheckpointError(f"weights in {source} do not fit {kind}: " + "; ".join(problems))
 
 
-def header_shapes(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """The tensors of a safetensors file as meta tensors: names, shapes and dtypes from its
-    header, nothing read or allocated."""
-    try:
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            return {
-                k: torch.empty(f.get_slice(k).get_shape(), device="meta")
-                for k in f.keys()  # noqa: SIM118 (safe_open has no iter)
-            }
-    except (SafetensorError, OSError) as e:
-        raise CheckpointError(f"cannot read safetensors file {path}: {e}") from e
-
-
 def check_fits(cls: type, config, path: str | os.PathLike) -> None:
     """Raise `CheckpointError` unless ``cls(config)`` has exactly the keys and shapes of the
-    safetensors file at `path`, found without allocating: the module is built on the meta
-    device and compared with the file's header. A config.json whose sizes do not fit its
-    weights (a dim of 1e6) fails here, not after allocating gigabytes."""
+    weights at `path` (a safetensors file, a sharded index or a checkpoint folder), found
+    without allocating: the module is built on the meta device and compared with the files'
+    headers. A config.json whose sizes do not fit its weights (a dim of 1e6) fails here, not
+    after allocating gigabytes."""
     with torch.device("meta"):
         shell = cls(config)
     check_state_dict(shell, header_shapes(path), path)
 
 
 def load_weights(module: torch.nn.Module, path: str | os.PathLike) -> None:
-    """Load a safetensors file into `module` strictly (keys and shapes must match)."""
+    """Load a safetensors file, a sharded index or a folder's weights into `module` strictly
+    (keys and shapes must match)."""
     tensors = load_state_dict(path)
     aliases = tied_aliases(module)
     tensors = {k: v for k, v in tensors.items() if k not in aliases}  # older files saved both
@@ -181,16 +174,16 @@ def weights_sha256(source: str | os.PathLike | torch.nn.Module | Mapping[str, to
     """A provenance hash of model weights, independent of file layout.
 
     Hashes name, dtype, shape and raw bytes of every tensor in sorted-name order. `source` is a
-    module, a state dict, a safetensors file or a checkpoint directory; a directory and the
-    module loaded from it (same dtype) hash the same.
+    module, a state dict, a safetensors file, a sharded index or a checkpoint directory of any
+    layout (`mdiff.weights`); a directory and the module loaded from it (same dtype) hash the
+    same, whatever the file names or shards.
     """
     if isinstance(source, torch.nn.Module):
         tensors = module_tensors(source)
     elif isinstance(source, Mapping):
         tensors = source
     else:
-        path = Path(source)
-        tensors = load_state_dict(path / WEIGHTS_NAME if path.is_dir() else path)
+        tensors = load_state_dict(source)
     h = hashlib.sha256()
     for name in sorted(tensors):
         t = tensors[name]
@@ -269,22 +262,48 @@ class PretrainedMixin:
     The subclass sets `config_class` (a dataclass), takes that config as the only argument of
     `__init__`, and stores it as `self.config`. `legacy_log_fields` (see `with_legacy_fields`)
     names config fields that older exports of the class kept in their training log.
+
+    The folder layout it writes is decided per class: `weights_name` is the weights file
+    (``model.safetensors``, ours and transformers', by default); a class whose architecture,
+    parameter names and config keys match a diffusers model sets `diffusers_class` (e.g.
+    ``"AutoencoderKLWan"``) and ``weights_name = DIFFUSERS_WEIGHTS_NAME``, so that diffusers'
+    own `from_pretrained` reads the folder (`_class_name` is then the diffusers class, and
+    `_diffusers_version` is written). Reading takes every layout (`mdiff.weights`).
     """
 
     config_class: ClassVar[type]
     legacy_log_fields: ClassVar[Mapping[str, tuple[str, ...]]] = {}
+    weights_name: ClassVar[str] = WEIGHTS_NAME
+    diffusers_class: ClassVar[str | None] = None
     config: Any
 
-    def save_pretrained(self, directory: str | os.PathLike) -> Path:
-        """Write `config.json` and `model.safetensors` into `directory`, atomically."""
+    def save_pretrained(
+        self, directory: str | os.PathLike, *, max_shard_size: int | str | None = None
+    ) -> Path:
+        """Write `config.json` and the weights (`weights_name`) into `directory`, atomically.
+
+        `max_shard_size` (bytes, or "10GB" / "200MiB"): split the weights into shards of at
+        most that size plus ``<weights_name>.index.json``, as diffusers and transformers do.
+        """
         init = {f.name for f in dataclasses.fields(self.config) if f.init}
         config = {k: v for k, v in dataclasses.asdict(self.config).items() if k in init}
-        config["_class_name"] = type(self).__name__
+        config["_class_name"] = self.diffusers_class or type(self).__name__
+        if self.diffusers_class:
+            config["_diffusers_version"] = DIFFUSERS_VERSION
         config["_mdiff_version"] = mdiff.__version__
+        tensors = module_tensors(self)
+        if max_shard_size is None:
+            files, index = {self.weights_name: tensors}, None
+        else:
+            files, index = shard_plan(tensors, self.weights_name, max_shard_size)
         with atomic_dir(directory) as tmp:
             text = json.dumps(config, indent=2, sort_keys=True) + "\n"
             (tmp / CONFIG_NAME).write_text(text, encoding="utf-8")
-            save_state_dict(module_tensors(self), tmp / WEIGHTS_NAME, {"format": "pt"})
+            for name, part in files.items():
+                save_state_dict(part, tmp / name, {"format": "pt"})
+            if index is not None:
+                text = json.dumps(index, indent=2, sort_keys=True) + "\n"
+                (tmp / (self.weights_name + INDEX_SUFFIX)).write_text(text, encoding="utf-8")
         return Path(directory)
 
     @classmethod
@@ -293,21 +312,36 @@ class PretrainedMixin:
         name_or_path: str | os.PathLike,
         device: str | torch.device | None = None,
         dtype: torch.dtype | None = None,
+        *,
+        subfolder: str | None = None,
     ):
-        """Build the model from a checkpoint directory or a built-in name, in eval mode."""
+        """Build the model from a checkpoint directory or a built-in name, in eval mode.
+
+        Any layout of `mdiff.weights` loads (ours, diffusers', sharded); `subfolder` (as in
+        diffusers: ``"vae"`` of a pipeline folder) is the folder inside it to read.
+        """
         directory = resolve(name_or_path)
         if not directory.is_dir():
             raise CheckpointError(f"{directory} is not a checkpoint directory")
-        weights = directory / WEIGHTS_NAME
-        if not weights.is_file():
-            pickled = [p.name for p in directory.glob("*.bin")] + [
-                p.name for p in directory.glob("*.pt*")
-            ]
-            hint = f" (found {', '.join(pickled)}, which would need unpickling)" if pickled else ""
-            raise CheckpointError(f"no {WEIGHTS_NAME} in {directory}{hint}")
-        config = read_config(cls.config_class, directory, cls.__name__)
+        if subfolder is not None:
+            directory = _subfolder(directory, subfolder)
+        weights = find_weights(directory)
+        names = tuple(n for n in (cls.__name__, cls.diffusers_class) if n)
+        config = read_config(cls.config_class, directory, names)
         config = with_legacy_fields(config, directory, cls.legacy_log_fields)
         check_fits(cls, config, weights)  # before anything is allocated
         model = cls(config)
         load_weights(model, weights)
         return model.to(device=device, dtype=dtype).eval()
+
+
+def _subfolder(directory: Path, subfolder: str | os.PathLike) -> Path:
+    rel = Path(subfolder) if isinstance(subfolder, str | os.PathLike) else None
+    if rel is None or not rel.parts or rel.is_absolute() or ".." in rel.parts:
+        raise InvalidInputError(
+            f"subfolder must be a relative folder name inside the checkpoint, got {subfolder!r}"
+        )
+    found = directory / rel
+    if not found.is_dir():
+        raise CheckpointError(f"no subfolder {str(subfolder)!r} in {directory}")
+    return found
