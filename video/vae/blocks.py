@@ -106,13 +106,15 @@ def per_frame(fn, x: Tensor) -> Tensor:
 
 
 class Resample(nn.Module):
-    """Spatial ×2 up/down sampling, with optional causal temporal ×2 (the '3d' modes)."""
+    """Spatial ×2 up/down sampling, with optional causal temporal ×2 (the '3d' modes). The
+    upsamplers halve the channels unless `out_dim` is given (Wan 2.2 keeps them)."""
 
-    def __init__(self, dim: int, mode: str):
+    def __init__(self, dim: int, mode: str, out_dim: int | None = None):
         super().__init__()
         self.mode = mode
         if mode in ("upsample2d", "upsample3d"):
-            self.resample = nn.Sequential(Upsample2x(), FrameConv2d(dim, dim // 2, 3, padding=1))
+            conv = FrameConv2d(dim, dim // 2 if out_dim is None else out_dim, 3, padding=1)
+            self.resample = nn.Sequential(Upsample2x(), conv)
         elif mode in ("downsample2d", "downsample3d"):
             self.resample = nn.Sequential(nn.ZeroPad2d((0, 1, 0, 1)), FrameConv2d(dim, dim, 3, 2))
         else:
@@ -228,30 +230,42 @@ class UpBlock(nn.Module):
 
 
 class Encoder3d(nn.Module):
-    """Pixels (B, C_in, 1 + 4k, H, W) -> moments (B, z_dim, 1 + k, H/8, W/8) (Wan 2.1 sizes)."""
+    """Pixels (B, C_in, 1 + 4k, H, W) -> moments (B, z_dim, 1 + k, H/8, W/8) (Wan 2.1 sizes).
+    `is_residual`: Wan 2.2 levels (`blocks22.ResidualDownBlock`; `attn_scales` unused)."""
 
     def __init__(
         self, in_channels, dim, z_dim, dim_mult, num_res_blocks, attn_scales, temperal_downsample,
-        dropout=0.0,
+        dropout=0.0, is_residual=False,
     ):  # fmt: skip
         super().__init__()
         dims = [dim * u for u in (1, *dim_mult)]
         self.conv_in = CausalConv3d(in_channels, dims[0], 3, padding=1)
-        blocks, scale = [], 1.0
+        if is_residual:
+            from mdiff.video.vae.blocks22 import residual_down_blocks  # (it imports this module)
+
+            self.down_blocks = residual_down_blocks(dims, num_res_blocks, temperal_downsample,
+                                                    dropout)  # fmt: skip
+        else:
+            self.down_blocks = self._plain_blocks(dims, num_res_blocks, attn_scales,
+                                                  temperal_downsample, dropout)  # fmt: skip
+        self.mid_block = MidBlock(dims[-1], dropout)
+        self.norm_out = RMSNorm(dims[-1])
+        self.conv_out = CausalConv3d(dims[-1], z_dim, 3, padding=1)
+
+    @staticmethod
+    def _plain_blocks(dims, num_res_blocks, attn_scales, temperal_downsample, dropout):
+        blocks, scale, levels = [], 1.0, len(dims) - 1
         for i, (in_dim, out_dim) in enumerate(zip(dims[:-1], dims[1:], strict=True)):
             for _ in range(num_res_blocks):
                 blocks.append(ResidualBlock(in_dim, out_dim, dropout))
                 if scale in attn_scales:
                     blocks.append(AttentionBlock(out_dim))
                 in_dim = out_dim
-            if i != len(dim_mult) - 1:
+            if i != levels - 1:
                 mode = "downsample3d" if temperal_downsample[i] else "downsample2d"
                 blocks.append(Resample(out_dim, mode))
                 scale /= 2.0
-        self.down_blocks = nn.ModuleList(blocks)
-        self.mid_block = MidBlock(dims[-1], dropout)
-        self.norm_out = RMSNorm(dims[-1])
-        self.conv_out = CausalConv3d(dims[-1], z_dim, 3, padding=1)
+        return nn.ModuleList(blocks)
 
     def forward(self, x: Tensor, cache: Cache | None = None) -> Tensor:
         x = self.conv_in(x, cache)  # (B, dim, T, H, W)
@@ -262,25 +276,36 @@ class Encoder3d(nn.Module):
 
 
 class Decoder3d(nn.Module):
-    """Latents (B, z_dim, 1 + k, h, w) -> pixels (B, C_out, 1 + 4k, 8h, 8w) (Wan 2.1 sizes)."""
+    """Latents (B, z_dim, 1 + k, h, w) -> pixels (B, C_out, 1 + 4k, 8h, 8w) (Wan 2.1 sizes).
+    `is_residual`: Wan 2.2 levels (`blocks22.ResidualUpBlock`)."""
 
     def __init__(
         self, dim, z_dim, dim_mult, num_res_blocks, temperal_upsample, dropout=0.0, out_channels=3,
+        is_residual=False,
     ):  # fmt: skip
         super().__init__()
         dims = [dim * u for u in (dim_mult[-1], *dim_mult[::-1])]
         self.conv_in = CausalConv3d(z_dim, dims[0], 3, padding=1)
         self.mid_block = MidBlock(dims[0], dropout)
-        blocks = []
+        if is_residual:
+            from mdiff.video.vae.blocks22 import residual_up_blocks  # (it imports this module)
+
+            self.up_blocks = residual_up_blocks(dims, num_res_blocks, temperal_upsample, dropout)
+        else:
+            self.up_blocks = self._plain_blocks(dims, num_res_blocks, temperal_upsample, dropout)
+        self.norm_out = RMSNorm(dims[-1])
+        self.conv_out = CausalConv3d(dims[-1], out_channels, 3, padding=1)
+
+    @staticmethod
+    def _plain_blocks(dims, num_res_blocks, temperal_upsample, dropout):
+        blocks, levels = [], len(dims) - 1
         for i, (in_dim, out_dim) in enumerate(zip(dims[:-1], dims[1:], strict=True)):
             in_dim = in_dim // 2 if i > 0 else in_dim  # the previous upsampler halved the channels
             mode = None
-            if i != len(dim_mult) - 1:
+            if i != levels - 1:
                 mode = "upsample3d" if temperal_upsample[i] else "upsample2d"
             blocks.append(UpBlock(in_dim, out_dim, num_res_blocks, dropout, mode))
-        self.up_blocks = nn.ModuleList(blocks)
-        self.norm_out = RMSNorm(dims[-1])
-        self.conv_out = CausalConv3d(dims[-1], out_channels, 3, padding=1)
+        return nn.ModuleList(blocks)
 
     def forward(self, z: Tensor, cache: Cache | None = None) -> Tensor:
         x = self.conv_in(z, cache)  # (B, dim·mult[-1], T, h, w)

@@ -1,9 +1,12 @@
-"""The causal 3D VAE of the Wan 2.1 family (config keys and weights as diffusers' AutoencoderKLWan).
+"""The causal 3D VAE of the Wan 2.1 and 2.2 families (config keys and weights as diffusers'
+AutoencoderKLWan, whose folders it reads and writes: `save_pretrained` writes
+`diffusion_pytorch_model.safetensors` and a config.json that diffusers loads).
 
 Pixels `(B, 3, 1 + 4k, H, W)` in [-1, 1] <-> latents `(B, z_dim, 1 + k, H/8, W/8)` (Wan 2.1
-sizes; the factors follow `dim_mult` and `temperal_downsample`). The first frame is coded on
-its own, so an image is a one-frame video. Everything is strictly causal in time: latent j
-depends only on frames < 1 + 4j, and decoded frames < 1 + 4j only on latents ≤ j.
+sizes; the factors follow `dim_mult`, `temperal_downsample` and `patch_size`: Wan 2.2, with
+``z_dim=48, patch_size=2, is_residual=True``, gives H/16, W/16, see `blocks22`). The first
+frame is coded on its own, so an image is a one-frame video. Everything is strictly causal in
+time: latent j depends only on frames < 1 + 4j, and decoded frames < 1 + 4j only on latents ≤ j.
 
 Every encode and decode runs through a stream session (`stream`); the whole clip is one
 push. The latent normalisation `(z - mean) / std` with the config's per-channel statistics is
@@ -20,8 +23,9 @@ import torch
 from torch import Tensor, nn
 
 from mdiff.errors import InvalidInputError
-from mdiff.hub import PretrainedMixin
+from mdiff.hub import DIFFUSERS_WEIGHTS_NAME, PretrainedMixin
 from mdiff.video.vae.blocks import CausalConv3d, Decoder3d, Encoder3d
+from mdiff.video.vae.blocks22 import patchify, unpatchify
 from mdiff.video.vae.stream import DecodeSession, EncodeSession, Tiling
 
 # fmt: off
@@ -41,6 +45,10 @@ class CausalVAEConfig:
     """The keys (and defaults) of diffusers' `AutoencoderKLWan` config: Wan 2.1 is the default,
     plus `trained_frames`, ours: the clip length the VAE was trained on (None = unknown), which
     decides re-anchored decoding (`CausalVAE.decode_segment`). diffusers ignores the extra key.
+
+    Wan 2.2: ``is_residual=True`` (residual levels with parameter-free shortcuts) and
+    ``patch_size=2`` (`in_channels` / `out_channels` then count patchified channels: 12 for RGB,
+    as in diffusers' config).
     """
 
     base_dim: int = 96
@@ -53,12 +61,12 @@ class CausalVAEConfig:
     dropout: float = 0.0
     latents_mean: tuple[float, ...] = field(default=WAN21_LATENTS_MEAN)
     latents_std: tuple[float, ...] = field(default=WAN21_LATENTS_STD)
-    is_residual: bool = False  # True = Wan 2.2 residual blocks: not supported
-    in_channels: int = 3
-    out_channels: int = 3
-    patch_size: int | None = None  # Wan 2.2 patchify: not supported
+    is_residual: bool = False  # True = Wan 2.2 residual levels (blocks22)
+    in_channels: int = 3  # after patchify (C·p²)
+    out_channels: int = 3  # before unpatchify (C·p²)
+    patch_size: int | None = None  # Wan 2.2: 2 (p×p space-to-channel around the VAE)
     scale_factor_temporal: int | None = 4  # informational (derived from temperal_downsample)
-    scale_factor_spatial: int | None = 8  # informational (derived from dim_mult)
+    scale_factor_spatial: int | None = 8  # informational (derived from dim_mult, patch_size)
     trained_frames: int | None = None  # training clip length; None = no re-anchoring
 
     def __post_init__(self):
@@ -67,11 +75,7 @@ class CausalVAEConfig:
         self.temperal_downsample = tuple(bool(b) for b in self.temperal_downsample)
         self.latents_mean = tuple(self.latents_mean)
         self.latents_std = tuple(self.latents_std)
-        if self.is_residual or self.patch_size not in (None, 1):
-            raise InvalidInputError(
-                "only the Wan 2.1 VAE family is supported (is_residual=False, patch_size=None); "
-                f"got is_residual={self.is_residual}, patch_size={self.patch_size}"
-            )
+        self._check_wan22()
         blocks = self.num_res_blocks
         if isinstance(blocks, bool) or not isinstance(blocks, int) or not 1 <= blocks <= 64:
             raise InvalidInputError(f"num_res_blocks must be an int in [1, 64], got {blocks!r}")
@@ -90,6 +94,48 @@ class CausalVAEConfig:
             raise InvalidInputError(
                 f"trained_frames must be a positive int or None, got {frames!r}"
             )
+        if self.is_residual:
+            self._check_shortcuts()
+
+    @property
+    def patch(self) -> int:
+        """The patchify factor p (1 = none)."""
+        return self.patch_size or 1
+
+    def _check_wan22(self) -> None:
+        p = self.patch_size
+        if not isinstance(self.is_residual, bool):
+            raise InvalidInputError(f"is_residual must be a bool, got {self.is_residual!r}")
+        if p is not None and (isinstance(p, bool) or not isinstance(p, int) or not 1 <= p <= 16):
+            raise InvalidInputError(f"patch_size must be None or an int in [1, 16], got {p!r}")
+        for key in ("in_channels", "out_channels"):
+            c = getattr(self, key)
+            if isinstance(c, bool) or not isinstance(c, int) or c < 1 or c % self.patch**2:
+                raise InvalidInputError(
+                    f"{key} counts patchified channels: a positive multiple of patch_size² = "
+                    f"{self.patch**2}, got {c!r}"
+                )
+
+    def _check_shortcuts(self) -> None:
+        """The Wan 2.2 shortcuts regroup channels: each level's sizes must divide evenly."""
+        last = len(self.dim_mult) - 1
+        enc = [self.base_dim * u for u in (1, *self.dim_mult)]
+        dec_dim = self.decoder_base_dim or self.base_dim
+        dec = [dec_dim * u for u in (self.dim_mult[-1], *self.dim_mult[::-1])]
+        ups = self.temperal_downsample[::-1]
+        for i in range(last + 1):
+            down = 1 if i == last else 4 * (2 if self.temperal_downsample[i] else 1)
+            if enc[i] * down % enc[i + 1]:
+                raise InvalidInputError(
+                    f"encoder level {i}: {enc[i]} channels × {down} do not average into "
+                    f"{enc[i + 1]} (dim_mult {self.dim_mult} does not fit the residual shortcut)"
+                )
+            up = 0 if i == last else 4 * (2 if ups[i] else 1)
+            if up and dec[i + 1] * up % dec[i]:
+                raise InvalidInputError(
+                    f"decoder level {i}: {dec[i]} channels do not repeat into {dec[i + 1]} × "
+                    f"{up} (dim_mult {self.dim_mult} does not fit the residual shortcut)"
+                )
 
 
 class CausalVAE(nn.Module, PretrainedMixin):
@@ -102,19 +148,21 @@ class CausalVAE(nn.Module, PretrainedMixin):
 
     config_class = CausalVAEConfig
     legacy_log_fields = {"trained_frames": ("data", "frames")}
+    diffusers_class = "AutoencoderKLWan"  # same architecture, parameter names and config keys
+    weights_name = DIFFUSERS_WEIGHTS_NAME  # so diffusers' from_pretrained reads our folders
 
     def __init__(self, config: CausalVAEConfig):
         super().__init__()
         self.config = c = config
         self.encoder = Encoder3d(
             c.in_channels, c.base_dim, 2 * c.z_dim, c.dim_mult, c.num_res_blocks,
-            c.attn_scales, c.temperal_downsample, c.dropout,
+            c.attn_scales, c.temperal_downsample, c.dropout, c.is_residual,
         )  # fmt: skip
         self.quant_conv = CausalConv3d(2 * c.z_dim, 2 * c.z_dim, 1)
         self.post_quant_conv = CausalConv3d(c.z_dim, c.z_dim, 1)
         self.decoder = Decoder3d(
             c.decoder_base_dim or c.base_dim, c.z_dim, c.dim_mult, c.num_res_blocks,
-            c.temperal_downsample[::-1], c.dropout, c.out_channels,
+            c.temperal_downsample[::-1], c.dropout, c.out_channels, c.is_residual,
         )  # fmt: skip
         # default PyTorch init for every conv (as diffusers); RMSNorm gammas start at 1
 
@@ -126,7 +174,17 @@ class CausalVAE(nn.Module, PretrainedMixin):
 
     @property
     def spatial_factor(self) -> int:
-        return 2 ** (len(self.config.dim_mult) - 1)
+        return self.config.patch * 2 ** (len(self.config.dim_mult) - 1)
+
+    @property
+    def pixel_channels(self) -> int:
+        """Channels of the frames it encodes (`in_channels` before patchify: 3 for RGB)."""
+        return self.config.in_channels // self.config.patch**2
+
+    @property
+    def output_channels(self) -> int:
+        """Channels of the frames it decodes (`out_channels` after unpatchify)."""
+        return self.config.out_channels // self.config.patch**2
 
     def latent_frames(self, num_frames: int) -> int:
         """Pixel frames 1 + f·k -> latent frames 1 + k."""
@@ -180,6 +238,7 @@ class CausalVAE(nn.Module, PretrainedMixin):
     # ---------------------------------------------------------------- one chunk, one tile
 
     def _moments(self, x: Tensor, cache: dict | None) -> tuple[Tensor, Tensor]:
+        x = patchify(x, self.config.patch)  # (B, C·p², T, H/p, W/p)
         h = self.quant_conv(self.encoder(x, cache))  # (B, 2z, T', h, w)
         mean, logvar = h.chunk(2, dim=1)  # each (B, z, T', h, w)
         return mean, logvar.clamp(-30.0, 20.0)
@@ -188,7 +247,8 @@ class CausalVAE(nn.Module, PretrainedMixin):
         return self._moments(x, cache)[0]  # (B, z, T', h, w)
 
     def _decode_frames(self, z: Tensor, cache: dict | None) -> Tensor:
-        return self.decoder(self.post_quant_conv(z), cache)  # (B, C, T, H, W), not clamped
+        x = self.decoder(self.post_quant_conv(z), cache)  # (B, C·p², T, H/p, W/p)
+        return unpatchify(x, self.config.patch)  # (B, C, T, H, W), not clamped
 
     # ---------------------------------------------------------------- public API
 
@@ -240,7 +300,7 @@ class CausalVAE(nn.Module, PretrainedMixin):
 
     def encode_moments(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Raw (un-normalised) posterior mean and log-variance of a whole clip, for training."""
-        EncodeSession(self, False, None, None)._check_shape(x, self.config.in_channels, "frames")
+        EncodeSession(self, False, None, None)._check_shape(x, self.pixel_channels, "frames")
         self.latent_frames(x.shape[2])
         return self._moments(x, None)
 

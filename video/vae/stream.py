@@ -147,7 +147,7 @@ class EncodeSession(_Session):
 
     def push(self, x: Tensor) -> Tensor:
         vae, f, s = self.vae, self.vae.temporal_factor, self.vae.spatial_factor
-        self._check_shape(x, vae.config.in_channels, "frames to encode")
+        self._check_shape(x, vae.pixel_channels, "frames to encode")
         t, (h, w) = x.shape[2], x.shape[-2:]
         if h % s or w % s:
             raise InvalidInputError(f"frame height and width must be multiples of {s}, got {h}×{w}")
