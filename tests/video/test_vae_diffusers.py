@@ -25,10 +25,11 @@ def _stats(z: int) -> dict:
 
 
 WAN21 = dict(base_dim=8, z_dim=4, dim_mult=[1, 2, 2, 2], num_res_blocks=1, **_stats(4))
+# the Wan 2.2 layout, tiny (at full size: base 160, decoder 256, z 48)
 WAN22 = dict(
     base_dim=4, z_dim=4, dim_mult=[1, 2, 4, 4], num_res_blocks=1, is_residual=True, patch_size=2,
     in_channels=12, out_channels=12, scale_factor_spatial=16, **_stats(4),
-)  # the Wan 2.2 layout (base 160, decoder 256, z 48 at full size), tiny
+)  # fmt: skip
 # (config, frames, height, width): several base dims, frame counts and non-square sizes
 WAN22_CASES = [
     (WAN22, 9, 32, 16),
