@@ -7,6 +7,11 @@ source towards the data. The grid is data; no solver keeps a step counter. For `
     euler     x ← x + h·v(x, t)                                          (1 evaluation, order 1)
     midpoint  x ← x + h·v(x + ½h·v(x, t), t + ½h)                        (2 evaluations, order 2)
     heun      x̃ = x + h·v(x, t);  x ← x + ½h·(v(x, t) + v(x̃, t'))       (2 evaluations, order 2)
+    dpmpp_2m  DPM-Solver++(2M) in λ = log(t/(1−t)), reusing the last step  (1 evaluation, order 2)
+    unipc     UniPC bh2: the 2M predictor + the UniC corrector (Wan's)   (1 evaluation, order 2)
+
+The two multistep solvers (`mdiff.multistep`) match diffusers' flow schedulers step for step,
+including their first-order first and last steps.
 
 Discrete: ``unmask(model_fn, x_init, grid, mask_id, policy=…, remask=…)`` runs an absorbing-state
 sampler: at each step the model gives logits, a proposal token is drawn for every position, and
@@ -26,6 +31,7 @@ import torch
 from torch import Tensor
 
 from mdiff.errors import InvalidInputError
+from mdiff.multistep import dpmpp_2m, unipc
 from mdiff.schedules import ConvexSchedule, PolynomialKappa
 from mdiff.unmasking import (
     Generators,
@@ -44,6 +50,7 @@ __all__ = [
     "SOLVERS",
     "Step",
     "UnmaskState",
+    "dpmpp_2m",
     "euler",
     "heun",
     "midpoint",
@@ -53,6 +60,7 @@ __all__ = [
     "solve",
     "stochastic_euler",
     "uniform_like",
+    "unipc",
     "unmask",
 ]
 
@@ -126,7 +134,7 @@ def heun(model_fn: ModelFn, x_init: Tensor, grid: Tensor, *, callback=None, **co
     return _integrate(_heun_step, model_fn, x_init, grid, callback, cond)
 
 
-SOLVERS = {"euler": euler, "midpoint": midpoint, "heun": heun}
+SOLVERS = {"euler": euler, "midpoint": midpoint, "heun": heun, "unipc": unipc, "dpmpp_2m": dpmpp_2m}
 
 
 def solve(method: str, model_fn: ModelFn, x_init: Tensor, grid: Tensor, **kwargs) -> Tensor:
