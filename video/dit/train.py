@@ -40,7 +40,7 @@ import torch
 
 from mdiff.atomic import atomic_dir
 from mdiff.errors import CheckpointError, InvalidInputError
-from mdiff.hub import resolve, weights_sha256
+from mdiff.hub import find_weights, resolve, weight_files, weights_sha256
 from mdiff.train.recipe import ExportOptions, Package, Recipe, RunData, setting
 from mdiff.train.run import load_ema
 from mdiff.video.captions import FreeFormCaptions
@@ -206,9 +206,11 @@ class DiTRecipe(Recipe):
                 "freezing the DiT needs init_from (--init-from): the DiT to keep"
             )
         source = resolve(self.vae)
-        files = [source / "config.json", source / "model.safetensors"]
-        if not all(f.is_file() for f in files):
-            raise CheckpointError(f"{source} is not a VAE folder (config.json + model.safetensors)")
+        if not (source / "config.json").is_file():
+            raise CheckpointError(f"{source} is not a VAE folder (config.json + weights)")
+        weights = find_weights(source)  # any layout (ours, diffusers', sharded), or an error
+        shards = [p for p in weight_files(weights) if p != weights]
+        files = [source / "config.json", weights, *shards]
         vae = CausalVAE.from_pretrained(source)
         t_lat, s = vae.latent_frames(self.frames), vae.spatial_factor
         if self.size % s:
