@@ -239,6 +239,7 @@ class FreeFormCaptions(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         item = dict(self.data[index])
+        item["template"] = item["caption"]  # the dataset's own caption, for a teacher
         draw = torch.rand(()).item()
         if draw < self.p:
             rng = np.random.default_rng(int(torch.randint(0, 2**62, ())))

@@ -427,3 +427,35 @@ def test_freeze_dit_trains_the_text_encoder_alone_and_needs_an_init(vae_dir, tmp
     assert json.loads((tmp_path / "frozen" / "run.json").read_text())["train"]["freeze_dit"]
     with pytest.raises(InvalidInputError, match="needs init_from"):
         _train(tmp_path / "no-init", vae_dir, 1, freeze_dit=True)
+
+
+def test_distill_regresses_the_teachers_velocity_on_the_template_caption():
+    model = _tiny_model()
+    x1 = torch.randn(3, 4, 2, 4, 4)
+    template = "a red circle moving left on a black background"
+    batch = {"latents": x1, "captions": ["red ball heading left"] * 3, "templates": [template] * 3}
+    objective = DiTObjective(caption_dropout=0.0, distill=True)
+    with pytest.raises(InvalidInputError, match="teacher"):
+        objective(model, batch, torch.Generator().manual_seed(0))
+    objective.teacher = model.text_encoder  # a student equal to its teacher, on the template:
+    same = {**batch, "captions": [template] * 3}
+    loss, _ = objective(model, same, torch.Generator().manual_seed(0))
+    assert torch.equal(loss, torch.zeros(3))  # its own velocity is the target: exactly 0
+    loss, _ = objective(model, batch, torch.Generator().manual_seed(0))
+    gen = torch.Generator().manual_seed(0)  # the same draws, by hand
+    torch.rand(3, generator=gen)  # caption dropout
+    t = objective.sample_t(3, 2, gen)
+    x0 = torch.randn(x1.shape, generator=gen)
+    x_t = t.view(-1, 1, 1, 1, 1) * x1 + (1 - t.view(-1, 1, 1, 1, 1)) * x0
+    with torch.no_grad():
+        text, mask = model.text_encoder.encode([template] * 3)
+        want = model.dit(x_t, t, text, mask)
+        v = model(x_t, t, batch["captions"])
+    assert torch.allclose(loss, (v - want).square().mean((1, 2, 3, 4)), atol=1e-6)
+    plain, _ = DiTObjective(caption_dropout=0.0)(model, batch, torch.Generator().manual_seed(0))
+    assert not torch.allclose(plain, loss)  # not the flow-matching target
+
+
+def test_distill_needs_a_frozen_dit(vae_dir, tmp_path):
+    with pytest.raises(InvalidInputError, match="needs freeze_dit"):
+        _train(tmp_path / "r", vae_dir, 1, init_from="shapes-t2v", distill=True)

@@ -112,6 +112,7 @@ def _collate(items: list[dict]) -> dict:
     return {
         "latents": torch.stack([it["latents"] for it in items]),
         "captions": [it["caption"] for it in items],
+        "templates": [it.get("template", it["caption"]) for it in items],
     }
 
 
@@ -198,6 +199,11 @@ class DiTRecipe(Recipe):
         False, "with --init-from: train the text encoder alone (the DiT, and the motion it "
         "learned, keep the init's weights)", key="train.freeze_dit",
     )  # fmt: skip
+    distill: bool = setting(
+        False, "with --freeze-dit: regress the init pipeline's own velocity for each clip's "
+        "template caption instead of the flow-matching target (free-form captions learn to mean "
+        "what their template meant)", key="objective.distill",
+    )  # fmt: skip
 
     def start(self, out: Path) -> dict:
         """Fit the configs to the VAE, then copy it into the run."""
@@ -205,6 +211,8 @@ class DiTRecipe(Recipe):
             raise InvalidInputError(
                 "freezing the DiT needs init_from (--init-from): the DiT to keep"
             )
+        if self.distill and not self.freeze_dit:
+            raise InvalidInputError("distill needs freeze_dit (--freeze-dit): the teacher's DiT")
         source = resolve(self.vae)
         if not (source / "config.json").is_file():
             raise CheckpointError(f"{source} is not a VAE folder (config.json + weights)")
@@ -229,7 +237,7 @@ class DiTRecipe(Recipe):
             caption_dropout=self.caption_dropout, first_chunk_weight=self.first_chunk_weight,
             shift=self.shift or token_shift(tokens),
             chunk_frames=dit_config.chunk_frames if causal else None,
-            clean_context=self.clean_context if causal else 0.0,
+            clean_context=self.clean_context if causal else 0.0, distill=self.distill,
         )  # fmt: skip
         out.mkdir(parents=True, exist_ok=True)
         with atomic_dir(out / "vae") as tmp:
@@ -263,7 +271,12 @@ class DiTRecipe(Recipe):
         return TextConditionedDiT(dit, encoder)
 
     def objective(self, run: dict) -> DiTObjective:
-        return DiTObjective(**run["objective"])
+        """The run's objective; when distilling, its teacher is the init pipeline's encoder."""
+        objective = DiTObjective(**run["objective"])
+        if objective.distill:
+            teacher = VideoPipeline.from_pretrained(run["train"]["init_from"]).text_encoder
+            objective.teacher = teacher.eval().requires_grad_(False)
+        return objective
 
     def initialize(self, model: TextConditionedDiT, run: dict, out: Path) -> None:
         """Copy the DiT and text encoder of pipeline `init_from` into `model`; `CheckpointError`
