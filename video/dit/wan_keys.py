@@ -1,0 +1,144 @@
+"""The original Wan checkpoint layout (Wan-Video/Wan2.1 `wan/modules/model.py`) and ours.
+
+Ours is diffusers' `WanTransformer3DModel` naming. The map is one table of (ours, original)
+name rules, used both ways (the renames diffusers' own single-file converter applies):
+
+    condition_embedder.time_embedder.linear_1/2    time_embedding.0/2
+    condition_embedder.time_proj                   time_projection.1
+    condition_embedder.text_embedder.linear_1/2    text_embedding.0/2
+    condition_embedder.image_embedder.norm1, ff.net.0.proj, ff.net.2, norm2, pos_embed
+                                                   img_emb.proj.0, .1, .3, .4, img_emb.emb_pos
+    blocks.N.attn1.to_q/to_k/to_v/to_out.0         blocks.N.self_attn.q/k/v/o   (norm_q, norm_k)
+    blocks.N.attn2.…, add_k_proj, add_v_proj, norm_added_k
+                                                   blocks.N.cross_attn.…, k_img, v_img, norm_k_img
+    blocks.N.norm2 (the affine cross-attn norm)    blocks.N.norm3
+    blocks.N.ffn.net.0.proj / ffn.net.2            blocks.N.ffn.0 / ffn.2
+    blocks.N.scale_shift_table                     blocks.N.modulation
+    scale_shift_table, proj_out                    head.modulation, head.head
+    patch_embedding                                patch_embedding
+
+Original checkpoints often carry a wrapper prefix (`model.diffusion_model.`, or `model.` in
+Self-Forcing's generator); `from_original(..., prefix=...)` strips it. A name no rule covers
+raises `CheckpointError` naming it, so nothing is silently dropped.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+
+from torch import Tensor
+
+from mdiff.errors import CheckpointError
+
+__all__ = ["config_from_original", "from_original", "original_name", "our_name", "to_original"]
+
+_ATTN = [("to_q", "q"), ("to_k", "k"), ("to_v", "v"), ("to_out.0", "o"), ("norm_q", "norm_q"),
+         ("norm_k", "norm_k"), ("add_k_proj", "k_img"), ("add_v_proj", "v_img"),
+         ("norm_added_k", "norm_k_img")]  # fmt: skip
+_BLOCK = [(f"attn1.{a}", f"self_attn.{b}") for a, b in _ATTN[:6]]
+_BLOCK += [(f"attn2.{a}", f"cross_attn.{b}") for a, b in _ATTN]
+_BLOCK += [("norm2", "norm3"), ("ffn.net.0.proj", "ffn.0"), ("ffn.net.2", "ffn.2")]
+_IMG = [("norm1", "proj.0"), ("ff.net.0.proj", "proj.1"), ("ff.net.2", "proj.3"),
+        ("norm2", "proj.4")]  # fmt: skip
+_MODULES = [
+    ("patch_embedding", "patch_embedding"),
+    ("condition_embedder.time_embedder.linear_1", "time_embedding.0"),
+    ("condition_embedder.time_embedder.linear_2", "time_embedding.2"),
+    ("condition_embedder.time_proj", "time_projection.1"),
+    ("condition_embedder.text_embedder.linear_1", "text_embedding.0"),
+    ("condition_embedder.text_embedder.linear_2", "text_embedding.2"),
+    ("proj_out", "head.head"),
+] + [(f"condition_embedder.image_embedder.{a}", f"img_emb.{b}") for a, b in _IMG]
+_PARAMS = [  # whole parameter names (no .weight / .bias)
+    ("scale_shift_table", "head.modulation"),
+    ("condition_embedder.image_embedder.pos_embed", "img_emb.emb_pos"),
+]
+
+
+Rule = tuple[re.Pattern, str]
+
+
+def _pattern(name: str) -> re.Pattern:
+    """A name with `{i}` (block index) and `{p}` (weight or bias) as a full-match regex."""
+    rx = re.escape(name).replace(r"\{i\}", r"(?P<i>\d+)").replace(r"\{p\}", r"(?P<p>weight|bias)")
+    return re.compile(rx)
+
+
+def _pairs() -> list[tuple[str, str]]:
+    pairs = [(f"{a}.{{p}}", f"{b}.{{p}}") for a, b in _MODULES] + list(_PARAMS)
+    pairs += [(f"blocks.{{i}}.{a}.{{p}}", f"blocks.{{i}}.{b}.{{p}}") for a, b in _BLOCK]
+    pairs.append(("blocks.{i}.scale_shift_table", "blocks.{i}.modulation"))
+    return pairs
+
+
+_TO_ORIGINAL: list[Rule] = [(_pattern(a), b) for a, b in _pairs()]
+_TO_OURS: list[Rule] = [(_pattern(b), a) for a, b in _pairs()]
+
+
+def _rename(name: str, rules, side: str) -> str:
+    for pattern, template in rules:
+        m = pattern.fullmatch(name)
+        if m:
+            return template.format(**m.groupdict())
+    raise CheckpointError(f"no Wan key rule for {side} name {name!r}")
+
+
+def original_name(name: str) -> str:
+    """Our (diffusers) parameter name -> the original Wan name."""
+    return _rename(name, _TO_ORIGINAL, "diffusers")
+
+
+def our_name(name: str) -> str:
+    """An original Wan parameter name -> ours (diffusers')."""
+    return _rename(name, _TO_OURS, "original Wan")
+
+
+def to_original(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Our state dict -> the original Wan layout (same tensors)."""
+    return {original_name(k): v for k, v in state.items()}
+
+
+def from_original(state: Mapping[str, Tensor], prefix: str | None = None) -> dict[str, Tensor]:
+    """An original Wan state dict -> ours. `prefix` (e.g. "model.diffusion_model.") is stripped
+    from every key; None strips "model.diffusion_model." when all keys carry it."""
+    if prefix is None:
+        auto = "model.diffusion_model."
+        prefix = auto if state and all(k.startswith(auto) for k in state) else ""
+    out = {}
+    for k, v in state.items():
+        if not k.startswith(prefix):
+            raise CheckpointError(f"key {k!r} lacks the prefix {prefix!r}")
+        name = our_name(k[len(prefix) :])
+        if name in out:
+            raise CheckpointError(f"two original keys map to {name!r}")
+        out[name] = v
+    return out
+
+
+def config_from_original(config: Mapping) -> dict:
+    """The original Wan `config.json` (dim, ffn_dim, num_heads, in_dim, model_type, …) ->
+    `WanTransformerConfig` keyword arguments (diffusers' keys)."""
+    try:
+        dim, heads = int(config["dim"]), int(config["num_heads"])
+        kwargs = dict(
+            patch_size=tuple(config.get("patch_size", (1, 2, 2))),
+            num_attention_heads=heads,
+            attention_head_dim=dim // heads,
+            in_channels=int(config["in_dim"]),
+            out_channels=int(config["out_dim"]),
+            text_dim=int(config.get("text_dim", 4096)),
+            freq_dim=int(config.get("freq_dim", 256)),
+            ffn_dim=int(config["ffn_dim"]),
+            num_layers=int(config["num_layers"]),
+            cross_attn_norm=bool(config.get("cross_attn_norm", True)),
+            eps=float(config.get("eps", 1e-6)),
+        )
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"not an original Wan config: {e!r}") from e
+    kind = config.get("model_type", "t2v")
+    if kind in ("i2v", "flf2v"):
+        kwargs.update(image_dim=1280, added_kv_proj_dim=dim)
+    if kind == "flf2v":
+        kwargs.update(pos_embed_seq_len=2 * 257)
+    return kwargs
