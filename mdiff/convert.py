@@ -1,0 +1,173 @@
+"""``mdiff convert IN OUT``: a pickled PyTorch state dict (``.pt``/``.pth``/``.bin``/``.ckpt``)
+to safetensors, the only format mdiff loads.
+
+The input is read with ``torch.load(IN, weights_only=True, map_location="cpu")``: PyTorch's
+restricted unpickler, which builds tensors and plain containers and refuses every other global,
+so a file whose pickle would run code is refused before any of it runs. Then:
+
+1. the weights are found: a dict of tensors is used as is; otherwise one level of common
+   nesting is unwrapped at a time (`NESTING`: ``state_dict``, ``model``, ``generator_ema`` …,
+   as trainers and Self-Forcing checkpoints keep them). Two candidates (``generator`` and
+   ``generator_ema``) are an error that names them: choose with ``--key`` (``a.b`` descends);
+2. with ``--strip-prefix PREFIX`` the prefix is removed from every key that has it; bare
+   ``--strip-prefix`` removes ``module.`` / ``model.`` / ``_orig_mod.`` while every key has one;
+3. every value must be a dense tensor under a string key, else the conversion is refused;
+4. OUT is a ``.safetensors`` file, or with ``--config CONFIG.json`` a folder holding that
+   config and the weights (``diffusion_pytorch_model.safetensors`` when the config names a
+   ``_diffusers_version``, else ``model.safetensors``). Written atomically; an existing OUT
+   needs ``--force``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Mapping
+from pathlib import Path
+
+from mdiff.errors import CheckpointError, InvalidInputError
+
+__all__ = ["NESTING", "convert", "find_weights_in", "read_plain_state_dict", "register"]
+
+NESTING = ("state_dict", "model_state_dict", "model", "module", "generator_ema", "generator",
+           "ema", "net")  # fmt: skip
+AUTO_PREFIXES = ("module.", "model.", "_orig_mod.")
+_MAX_DEPTH = 4
+
+
+def register(commands) -> None:
+    commands.add("convert", "convert a pickled .pt/.pth state dict to safetensors (no code runs)",
+                 run, _arguments, description=__doc__.split("\n\n", 1)[1])  # fmt: skip
+
+
+def _arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("input", metavar="IN", help="a .pt / .pth / .bin / .ckpt file")
+    p.add_argument("output", metavar="OUT", help="a .safetensors file, or a folder with --config")
+    p.add_argument("--key", help="where the weights sit in the file (a.b descends); default: auto")
+    p.add_argument(
+        "--strip-prefix", nargs="?", const="auto", default=None, metavar="PREFIX",
+        help="remove PREFIX from the keys (bare: module./model. while every key has one)",
+    )  # fmt: skip
+    p.add_argument("--config", help="a config.json to put beside the weights (OUT is a folder)")
+    p.add_argument("--force", action="store_true", help="replace an existing OUT")
+
+
+def run(args: argparse.Namespace) -> int:
+    out = convert(args.input, args.output, key=args.key, strip_prefix=args.strip_prefix,
+                  config=args.config, force=args.force)  # fmt: skip
+    print(f"wrote {out}")
+    return 0
+
+
+def read_plain_state_dict(path, key: str | None = None, strip_prefix: str | None = None) -> dict:
+    """The tensors of a pickled state dict, read without running code (module docstring)."""
+    import pickle
+
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no file {path}")
+    try:
+        obj = torch.load(path, weights_only=True, map_location="cpu")
+    except pickle.UnpicklingError as e:
+        reason = next((ln.strip() for ln in str(e).splitlines() if "Unsupported" in ln), "")
+        raise CheckpointError(
+            f"refused {path}: it holds objects other than tensors and plain containers, which "
+            f"loading would have to run code for{f' ({reason})' if reason else ''}"
+        ) from None
+    except (RuntimeError, EOFError, ValueError, OSError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"cannot read {path} as a PyTorch file: {first}") from None
+    state = find_weights_in(obj, key, path)
+    return _strip(state, strip_prefix) if strip_prefix else state
+
+
+def _is_tensor_dict(obj) -> bool:
+    import torch
+
+    return (
+        isinstance(obj, Mapping)
+        and bool(obj)
+        and all(isinstance(v, torch.Tensor) for v in obj.values())
+    )
+
+
+def find_weights_in(obj, key: str | None = None, source="the file") -> dict:
+    """The dict of tensors inside a loaded checkpoint object: at `key`, or found by `NESTING`."""
+    import torch
+
+    if key is not None:
+        for part in [key] if isinstance(obj, Mapping) and key in obj else key.split("."):
+            if not isinstance(obj, Mapping) or part not in obj:
+                have = ", ".join(map(str, list(obj)[:8])) if isinstance(obj, Mapping) else "none"
+                raise CheckpointError(f"no key {part!r} in {source} (keys there: {have})")
+            obj = obj[part]
+    for _ in range(_MAX_DEPTH):
+        if not isinstance(obj, Mapping) or _is_tensor_dict(obj) or key is not None:
+            break
+        found = [k for k in NESTING if isinstance(obj.get(k), Mapping)]
+        if not found:  # not nested: the checks below name what is not a tensor
+            break
+        if len(found) > 1:
+            keys = ", ".join(map(repr, found))
+            raise CheckpointError(f"{source} has several weight sets ({keys}); choose with --key")
+        obj = obj[found[0]]
+    if not isinstance(obj, Mapping) or not obj:
+        raise CheckpointError(f"{source} holds no state dict (a {type(obj).__name__})")
+    for k, v in obj.items():
+        if not isinstance(k, str):
+            raise CheckpointError(f"{source}: key {k!r} is not a string")
+        if not isinstance(v, torch.Tensor):
+            raise CheckpointError(
+                f"{source}: {k!r} is a {type(v).__name__}, not a tensor; only plain tensors "
+                "convert (choose the weights with --key)"
+            )
+        if v.layout != torch.strided:
+            raise CheckpointError(f"{source}: {k!r} is a {v.layout} tensor; only dense convert")
+    return dict(obj)
+
+
+def _strip(state: dict, prefix: str) -> dict:
+    if prefix == "auto":
+        while True:
+            common = next((p for p in AUTO_PREFIXES if all(k.startswith(p) for k in state)), None)
+            if common is None:
+                return state
+            state = {k[len(common) :]: v for k, v in state.items()}
+    if not any(k.startswith(prefix) for k in state):
+        raise InvalidInputError(f"no key starts with the prefix {prefix!r}")
+    out = {}
+    for k, v in state.items():
+        name = k[len(prefix) :] if k.startswith(prefix) else k
+        if name in out:
+            raise CheckpointError(f"stripping {prefix!r} gives the key {name!r} twice")
+        out[name] = v
+    return out
+
+
+def convert(src, dst, *, key=None, strip_prefix=None, config=None, force=False) -> Path:
+    """Convert `src` to a safetensors file `dst`, or to a folder `dst` with `config`."""
+    from mdiff.atomic import atomic_dir
+    from mdiff.hub import CONFIG_NAME, DIFFUSERS_WEIGHTS_NAME, WEIGHTS_NAME, save_state_dict
+
+    dst = Path(dst)
+    if dst.exists() and not force:
+        raise InvalidInputError(f"{dst} exists; pass --force to replace it")
+    if config is None and dst.suffix != ".safetensors":
+        raise InvalidInputError(f"OUT {dst} must end in .safetensors (or pass --config)")
+    settings = None
+    if config is not None:
+        from mdiff.hub import read_json_object
+
+        settings = read_json_object(config)
+    state = read_plain_state_dict(src, key, strip_prefix)
+    meta = {"format": "pt", "converted_from": Path(src).name}
+    if settings is None:
+        return save_state_dict(state, dst, meta)
+    name = DIFFUSERS_WEIGHTS_NAME if "_diffusers_version" in settings else WEIGHTS_NAME
+    with atomic_dir(dst) as tmp:
+        text = json.dumps(settings, indent=2, sort_keys=True) + "\n"
+        (tmp / CONFIG_NAME).write_text(text, encoding="utf-8")
+        save_state_dict(state, tmp / name, meta)
+    return dst
