@@ -165,7 +165,7 @@ def test_cast_keeps_the_parameters_diffusers_keeps_in_fp32(tmp_path):
     with torch.no_grad():
         a = theirs(x, (1 - t) * 1000, text, image, return_dict=False)[0].float()
         b = ours.forward_diffusers(x, (1 - t) * 1000, text, image).float()
-    assert (a - b).abs().max() <= 0.02 * a.abs().max()
+    assert (a - b).abs().max() <= 1e-3 * a.abs().max()  # measured: 0 on CPU
 
 
 def test_config_errors_name_the_problem(tmp_path):
@@ -247,3 +247,48 @@ def test_original_config():
     )
     with pytest.raises(CheckpointError):
         config_from_original({"dim": 8})
+
+
+def test_wan_ai_release_folder_loads(tmp_path):
+    """A folder as Wan-AI ship it: `_class_name` "WanModel", original config keys and
+    parameter names in diffusion_pytorch_model.safetensors; the CLIP branch read off the
+    weights."""
+    from mdiff.hub import save_state_dict
+
+    ref, ours = _pair(image_dim=8, added_kv_proj_dim=24, in_channels=36, out_channels=16)
+    folder = tmp_path / "Wan2.1-I2V-tiny"
+    folder.mkdir()
+    save_state_dict(to_original(ours.state_dict()), folder / "diffusion_pytorch_model.safetensors")
+    c = ours.config
+    (folder / "config.json").write_text(json.dumps({
+        "_class_name": "WanModel", "_diffusers_version": "0.30.0", "dim": c.inner_dim,
+        "eps": c.eps, "ffn_dim": c.ffn_dim, "freq_dim": c.freq_dim, "in_dim": 36,
+        "model_type": "i2v", "num_heads": c.num_attention_heads, "num_layers": c.num_layers,
+        "out_dim": 16, "text_len": 512, "text_dim": c.text_dim,
+    }))  # fmt: skip
+    loaded = WanTransformer.from_pretrained(folder)
+    assert loaded.config.image_dim == 8 and loaded.config.pos_embed_seq_len is None
+    x, t, text = _inputs(1, 36, 2, 4, 4, s=512)
+    _check(ref, loaded, x, t, text, image=torch.randn(1, 3, 8))
+    raw = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**raw, "window_size": [4, 4]}))
+    with pytest.raises(CheckpointError, match="window_size"):
+        WanTransformer.from_pretrained(folder)
+
+
+def test_self_forcing_checkpoint_through_convert(tmp_path):
+    """A Self-Forcing-style .pt (original Wan names under generator_ema, with a `model.`
+    prefix) -> `mdiff convert` -> safetensors -> `from_original` -> the same model."""
+    from mdiff.convert import convert
+    from mdiff.hub import load_state_dict
+
+    _, ours = _pair()
+    original = {f"model.{k}": v for k, v in to_original(ours.state_dict()).items()}
+    noise = {k: torch.zeros_like(v) for k, v in original.items()}
+    torch.save({"generator": noise, "generator_ema": original}, tmp_path / "sf.pt")
+    out = convert(tmp_path / "sf.pt", tmp_path / "sf.safetensors", key="generator_ema")
+    loaded = WanTransformer(ours.config).eval()
+    loaded.load_state_dict(from_original(load_state_dict(out), prefix="model."))
+    x, t, text = _inputs(1, 4, 2, 4, 4)
+    with torch.no_grad():
+        assert torch.equal(loaded(x, t, text), ours(x, t, text))

@@ -3,7 +3,8 @@
 Config keys (`WanTransformerConfig`) and parameter names are exactly those of diffusers'
 `WanTransformer3DModel` (0.42): a folder its `save_pretrained` wrote loads unchanged, and
 `save_pretrained` here writes one it reads. The original Wan layout (`wan/modules/model.py`
-names) converts through `mdiff.video.dit.wan_keys`.
+names, Wan-AI's release folders with `_class_name` "WanModel") loads too, converted by
+`mdiff.video.dit.wan_keys`.
 
     x_t (B, C, T, H, W) -> Conv3d patches (kernel = stride = patch_size)      (B, N, D)
     t -> σ = 1 − t -> sinusoid(1000·σ) -> time_embedder -> temb, time_proj -> e6 (6·D)
@@ -35,6 +36,10 @@ from mdiff.hub import (
     CONFIG_NAME,
     DIFFUSERS_WEIGHTS_NAME,
     PretrainedMixin,
+    check_state_dict,
+    find_weights,
+    header_shapes,
+    load_state_dict,
     read_json_object,
     resolve,
 )
@@ -43,10 +48,12 @@ from mdiff.time import from_diffusers_timesteps, to_sigma, velocity_from_sigma
 from mdiff.video.dit.blocks import unpatchify
 from mdiff.video.dit.checks import check_text, check_time
 from mdiff.video.dit.wan_blocks import ConditionEmbedder, FP32LayerNorm, WanBlock, WanRope
+from mdiff.video.dit.wan_keys import config_from_original, from_original
 
 __all__ = ["CLASS_NAME", "KEEP_IN_FP32", "WanTransformer", "WanTransformerConfig"]
 
 CLASS_NAME = "WanTransformer3DModel"  # the diffusers class whose folders we read and write
+ORIGINAL_CLASS_NAME = "WanModel"  # Wan-AI's own release folders (original parameter names)
 KEEP_IN_FP32 = ("time_embedder", "scale_shift_table", "norm1", "norm2", "norm3")
 QK_NORM = "rms_norm_across_heads"
 MAX_LAYERS = 1000
@@ -260,7 +267,26 @@ class WanTransformer(nn.Module, PretrainedMixin):
             directory = directory / subfolder  # checked by the mixin below
         path = directory / CONFIG_NAME
         saved = read_json_object(path).get("_class_name") if path.is_file() else None
-        if saved not in (None, CLASS_NAME, cls.__name__):
+        if saved == ORIGINAL_CLASS_NAME:
+            model = cls._from_original_folder(directory)
+        elif saved not in (None, CLASS_NAME, cls.__name__):
             raise CheckpointError(f"{path} is a {saved!r}, not a {CLASS_NAME} (Wan transformer)")
-        model = super().from_pretrained(name_or_path, subfolder=subfolder)
+        else:
+            model = super().from_pretrained(name_or_path, subfolder=subfolder)
         return model.cast(dtype).to(device=device).eval()
+
+    @classmethod
+    def _from_original_folder(cls, directory) -> WanTransformer:
+        """A Wan-AI release folder (`_class_name` "WanModel"): original names and config keys,
+        converted by `mdiff.video.dit.wan_keys`."""
+        header = header_shapes(find_weights(directory))
+        raw = read_json_object(directory / CONFIG_NAME)
+        try:
+            config = WanTransformerConfig(**config_from_original(raw, header))
+        except InvalidInputError as e:
+            raise CheckpointError(f"{directory / CONFIG_NAME}: {e}") from e
+        with torch.device("meta"):
+            check_state_dict(cls(config), from_original(header), directory)
+        model = cls(config)
+        model.load_state_dict(from_original(load_state_dict(find_weights(directory))))
+        return model

@@ -116,9 +116,13 @@ def from_original(state: Mapping[str, Tensor], prefix: str | None = None) -> dic
     return out
 
 
-def config_from_original(config: Mapping) -> dict:
-    """The original Wan `config.json` (dim, ffn_dim, num_heads, in_dim, model_type, …) ->
-    `WanTransformerConfig` keyword arguments (diffusers' keys)."""
+def config_from_original(config: Mapping, state: Mapping[str, Tensor] | None = None) -> dict:
+    """The original Wan `config.json` (`_class_name` "WanModel": dim, ffn_dim, num_heads,
+    in_dim, model_type, …) -> `WanTransformerConfig` keyword arguments (diffusers' keys).
+
+    The CLIP image branch is read off the weights when `state` (original names) is given:
+    Wan 2.1 I2V/FLF2V have `img_emb.*`, Wan 2.2 I2V has none. Without weights, model_type
+    "i2v"/"flf2v" means Wan 2.1's branch (CLIP width 1280)."""
     try:
         dim, heads = int(config["dim"]), int(config["num_heads"])
         kwargs = dict(
@@ -135,7 +139,18 @@ def config_from_original(config: Mapping) -> dict:
             eps=float(config.get("eps", 1e-6)),
         )
     except (KeyError, TypeError, ValueError) as e:
-        raise CheckpointError(f"not an original Wan config: {e!r}") from e
+        raise CheckpointError(f"not an original Wan config: missing or bad {e!r}") from e
+    if tuple(config.get("window_size", (-1, -1))) != (-1, -1):
+        window = config["window_size"]
+        raise CheckpointError(f"window_size={window} (local attention) is not supported")
+    if not config.get("qk_norm", True):
+        raise CheckpointError("qk_norm=false is unsupported: Wan checkpoints normalise q and k")
+    if state is not None:
+        if "img_emb.proj.0.weight" in state:
+            kwargs.update(image_dim=state["img_emb.proj.0.weight"].shape[0], added_kv_proj_dim=dim)
+        if "img_emb.emb_pos" in state:
+            kwargs.update(pos_embed_seq_len=state["img_emb.emb_pos"].shape[1])
+        return kwargs
     kind = config.get("model_type", "t2v")
     if kind in ("i2v", "flf2v"):
         kwargs.update(image_dim=1280, added_kv_proj_dim=dim)
