@@ -292,3 +292,13 @@ def test_self_forcing_checkpoint_through_convert(tmp_path):
     x, t, text = _inputs(1, 4, 2, 4, 4)
     with torch.no_grad():
         assert torch.equal(loaded(x, t, text), ours(x, t, text))
+
+
+def test_rope_frame_offset_shifts_time_only():
+    """frame_offset k gives the RoPE rows of token frames k… of a longer grid (streamed
+    chunks keep absolute time); height and width rows start at 0."""
+    _, ours = _pair()
+    cos_full, sin_full = ours.rope((5, 2, 3), "cpu")
+    cos, sin = ours.rope((2, 2, 3), "cpu", frame_offset=3)
+    assert torch.equal(cos, cos_full[3 * 6 :]) and torch.equal(sin, sin_full[3 * 6 :])
+    assert cos.shape == (12, ours.config.attention_head_dim // 2)
