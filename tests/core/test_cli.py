@@ -69,14 +69,15 @@ def test_building_the_parser_imports_no_torch():
     assert json.loads(done.stdout.replace("'", '"')) == []
 
 
-# the flags of `mdiff train MODEL` as they were when the recipes replaced hand-written parsers
+# the flags of `mdiff train MODEL` as they were when the recipes replaced hand-written parsers,
+# plus those added since (dit: --distill, --freeze-dit)
 TRAIN_FLAGS = {
     "vae": "--base-dim --batch-size --crop --eval-every --export --export-only --focus-weight "
     "--frames --freeze-encoder --init-from --log-every --lr --mixed-precision --no-progress "
     "--out --recon --res-blocks --resume --save-every --seed --size --steps --threads --z-dim",
     "dit": "--batch-size --caption-dropout --clean-context --clips --context-noise --cooldown "
-    "--eval-every --export --export-frames --export-only --export-vae --first-chunk-weight "
-    "--frames --free-form --guidance --init-from --log-every --lr --mixed-precision "
+    "--distill --eval-every --export --export-frames --export-only --export-vae --first-chunk-weight "
+    "--frames --free-form --freeze-dit --guidance --init-from --log-every --lr --mixed-precision "
     "--no-progress --out --preset --resume --save-every --seed --shift --sink-position --size "
     "--steps --threads --vae",
     "text": "--batch-size --block-size --checkpoint --cooldown --corpus --eval-every --export "

@@ -47,7 +47,7 @@ class PipelineSettings:
 
     steps: int = 20
     shift: float | str = 3.0  # SD3/Wan shift α > 0 (larger: more steps near noise), or "auto"
-    solver: str = "euler"  # euler | midpoint | heun
+    solver: str = "euler"  # euler | midpoint | heun | unipc | dpmpp_2m (mdiff.solvers.SOLVERS)
     guidance: float = 5.0  # guidance scale w (1 = none): CFG is u + w(c − u)
     guidance_method: str = "cfg"  # cfg | cfg_zero_star | apg (mdiff.guidance)
     context_noise: float = 0.0  # block-causal: finished chunks are read re-noised to t = 1 − this
