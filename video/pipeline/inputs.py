@@ -14,6 +14,8 @@
     seed           an int in [0, 2⁶³), or drawn from a torch.Generator
     image          a path to an existing image file, or uint8 (H, W, 3); sets the size if none
                    is given, else must match it
+    latents        the initial noise, a finite float tensor (1, C, T', h, w) in diffusers'
+                   layout, exactly the clip's latent shape
 
 The checks run before any model work, so a bad call fails at once and writes nothing.
 """
@@ -44,6 +46,7 @@ __all__ = [
     "check_matches",
     "check_guidance",
     "check_guidance_method",
+    "check_latents",
     "check_size",
     "check_steps",
     "check_text",
@@ -208,3 +211,19 @@ def check_matches(frames: Tensor, height: int, width: int, what: str) -> None:
             f"the {what} is {got} (H×W) but the video is {height}×{width}; resize it or leave "
             "height and width unset to use its size"
         )
+
+
+def check_latents(latents, shape: tuple[int, ...]) -> Tensor:
+    """Given initial noise: a finite float tensor of exactly `shape` -> float32 on the CPU."""
+    if not isinstance(latents, Tensor) or not latents.is_floating_point():
+        got = latents.dtype if isinstance(latents, Tensor) else type(latents).__name__
+        raise InvalidInputError(f"latents must be a float tensor {shape}, got {got}")
+    if tuple(latents.shape) != tuple(shape):
+        raise InvalidInputError(
+            f"latents must have the clip's latent shape (B, C, T', h, w) = {tuple(shape)}, got "
+            f"{tuple(latents.shape)}"
+        )
+    latents = latents.detach().to("cpu", torch.float32)
+    if not bool(torch.isfinite(latents).all()):
+        raise InvalidInputError("latents must be finite (no NaN or inf)")
+    return latents.contiguous()

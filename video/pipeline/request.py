@@ -21,6 +21,7 @@ from mdiff.video.pipeline.inputs import (
     check_frames_count,
     check_guidance,
     check_guidance_method,
+    check_latents,
     check_matches,
     check_size,
     check_steps,
@@ -95,6 +96,7 @@ class Call:
     image: object = None  # a path or uint8 (H, W, 3): the first frame
     prefix: object = None  # a path or uint8 (T, H, W, 3): a clip to continue
     negative_prompt: str | None = None
+    latents: object = None  # (1, C, T', h, w) initial noise (diffusers' latents=), else drawn
 
     @classmethod
     def of(cls, prompt, num_frames, height, width, options: dict) -> Call:
@@ -158,8 +160,13 @@ def prepare(pipe: VideoPipeline, call: Call) -> Request:
     n_known = 0 if known is None else known.shape[2]
     total = n_known + num_frames // f if extending else vae.latent_frames(num_frames)
     _check_layout(pipe, total, n_known)
+    noise = None
+    if call.latents is not None:
+        noise = check_latents(call.latents, (1, vae.config.z_dim, total, h, w))
+    time_grid = getattr(dit, "time_grid", None)  # a DiT with its scheduler's grid (Wan folders)
+    grid = None if time_grid is None else time_grid(steps)
     plan = LatentPlan(total, vae.config.z_dim, h, w, steps, s.shift, s.solver, guidance, seed,
-                      known, float(s.context_noise), method)  # fmt: skip
+                      known, float(s.context_noise), method, grid, noise)  # fmt: skip
     text = _encode_text(pipe, prompt, negative_prompt)
 
     modality = "image" if num_frames == 1 and not extending else "video"
@@ -171,6 +178,11 @@ def prepare(pipe: VideoPipeline, call: Call) -> Request:
         cfg["negative_prompt"] = True
     extra = {"solver": s.solver, "shift": s.shift, "attention": dit.config.attention,
              "latent_frames": total, "noise": "per chunk: sha256(seed, chunk index)"}  # fmt: skip
+    if noise is not None:
+        digest = hashlib.sha256(noise.numpy().tobytes()).hexdigest()
+        extra["noise"] = {"kind": "given (latents)", "sha256": digest}
+    if grid is not None:
+        extra["scheduler"] = dit.schedule.class_name  # its grid and model timesteps
     if pipe.causal:
         extra["chunk_frames"] = dit.config.chunk_frames
         extra["context_noise"] = plan.context_noise

@@ -27,7 +27,11 @@ there again, so every guidance variant leaves known frames alone.
 
 Noise. Chunk j draws its noise (all its frames, known or not) from a CPU generator seeded with
 SHA-256 of (seed, j), so a chunk's noise never depends on how the clip is cut into calls:
-`pipe.stream(...)` and `pipe(...)` see the same numbers, on any device.
+`pipe.stream(...)` and `pipe(...)` see the same numbers, on any device. Noise given for the
+whole clip (`LatentPlan.noise`, the pipeline's ``latents=``) is sliced per chunk instead.
+
+Grid. `LatentPlan.grid`, when set (a diffusers scheduler's grid, see `schedulers`), replaces
+the shifted uniform grid.
 """
 
 from __future__ import annotations
@@ -75,6 +79,8 @@ class LatentPlan:
     known: Tensor | None = None  # (1, C, P, h, w) float32 clean latents of the first P frames
     context_noise: float = 0.0  # finished chunks are committed re-noised to t = 1 − this
     guidance_method: str = "cfg"  # cfg | cfg_zero_star | apg (mdiff.guidance.METHODS)
+    grid: Tensor | None = None  # an explicit time grid (steps + 1,) (a diffusers scheduler's)
+    noise: Tensor | None = None  # (1, C, frames, h, w) the initial noise, given (latents=)
 
     @property
     def n_known(self) -> int:
@@ -137,7 +143,10 @@ def chunk_generator(seed: int, index: int, stream: str = "noise") -> torch.Gener
 
 
 def grid_for(plan: LatentPlan, tokens: int) -> Tensor:
-    """The time grid: `steps` uniform steps through the shift (float64 for the solver)."""
+    """The time grid: the plan's own, else `steps` uniform steps through the shift (float64
+    for the solver)."""
+    if plan.grid is not None:
+        return plan.grid
     alpha = plan.shift
     if alpha == "auto":
         alpha = max(1.0, sd3_alpha(tokens, AUTO_SHIFT_BASE_TOKENS))
@@ -208,7 +217,10 @@ def _denoise(dit, plan, text, j, span, cache, tally, callback) -> Tensor:
     if n_known == b - a:  # every frame given: nothing to sample
         return plan.known[:, :, a:b].to(device, torch.float32)
     shape = (1, plan.channels, b - a, plan.height, plan.width)
-    x = torch.randn(shape, generator=chunk_generator(plan.seed, j)).to(device)  # float32
+    if plan.noise is not None:  # given noise (diffusers' `latents=`), sliced to the chunk
+        x = plan.noise[:, :, a:b].to(device, torch.float32, copy=True)
+    else:
+        x = torch.randn(shape, generator=chunk_generator(plan.seed, j)).to(device)  # float32
     clean = None
     if n_known:
         x[:, :, :n_known] = plan.known[:, :, a : a + n_known].to(device, torch.float32)

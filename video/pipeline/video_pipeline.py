@@ -21,6 +21,7 @@ extension give the first latent frames (the encoded image, the prefix clip) and 
 
 A pipeline folder holds `pipeline.json` (component classes and subfolders, sampler settings)
 and one checkpoint folder per component: `vae/`, `dit/`, `text_encoder/` (see `folder`).
+`from_pretrained` also reads diffusers' Wan text-to-video folders (`diffusers_folder`).
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ from mdiff.provenance.stamp import Stamped, Stamper
 from mdiff.provenance.watermark.pixel import MotionTrack
 from mdiff.record import GenerationRecord
 from mdiff.video.dit.model import SpaceTimeDiT
-from mdiff.video.pipeline import folder
+from mdiff.video.pipeline import diffusers_folder, folder
 from mdiff.video.pipeline.folder import COMPONENTS, PIPELINE_FILE
 from mdiff.video.pipeline.request import Call, PipelineSettings, Request, prepare
 from mdiff.video.pipeline.sampling import LatentChunk, Progress, sample_latents
@@ -148,7 +149,8 @@ class VideoPipeline:
         `num_frames` must be 1 + 4k (the new frames, a multiple of 4, with `prefix`); height
         and width multiples of 8·patch. `options` (the fields of `request.Call`): ``steps``,
         ``guidance``, ``guidance_method`` ("cfg", "cfg_zero_star", "apg"), ``seed`` (default 0;
-        or a ``generator`` to draw it from), ``image``, ``prefix``, ``negative_prompt``. Unset
+        or a ``generator`` to draw it from), ``image``, ``prefix``, ``negative_prompt``,
+        ``latents`` (the initial noise (1, C, T', h, w), diffusers' ``latents=``). Unset
         sizes, steps and guidance come from the settings (sizes from `image` / `prefix` when
         given). `image` (a path or uint8 (H, W, 3)) becomes the first frame; `prefix` (a path or
         uint8 (T, H, W, 3)) is a clip to continue, and only the new frames are returned.
@@ -218,6 +220,11 @@ class VideoPipeline:
         """Write `pipeline.json` and `vae/`, `dit/`, `text_encoder/` into `directory`,
         atomically (see `mdiff.video.pipeline.folder`). `shared_vae`: the name of the built-in
         VAE this pipeline's VAE is, referenced by name and weights hash instead of copied."""
+        if not isinstance(self.dit, SpaceTimeDiT):
+            raise InvalidInputError(
+                f"save_pretrained writes pipelines of a SpaceTimeDiT; this one's DiT is a "
+                f"{type(self.dit).__name__} (a diffusers Wan folder: use that folder as it is)"
+            )
         spec = folder.spec(self, shared_vae)
         with atomic_dir(directory) as tmp:
             for name in COMPONENTS:
@@ -230,8 +237,12 @@ class VideoPipeline:
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike, *, device=None, dtype=None,
                         stamper: Stamper | None = None) -> VideoPipeline:  # fmt: skip
-        """Load a pipeline folder (or a built-in name); `dtype` applies to the DiT."""
+        """Load a pipeline folder (or a built-in name), or a diffusers Wan pipeline folder
+        (``model_index.json``, see `diffusers_folder`); `dtype` applies to the DiT."""
         directory = hub.resolve(name_or_path)
+        if diffusers_folder.is_diffusers_folder(directory):  # a diffusers WanPipeline folder
+            return diffusers_folder.load_wan(directory, device=device, dtype=dtype,
+                                             stamper=stamper)  # fmt: skip
         spec = folder.read_spec(directory)
         parts = {name: folder.load_component(directory, name, spec, device)
                  for name in COMPONENTS}  # fmt: skip

@@ -1,0 +1,114 @@
+"""A diffusers Wan pipeline folder as a `VideoPipeline` (read only, weights unchanged).
+
+    model_index.json   {"_class_name": "WanPipeline", "transformer": ["diffusers",
+                        "WanTransformer3DModel"], "vae": ["diffusers", "AutoencoderKLWan"],
+                        "text_encoder": ["transformers", "UMT5EncoderModel"],
+                        "tokenizer": ["transformers", ...], "scheduler": ["diffusers", ...],
+                        "transformer_2": [null, null], "boundary_ratio": null, ...}
+    transformer/ vae/ text_encoder/ tokenizer/ scheduler/
+
+Components: `WanTransformer` (its diffusers folder, `dtype` applied as diffusers keeps fp32
+parts) behind `WanDenoiser` (the sampling loop's DiT face and the scheduler's timesteps),
+`CausalVAE` (AutoencoderKLWan, Wan 2.1 or 2.2), `WanT5Encoder` (transformers' UMT5 encoder and
+tokenizer, WanPipeline's 512-token zero padding and "" negative prompt) and the scheduler read
+by `schedulers.DiffusersSchedule` (UniPC → "unipc", DPM-Solver++ → "dpmpp_2m", FlowMatchEuler
+→ "euler", with its shift). The settings are WanPipeline's defaults: 50 steps, guidance 5
+(diffusers' ``guidance_scale`` is our w: ``u + w(c − u)``; they skip the unconditional branch
+for w ≤ 1, we for w = 1 only), 81 frames of 480 × 832 at 16 fps.
+
+Refused with `CheckpointError` naming what: another pipeline class (WanImageToVideoPipeline,
+WanVACEPipeline, ...: not supported yet), Wan 2.2's two-expert folders (``transformer_2`` /
+``boundary_ratio``), a component of another class, an unsupported scheduler setting.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mdiff import hub
+from mdiff.errors import CheckpointError, InvalidInputError
+from mdiff.video.dit.wan import WanTransformer
+from mdiff.video.pipeline.schedulers import DiffusersSchedule
+from mdiff.video.pipeline.wan_adapter import WanDenoiser
+from mdiff.video.text_encoders.wan_t5 import WanT5Encoder
+from mdiff.video.vae.model import CausalVAE
+
+__all__ = ["MODEL_INDEX", "is_diffusers_folder", "load_wan"]
+
+MODEL_INDEX = "model_index.json"
+PIPELINES = ("WanPipeline",)
+EXPECTED = {  # component -> (library, accepted classes)
+    "transformer": ("diffusers", ("WanTransformer3DModel",)),
+    "vae": ("diffusers", ("AutoencoderKLWan",)),
+    "text_encoder": ("transformers", ("UMT5EncoderModel",)),
+    "scheduler": ("diffusers", None),  # checked by DiffusersSchedule
+    "tokenizer": ("transformers", None),  # any tokenizer AutoTokenizer reads
+}
+WAN_DEFAULTS = dict(steps=50, guidance=5.0, fps=16.0, num_frames=81, height=480, width=832)
+
+
+def is_diffusers_folder(directory: Path) -> bool:
+    """A folder with diffusers' ``model_index.json`` (and none of our ``pipeline.json``)."""
+    return (directory / MODEL_INDEX).is_file()
+
+
+def read_index(directory: Path) -> dict:
+    """``model_index.json``, checked: a supported pipeline class and component classes."""
+    path = directory / MODEL_INDEX
+    index = hub.read_json_object(path)
+    name = index.get("_class_name")
+    if name not in PIPELINES:
+        raise CheckpointError(
+            f"{path}: pipeline class {name!r} is not supported; mdiff reads {list(PIPELINES)} "
+            "folders (Wan text-to-video)"
+        )
+    if index.get("transformer_2", [None, None])[-1] is not None or index.get("boundary_ratio"):
+        raise CheckpointError(f"{path}: Wan 2.2 two-expert folders (transformer_2, boundary_ratio)"
+                              " are not supported")  # fmt: skip
+    for component, (library, classes) in EXPECTED.items():
+        entry = index.get(component)
+        ok = isinstance(entry, list) and len(entry) == 2 and entry[0] == library
+        if not ok or (classes is not None and entry[1] not in classes):
+            want = f"{library} {classes[0]}" if classes else f"a {library} class"
+            raise CheckpointError(f"{path}: component {component} is {entry!r}; mdiff reads "
+                                  f"{want}")  # fmt: skip
+        if not (directory / component).is_dir():
+            raise CheckpointError(f"{directory} has no {component}/ folder")
+    return index
+
+
+def _text_encoder(directory: Path, device, dtype_te=None) -> WanT5Encoder:
+    import transformers
+
+    try:
+        model = transformers.UMT5EncoderModel.from_pretrained(
+            directory / "text_encoder", local_files_only=True, use_safetensors=True
+        )
+        tokenizer = transformers.AutoTokenizer.from_pretrained(
+            directory / "tokenizer", local_files_only=True
+        )
+    except (OSError, ValueError, KeyError) as e:
+        raise CheckpointError(f"cannot load the text encoder of {directory}: {e}") from e
+    return WanT5Encoder(model.to(dtype=dtype_te), tokenizer).to(device=device).eval()
+
+
+def load_wan(directory: Path, *, device=None, dtype=None, stamper=None, model_id=None):
+    """The `VideoPipeline` of a diffusers WanPipeline folder; `dtype` applies to the
+    transformer (its fp32 parts kept)."""
+    from mdiff.video.pipeline.video_pipeline import VideoPipeline
+
+    read_index(directory)
+    config = hub.read_json_object(directory / "scheduler" / "scheduler_config.json")
+    schedule = DiffusersSchedule.from_config(config, str(directory / "scheduler"))
+    transformer = WanTransformer.from_pretrained(directory / "transformer", device, dtype)
+    if transformer.config.image_dim is not None:
+        raise CheckpointError(f"{directory}/transformer is an image-to-video Wan transformer")
+    dit = WanDenoiser(transformer, schedule)
+    vae = CausalVAE.from_pretrained(directory / "vae", device=device)
+    text_encoder = _text_encoder(directory, device)
+    settings = dict(WAN_DEFAULTS, solver=schedule.solver, shift=schedule.shift)
+    try:
+        return VideoPipeline(vae, dit, text_encoder, model_id=model_id or str(directory),
+                             stamper=stamper, **settings)  # fmt: skip
+    except InvalidInputError as e:
+        raise CheckpointError(f"{directory} is not a valid Wan pipeline: {e}") from e

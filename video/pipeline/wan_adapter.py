@@ -1,0 +1,105 @@
+"""`WanDenoiser`: a `WanTransformer` in the shape the pipeline's sampling loop calls a DiT.
+
+    dit = WanDenoiser(transformer, schedule)      # schedule: a `DiffusersSchedule`
+    grid = dit.time_grid(steps)                  # the scheduler's grid, in t
+    v = dit(x_t, t, text, text_mask)             # our velocity, as `SpaceTimeDiT` returns it
+
+`sample_latents` reads a DiT's ``config`` (attention, patch, chunk_frames, in/text widths,
+size limits) and calls ``dit(x, t, text, text_mask, frame_offset=, cache=)``; this adapter
+gives a bidirectional Wan transformer that face, so the whole clip is denoised as one chunk by
+the unchanged loop (one batched forward for both guidance branches).
+
+**Timesteps at the grid's points.** WanPipeline steps its scheduler with the exact σ_i but
+feeds the transformer the scheduler's stored timesteps: ``int64(1000·σ_i)`` for UniPC and
+DPM-Solver++ (truncated), float32 ``1000·σ_i`` for FlowMatchEuler. To match it exactly,
+`time_grid(steps)` records, for each grid point, the float32 t the solvers pass the model
+(`mdiff.solvers` calls it at the grid's points, in the state's float32) and the timestep
+diffusers feeds there; `forward` looks t up and calls the transformer with that timestep
+(`WanTransformer.forward_diffusers`; the result turned into our velocity). A t the grid does
+not hold (another solver's midpoints, t = 1 for the known frames of image-to-video) gets the
+continuous ``1000·(1 − t)``. The table only grows by step counts asked for; it is not state
+of a run. Per-frame t (B, T') (known frames) becomes per-token timesteps, as Wan 2.2's
+``expand_timesteps`` does. Text: Wan reads no attention mask; padded rows are zeroed, as its
+pipeline pads the T5 states with zeros.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from mdiff.errors import InvalidInputError
+from mdiff.time import to_diffusers_timesteps, velocity_from_sigma
+from mdiff.video.dit.wan import WanTransformer
+from mdiff.video.pipeline.schedulers import DiffusersSchedule
+
+__all__ = ["WanDenoiser", "WanDenoiserConfig"]
+
+
+@dataclass(frozen=True)
+class WanDenoiserConfig:
+    """The DiT config fields the pipeline reads, for a bidirectional Wan transformer."""
+
+    in_channels: int
+    text_dim: int
+    patch: tuple[int, int, int]
+    max_size: tuple[int, int]  # largest latent (H, W): RoPE's positions × patch
+    max_frames: int
+    attention: str = "bidirectional"
+    chunk_frames: int | None = None
+    window: int | None = None
+
+
+class WanDenoiser(nn.Module):
+    """`WanTransformer` + the folder's scheduler, called as the pipeline calls a DiT."""
+
+    def __init__(self, transformer: WanTransformer, schedule: DiffusersSchedule):
+        super().__init__()
+        c = transformer.config
+        if transformer.config.image_dim is not None:
+            raise InvalidInputError("WanDenoiser takes a text-to-video transformer (no image_dim)")
+        self.transformer, self.schedule = transformer, schedule
+        p, n = tuple(c.patch_size), c.rope_max_seq_len
+        self.config = WanDenoiserConfig(c.in_channels, c.text_dim, p, (n * p[1], n * p[2]),
+                                        n * p[0])  # fmt: skip
+        self._timesteps: dict[float, float] = {}  # float32 t of a grid point -> their timestep
+
+    def time_grid(self, steps: int) -> Tensor:
+        """The scheduler's grid (steps + 1,) float64; remembers the timesteps of its points."""
+        grid = self.schedule.grid(steps)
+        points = grid[:-1].float().tolist()  # the t the solver's float32 state passes
+        for t, ts in zip(points, self.schedule.timesteps(steps).tolist(), strict=True):
+            self._timesteps[t] = ts
+        return grid
+
+    def timestep(self, t: Tensor) -> Tensor:
+        """Diffusers' timestep (float32) for each of our times t (any shape)."""
+        flat = t.float().flatten().tolist()
+        table = self._timesteps
+        if all(v in table for v in flat):
+            ts = torch.tensor([table[v] for v in flat], dtype=torch.float32, device=t.device)
+            return ts.reshape(t.shape)
+        fallback = to_diffusers_timesteps(t.double()).float()
+        known = torch.tensor([table.get(v, float("nan")) for v in flat], device=t.device)
+        known = known.reshape(t.shape).float()
+        return torch.where(known.isnan(), fallback, known)
+
+    def forward(self, x_t: Tensor, t: Tensor, text: Tensor, text_mask: Tensor | None = None,
+                frame_offset: int = 0, cache=None) -> Tensor:  # fmt: skip
+        """x_t (B, C, T', H', W'); t (B,) or per latent frame (B, T'); text (B, S, D) with
+        text_mask (B, S). Returns our velocity x1 − x0 (B, C, T', H', W')."""
+        if cache is not None or frame_offset != 0:
+            raise InvalidInputError("a Wan transformer is bidirectional: no cache, no offset")
+        if text_mask is not None:
+            text = text * text_mask[..., None].to(text.dtype)  # Wan pads with zero states
+        ts = self.timestep(t)
+        if ts.dim() == 2:  # per latent frame -> per token (Wan 2.2's expand_timesteps)
+            p = self.config.patch
+            if p[0] != 1 or ts.shape[1] != x_t.shape[2]:
+                raise InvalidInputError(f"per-frame t must be (B, T'), got {tuple(t.shape)}")
+            per_frame = (x_t.shape[3] // p[1]) * (x_t.shape[4] // p[2])
+            ts = ts.repeat_interleave(per_frame, dim=1)  # (B, N)
+        out = self.transformer.forward_diffusers(x_t, ts, text)  # dx/dσ
+        return velocity_from_sigma(out)
