@@ -126,6 +126,27 @@ def test_final_latents_match_diffusers_wan_pipeline(folders, stamper, name, step
     assert ref.abs().max() > 1 and (ref - noise(steps)).abs().max() > 1  # it moved: not a stub
 
 
+def test_expand_timesteps_folder_and_bf16(folders, tmp_path):
+    # Wan 2.2's expand_timesteps (per-token timesteps) is the same call for text-to-video
+    path = _edit(folders["unipc-shift3"][1], tmp_path / "ti2v", "model_index.json",
+                 expand_timesteps=True)  # fmt: skip
+    ref_pipe = diffusers.WanPipeline.from_pretrained(path)
+    assert ref_pipe.config.expand_timesteps
+    ref = theirs(ref_pipe, 4, 3.0, noise())
+    pipe = VideoPipeline.from_pretrained(path)
+    out = pipe(PROMPT, FRAMES, SIZE, SIZE, steps=4, guidance=3.0, latents=noise(),
+               return_latents=True)  # fmt: skip
+    assert (out.latents - ref).abs().max() < TOL
+    sha = pipe.weights_sha256
+    pipe.to(dtype=torch.bfloat16)  # the transformer only; its fp32 parts kept, as diffusers
+    kept = {n: p.dtype for n, p in pipe.dit.transformer.named_parameters()}
+    assert kept["scale_shift_table"] == kept["blocks.0.norm2.weight"] == torch.float32
+    assert kept["blocks.0.attn1.to_q.weight"] == torch.bfloat16 and pipe.weights_sha256 != sha
+    low = pipe(PROMPT, FRAMES, SIZE, SIZE, steps=4, guidance=3.0, latents=noise(),
+               return_latents=True)  # fmt: skip
+    assert low.latents.dtype == torch.float32 and 0 < (low.latents - ref).abs().max() < 1.0
+
+
 def test_transformer_sees_diffusers_timesteps_exactly(folders):
     # WanPipeline feeds the transformer int64(1000·σ) (UniPC) while stepping with σ itself
     ref_pipe, path = folders["unipc-shift3"]

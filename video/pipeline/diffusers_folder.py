@@ -62,7 +62,8 @@ def read_index(directory: Path) -> dict:
             f"{path}: pipeline class {name!r} is not supported; mdiff reads {list(PIPELINES)} "
             "folders (Wan text-to-video)"
         )
-    if index.get("transformer_2", [None, None])[-1] is not None or index.get("boundary_ratio"):
+    second = index.get("transformer_2")  # absent or [null, null] in single-expert folders
+    if second not in (None, [None, None]) or index.get("boundary_ratio") is not None:
         raise CheckpointError(f"{path}: Wan 2.2 two-expert folders (transformer_2, boundary_ratio)"
                               " are not supported")  # fmt: skip
     for component, (library, classes) in EXPECTED.items():

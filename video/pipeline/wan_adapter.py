@@ -66,6 +66,13 @@ class WanDenoiser(nn.Module):
                                         n * p[0])  # fmt: skip
         self._timesteps: dict[float, float] = {}  # float32 t of a grid point -> their timestep
 
+    def to(self, *args, **kwargs) -> WanDenoiser:
+        """As `nn.Module.to`; a dtype keeps the transformer's fp32 parts (`WanTransformer.cast`,
+        as diffusers does)."""
+        device, dtype, *_ = torch._C._nn._parse_to(*args, **kwargs)
+        self.transformer.cast(dtype)
+        return super().to(device=device)
+
     def time_grid(self, steps: int) -> Tensor:
         """The scheduler's grid (steps + 1,) float64; remembers the timesteps of its points."""
         grid = self.schedule.grid(steps)
@@ -92,6 +99,8 @@ class WanDenoiser(nn.Module):
         text_mask (B, S). Returns our velocity x1 − x0 (B, C, T', H', W')."""
         if cache is not None or frame_offset != 0:
             raise InvalidInputError("a Wan transformer is bidirectional: no cache, no offset")
+        dtype = self.transformer.patch_embedding.weight.dtype  # the compute dtype (bf16, ...)
+        x_t, text = x_t.to(dtype), text.to(dtype)
         if text_mask is not None:
             text = text * text_mask[..., None].to(text.dtype)  # Wan pads with zero states
         ts = self.timestep(t)
