@@ -147,6 +147,22 @@ def test_expand_timesteps_folder_and_bf16(folders, tmp_path):
     assert low.latents.dtype == torch.float32 and 0 < (low.latents - ref).abs().max() < 1.0
 
 
+def test_first_frame_given_runs_per_token_timesteps(folders):
+    # image= keeps the encoded first latent frame clean (t = 1): the transformer gets timestep
+    # 0 on its tokens and the step's timestep elsewhere (Wan 2.2 TI2V's expand_timesteps)
+    pipe = VideoPipeline.from_pretrained(folders["unipc-shift3"][1])
+    image = torch.randint(0, 256, (SIZE, SIZE, 3), generator=torch.Generator().manual_seed(1),
+                          dtype=torch.uint8)  # fmt: skip
+    seen, forward = [], pipe.dit.transformer.forward_diffusers
+    pipe.dit.transformer.forward_diffusers = lambda x, ts, *a: seen.append(ts) or forward(x, ts, *a)
+    out = pipe(PROMPT, FRAMES, steps=3, guidance=3.0, image=image, return_latents=True)
+    with torch.no_grad():
+        known = pipe.vae.encode((image.permute(2, 0, 1)[:, None].float() / 127.5 - 1)[None])
+    assert torch.allclose(out.latents[:, :, :1], known, atol=1e-5)
+    assert all(ts.shape == (2, 8) and not ts[:, :4].any() and ts[:, 4:].min() > 0 for ts in seen)
+    assert out.record.edited and out.frames.shape == (FRAMES, SIZE, SIZE, 3)
+
+
 def test_transformer_sees_diffusers_timesteps_exactly(folders):
     # WanPipeline feeds the transformer int64(1000·σ) (UniPC) while stepping with σ itself
     ref_pipe, path = folders["unipc-shift3"]

@@ -20,7 +20,8 @@ not hold (another solver's midpoints, t = 1 for the known frames of image-to-vid
 continuous ``1000·(1 − t)``. The table only grows by step counts asked for; it is not state
 of a run. Per-frame t (B, T') (known frames) becomes per-token timesteps, as Wan 2.2's
 ``expand_timesteps`` does. Text: Wan reads no attention mask; padded rows are zeroed, as its
-pipeline pads the T5 states with zeros.
+pipeline pads the T5 states with zeros. Inputs are cast to the transformer's compute dtype
+(that of its patch embedding; `to(dtype=)` keeps diffusers' fp32 parts).
 """
 
 from __future__ import annotations
