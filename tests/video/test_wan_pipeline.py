@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import shutil
+from types import SimpleNamespace
 
+import PIL.Image
 import pytest
 import torch
 
@@ -147,20 +149,48 @@ def test_expand_timesteps_folder_and_bf16(folders, tmp_path):
     assert low.latents.dtype == torch.float32 and 0 < (low.latents - ref).abs().max() < 1.0
 
 
-def test_first_frame_given_runs_per_token_timesteps(folders):
-    # image= keeps the encoded first latent frame clean (t = 1): the transformer gets timestep
-    # 0 on its tokens and the step's timestep elsewhere (Wan 2.2 TI2V's expand_timesteps)
-    pipe = VideoPipeline.from_pretrained(folders["unipc-shift3"][1])
-    image = torch.randint(0, 256, (SIZE, SIZE, 3), generator=torch.Generator().manual_seed(1),
-                          dtype=torch.uint8)  # fmt: skip
+@pytest.fixture(scope="module")
+def ti2v(folders, tmp_path_factory):
+    """The UniPC folder with Wan 2.2 TI2V's expand_timesteps: (its folder, diffusers' I2V)."""
+    path = _edit(folders["unipc-shift3"][1], tmp_path_factory.mktemp("ti2v") / "ti2v",
+                 "model_index.json", expand_timesteps=True)  # fmt: skip
+    from diffusers.pipelines.wan import pipeline_wan_i2v
+
+    if not hasattr(pipeline_wan_i2v, "ftfy"):  # 0.42.1 calls ftfy even when it is missing
+        pipeline_wan_i2v.ftfy = SimpleNamespace(fix_text=lambda text: text)
+    return path, diffusers.WanImageToVideoPipeline.from_pretrained(path)
+
+
+def first_frame():
+    g = torch.Generator().manual_seed(1)
+    return torch.randint(0, 256, (SIZE, SIZE, 3), generator=g, dtype=torch.uint8)
+
+
+@pytest.mark.parametrize("steps, guidance", [(4, 3.0), (5, 5.0)])
+def test_ti2v_image_to_video_matches_diffusers(ti2v, steps, guidance):
+    # diffusers' WanImageToVideoPipeline with expand_timesteps (Wan 2.2 TI2V): the encoded
+    # image in the first latent frame, timestep 0 on its tokens; ours: the known frame at t = 1
+    path, ref_pipe = ti2v
+    image = first_frame()
+    ref = ref_pipe(image=PIL.Image.fromarray(image.numpy()), prompt=PROMPT, height=SIZE,
+                   width=SIZE, num_frames=FRAMES, num_inference_steps=steps,
+                   guidance_scale=guidance, latents=noise(steps),
+                   output_type="latent").frames  # fmt: skip
+    pipe = VideoPipeline.from_pretrained(path)
     seen, forward = [], pipe.dit.transformer.forward_diffusers
     pipe.dit.transformer.forward_diffusers = lambda x, ts, *a: seen.append(ts) or forward(x, ts, *a)
-    out = pipe(PROMPT, FRAMES, steps=3, guidance=3.0, image=image, return_latents=True)
-    with torch.no_grad():
-        known = pipe.vae.encode((image.permute(2, 0, 1)[:, None].float() / 127.5 - 1)[None])
-    assert torch.allclose(out.latents[:, :, :1], known, atol=1e-5)
+    out = pipe(PROMPT, FRAMES, steps=steps, guidance=guidance, image=image, latents=noise(steps),
+               return_latents=True)  # fmt: skip
+    err = (out.latents - ref).abs().max().item()
+    assert err < TOL, err
     assert all(ts.shape == (2, 8) and not ts[:, :4].any() and ts[:, 4:].min() > 0 for ts in seen)
     assert out.record.edited and out.frames.shape == (FRAMES, SIZE, SIZE, 3)
+
+
+def test_known_frames_need_a_ti2v_folder(folders):
+    pipe = VideoPipeline.from_pretrained(folders["unipc-shift3"][1])  # expand_timesteps false
+    with pytest.raises(InvalidInputError, match="expand_timesteps"):
+        pipe(PROMPT, FRAMES, steps=2, image=first_frame())
 
 
 def test_transformer_sees_diffusers_timesteps_exactly(folders):

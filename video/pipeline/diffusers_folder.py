@@ -14,10 +14,13 @@ tokenizer, WanPipeline's 512-token zero padding and "" negative prompt) and the 
 by `schedulers.DiffusersSchedule` (UniPC → "unipc", DPM-Solver++ → "dpmpp_2m", FlowMatchEuler
 → "euler", with its shift). The settings are WanPipeline's defaults: 50 steps, guidance 5
 (diffusers' ``guidance_scale`` is our w: ``u + w(c − u)``; they skip the unconditional branch
-for w ≤ 1, we for w = 1 only), 81 frames of 480 × 832 at 16 fps.
+for w ≤ 1, we for w = 1 only), 81 frames of 480 × 832 at 16 fps. A Wan 2.2 TI2V folder
+(``expand_timesteps`` true) also makes image-to-video from ``image=`` as diffusers'
+`WanImageToVideoPipeline` does with it (see `wan_adapter`).
 
-Refused with `CheckpointError` naming what: another pipeline class (WanImageToVideoPipeline,
-WanVACEPipeline, ...: not supported yet), Wan 2.2's two-expert folders (``transformer_2`` /
+Refused with `CheckpointError` naming what: another pipeline class (WanImageToVideoPipeline
+folders of Wan 2.1 I2V, with their CLIP image encoder, WanVACEPipeline, ...: not supported
+yet), Wan 2.2's two-expert folders (``transformer_2`` /
 ``boundary_ratio``), a component of another class, an unsupported scheduler setting.
 """
 
@@ -98,13 +101,13 @@ def load_wan(directory: Path, *, device=None, dtype=None, stamper=None, model_id
     transformer (its fp32 parts kept)."""
     from mdiff.video.pipeline.video_pipeline import VideoPipeline
 
-    read_index(directory)
+    index = read_index(directory)
     config = hub.read_json_object(directory / "scheduler" / "scheduler_config.json")
     schedule = DiffusersSchedule.from_config(config, str(directory / "scheduler"))
     transformer = WanTransformer.from_pretrained(directory / "transformer", device, dtype)
     if transformer.config.image_dim is not None:
         raise CheckpointError(f"{directory}/transformer is an image-to-video Wan transformer")
-    dit = WanDenoiser(transformer, schedule)
+    dit = WanDenoiser(transformer, schedule, expand_timesteps=bool(index.get("expand_timesteps")))
     vae = CausalVAE.from_pretrained(directory / "vae", device=device)
     text_encoder = _text_encoder(directory, device)
     settings = dict(WAN_DEFAULTS, solver=schedule.solver, shift=schedule.shift)

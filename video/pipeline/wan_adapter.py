@@ -18,10 +18,18 @@ diffusers feeds there; `forward` looks t up and calls the transformer with that 
 (`WanTransformer.forward_diffusers`; the result turned into our velocity). A t the grid does
 not hold (another solver's midpoints, t = 1 for the known frames of image-to-video) gets the
 continuous ``1000·(1 − t)``. The table only grows by step counts asked for; it is not state
-of a run. Per-frame t (B, T') (known frames) becomes per-token timesteps, as Wan 2.2's
-``expand_timesteps`` does. Text: Wan reads no attention mask; padded rows are zeroed, as its
-pipeline pads the T5 states with zeros. Inputs are cast to the transformer's compute dtype
-(that of its patch embedding; `to(dtype=)` keeps diffusers' fp32 parts).
+of a run.
+
+**Image-to-video (Wan 2.2 TI2V).** A folder with ``expand_timesteps`` true takes known first
+frames (the pipeline's ``image=`` / ``prefix=``): the loop gives them t = 1, i.e. timestep 0
+on their tokens and the step's timestep elsewhere, and velocity 0, which is exactly what
+diffusers' `WanImageToVideoPipeline` does with ``expand_timesteps`` (the encoded image in the
+first latent frame of every model input, per-token timesteps ``mask·t``, the frame put back at
+the end). Other folders (Wan 2.1) refuse known frames.
+
+Text: Wan reads no attention mask; padded rows are zeroed, as its pipeline pads the T5 states
+with zeros. Inputs are cast to the transformer's compute dtype (that of its patch embedding;
+`to(dtype=)` keeps diffusers' fp32 parts).
 """
 
 from __future__ import annotations
@@ -56,8 +64,11 @@ class WanDenoiserConfig:
 class WanDenoiser(nn.Module):
     """`WanTransformer` + the folder's scheduler, called as the pipeline calls a DiT."""
 
-    def __init__(self, transformer: WanTransformer, schedule: DiffusersSchedule):
+    def __init__(self, transformer: WanTransformer, schedule: DiffusersSchedule, *,
+                 expand_timesteps: bool = False):  # fmt: skip
+        """`expand_timesteps`: the folder's flag (Wan 2.2 TI2V): known frames may be given."""
         super().__init__()
+        self.expand_timesteps = expand_timesteps
         c = transformer.config
         if transformer.config.image_dim is not None:
             raise InvalidInputError("WanDenoiser takes a text-to-video transformer (no image_dim)")
@@ -106,6 +117,12 @@ class WanDenoiser(nn.Module):
             text = text * text_mask[..., None].to(text.dtype)  # Wan pads with zero states
         ts = self.timestep(t)
         if ts.dim() == 2:  # per latent frame -> per token (Wan 2.2's expand_timesteps)
+            if not self.expand_timesteps:
+                raise InvalidInputError(
+                    "this Wan folder has expand_timesteps false (Wan 2.1 text-to-video): its "
+                    "transformer takes no given first frame; image= / prefix= need a Wan 2.2 "
+                    "TI2V folder (expand_timesteps true)"
+                )
             p = self.config.patch
             if p[0] != 1 or ts.shape[1] != x_t.shape[2]:
                 raise InvalidInputError(f"per-frame t must be (B, T'), got {tuple(t.shape)}")
