@@ -279,7 +279,7 @@ def _edit(src, dst, file, **changes):
 
 @pytest.mark.parametrize(
     "file, changes, match",
-    [("model_index.json", {"_class_name": "WanImageToVideoPipeline"}, "WanImageToVideoPipeline"),
+    [("model_index.json", {"_class_name": "WanVACEPipeline"}, "WanVACEPipeline"),
      ("model_index.json", {"transformer_2": ["diffusers", "WanTransformer3DModel"]},
       "transformer_2"),
      ("model_index.json", {"text_encoder": ["transformers", "T5EncoderModel"]}, "T5EncoderModel"),

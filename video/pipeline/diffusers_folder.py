@@ -14,14 +14,18 @@ tokenizer, WanPipeline's 512-token zero padding and "" negative prompt) and the 
 by `schedulers.DiffusersSchedule` (UniPC → "unipc", DPM-Solver++ → "dpmpp_2m", FlowMatchEuler
 → "euler", with its shift). The settings are WanPipeline's defaults: 50 steps, guidance 5
 (diffusers' ``guidance_scale`` is our w: ``u + w(c − u)``; they skip the unconditional branch
-for w ≤ 1, we for w = 1 only), 81 frames of 480 × 832 at 16 fps. A Wan 2.2 TI2V folder
-(``expand_timesteps`` true) also makes image-to-video from ``image=`` as diffusers'
-`WanImageToVideoPipeline` does with it (see `wan_adapter`).
+for w ≤ 1, we for w = 1 only), 81 frames of 480 × 832 at 16 fps.
 
-Refused with `CheckpointError` naming what: another pipeline class (WanImageToVideoPipeline
-folders of Wan 2.1 I2V, with their CLIP image encoder, WanVACEPipeline, ...: not supported
-yet), Wan 2.2's two-expert folders (``transformer_2`` /
-``boundary_ratio``), a component of another class, an unsupported scheduler setting.
+Image to video, both as diffusers does it: a Wan 2.2 TI2V folder (``expand_timesteps`` true)
+takes ``image=`` as the known first latent frame (see `wan_adapter`); a Wan 2.1
+`WanImageToVideoPipeline` folder adds ``image_encoder`` (transformers' CLIPVisionModel) and
+``image_processor`` (CLIPImageProcessor) and needs ``image=``: its CLIP states and the frame
+mask + image latents enter the transformer (`WanDenoiser.image_inputs`).
+
+Refused with `CheckpointError` naming what: another pipeline class (WanVACEPipeline, ...),
+first/last-frame (FLF2V) transformers, Wan 2.2's two-expert folders (``transformer_2`` /
+``boundary_ratio``): not supported yet; a component of another class, an unsupported
+scheduler setting.
 """
 
 from __future__ import annotations
@@ -39,7 +43,14 @@ from mdiff.video.vae.model import CausalVAE
 __all__ = ["MODEL_INDEX", "is_diffusers_folder", "load_wan"]
 
 MODEL_INDEX = "model_index.json"
-PIPELINES = ("WanPipeline",)
+PIPELINES = ("WanPipeline", "WanImageToVideoPipeline")
+I2V = {  # Wan 2.1 image-to-video: CLIP image states (a TI2V folder has neither: null)
+    "image_encoder": ("transformers", ("CLIPVisionModel",)),
+    "image_processor": (
+        "transformers",
+        ("CLIPImageProcessor", "CLIPImageProcessorFast", "CLIPImageProcessorPil"),
+    ),
+}
 EXPECTED = {  # component -> (library, accepted classes)
     "transformer": ("diffusers", ("WanTransformer3DModel",)),
     "vae": ("diffusers", ("AutoencoderKLWan",)),
@@ -63,13 +74,16 @@ def read_index(directory: Path) -> dict:
     if name not in PIPELINES:
         raise CheckpointError(
             f"{path}: pipeline class {name!r} is not supported; mdiff reads {list(PIPELINES)} "
-            "folders (Wan text-to-video)"
+            "folders (Wan text- and image-to-video)"
         )
     second = index.get("transformer_2")  # absent or [null, null] in single-expert folders
     if second not in (None, [None, None]) or index.get("boundary_ratio") is not None:
         raise CheckpointError(f"{path}: Wan 2.2 two-expert folders (transformer_2, boundary_ratio)"
                               " are not supported")  # fmt: skip
-    for component, (library, classes) in EXPECTED.items():
+    expected = dict(EXPECTED)
+    if name == "WanImageToVideoPipeline" and _listed(index, "image_encoder"):
+        expected.update(I2V)
+    for component, (library, classes) in expected.items():
         entry = index.get(component)
         ok = isinstance(entry, list) and len(entry) == 2 and entry[0] == library
         if not ok or (classes is not None and entry[1] not in classes):
@@ -96,6 +110,29 @@ def _text_encoder(directory: Path, device, dtype_te=None) -> WanT5Encoder:
     return WanT5Encoder(model.to(dtype=dtype_te), tokenizer).to(device=device).eval()
 
 
+def _listed(index: dict, component: str) -> bool:
+    """Whether ``model_index.json`` names a class for `component` (not absent, not null)."""
+    entry = index.get(component)
+    return isinstance(entry, list) and len(entry) == 2 and entry[0] is not None
+
+
+def _image_encoder(directory: Path, processor_class: str, device):
+    """Wan 2.1 I2V's CLIP vision tower and image processor (transformers' folders; the
+    processor of the class the index names, as diffusers loads it)."""
+    import transformers
+
+    try:
+        encoder = transformers.CLIPVisionModel.from_pretrained(
+            directory / "image_encoder", local_files_only=True, use_safetensors=True
+        )
+        processor = getattr(transformers, processor_class).from_pretrained(
+            directory / "image_processor", local_files_only=True
+        )
+    except (OSError, ValueError, KeyError) as e:
+        raise CheckpointError(f"cannot load the image encoder of {directory}: {e}") from e
+    return encoder.to(device=device).eval().requires_grad_(False), processor
+
+
 def load_wan(directory: Path, *, device=None, dtype=None, stamper=None, model_id=None):
     """The `VideoPipeline` of a diffusers WanPipeline folder; `dtype` applies to the
     transformer (its fp32 parts kept)."""
@@ -105,9 +142,18 @@ def load_wan(directory: Path, *, device=None, dtype=None, stamper=None, model_id
     config = hub.read_json_object(directory / "scheduler" / "scheduler_config.json")
     schedule = DiffusersSchedule.from_config(config, str(directory / "scheduler"))
     transformer = WanTransformer.from_pretrained(directory / "transformer", device, dtype)
-    if transformer.config.image_dim is not None:
-        raise CheckpointError(f"{directory}/transformer is an image-to-video Wan transformer")
-    dit = WanDenoiser(transformer, schedule, expand_timesteps=bool(index.get("expand_timesteps")))
+    encoder = processor = None
+    if _listed(index, "image_encoder"):
+        encoder, processor = _image_encoder(directory, index["image_processor"][1], device)
+    if transformer.config.pos_embed_seq_len is not None:
+        raise CheckpointError(f"{directory}/transformer is a first/last-frame (FLF2V) Wan "
+                              "transformer (pos_embed_seq_len): not supported yet")  # fmt: skip
+    if (transformer.config.image_dim is None) != (encoder is None):
+        raise CheckpointError(f"{directory}: an image branch in the transformer (image_dim) needs "
+                              "an image_encoder, and the other way round")  # fmt: skip
+    expand = bool(index.get("expand_timesteps"))
+    dit = WanDenoiser(transformer, schedule, expand_timesteps=expand, image_encoder=encoder,
+                      image_processor=processor)  # fmt: skip
     vae = CausalVAE.from_pretrained(directory / "vae", device=device)
     text_encoder = _text_encoder(directory, device)
     settings = dict(WAN_DEFAULTS, solver=schedule.solver, shift=schedule.shift)

@@ -156,7 +156,14 @@ def prepare(pipe: VideoPipeline, call: Call) -> Request:
         num_frames = s.num_frames - 1 if extending else s.num_frames
     check_frames_count(num_frames, f, extending=extending)
 
-    known = None if given is None else _encode(pipe, given)  # (1, C, P, h, w)
+    inputs = None  # a DiT conditioned on an image through its own inputs (Wan 2.1 I2V)
+    if getattr(dit, "takes_image", False):
+        if image is None:
+            raise InvalidInputError("this pipeline makes video from an image: pass image=")
+        inputs, given_known = dit.image_inputs(vae, given, num_frames), None
+    else:
+        given_known = given
+    known = None if given_known is None else _encode(pipe, given_known)  # (1, C, P, h, w)
     n_known = 0 if known is None else known.shape[2]
     total = n_known + num_frames // f if extending else vae.latent_frames(num_frames)
     _check_layout(pipe, total, n_known)
@@ -166,7 +173,7 @@ def prepare(pipe: VideoPipeline, call: Call) -> Request:
     time_grid = getattr(dit, "time_grid", None)  # a DiT with its scheduler's grid (Wan folders)
     grid = None if time_grid is None else time_grid(steps)
     plan = LatentPlan(total, vae.config.z_dim, h, w, steps, s.shift, s.solver, guidance, seed,
-                      known, float(s.context_noise), method, grid, noise)  # fmt: skip
+                      known, float(s.context_noise), method, grid, noise, inputs)  # fmt: skip
     text = _encode_text(pipe, prompt, negative_prompt)
 
     modality = "image" if num_frames == 1 and not extending else "video"

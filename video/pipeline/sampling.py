@@ -81,6 +81,7 @@ class LatentPlan:
     guidance_method: str = "cfg"  # cfg | cfg_zero_star | apg (mdiff.guidance.METHODS)
     grid: Tensor | None = None  # an explicit time grid (steps + 1,) (a diffusers scheduler's)
     noise: Tensor | None = None  # (1, C, frames, h, w) the initial noise, given (latents=)
+    model_inputs: dict | None = None  # more DiT inputs, batch 1, both branches (Wan I2V's)
 
     @property
     def n_known(self) -> int:
@@ -153,16 +154,20 @@ def grid_for(plan: LatentPlan, tokens: int) -> Tensor:
     return shifted_grid(plan.steps, float(alpha), dtype=torch.float64)
 
 
-def _velocity(dit: SpaceTimeDiT, frame_offset: int, clean: Tensor | None):
+def _velocity(dit: SpaceTimeDiT, frame_offset: int, clean: Tensor | None, inputs=None):
     """The model function of one chunk: the DiT at `frame_offset`; frames where `clean` (n,)
     is True run at t = 1 and get velocity 0. A cache is only read: staged keys are dropped.
-    The ODE state and t stay float32; only the DiT runs in its own dtype (e.g. bf16)."""
+    The ODE state and t stay float32; only the DiT runs in its own dtype (e.g. bf16).
+    `inputs` (`LatentPlan.model_inputs`, batch 1) are repeated to the call's batch."""
     dtype = next(dit.parameters()).dtype
+    inputs = inputs or {}
 
     def fn(x: Tensor, t: Tensor, text: Tensor, text_mask: Tensor, cache: DiTCache | None = None):
         if clean is not None:  # per-frame time (B, n): known frames are data
             t = torch.where(clean, torch.ones_like(t)[:, None], t[:, None])
-        v = dit(x.to(dtype), t, text, text_mask, frame_offset=frame_offset, cache=cache).float()
+        extra = {k: v.expand(x.shape[0], *v.shape[1:]) for k, v in inputs.items()}
+        v = dit(x.to(dtype), t, text, text_mask, frame_offset=frame_offset, cache=cache, **extra)
+        v = v.float()
         if cache is not None:
             cache.discard()
         return _zero_clean(v, clean)
@@ -193,7 +198,7 @@ def _pad_text(emb: Tensor, mask: Tensor, length: int) -> tuple[Tensor, Tensor]:
 
 def _model_fn(dit, plan: LatentPlan, text: TextCondition, offset: int, clean, cache):
     """The (guided) model function of one chunk and its keyword arguments."""
-    fn = _velocity(dit, offset, clean)
+    fn = _velocity(dit, offset, clean, plan.model_inputs)
     if plan.guidance == 1.0:
         return fn, {"text": text.text, "text_mask": text.mask, "cache": cache}
     (emb, mask), (null, null_mask) = _branches(text)

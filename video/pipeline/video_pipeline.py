@@ -21,7 +21,8 @@ extension give the first latent frames (the encoded image, the prefix clip) and 
 
 A pipeline folder holds `pipeline.json` (component classes and subfolders, sampler settings)
 and one checkpoint folder per component: `vae/`, `dit/`, `text_encoder/` (see `folder`).
-`from_pretrained` also reads diffusers' Wan text-to-video folders (`diffusers_folder`).
+`from_pretrained` also reads diffusers' Wan folders, text- and image-to-video
+(`diffusers_folder`).
 """
 
 from __future__ import annotations

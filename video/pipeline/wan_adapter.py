@@ -42,6 +42,7 @@ from torch import Tensor, nn
 from mdiff.errors import InvalidInputError
 from mdiff.time import to_diffusers_timesteps, velocity_from_sigma
 from mdiff.video.dit.wan import WanTransformer
+from mdiff.video.io import frames_to_pixels
 from mdiff.video.pipeline.schedulers import DiffusersSchedule
 
 __all__ = ["WanDenoiser", "WanDenoiserConfig"]
@@ -65,17 +66,56 @@ class WanDenoiser(nn.Module):
     """`WanTransformer` + the folder's scheduler, called as the pipeline calls a DiT."""
 
     def __init__(self, transformer: WanTransformer, schedule: DiffusersSchedule, *,
-                 expand_timesteps: bool = False):  # fmt: skip
-        """`expand_timesteps`: the folder's flag (Wan 2.2 TI2V): known frames may be given."""
+                 expand_timesteps: bool = False, image_encoder=None,
+                 image_processor=None):  # fmt: skip
+        """`expand_timesteps`: the folder's flag (Wan 2.2 TI2V): known frames may be given.
+        `image_encoder` (transformers' CLIPVisionModel) and `image_processor` (its
+        CLIPImageProcessor): Wan 2.1 I2V, whose transformer has an image branch."""
         super().__init__()
         self.expand_timesteps = expand_timesteps
         c = transformer.config
-        if transformer.config.image_dim is not None:
-            raise InvalidInputError("WanDenoiser takes a text-to-video transformer (no image_dim)")
+        if (c.image_dim is None) != (image_encoder is None) or (
+            (image_encoder is None) != (image_processor is None)
+        ):
+            raise InvalidInputError("an image-to-video Wan transformer (image_dim) goes with an "
+                                    "image encoder and its processor, and only then")  # fmt: skip
         self.transformer, self.schedule = transformer, schedule
+        self.image_encoder, self.image_processor = image_encoder, image_processor
         p, n = tuple(c.patch_size), c.rope_max_seq_len
-        self.config = WanDenoiserConfig(c.in_channels, c.text_dim, p, (n * p[1], n * p[2]),
-                                        n * p[0])  # fmt: skip
+        latent = c.out_channels or c.in_channels  # I2V inputs add the mask and image latents
+        self.config = WanDenoiserConfig(latent, c.text_dim, p, (n * p[1], n * p[2]), n * p[0])
+        self._timesteps: dict[float, float] = {}  # float32 t of a grid point -> their timestep
+
+    @property
+    def takes_image(self) -> bool:
+        """Wan 2.1 I2V: the image enters through `image_inputs`, not as known frames."""
+        return self.image_encoder is not None
+
+    @torch.no_grad()
+    def image_inputs(self, vae, image: Tensor, num_frames: int) -> dict[str, Tensor]:
+        """WanImageToVideoPipeline's conditioning of uint8 (1, H, W, 3) `image`: CLIP states
+        (1, L, image_dim) (the encoder's second-to-last hidden states) and ``condition`` (1,
+        4 + C, T', h, w): the frame mask (1 on the image's 4 pixel frames of latent frame 0)
+        and the VAE latents of [image, then gray frames] (num_frames in all)."""
+        import PIL.Image
+
+        device = next(self.transformer.parameters()).device
+        pixels = self.image_processor(images=PIL.Image.fromarray(image[0].numpy()),
+                                      return_tensors="pt")["pixel_values"]  # fmt: skip
+        enc = next(self.image_encoder.parameters())
+        out = self.image_encoder(pixel_values=pixels.to(enc.device, enc.dtype),
+                                 output_hidden_states=True)  # fmt: skip
+        states = out.hidden_states[-2].to(device)  # (1, L, image_dim)
+        video = frames_to_pixels(image)[None]  # (1, 3, 1, H, W) in [-1, 1]
+        video = torch.cat([video, video.new_zeros(*video.shape[:2], num_frames - 1,
+                                                  *video.shape[3:])], dim=2)  # fmt: skip
+        v = next(vae.parameters())
+        latents = vae.encode(video.to(v.device, v.dtype)).to(device, torch.float32)
+        f, (_, _, n, h, w) = vae.temporal_factor, latents.shape
+        mask = torch.zeros(1, n * f, h, w, device=device)
+        mask[:, :f] = 1.0  # pixel frame 0, repeated over the first latent frame's f slots
+        mask = mask.view(1, n, f, h, w).transpose(1, 2)  # (1, f, T', h, w)
+        return {"condition": torch.cat([mask, latents], dim=1), "image": states}
         self._timesteps: dict[float, float] = {}  # float32 t of a grid point -> their timestep
 
     def to(self, *args, **kwargs) -> WanDenoiser:
@@ -106,9 +146,11 @@ class WanDenoiser(nn.Module):
         return torch.where(known.isnan(), fallback, known)
 
     def forward(self, x_t: Tensor, t: Tensor, text: Tensor, text_mask: Tensor | None = None,
-                frame_offset: int = 0, cache=None) -> Tensor:  # fmt: skip
+                frame_offset: int = 0, cache=None, condition: Tensor | None = None,
+                image: Tensor | None = None) -> Tensor:  # fmt: skip
         """x_t (B, C, T', H', W'); t (B,) or per latent frame (B, T'); text (B, S, D) with
-        text_mask (B, S). Returns our velocity x1 − x0 (B, C, T', H', W')."""
+        text_mask (B, S); I2V: `condition` (B, 4 + C, T', H', W') and CLIP states `image`
+        (`image_inputs`). Returns our velocity x1 − x0 (B, C, T', H', W')."""
         if cache is not None or frame_offset != 0:
             raise InvalidInputError("a Wan transformer is bidirectional: no cache, no offset")
         dtype = self.transformer.patch_embedding.weight.dtype  # the compute dtype (bf16, ...)
@@ -128,5 +170,8 @@ class WanDenoiser(nn.Module):
                 raise InvalidInputError(f"per-frame t must be (B, T'), got {tuple(t.shape)}")
             per_frame = (x_t.shape[3] // p[1]) * (x_t.shape[4] // p[2])
             ts = ts.repeat_interleave(per_frame, dim=1)  # (B, N)
-        out = self.transformer.forward_diffusers(x_t, ts, text)  # dx/dσ
+        if condition is not None:  # WanImageToVideoPipeline: cat([latents, condition], dim=1)
+            x_t = torch.cat([x_t, condition.to(dtype)], dim=1)
+        image = None if image is None else image.to(dtype)
+        out = self.transformer.forward_diffusers(x_t, ts, text, image)  # dx/dσ
         return velocity_from_sigma(out)
