@@ -156,20 +156,17 @@ def prepare(pipe: VideoPipeline, call: Call) -> Request:
         num_frames = s.num_frames - 1 if extending else s.num_frames
     check_frames_count(num_frames, f, extending=extending)
 
-    inputs = None  # a DiT conditioned on an image through its own inputs (Wan 2.1 I2V)
-    if getattr(dit, "takes_image", False):
-        if image is None:
-            raise InvalidInputError("this pipeline makes video from an image: pass image=")
-        inputs, given_known = dit.image_inputs(vae, given, num_frames), None
-    else:
-        given_known = given
-    known = None if given_known is None else _encode(pipe, given_known)  # (1, C, P, h, w)
+    takes_image = getattr(dit, "takes_image", False)  # the image in the DiT's inputs (Wan I2V)
+    if takes_image and image is None:
+        raise InvalidInputError("this pipeline makes video from an image: pass image=")
+    known = None if given is None or takes_image else _encode(pipe, given)  # (1, C, P, h, w)
     n_known = 0 if known is None else known.shape[2]
     total = n_known + num_frames // f if extending else vae.latent_frames(num_frames)
     _check_layout(pipe, total, n_known)
     noise = None
     if call.latents is not None:
         noise = check_latents(call.latents, (1, vae.config.z_dim, total, h, w))
+    inputs = dit.image_inputs(vae, given, num_frames) if takes_image else None
     time_grid = getattr(dit, "time_grid", None)  # a DiT with its scheduler's grid (Wan folders)
     grid = None if time_grid is None else time_grid(steps)
     plan = LatentPlan(total, vae.config.z_dim, h, w, steps, s.shift, s.solver, guidance, seed,
