@@ -63,8 +63,9 @@ class PipelineSettings:
             isinstance(self.shift, int | float) and math.isfinite(self.shift) and self.shift > 0
         ):
             raise InvalidInputError(f"shift must be a number > 0 or 'auto', got {self.shift!r}")
-        if self.solver not in SOLVERS:
-            raise InvalidInputError(f"unknown solver {self.solver!r}; one of {sorted(SOLVERS)}")
+        if self.solver not in SOLVERS and self.solver != "renoise":  # renoise: causal_wan
+            known = sorted([*SOLVERS, "renoise"])
+            raise InvalidInputError(f"unknown solver {self.solver!r}; one of {known}")
         check_guidance(self.guidance)
         check_guidance_method(self.guidance_method)
         c = self.context_noise
@@ -186,7 +187,8 @@ def prepare(pipe: VideoPipeline, call: Call) -> Request:
         digest = hashlib.sha256(noise.numpy().tobytes()).hexdigest()
         extra["noise"] = {"kind": "given (latents)", "sha256": digest}
     if grid is not None:
-        extra["scheduler"] = dit.schedule.class_name  # its grid and model timesteps
+        schedule = getattr(dit, "schedule", None)  # its grid and model timesteps
+        extra["scheduler"] = schedule.class_name if schedule is not None else dit.schedule_name
     if pipe.causal:
         extra["chunk_frames"] = dit.config.chunk_frames
         extra["context_noise"] = plan.context_noise

@@ -240,7 +240,13 @@ def _denoise(dit, plan, text, j, span, cache, tally, callback) -> Tensor:
             callback(Progress(j, tally.chunks, s.i, plan.steps, s.t_next, tally.done, tally.total,
                               s.x))  # fmt: skip
 
-    return solve(plan.solver, fn, x, grid_for(plan, tokens), callback=step, **cond)
+    grid = grid_for(plan, tokens)
+    if plan.solver == "renoise":  # few-step x̂1 + fresh noise (causal Wan, `causal_wan`)
+        from mdiff.video.pipeline.causal_wan import renoise
+
+        gen = chunk_generator(plan.seed, j, "renoise")
+        return renoise(fn, x, grid, generator=gen, keep=clean, callback=step, **cond)
+    return solve(plan.solver, fn, x, grid, callback=step, **cond)
 
 
 @torch.no_grad()
