@@ -248,3 +248,31 @@ def test_stream_and_live_mp4_with_provenance(causal_pipe, home, tmp_path):
     report = verify(summary.path, home=home)
     assert report.manifest.state == "trusted" and report.exit_code == 0
     assert report.manifest.record.model_id == "tiny-causal-wan"
+
+
+def test_pipeline_folder_and_cli_stream(causal_pipe, home, tmp_path):
+    """save_pretrained → a folder (dit/: diffusers' Wan transformer + causal_config.json) that
+    `VideoPipeline.from_pretrained` and `mdiff video --stream` read; same frames, signed."""
+    from mdiff import cli
+    from mdiff.provenance import verify
+    from mdiff.video.pipeline.causal_wan import CAUSAL_CONFIG
+    from mdiff.video.pipeline.video_pipeline import VideoPipeline
+
+    folder = causal_pipe.save_pretrained(tmp_path / "causal-wan")
+    config = json.loads((folder / "dit" / "config.json").read_text())
+    assert config["_class_name"] == "WanTransformer3DModel"
+    causal = json.loads((folder / "dit" / CAUSAL_CONFIG).read_text())
+    assert causal["num_frame_per_block"] == 2
+    assert causal["denoising_step_list"] == [1000, 750, 500, 250]
+    loaded = VideoPipeline.from_pretrained(folder, stamper=causal_pipe.stamper)
+    loaded.model_id = causal_pipe.model_id
+    assert loaded.causal and loaded.settings == causal_pipe.settings
+    assert torch.equal(
+        loaded("a red circle", seed=4).frames, causal_pipe("a red circle", seed=4).frames
+    )
+    out = tmp_path / "cli.mp4"
+    args = ["--threads", "1", "--home", str(home), "video", "a red circle", "-o", str(out),
+            "--model", str(folder), "--stream", "--no-progress"]  # fmt: skip
+    assert cli.main(args) == 0
+    report = verify(out, home=home)
+    assert report.manifest.state == "trusted" and report.exit_code == 0

@@ -26,20 +26,26 @@ No guidance: the distilled model has it baked in (`guidance=1`).
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
-from mdiff.errors import InvalidInputError
+from mdiff import hub
+from mdiff.atomic import write_text_atomic
+from mdiff.errors import CheckpointError, InvalidInputError
 from mdiff.solvers import Step
-from mdiff.video.dit.wan_causal import CausalWanTransformer
+from mdiff.video.dit.wan_causal import CausalWanConfig, CausalWanTransformer
 from mdiff.video.pipeline.wan_adapter import WanDenoiserConfig
 
 __all__ = ["RENOISE", "SELF_FORCING_SETTINGS", "SELF_FORCING_STEPS", "CausalWanDenoiser",
-           "renoise", "self_forcing_grid"]  # fmt: skip
+           "CAUSAL_CONFIG", "renoise", "self_forcing_grid"]  # fmt: skip
 
 RENOISE = "renoise"
+CAUSAL_CONFIG = "causal_config.json"  # beside the transformer's config.json (Self-Forcing names)
 SELF_FORCING_STEPS = (1000, 750, 500, 250)
 SELF_FORCING_SHIFT = 5.0
 SELF_FORCING_SETTINGS = dict(steps=4, solver=RENOISE, guidance=1.0, shift=SELF_FORCING_SHIFT,
@@ -110,6 +116,12 @@ class CausalWanDenoiser(nn.Module):
     def schedule_name(self) -> str:
         return f"self-forcing(denoising_step_list={list(self.denoising_steps)}, shift={self.shift})"
 
+    def to(self, *args, **kwargs) -> CausalWanDenoiser:
+        """As `nn.Module.to`; a dtype keeps the transformer's fp32 parts (`WanTransformer.cast`)."""
+        device, dtype, *_ = torch._C._nn._parse_to(*args, **kwargs)
+        self.transformer.cast(dtype)
+        return super().to(device=device)
+
     def new_cache(self):
         return self.transformer.new_cache()
 
@@ -127,3 +139,43 @@ class CausalWanDenoiser(nn.Module):
         dtype = self.transformer.patch_embedding.weight.dtype
         return self.transformer(x_t.to(dtype), t, text.to(dtype), text_mask,
                                 frame_offset=frame_offset, cache=cache)  # fmt: skip
+
+    def save_pretrained(self, directory: str | os.PathLike) -> Path:
+        """The transformer's folder (diffusers' layout: diffusers reads it as a
+        WanTransformer3DModel) plus `causal_config.json`: num_frame_per_block, local_attn_size
+        (-1 = unbounded), sink_size, denoising_step_list, timestep_shift, warp_denoising_step."""
+        directory = self.transformer.save_pretrained(directory)
+        c = self.transformer.causal
+        config = {"num_frame_per_block": c.num_frame_per_block, "sink_size": c.sink_size,
+                  "local_attn_size": -1 if c.local_attn_size is None else c.local_attn_size,
+                  "denoising_step_list": list(self.denoising_steps),
+                  "timestep_shift": self.shift, "warp_denoising_step": self.warp}  # fmt: skip
+        write_text_atomic(directory / CAUSAL_CONFIG, json.dumps(config, indent=2) + "\n")
+        return directory
+
+    @classmethod
+    def from_pretrained(cls, name_or_path, device=None, dtype=None) -> CausalWanDenoiser:
+        """A folder `save_pretrained` wrote, or any Wan transformer folder (diffusers' or
+        original names, e.g. `mdiff convert` of a Self-Forcing checkpoint) with a
+        `causal_config.json` added."""
+        directory = hub.resolve(name_or_path)
+        path = directory / CAUSAL_CONFIG
+        if not path.is_file():
+            raise CheckpointError(f"{directory} has no {CAUSAL_CONFIG}: not a causal Wan model")
+        raw = hub.read_json_object(path)
+        known = {"num_frame_per_block", "local_attn_size", "sink_size", "denoising_step_list",
+                 "timestep_shift", "warp_denoising_step"}  # fmt: skip
+        if set(raw) - known:
+            raise CheckpointError(f"{path}: unknown keys {sorted(set(raw) - known)}")
+        try:
+            causal = CausalWanConfig(
+                int(raw.get("num_frame_per_block", 3)),
+                raw.get("local_attn_size", -1),
+                int(raw.get("sink_size", 0)),
+            )
+            model = CausalWanTransformer.from_pretrained(directory, device, dtype, causal=causal)
+            return cls(model, raw.get("denoising_step_list", SELF_FORCING_STEPS),
+                       float(raw.get("timestep_shift", SELF_FORCING_SHIFT)),
+                       bool(raw.get("warp_denoising_step", True))).eval()  # fmt: skip
+        except (InvalidInputError, TypeError, ValueError) as e:
+            raise CheckpointError(f"{path}: {e}") from e

@@ -30,6 +30,7 @@ import mdiff
 from mdiff import hub
 from mdiff.errors import CheckpointError, InvalidInputError
 from mdiff.video.dit.model import SpaceTimeDiT
+from mdiff.video.pipeline.causal_wan import CausalWanDenoiser
 from mdiff.video.text_encoders import ShapesTextEncoder
 from mdiff.video.text_encoders.hf import HFTextEncoder
 from mdiff.video.vae.model import CausalVAE
@@ -39,7 +40,8 @@ __all__ = ["COMPONENTS", "PIPELINE_FILE", "PIPELINE_FORMAT", "load_component", "
 PIPELINE_FILE = "pipeline.json"
 PIPELINE_FORMAT = "mdiff-video-pipeline/1"
 COMPONENTS = ("vae", "dit", "text_encoder")
-CLASSES = {c.__name__: c for c in (CausalVAE, SpaceTimeDiT, ShapesTextEncoder, HFTextEncoder)}
+CLASSES = {c.__name__: c for c in (CausalVAE, SpaceTimeDiT, ShapesTextEncoder, HFTextEncoder,
+                                   CausalWanDenoiser)}  # fmt: skip
 
 
 def spec(pipe, shared_vae: str | None = None) -> dict:

@@ -45,6 +45,7 @@ from mdiff.provenance.watermark.pixel import MotionTrack
 from mdiff.record import GenerationRecord
 from mdiff.video.dit.model import SpaceTimeDiT
 from mdiff.video.pipeline import diffusers_folder, folder
+from mdiff.video.pipeline.causal_wan import CausalWanDenoiser
 from mdiff.video.pipeline.folder import COMPONENTS, PIPELINE_FILE
 from mdiff.video.pipeline.request import Call, PipelineSettings, Request, prepare
 from mdiff.video.pipeline.sampling import LatentChunk, Progress, sample_latents
@@ -221,10 +222,11 @@ class VideoPipeline:
         """Write `pipeline.json` and `vae/`, `dit/`, `text_encoder/` into `directory`,
         atomically (see `mdiff.video.pipeline.folder`). `shared_vae`: the name of the built-in
         VAE this pipeline's VAE is, referenced by name and weights hash instead of copied."""
-        if not isinstance(self.dit, SpaceTimeDiT):
+        if not isinstance(self.dit, SpaceTimeDiT | CausalWanDenoiser):
             raise InvalidInputError(
-                f"save_pretrained writes pipelines of a SpaceTimeDiT; this one's DiT is a "
-                f"{type(self.dit).__name__} (a diffusers Wan folder: use that folder as it is)"
+                f"save_pretrained writes pipelines of a SpaceTimeDiT or a CausalWanDenoiser; this "
+                f"one's DiT is a {type(self.dit).__name__} (a diffusers Wan folder: use that "
+                "folder as it is)"
             )
         spec = folder.spec(self, shared_vae)
         with atomic_dir(directory) as tmp:
