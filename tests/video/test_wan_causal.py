@@ -11,7 +11,7 @@ import json
 import pytest
 import torch
 
-from mdiff.errors import InvalidInputError
+from mdiff.errors import CheckpointError, InvalidInputError
 from mdiff.video.dit.wan import WanTransformer, WanTransformerConfig
 from mdiff.video.dit.wan_causal import CausalWanConfig, CausalWanTransformer, block_causal_mask
 from mdiff.video.dit.wan_keys import config_from_original, to_original
@@ -142,7 +142,8 @@ def test_self_forcing_checkpoint_converts_and_loads(tmp_path):
     """A .pt in Self-Forcing's layout (`generator_ema` of `model.`-prefixed original Wan names,
     plain tensors) → `mdiff convert --key generator_ema --strip-prefix model. --config` → a
     folder the causal model loads, giving the same stream."""
-    from mdiff.convert import convert
+    from mdiff import cli
+    from mdiff.video.pipeline.causal_wan import CAUSAL_CONFIG, CausalWanDenoiser
 
     wan = _wan(3)
     original = {f"model.{k}": v.clone() for k, v in to_original(wan.state_dict()).items()}
@@ -155,13 +156,26 @@ def test_self_forcing_checkpoint_converts_and_loads(tmp_path):
               "cross_attn_norm": True, "eps": 1e-6}  # fmt: skip
     assert config_from_original(config)["attention_head_dim"] == 12
     (tmp_path / "config.json").write_text(json.dumps(config))
-    out = convert(tmp_path / "self_forcing.pt", tmp_path / "sf", key="generator_ema",
-                  strip_prefix="model.", config=tmp_path / "config.json")  # fmt: skip
+    out = tmp_path / "sf"
+    args = ["--threads", "1", "convert", str(tmp_path / "self_forcing.pt"), str(out),
+            "--key", "generator_ema", "--strip-prefix", "model.",
+            "--config", str(tmp_path / "config.json")]  # fmt: skip
+    assert cli.main(args) == 0
     causal = CausalWanConfig(2, 4, 1)
     loaded = CausalWanTransformer.from_pretrained(out, causal=causal)
     ref = CausalWanTransformer.from_wan(wan, causal)
     x, t, text = _inputs(6)
     assert torch.equal(_stream(loaded, x, t, text)[0], _stream(ref, x, t, text)[0])
+    # the folder + a causal_config.json (Self-Forcing's names) is a pipeline's causal DiT
+    sf = {"num_frame_per_block": 2, "local_attn_size": 4, "sink_size": 1,
+          "denoising_step_list": [1000, 750, 500, 250], "timestep_shift": 5.0}  # fmt: skip
+    (out / CAUSAL_CONFIG).write_text(json.dumps(sf))
+    dit = CausalWanDenoiser.from_pretrained(out)
+    assert dit.transformer.causal == causal and dit.config.attention == "block_causal"
+    assert torch.equal(_stream(dit.transformer, x, t, text)[0], _stream(ref, x, t, text)[0])
+    (out / CAUSAL_CONFIG).write_text(json.dumps({**sf, "local_attn_size": 2}))
+    with pytest.raises(CheckpointError, match="local_attn_size"):
+        CausalWanDenoiser.from_pretrained(out)
 
 
 def test_self_forcing_grid():
