@@ -31,7 +31,9 @@ SHA-256 of (seed, j), so a chunk's noise never depends on how the clip is cut in
 whole clip (`LatentPlan.noise`, the pipeline's ``latents=``) is sliced per chunk instead.
 
 Grid. `LatentPlan.grid`, when set (a diffusers scheduler's grid, see `schedulers`), replaces
-the shifted uniform grid.
+the shifted uniform grid. The solver "renoise" is the few-step sampler of causal Wan models
+(Self-Forcing: predict the data, re-noise it to the next grid point with fresh noise from the
+chunk's "renoise" generator; see `causal_wan`).
 """
 
 from __future__ import annotations
