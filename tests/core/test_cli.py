@@ -76,10 +76,10 @@ TRAIN_FLAGS = {
     "--frames --freeze-encoder --init-from --log-every --lr --mixed-precision --no-progress "
     "--out --recon --res-blocks --resume --save-every --seed --size --steps --threads --z-dim",
     "dit": "--batch-size --caption-dropout --clean-context --clips --context-noise --cooldown "
-    "--distill --eval-every --export --export-frames --export-only --export-vae --first-chunk-weight "
-    "--frames --free-form --freeze-dit --guidance --init-from --log-every --lr --mixed-precision "
-    "--no-progress --out --preset --resume --save-every --seed --shift --sink-position --size "
-    "--steps --threads --vae",
+    "--distill --eval-every --export --export-frames --export-only --export-vae "
+    "--first-chunk-weight --frames --free-form --freeze-dit --guidance --init-from --log-every "
+    "--lr --mixed-precision --no-progress --out --preset --resume --save-every --seed --shift "
+    "--sink-position --size --steps --threads --vae",
     "text": "--batch-size --block-size --checkpoint --cooldown --corpus --eval-every --export "
     "--export-only --fim-order --init-from --kind --log-every --lr --mixed-precision "
     "--no-progress --out --pattern --preset --resume --save-every --seed --seq-len --steps "
