@@ -54,24 +54,27 @@ def jpeg_sof_bomb(path: Path, side: int = 65_500) -> Path:
 
 
 SIGINT_SITECUSTOMIZE = '''"""Send this process SIGINT as soon as the module named by
-$MDIFF_TEST_SIGINT_AT starts importing: a Ctrl-C during start-up, at a chosen point."""
+$MDIFF_TEST_SIGINT_AT starts importing: a Ctrl-C during start-up, at a chosen point. A finder
+first on sys.meta_path sends it synchronously, from the importing thread, so the interrupt
+lands at that import however loaded the machine is (a watcher thread could be starved)."""
 import os
 import signal
 import sys
-import threading
-import time
 
 _AT = os.environ.get("MDIFF_TEST_SIGINT_AT")
 
 
-def _watch():
-    while _AT not in sys.modules:
-        time.sleep(0.001)
-    os.kill(os.getpid(), signal.SIGINT)
+class _Interrupt:
+    @staticmethod
+    def find_spec(name, path=None, target=None):
+        if name == _AT:
+            sys.meta_path.remove(_Interrupt)
+            os.kill(os.getpid(), signal.SIGINT)
+        return None  # the real finders import it
 
 
 if _AT:
-    threading.Thread(target=_watch, daemon=True).start()
+    sys.meta_path.insert(0, _Interrupt)
 '''
 
 
