@@ -74,6 +74,9 @@ class _Interrupt:
 
 
 if _AT:
+    # a terminal's Ctrl-C reaches Python's handler; a shell's background job (`cmd &`) starts
+    # with SIGINT ignored, and children inherit that, so put the handler back first
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     sys.meta_path.insert(0, _Interrupt)
 '''
 
