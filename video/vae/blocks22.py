@@ -24,6 +24,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mdiff.errors import InvalidInputError
 from mdiff.video.vae.blocks import Cache, Resample, ResidualBlock
 
 
@@ -60,7 +61,7 @@ class AvgDown3D(nn.Module):
         self.out_channels = out_channels
         factor = factor_t * factor_s * factor_s
         if in_channels * factor % out_channels:
-            raise ValueError(
+            raise InvalidInputError(
                 f"AvgDown3D: {in_channels} channels × {factor} do not split into {out_channels}"
             )
         self.group_size = in_channels * factor // out_channels
@@ -88,7 +89,7 @@ class DupUp3D(nn.Module):
         self.out_channels = out_channels
         factor = factor_t * factor_s * factor_s
         if out_channels * factor % in_channels:
-            raise ValueError(
+            raise InvalidInputError(
                 f"DupUp3D: {out_channels} channels × {factor} are no multiple of {in_channels}"
             )
         self.repeats = out_channels * factor // in_channels
