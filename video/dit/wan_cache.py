@@ -24,7 +24,7 @@ from torch import Tensor
 
 from mdiff.errors import InvalidInputError
 
-__all__ = ["WanCache", "visible_frames"]
+__all__ = ["TextKV", "WanCache", "visible_frames"]
 
 
 def visible_frames(key_frames: Tensor, end: int, window: int | None, sink: int) -> Tensor:
@@ -35,9 +35,28 @@ def visible_frames(key_frames: Tensor, end: int, window: int | None, sink: int) 
     return ok
 
 
-class WanCache:
+class TextKV:
+    """The text cross-attention (k, v) of one prompt per layer, kept across a stream."""
+
+    _text: tuple[Tensor, list] | None = None  # (text states, per layer (k, v))
+    attn_mask = None  # a self-attention mask over what `read` returns (fixed-shape caches)
+
+    def text_kv(self, text: Tensor) -> list | None:
+        """The per-layer cross-attention (k, v) kept for text states equal to `text`."""
+        if self._text is None:
+            return None
+        held, kvs = self._text
+        same = held.shape == text.shape and held.dtype == text.dtype and held.device == text.device
+        return kvs if same and torch.equal(held, text) else None
+
+    def keep_text_kv(self, text: Tensor, kvs: list) -> None:
+        self._text = (text.detach().clone(), kvs)
+
+
+class WanCache(TextKV):
     """Per layer committed (k, v) (B, H, Lc, hd) and `key_frames` (Lc,); made by
-    `CausalWanTransformer.new_cache()`."""
+    `CausalWanTransformer.new_cache()`. Shapes grow (torch.cat) and shrink (eviction) chunk by
+    chunk; `WanRingCache` (`wan_ring_cache`) keeps them fixed."""
 
     def __init__(self, n_layers: int, window: int | None, sink_size: int):
         self.n_layers, self.window, self.sink_size = n_layers, window, sink_size
@@ -46,7 +65,7 @@ class WanCache:
         self.key_frames: Tensor | None = None  # (Lc,) long
         self._staged: dict[int, tuple[Tensor, Tensor]] = {}
         self._staged_frames: Tensor | None = None
-        self._text: tuple[Tensor, list] | None = None  # (text states, per layer (k, v))
+        self._last = -1  # the last committed frame (the window may have evicted every key)
 
     @property
     def length(self) -> int:
@@ -57,16 +76,17 @@ class WanCache:
     def frames(self) -> list[int]:
         return [] if self.key_frames is None else sorted(set(self.key_frames.tolist()))
 
-    def begin(self, frames: Tensor) -> None:
-        """Start a forward pass whose new keys belong to latent frames `frames` (N,)."""
+    def begin(self, frames: Tensor, batch: int | None = None, dtype=None) -> None:
+        """Start a forward pass whose new keys belong to latent frames `frames` (N,). `batch`
+        and `dtype` (of the keys to come) serve fixed-shape caches; this one ignores them."""
         if self._staged or self._staged_frames is not None:
             raise InvalidInputError(
                 "the cache holds staged keys; call commit() or discard() after every forward"
             )
-        if self.key_frames is not None and int(frames.min()) <= int(self.key_frames.max()):
+        if int(frames.min()) <= self._last:
             raise InvalidInputError(
-                f"chunk frames start at {int(frames.min())}, but frames up to "
-                f"{int(self.key_frames.max())} are committed: chunks go in order"
+                f"chunk frames start at {int(frames.min())}, but frames up to {self._last} are "
+                "committed: chunks go in order"
             )
         self._staged_frames = frames
 
@@ -99,9 +119,10 @@ class WanCache:
         self._staged = {}
         kf = self.key_frames
         self.key_frames = frames if kf is None else torch.cat([kf, frames])
+        self._last = int(frames.max())
         if self.window is None:
             return
-        nxt = int(self.key_frames.max()) + 1  # the next chunk's first frame; it ends after it
+        nxt = self._last + 1  # the next chunk's first frame; it ends after it
         keep = visible_frames(self.key_frames, nxt + 1, self.window, self.sink_size)
         if bool(keep.all()):
             return
@@ -114,17 +135,6 @@ class WanCache:
     def discard(self) -> None:
         """Drop the keys of the last forward pass: it only read the cache."""
         self._staged, self._staged_frames = {}, None
-
-    def text_kv(self, text: Tensor) -> list | None:
-        """The per-layer cross-attention (k, v) kept for text states equal to `text`."""
-        if self._text is None:
-            return None
-        held, kvs = self._text
-        same = held.shape == text.shape and held.dtype == text.dtype and held.device == text.device
-        return kvs if same and torch.equal(held, text) else None
-
-    def keep_text_kv(self, text: Tensor, kvs: list) -> None:
-        self._text = (text.detach().clone(), kvs)
 
     def __repr__(self) -> str:
         return (f"WanCache(n_layers={self.n_layers}, keys={self.length}, frames={self.frames}, "

@@ -7,6 +7,8 @@ names, so the same checkpoints load (diffusers folders, original Wan names, Self
     v = model(x_t, t, text)                        # whole clip, explicit block-causal mask
     cache = model.new_cache()                      # or chunk by chunk (`wan_cache`):
     v = model(x_chunk, t, text, frame_offset=a, cache=cache); cache.discard() / commit()
+    cache = model.new_cache(fixed=True)            # fixed shapes (`wan_ring_cache`), and
+    model.compile_stream()                         # the chunk step compiled once
 
 Latent frames are grouped in blocks of `num_frame_per_block`; a frame's queries see every frame
 of its own block and of earlier blocks, limited by the rolling window: `local_attn_size` L
@@ -33,6 +35,7 @@ from mdiff.video.dit.checks import check_text, check_time
 from mdiff.video.dit.wan import WanTransformer, WanTransformerConfig
 from mdiff.video.dit.wan_blocks import WanAttention, WanBlock, gated_add, modulate
 from mdiff.video.dit.wan_cache import WanCache, visible_frames
+from mdiff.video.dit.wan_ring_cache import WanRingCache
 
 __all__ = ["CausalWanConfig", "CausalWanTransformer", "block_causal_mask"]
 
@@ -87,6 +90,7 @@ class CausalWanTransformer(WanTransformer):
         if config.image_dim is not None:
             raise InvalidInputError("a causal Wan transformer takes no image branch (I2V) yet")
         self.causal = causal or CausalWanConfig()
+        self._compiled = None  # `compile_stream`
 
     @classmethod
     def from_wan(cls, model: WanTransformer, causal: CausalWanConfig | None = None):
@@ -102,9 +106,22 @@ class CausalWanTransformer(WanTransformer):
         wan = WanTransformer.from_pretrained(name_or_path, device, dtype, subfolder=subfolder)
         return cls.from_wan(wan, causal)
 
-    def new_cache(self) -> WanCache:
-        c = self.causal
-        return WanCache(self.config.num_layers, c.local_attn_size, c.sink_size)
+    def new_cache(self, fixed: bool = False) -> WanCache | WanRingCache:
+        """A growing `WanCache`, or with `fixed` a `WanRingCache` whose tensors keep one shape
+        (needs a finite `local_attn_size`); both give the same outputs."""
+        c, cfg = self.causal, self.config
+        if fixed:
+            return WanRingCache(cfg.num_layers, c.local_attn_size, c.sink_size,
+                                c.num_frame_per_block, cfg.num_attention_heads,
+                                cfg.attention_head_dim)  # fmt: skip
+        return WanCache(cfg.num_layers, c.local_attn_size, c.sink_size)
+
+    def compile_stream(self, **kwargs) -> CausalWanTransformer:
+        """`torch.compile(**kwargs)` the per-chunk network (what runs after the checks, RoPE
+        table and text keys/values) for streamed chunks; with a `WanRingCache` it compiles once
+        per chunk size. The whole-clip (masked) forward stays eager."""
+        self._compiled = torch.compile(self._core, **kwargs)
+        return self
 
     def forward(self, x_t: Tensor, t: Tensor, text: Tensor, text_mask: Tensor | None = None,
                 frame_offset: int = 0, cache: WanCache | None = None) -> Tensor:  # fmt: skip
@@ -134,7 +151,10 @@ class CausalWanTransformer(WanTransformer):
             mask = Dense(block_causal_mask(tt, hh * ww, self.causal).to(x_t.device))
         else:
             frames = torch.arange(frame_offset, frame_offset + tt, device=x_t.device)
-            cache.begin(frames.repeat_interleave(hh * ww))
+            kv_dtype = self.patch_embedding.weight.dtype  # what the keys will be
+            if torch.is_autocast_enabled(x_t.device.type):
+                kv_dtype = torch.get_autocast_dtype(x_t.device.type)
+            cache.begin(frames.repeat_interleave(hh * ww), batch=b, dtype=kv_dtype)
         try:
             out = self._causal_denoise(x_t, sigma, text, grid, frame_offset, mask, cache)
         except BaseException:
@@ -144,20 +164,25 @@ class CausalWanTransformer(WanTransformer):
         return velocity_from_sigma(out)
 
     def _causal_denoise(self, x, sigma, text, grid, frame_offset, mask, cache) -> Tensor:
-        """As `WanTransformer._denoise` (σ convention, dx/dσ), block-causal."""
-        c = self.config
+        """As `WanTransformer._denoise` (σ convention, dx/dσ), block-causal: the RoPE table and
+        the text keys/values (kept in the cache), then `_core` (compiled by `compile_stream`)."""
         rope = self.rope(grid, x.device, frame_offset)  # 2 × (N, hd/2)
-        h = self.patch_embedding(x).flatten(2).transpose(1, 2).contiguous()  # (B, N, D)
-        emb = self.condition_embedder
-        freq = timestep_embedding(sigma, emb.freq_dim)  # (B, G, F)
-        temb = emb.time_embedder(freq.to(emb.time_embedder.linear_1.weight.dtype)).to(text.dtype)
-        e6 = emb.time_proj(F.silu(temb)).unflatten(-1, (6, -1))  # (B, G, 6, D)
         kvs = None if cache is None else cache.text_kv(text)
         if kvs is None:
-            context = emb.text_embedder(text)  # (B, S, D)
+            context = self.condition_embedder.text_embedder(text)  # (B, S, D)
             kvs = [_cross_kv(blk.attn2, context) for blk in self.blocks]
             if cache is not None and not torch.is_grad_enabled():
                 cache.keep_text_kv(text, kvs)
+        core = self._core if cache is None or self._compiled is None else self._compiled
+        return core(x, sigma, text.dtype, grid, kvs, rope, mask, cache)
+
+    def _core(self, x, sigma, dtype, grid, kvs, rope, mask, cache) -> Tensor:
+        """Patches, time embedding, the blocks and the head: x (B, C, T, H, W) -> dx/dσ."""
+        c, emb = self.config, self.condition_embedder
+        h = self.patch_embedding(x).flatten(2).transpose(1, 2).contiguous()  # (B, N, D)
+        freq = timestep_embedding(sigma, emb.freq_dim)  # (B, G, F)
+        temb = emb.time_embedder(freq.to(emb.time_embedder.linear_1.weight.dtype)).to(dtype)
+        e6 = emb.time_proj(F.silu(temb)).unflatten(-1, (6, -1))  # (B, G, 6, D)
         for i, block in enumerate(self.blocks):
             h = self._block(block, i, h, kvs[i], e6, rope, mask, cache)  # (B, N, D)
         shift, scale = (self.scale_shift_table.float() + temb.float()[:, :, None]).unbind(2)
@@ -183,6 +208,7 @@ class CausalWanTransformer(WanTransformer):
         v = attn._heads(attn.to_v(x))
         if cache is not None:
             k, v = cache.read(i, k, v)  # (B, H, Lv + N, hd): visible past, then this chunk
+            mask = cache.attn_mask  # None (WanCache), or the ring's slots in use
         out = attend(q, k, v, mask=mask, backend=self.backend).to(q.dtype)  # (B, H, N, hd)
         return attn.to_out[0](out.transpose(1, 2).flatten(2))  # (B, N, D)
 

@@ -93,12 +93,18 @@ class CausalWanDenoiser(nn.Module):
 
     def __init__(self, transformer: CausalWanTransformer,
                  denoising_steps: Sequence[float] = SELF_FORCING_STEPS,
-                 shift: float = SELF_FORCING_SHIFT, warp: bool = True):  # fmt: skip
+                 shift: float = SELF_FORCING_SHIFT, warp: bool = True, *,
+                 fixed_cache: bool = False):  # fmt: skip
+        """`fixed_cache`: stream with the fixed-shape `WanRingCache` (same outputs; for
+        `transformer.compile_stream()`), which needs a finite `local_attn_size`."""
         super().__init__()
         if not isinstance(transformer, CausalWanTransformer):
             raise InvalidInputError("CausalWanDenoiser wraps a CausalWanTransformer")
         self.transformer = transformer
         self.denoising_steps, self.shift, self.warp = tuple(denoising_steps), shift, warp
+        self.fixed_cache = bool(fixed_cache)
+        if self.fixed_cache:
+            transformer.new_cache(fixed=True)  # checked now (a finite window)
         self_forcing_grid(self.denoising_steps, shift, warp)  # checked now
         c, n = transformer.config, transformer.config.rope_max_seq_len
         p = tuple(c.patch_size)
@@ -123,7 +129,7 @@ class CausalWanDenoiser(nn.Module):
         return super().to(device=device)
 
     def new_cache(self):
-        return self.transformer.new_cache()
+        return self.transformer.new_cache(fixed=self.fixed_cache)
 
     def time_grid(self, steps: int) -> Tensor:
         """The step list's grid; `steps` must be its length (a distilled model's steps)."""
