@@ -15,7 +15,11 @@ so a file whose pickle would run code is refused before any of it runs. Then:
 4. OUT is a ``.safetensors`` file, or with ``--config CONFIG.json`` a folder holding that
    config and the weights (``diffusion_pytorch_model.safetensors`` when the config names a
    ``_diffusers_version``, else ``model.safetensors``). Written atomically; an existing OUT
-   needs ``--force``.
+   needs ``--force``. For a Wan transformer config (``_class_name`` WanTransformer3DModel
+   or WanModel) the keys are renamed into that config's layout from any Wan layout mdiff
+   knows (`fit_wan_layout`), and refused, naming odd keys, when they are in none;
+5. with ``--self-forcing --base WAN_T2V_DIFFUSERS_DIR`` OUT is a whole runnable pipeline
+   folder instead (`mdiff.video.pipeline.self_forcing`).
 """
 
 from __future__ import annotations
@@ -27,7 +31,8 @@ from pathlib import Path
 
 from mdiff.errors import CheckpointError, InvalidInputError
 
-__all__ = ["NESTING", "convert", "find_weights_in", "read_plain_state_dict", "register"]
+__all__ = ["NESTING", "convert", "find_weights_in", "fit_wan_layout", "load_checkpoint",
+           "read_plain_state_dict", "register"]  # fmt: skip
 
 NESTING = ("state_dict", "model_state_dict", "model", "module", "generator_ema", "generator",
            "ema", "net")  # fmt: skip
@@ -50,9 +55,58 @@ def _arguments(p: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     p.add_argument("--config", help="a config.json to put beside the weights (OUT is a folder)")
     p.add_argument("--force", action="store_true", help="replace an existing OUT")
+    sf = p.add_argument_group("a Self-Forcing / CausVid checkpoint to a runnable pipeline folder")
+    sf.add_argument("--self-forcing", action="store_true",
+                    help="OUT is a pipeline folder (VideoPipeline.from_pretrained, mdiff video "
+                         "--model OUT --stream); needs --base")  # fmt: skip
+    sf.add_argument("--base", metavar="DIR",
+                    help="a diffusers Wan 2.1 T2V folder (Wan2.1-T2V-1.3B-Diffusers): its "
+                         "transformer config, VAE, UMT5 text encoder and tokenizer")  # fmt: skip
+    sf.add_argument(
+        "--frames-per-block",
+        type=int,
+        default=3,
+        metavar="N",
+        help="latent frames per streamed block (default 3, Self-Forcing's)",
+    )
+    sf.add_argument(
+        "--local-attn-size",
+        type=int,
+        default=-1,
+        metavar="N",
+        help="KV window in latent frames (default -1: unbounded, Self-Forcing's)",
+    )
+    sf.add_argument(
+        "--sink-size",
+        type=int,
+        default=0,
+        metavar="N",
+        help="first latent frames always kept in the window (default 0)",
+    )
+    sf.add_argument(
+        "--copy",
+        action="store_true",
+        help="copy the base's files (default: hard links where possible)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.self_forcing or args.base is not None:
+        if not (args.self_forcing and args.base):
+            raise InvalidInputError("--self-forcing and --base DIR go together")
+        if args.config is not None or args.strip_prefix is not None:
+            raise InvalidInputError("--self-forcing reads the config from --base and finds the "
+                                    "key layout: drop --config / --strip-prefix")  # fmt: skip
+        from mdiff.video.pipeline.self_forcing import write_self_forcing_folder
+
+        out = write_self_forcing_folder(
+            args.input, args.output, args.base, key=args.key,
+            num_frame_per_block=args.frames_per_block, local_attn_size=args.local_attn_size,
+            sink_size=args.sink_size, copy=args.copy, force=args.force,
+        )  # fmt: skip
+        print(f"wrote {out}: a Self-Forcing pipeline folder (mdiff video PROMPT --model {out} "
+              "--stream)")  # fmt: skip
+        return 0
     out = convert(args.input, args.output, key=args.key, strip_prefix=args.strip_prefix,
                   config=args.config, force=args.force)  # fmt: skip
     print(f"wrote {out}")
@@ -61,6 +115,14 @@ def run(args: argparse.Namespace) -> int:
 
 def read_plain_state_dict(path, key: str | None = None, strip_prefix: str | None = None) -> dict:
     """The tensors of a pickled state dict, read without running code (module docstring)."""
+    path = Path(path)
+    state = find_weights_in(load_checkpoint(path), key, path)
+    return _strip(state, strip_prefix) if strip_prefix else state
+
+
+def load_checkpoint(path):
+    """The object in a pickled PyTorch file, read by the restricted unpickler (tensors and
+    plain containers only): `CheckpointError` for anything else, before any code runs."""
     import pickle
 
     import torch
@@ -79,8 +141,7 @@ def read_plain_state_dict(path, key: str | None = None, strip_prefix: str | None
     except (RuntimeError, EOFError, ValueError, OSError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"cannot read {path} as a PyTorch file: {first}") from None
-    state = find_weights_in(obj, key, path)
-    return _strip(state, strip_prefix) if strip_prefix else state
+    return obj
 
 
 def _is_tensor_dict(obj) -> bool:
@@ -128,6 +189,23 @@ def find_weights_in(obj, key: str | None = None, source="the file") -> dict:
     return dict(obj)
 
 
+WAN_CLASSES = {"WanTransformer3DModel": "diffusers", "WanModel": "original"}
+
+
+def fit_wan_layout(state: dict, settings: dict, source) -> dict:
+    """For a Wan transformer config (diffusers' ``WanTransformer3DModel`` or the original
+    ``WanModel``): the weights in that config's key layout, whichever known layout and
+    prefix they came in (`wan_keys.find_layout`; `CheckpointError` naming odd keys). Other
+    configs: `state` unchanged."""
+    want = WAN_CLASSES.get(settings.get("_class_name"))
+    if want is None:
+        return state
+    from mdiff.video.dit.wan_keys import to_diffusers, to_original
+
+    ours = to_diffusers(state, str(source))
+    return ours if want == "diffusers" else to_original(ours)
+
+
 def _strip(state: dict, prefix: str) -> dict:
     if prefix == "auto":
         while True:
@@ -165,6 +243,7 @@ def convert(src, dst, *, key=None, strip_prefix=None, config=None, force=False) 
     meta = {"format": "pt", "converted_from": Path(src).name}
     if settings is None:
         return save_state_dict(state, dst, meta)
+    state = fit_wan_layout(state, settings, src)
     name = DIFFUSERS_WEIGHTS_NAME if "_diffusers_version" in settings else WEIGHTS_NAME
     with atomic_dir(dst) as tmp:
         text = json.dumps(settings, indent=2, sort_keys=True) + "\n"

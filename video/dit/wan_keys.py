@@ -20,6 +20,11 @@ name rules, used both ways (the renames diffusers' own single-file converter app
 Original checkpoints often carry a wrapper prefix (`model.diffusion_model.`, or `model.` in
 Self-Forcing's generator); `from_original(..., prefix=...)` strips it. A name no rule covers
 raises `CheckpointError` naming it, so nothing is silently dropped.
+
+`find_layout(names)` tells which of the layouts we know a set of names is in (`LAYOUTS`:
+diffusers or original names, under any chain of `PREFIXES`, FSDP's `_fsdp_wrapped_module.`
+dropped) and `to_diffusers(state)` renames a state dict in any of them to ours; anything else
+is a `CheckpointError` that names a few keys no layout explains and lists the layouts.
 """
 
 from __future__ import annotations
@@ -31,7 +36,8 @@ from torch import Tensor
 
 from mdiff.errors import CheckpointError
 
-__all__ = ["config_from_original", "from_original", "original_name", "our_name", "to_original"]
+__all__ = ["LAYOUTS", "PREFIXES", "config_from_original", "find_layout", "from_original",
+           "original_name", "our_name", "to_diffusers", "to_original"]  # fmt: skip
 
 _ATTN = [("to_q", "q"), ("to_k", "k"), ("to_v", "v"), ("to_out.0", "o"), ("norm_q", "norm_q"),
          ("norm_k", "norm_k"), ("add_k_proj", "k_img"), ("add_v_proj", "v_img"),
@@ -157,3 +163,66 @@ def config_from_original(config: Mapping, state: Mapping[str, Tensor] | None = N
     if kind == "flf2v":
         kwargs.update(pos_embed_seq_len=2 * 257)
     return kwargs
+
+
+PREFIXES = {  # wrapper prefixes seen on Wan transformer weights -> who writes them
+    "model.diffusion_model.": "ComfyUI / single-file checkpoints",
+    "diffusion_model.": "single-file checkpoints",
+    "generator.": "a whole Self-Forcing / CausVid DMD model (generator.model.…)",
+    "model.": "the Self-Forcing / CausVid generator (WanDiffusionWrapper.model)",
+    "module.": "DistributedDataParallel",
+    "_orig_mod.": "torch.compile",
+}
+LAYOUTS = {
+    "diffusers": "diffusers' WanTransformer3DModel names (blocks.0.attn1.to_q.weight)",
+    "original": "the original Wan release names (blocks.0.self_attn.q.weight)",
+}
+_FSDP = "_fsdp_wrapped_module."
+_SHOW = 4
+
+
+def _matches(name: str, rules) -> bool:
+    return any(pattern.fullmatch(name) for pattern, _ in rules)
+
+
+def _layouts_text() -> str:
+    prefixes = ", ".join(f"{p} ({who})" for p, who in PREFIXES.items())
+    return (f"the layouts mdiff reads are {LAYOUTS['diffusers']} and {LAYOUTS['original']}, "
+            f"either under the prefixes {prefixes}")  # fmt: skip
+
+
+def find_layout(names, source="the weights") -> tuple[str, str]:
+    """(layout, prefix) of parameter `names` (FSDP segments already dropped or not): layout
+    "diffusers" or "original" (`LAYOUTS`), prefix a chain of `PREFIXES` ("" for none) that
+    every name carries. `CheckpointError` naming unexplained keys otherwise."""
+    names = [n.replace(_FSDP, "") for n in names]
+    if not names:
+        raise CheckpointError(f"{source} holds no weights")
+    prefix, best = "", (-1, [])
+    while True:
+        rest = [n[len(prefix) :] for n in names]
+        for layout, rules in (("diffusers", _TO_ORIGINAL), ("original", _TO_OURS)):
+            odd = [n for n, r in zip(names, rest, strict=True) if not _matches(r, rules)]
+            if not odd:
+                return layout, prefix
+            if len(names) - len(odd) > best[0]:
+                best = (len(names) - len(odd), odd)
+        nxt = next((p for p in PREFIXES if all(r.startswith(p) for r in rest)), None)
+        if nxt is None:
+            break
+        prefix += nxt
+    odd = best[1]
+    shown = ", ".join(repr(k) for k in odd[:_SHOW]) + (", …" if len(odd) > _SHOW else "")
+    raise CheckpointError(
+        f"{source}: {len(odd)} of {len(names)} keys fit no Wan transformer layout mdiff "
+        f"knows, e.g. {shown}; {_layouts_text()}"
+    )
+
+
+def to_diffusers(state: Mapping[str, Tensor], source="the weights") -> dict[str, Tensor]:
+    """A Wan transformer state dict in any layout `find_layout` knows -> ours (same tensors)."""
+    layout, prefix = find_layout(state, source)
+    plain = {k.replace(_FSDP, "")[len(prefix) :]: v for k, v in state.items()}
+    if len(plain) != len(state):
+        raise CheckpointError(f"{source}: dropping {_FSDP!r} gives a key twice")
+    return plain if layout == "diffusers" else from_original(plain, prefix="")

@@ -35,12 +35,13 @@ from pathlib import Path
 from mdiff import hub
 from mdiff.errors import CheckpointError, InvalidInputError
 from mdiff.video.dit.wan import WanTransformer
+from mdiff.video.dit.wan_keys import LAYOUTS, find_layout
 from mdiff.video.pipeline.schedulers import DiffusersSchedule
 from mdiff.video.pipeline.wan_adapter import WanDenoiser
-from mdiff.video.text_encoders.wan_t5 import WanT5Encoder
+from mdiff.video.text_encoders.wan_t5 import WanT5Encoder, load_umt5
 from mdiff.video.vae.model import CausalVAE
 
-__all__ = ["MODEL_INDEX", "is_diffusers_folder", "load_wan"]
+__all__ = ["MODEL_INDEX", "check_components", "is_diffusers_folder", "load_wan", "read_index"]
 
 MODEL_INDEX = "model_index.json"
 PIPELINES = ("WanPipeline", "WanImageToVideoPipeline")
@@ -58,6 +59,7 @@ EXPECTED = {  # component -> (library, accepted classes)
     "scheduler": ("diffusers", None),  # checked by DiffusersSchedule
     "tokenizer": ("transformers", None),  # any tokenizer AutoTokenizer reads
 }
+INDEX_KEYS = {*EXPECTED, *I2V, "transformer_2", "boundary_ratio", "expand_timesteps"}
 WAN_DEFAULTS = dict(steps=50, guidance=5.0, fps=16.0, num_frames=81, height=480, width=832)
 
 
@@ -70,6 +72,10 @@ def read_index(directory: Path) -> dict:
     """``model_index.json``, checked: a supported pipeline class and component classes."""
     path = directory / MODEL_INDEX
     index = hub.read_json_object(path)
+    unknown = sorted(k for k in index if not k.startswith("_") and k not in INDEX_KEYS)
+    if unknown:
+        raise CheckpointError(f"{path} has keys unknown to mdiff's Wan pipelines: "
+                              f"{', '.join(unknown)} (known: {sorted(INDEX_KEYS)})")  # fmt: skip
     name = index.get("_class_name")
     if name not in PIPELINES:
         raise CheckpointError(
@@ -87,7 +93,7 @@ def read_index(directory: Path) -> dict:
         entry = index.get(component)
         ok = isinstance(entry, list) and len(entry) == 2 and entry[0] == library
         if not ok or (classes is not None and entry[1] not in classes):
-            want = f"{library} {classes[0]}" if classes else f"a {library} class"
+            want = f"{library} {' / '.join(classes)}" if classes else f"a {library} class"
             raise CheckpointError(f"{path}: component {component} is {entry!r}; mdiff reads "
                                   f"{want}")  # fmt: skip
         if not (directory / component).is_dir():
@@ -95,19 +101,30 @@ def read_index(directory: Path) -> dict:
     return index
 
 
-def _text_encoder(directory: Path, device, dtype_te=None) -> WanT5Encoder:
-    import transformers
+def _text_encoder(directory: Path, device) -> WanT5Encoder:
+    model, tokenizer = load_umt5(directory / "text_encoder", directory / "tokenizer")
+    return WanT5Encoder(model, tokenizer).to(device=device).eval()
 
-    try:
-        model = transformers.UMT5EncoderModel.from_pretrained(
-            directory / "text_encoder", local_files_only=True, use_safetensors=True
+
+def check_components(directory: Path, index: dict) -> None:
+    """Each diffusers component's own ``config.json`` names the class the index does (an
+    unsupported `_class_name` is refused by name), and the transformer's weights are in a Wan
+    key layout (`wan_keys.find_layout`)."""
+    for component in ("transformer", "vae"):
+        path = directory / component / hub.CONFIG_NAME
+        saved = hub.read_json_object(path).get("_class_name") if path.is_file() else None
+        supported = EXPECTED[component][1]
+        if saved not in supported:
+            raise CheckpointError(f"{path}: class {saved!r} is not supported; mdiff reads "
+                                  f"{component} folders of {list(supported)}")  # fmt: skip
+    weights = hub.find_weights(directory / "transformer")
+    layout, prefix = find_layout(hub.header_shapes(weights), str(weights))
+    if (layout, prefix) != ("diffusers", ""):
+        raise CheckpointError(
+            f"{weights} holds {LAYOUTS[layout]}"
+            f"{f' under the prefix {prefix!r}' if prefix else ''}, not the diffusers names a "
+            "diffusers folder has: convert it with `mdiff convert IN OUT --config CONFIG`"
         )
-        tokenizer = transformers.AutoTokenizer.from_pretrained(
-            directory / "tokenizer", local_files_only=True
-        )
-    except (OSError, ValueError, KeyError) as e:
-        raise CheckpointError(f"cannot load the text encoder of {directory}: {e}") from e
-    return WanT5Encoder(model.to(dtype=dtype_te), tokenizer).to(device=device).eval()
 
 
 def _listed(index: dict, component: str) -> bool:
@@ -139,6 +156,7 @@ def load_wan(directory: Path, *, device=None, dtype=None, stamper=None, model_id
     from mdiff.video.pipeline.video_pipeline import VideoPipeline
 
     index = read_index(directory)
+    check_components(directory, index)
     config = hub.read_json_object(directory / "scheduler" / "scheduler_config.json")
     schedule = DiffusersSchedule.from_config(config, str(directory / "scheduler"))
     transformer = WanTransformer.from_pretrained(directory / "transformer", device, dtype)

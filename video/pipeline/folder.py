@@ -7,7 +7,7 @@
                      "text_encoder_class": "ShapesTextEncoder",
                      "chunking": null | {"chunk_frames": c},
                      "settings": {"steps", "shift", "solver", "guidance", ..., "width"}}
-    vae/ dit/ text_encoder/   save_pretrained folders
+    vae/ dit/ text_encoder/   save_pretrained folders (a `WanT5Encoder`'s: UMT5 + tokenizer/)
     training_log.json         (an export of `mdiff train dit`) provenance only
 
 `components` is what loading reads: each component's class and subfolder, or, for a component
@@ -33,15 +33,17 @@ from mdiff.video.dit.model import SpaceTimeDiT
 from mdiff.video.pipeline.causal_wan import CausalWanDenoiser
 from mdiff.video.text_encoders import ShapesTextEncoder
 from mdiff.video.text_encoders.hf import HFTextEncoder
+from mdiff.video.text_encoders.wan_t5 import WanT5Encoder
 from mdiff.video.vae.model import CausalVAE
 
-__all__ = ["COMPONENTS", "PIPELINE_FILE", "PIPELINE_FORMAT", "load_component", "read_spec", "spec"]
+__all__ = ["COMPONENTS", "PIPELINE_FILE", "PIPELINE_FORMAT", "load_component", "make_spec",
+           "read_spec", "spec"]  # fmt: skip
 
 PIPELINE_FILE = "pipeline.json"
 PIPELINE_FORMAT = "mdiff-video-pipeline/1"
 COMPONENTS = ("vae", "dit", "text_encoder")
 CLASSES = {c.__name__: c for c in (CausalVAE, SpaceTimeDiT, ShapesTextEncoder, HFTextEncoder,
-                                   CausalWanDenoiser)}  # fmt: skip
+                                   WanT5Encoder, CausalWanDenoiser)}  # fmt: skip
 
 
 def spec(pipe, shared_vae: str | None = None) -> dict:
@@ -55,15 +57,25 @@ def spec(pipe, shared_vae: str | None = None) -> dict:
             raise InvalidInputError(f"the pipeline's VAE is not the built-in {shared_vae!r}")
         components["vae"] = {"class": components["vae"]["class"], "builtin": shared_vae,
                              "sha256": sha}  # fmt: skip
+    chunk = pipe.dit.config.chunk_frames if pipe.causal else None
+    return make_spec(components, pipe.settings.to_dict(), chunk, type(pipe).__name__)
+
+
+def make_spec(components: dict, settings: dict, chunk_frames: int | None,
+              class_name: str = "VideoPipeline") -> dict:  # fmt: skip
+    """``pipeline.json`` from its parts: `components` {name: {"class", "path" | "builtin"}},
+    the sampler `settings`, a block-causal DiT's `chunk_frames` (None: bidirectional)."""
+    if set(components) != set(COMPONENTS):
+        raise InvalidInputError(f"a pipeline has the components {list(COMPONENTS)}")
     return {
         "format": PIPELINE_FORMAT,
-        "_class_name": type(pipe).__name__,
+        "_class_name": class_name,
         "_mdiff_version": mdiff.__version__,
         "components": components,
         **{name: entry.get("path", entry.get("builtin")) for name, entry in components.items()},
         "text_encoder_class": components["text_encoder"]["class"],
-        "chunking": {"chunk_frames": pipe.dit.config.chunk_frames} if pipe.causal else None,
-        "settings": pipe.settings.to_dict(),
+        "chunking": None if chunk_frames is None else {"chunk_frames": chunk_frames},
+        "settings": dict(settings),
     }
 
 
