@@ -1,5 +1,6 @@
 """HFAdapter over tiny random transformers models built locally (no network)."""
 
+import dataclasses
 from types import SimpleNamespace
 
 import pytest
@@ -119,7 +120,9 @@ def test_position_ids_reach_an_absolute_position_model(abs_bert):
 
 @torch.no_grad()
 def test_dream_style_shift_aligns_causal_lm_logits(llama):
-    spec = dream_spec(vocab_size=V, mask_id=MASK, eos_ids=(SEP,))
+    # kept causal here, to see the shift alone (test_adapters_hf.py runs Dream bidirectionally)
+    spec = dataclasses.replace(dream_spec(vocab_size=V, mask_id=MASK, eos_ids=(SEP,)),
+                               attention="causal")  # fmt: skip
     model = HFAdapter(llama, spec)
     x = tokens(2, 9, seed=3)
     raw = llama(input_ids=x).logits  # raw[:, i] scores token i + 1
@@ -133,7 +136,7 @@ def test_dream_style_shift_aligns_causal_lm_logits(llama):
     assert torch.equal(changed[:, :6], got[:, :6])
     assert (changed[:, 6] - got[:, 6]).abs().max() > 1e-4
     # unshifted, the same model would read position 5 from a state that saw token 5
-    plain = HFAdapter(llama, DenoiserSpec(vocab_size=V, mask_id=MASK))
+    plain = HFAdapter(llama, DenoiserSpec(vocab_size=V, mask_id=MASK, attention="causal"))
     assert (plain(y)[:, 5] - plain(x)[:, 5]).abs().max() > 1e-4
 
 

@@ -1,16 +1,28 @@
 """Drive `transformers` models through the sampler contract of `mdiff.text.model.spec`.
 
 `HFAdapter(model, spec)` wraps any model whose output has `.logits` (B, L, V) over the input
-sequence. It passes a 2-D key-padding `attention_mask` and `position_ids` when the model's
-`forward` accepts them, and undoes the logits shift of AR-initialised diffusion LMs (Dream,
-DiffuCoder), whose raw logits at i − 1 score the token at i:
+sequence. What it passes and undoes:
 
-    aligned = cat(raw[:, :1], raw[:, :-1])       # position 0 reuses raw[:, 0], as Dream does
+- Attention. A transformers model whose own attention differs from ``spec.attention`` (a
+  Llama / Qwen2-architecture causal LM holding LLaDA- or Dream-style weights, spec
+  ``"bidirectional"``) gets a 4-D additive mask (B, 1, L, L) built from the padding mask and
+  the spec's rule; transformers 5.x takes a 4-D mask as it is, and SDPA then runs without
+  ``is_causal``, so the model's own causal mask is not combined in. Only the ``eager`` and
+  ``sdpa`` attention implementations take such a mask (others are refused). Otherwise the 2-D
+  key-padding ``attention_mask`` is passed.
+- Positions. ``position_ids`` are passed when ``forward`` takes them, plus the RoBERTa-family
+  offset ``padding_idx + 1`` (RoBERTa, XLM-R, CamemBERT number real tokens from there). A model
+  that takes no ``position_ids`` (LLaDA's signature) numbers slots 0, 1, …; its rows are moved
+  left so that every real token sits at the slot equal to its position (right padding), run,
+  and moved back — exact for absolute and rotary positions alike.
+- Logits shift. AR-initialised diffusion LMs (Dream, DiffuCoder) score the token at i from
+  hidden state i − 1; per row ``aligned[i] = raw[i − 1]``, except at the row's first real
+  token, which reuses its own ``raw[i]`` as Dream does at position 0 (never a pad slot's).
 
 Adapters have no KV cache (`supports_cache=False`). Eval mode and `torch.no_grad()` are the
 caller's choice. Special ids: LLaDA (mask 126336, EOS 126081, EoT 126348, no shift) and Dream
 (mask 151666, shift 1) — see research/text-diffusion.md; a masked LM (BERT, ModernBERT) takes
-its ids from its tokenizer.
+its ids from its tokenizer. `mdiff.text.model.loaders` picks the spec of a saved folder.
 """
 
 from __future__ import annotations
@@ -26,7 +38,9 @@ from torch import Tensor, nn
 from mdiff.errors import InvalidInputError
 from mdiff.text.model.spec import DenoiserSpec
 
-__all__ = ["HFAdapter", "dream_spec", "from_masked_lm", "llada_spec"]
+__all__ = ["HFAdapter", "dream_spec", "from_masked_lm", "llada_spec", "native_attention"]
+
+MASKABLE = ("eager", "sdpa")  # attention implementations that take a 4-D float mask
 
 
 class HFAdapter(nn.Module):
@@ -40,10 +54,25 @@ class HFAdapter(nn.Module):
         self._spec = dataclasses.replace(spec, supports_cache=False)
         params = inspect.signature(model.forward).parameters
         self._accepts = {p for p in ("attention_mask", "position_ids", "use_cache") if p in params}
+        self.native = native_attention(model)
+        self.mask_4d = self.native is not None and self.native != spec.attention
+        impl = getattr(getattr(model, "config", None), "_attn_implementation", None) or "eager"
+        if self.mask_4d and (impl not in MASKABLE or "attention_mask" not in self._accepts):
+            raise InvalidInputError(
+                f"{type(model).__name__} attends {self.native}ly; running it {spec.attention} "
+                f"needs a 4-D attention mask, which attn_implementation={impl!r} does not take: "
+                f"load it with attn_implementation='sdpa' or 'eager'"
+            )
+        self.position_offset = _position_offset(model)
 
     @property
     def spec(self) -> DenoiserSpec:
         return self._spec
+
+    @property
+    def config(self):
+        """The wrapped model's config (e.g. ``max_position_embeddings``), or None."""
+        return getattr(self.model, "config", None)
 
     def forward(
         self,
@@ -59,7 +88,7 @@ class HFAdapter(nn.Module):
         if not isinstance(input_ids, Tensor) or input_ids.dim() != 2 or input_ids.numel() == 0:
             raise InvalidInputError("input_ids must be a non-empty (B, L) tensor")
         b, n = input_ids.shape
-        kwargs: dict[str, Any] = {"use_cache": False} if "use_cache" in self._accepts else {}
+        real = None
         if attention_mask is not None:
             if tuple(attention_mask.shape) != (b, n):
                 raise InvalidInputError(
@@ -67,15 +96,45 @@ class HFAdapter(nn.Module):
                 )
             if "attention_mask" not in self._accepts:
                 raise InvalidInputError(f"{type(self.model).__name__} takes no attention_mask")
-            kwargs["attention_mask"] = attention_mask.to(torch.long)  # (B, L), 1 = real token
+            real = attention_mask.bool()
+        shift = None
         if position_ids is not None:
             if position_ids.shape[-1] != n or position_ids.dim() != 2:
                 raise InvalidInputError(f"position_ids must be (B, L) with L={n}")
-            if "position_ids" in self._accepts:
-                kwargs["position_ids"] = position_ids.to(torch.long).expand(b, n)  # (B, L)
-            elif not torch.equal(position_ids.cpu(), torch.arange(n).expand_as(position_ids)):
-                raise InvalidInputError(f"{type(self.model).__name__} takes no position_ids")
-        out = self.model(input_ids=input_ids, **kwargs)
+            position_ids = position_ids.to(torch.long).expand(b, n)
+            if "position_ids" not in self._accepts:
+                shift = _realign_shift(position_ids, real, type(self.model).__name__)
+                position_ids = None  # the model numbers slots 0, 1, … itself
+        if shift is not None:  # right padding: real tokens at the slots of their positions
+            idx = (torch.arange(n, device=input_ids.device) + shift[:, None]).clamp(max=n - 1)
+            keep = idx == torch.arange(n, device=idx.device) + shift[:, None]
+            ids, keys = input_ids.gather(1, idx), real.gather(1, idx) & keep
+            logits = self._run(ids, keys, None)
+            back = (torch.arange(n, device=idx.device) - shift[:, None]).clamp(min=0)
+            logits = logits.gather(1, back[..., None].expand(b, n, logits.shape[-1]))
+        else:
+            logits = self._run(input_ids, real, position_ids)
+        if self._spec.logits_shift == 1:
+            prev = torch.zeros(b, n, dtype=torch.bool, device=logits.device)
+            if real is None:
+                prev[:, 1:] = True
+            else:
+                prev[:, 1:] = real[:, :-1]  # the slot before i holds a real token
+            before = torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
+            logits = torch.where(prev[..., None], before, logits)  # (B, L, V), aligned
+        return logits
+
+    def _run(self, ids: Tensor, real: Tensor | None, positions: Tensor | None) -> Tensor:
+        """One forward of the wrapped model: raw logits (B, L, V)."""
+        b, n = ids.shape
+        kwargs: dict[str, Any] = {"use_cache": False} if "use_cache" in self._accepts else {}
+        if self.mask_4d:
+            kwargs["attention_mask"] = self._mask(real, positions, b, n, ids.device)
+        elif real is not None:
+            kwargs["attention_mask"] = real.to(torch.long)  # (B, L), 1 = real token
+        if positions is not None:
+            kwargs["position_ids"] = positions + self.position_offset  # (B, L)
+        out = self.model(input_ids=ids, **kwargs)
         logits = getattr(out, "logits", None)
         if not isinstance(logits, Tensor) or logits.shape[:2] != (b, n):
             raise InvalidInputError("the wrapped model must return .logits of shape (B, L, V)")
@@ -83,9 +142,80 @@ class HFAdapter(nn.Module):
             raise InvalidInputError(
                 f"model returns {logits.shape[-1]} logits, spec says vocab {self._spec.vocab_size}"
             )
-        if self._spec.logits_shift == 1:
-            logits = torch.cat([logits[:, :1], logits[:, :-1]], dim=1)  # (B, L, V), aligned
         return logits
+
+    def _mask(self, real, positions, b: int, n: int, device) -> Tensor:
+        """(B, 1, L, L) additive mask: 0 where query i may read key j, the dtype's min else."""
+        keys = torch.ones(b, n, dtype=torch.bool, device=device) if real is None else real
+        pos = torch.arange(n, device=device).expand(b, n) if positions is None else positions
+        allowed = keys[:, None, :].expand(b, n, n)
+        if self._spec.attention == "causal":
+            allowed = allowed & (pos[:, None, :] <= pos[:, :, None])
+        elif self._spec.attention == "block_causal":
+            blk = torch.div(pos, int(self._spec.block_size), rounding_mode="floor")
+            allowed = allowed & (blk[:, None, :] <= blk[:, :, None])
+        allowed = allowed | torch.eye(n, dtype=torch.bool, device=device)  # no empty row
+        dtype = _float_dtype(self.model)
+        zero = torch.zeros((), dtype=dtype, device=device)
+        return torch.where(allowed, zero, torch.finfo(dtype).min)[:, None]
+
+
+def native_attention(model: nn.Module) -> str | None:
+    """How a transformers model attends by itself: "causal", "bidirectional" or None (unknown:
+    not a transformers model, or an architecture we cannot tell)."""
+    cfg = getattr(model, "config", None)
+    model_type = getattr(cfg, "model_type", None)
+    if not isinstance(model_type, str) or not hasattr(cfg, "_attn_implementation"):
+        return None
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+        MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+    )
+
+    if getattr(cfg, "is_causal", True) is False:
+        return "bidirectional"  # transformers' own non-causal switch
+    if getattr(cfg, "is_decoder", False):
+        return "causal"
+    if model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES:
+        return "bidirectional"
+    if model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        return "causal"
+    return None
+
+
+def _position_offset(model: nn.Module) -> int:
+    """``padding_idx + 1`` for the RoBERTa family (position embeddings with a padding row)."""
+    base = getattr(model, "base_model", model)
+    pe = getattr(getattr(base, "embeddings", None), "position_embeddings", None)
+    if isinstance(pe, nn.Embedding) and pe.padding_idx is not None:
+        return int(pe.padding_idx) + 1
+    return 0
+
+
+def _realign_shift(positions: Tensor, real: Tensor | None, name: str) -> Tensor | None:
+    """(B,) how far left each row moves so that its real tokens sit at their positions (None:
+    they already do); `InvalidInputError` when the positions cannot be reached that way."""
+    b, n = positions.shape
+    slots = torch.arange(n, device=positions.device).expand(b, n)
+    real = torch.ones_like(positions, dtype=torch.bool) if real is None else real
+    if torch.equal(positions[real], slots[real]):
+        return None
+    first = torch.where(real, slots, n).min(1).values.clamp(max=n - 1)  # (B,)
+    shift = first - positions.gather(1, first[:, None])[:, 0]
+    ok = bool((shift >= 0).all()) and torch.equal(positions[real], (slots - shift[:, None])[real])
+    if not ok:
+        raise InvalidInputError(
+            f"{name} takes no position_ids and these positions are not consecutive per row: "
+            "they cannot be given by moving the row"
+        )
+    return shift
+
+
+def _float_dtype(model: nn.Module) -> torch.dtype:
+    for p in model.parameters():
+        if p.is_floating_point():
+            return p.dtype
+    return torch.float32
 
 
 def llada_spec(
