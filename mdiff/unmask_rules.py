@@ -13,6 +13,11 @@ How many tokens a step commits (per row; ``n`` = masks to fill, ``T`` = steps):
 How positions are scored (higher commits first): the probability of the proposed token
 (LLaDA: un-tempered softmax at the noisy argmax), the top-2 margin, −entropy, or uniform noise.
 
+LLaDA 2 (diffusers' ``BlockRefinementScheduler``): a step commits the top ``max(n_i, #{score > τ})``
+masked positions (``n_i`` the step's scheduled count), and *token editing* re-decides committed
+tokens: an editable position whose proposal differs from its token and scores > τ_edit takes the
+proposal (``edit_accept``).
+
 Error correction (ReMDM, Wang et al. 2025): a decoded token is remasked with probability σ;
 ``cap`` σ = min(η, (1 − α_s)/α_t), ``rescale`` σ = η·min(1, (1 − α_s)/α_t), with α the
 revealed fraction before (t) and after (s) the step. σ = 0 is the plain step.
@@ -34,19 +39,21 @@ __all__ = [
     "SCORES",
     "cosine_split",
     "dream_split",
+    "edit_accept",
     "entropy",
     "entropy_bound_accept",
     "equal_split",
     "filter_logits",
     "remask_sigma",
     "score",
+    "scheduled_threshold_accept",
     "threshold_accept",
     "top_n",
     "transfer_counts",
 ]
 
 FIXED_SCHEDULES = ("equal", "dream", "cosine")
-SCHEDULES = (*FIXED_SCHEDULES, "threshold", "entropy")
+SCHEDULES = (*FIXED_SCHEDULES, "threshold", "entropy", "llada2")
 SCORES = ("confidence", "margin", "neg_entropy", "random")
 REMASK_STRATEGIES = ("none", "cap", "rescale")
 
@@ -122,6 +129,21 @@ def threshold_accept(score: Tensor, eligible: Tensor, tau: float) -> Tensor:
     """Fast-dLLM: the best eligible position of each row plus every one scoring ≥ ``tau``."""
     best = top_n(score, eligible, torch.ones(score.shape[0], dtype=torch.long, device=score.device))
     return best | (eligible & (score >= tau))
+
+
+def scheduled_threshold_accept(score: Tensor, eligible: Tensor, n: Tensor, tau: float) -> Tensor:
+    """LLaDA 2: per row the ``max(n[b], #{eligible, score > tau})`` eligible positions of highest
+    score — every one above ``tau`` (strictly), and at least the scheduled ``n[b]``."""
+    above = (eligible & (score > tau)).sum(1)
+    return top_n(score, eligible, torch.maximum(n.to(above.device), above))
+
+
+def edit_accept(score: Tensor, proposal: Tensor, x: Tensor, editable: Tensor, tau: float) -> Tensor:
+    """Token editing (LLaDA 2): the editable positions (B, L) whose proposal differs from the
+    current token and whose score exceeds ``tau`` (strictly); ``tau`` ≤ 0 edits nothing."""
+    if not tau > 0:
+        return torch.zeros_like(editable)
+    return editable & (proposal != x) & (score > tau)
 
 
 def entropy_bound_accept(h: Tensor, eligible: Tensor, bound: float) -> Tensor:

@@ -9,11 +9,14 @@ grid, or the text sampler's blocks):
               caller computed and put in ``UnmaskState.scores``)
     select    a policy picks the masked positions that commit: how many (a count rule) and
               which (by score) — ``ranked``; or a rule on the scores — ``threshold``,
-              ``entropy_bound``; or the exact ancestral step of the mask path — ``stochastic_euler``
+              ``entropy_bound``; a count with a threshold above it (LLaDA 2) — ``threshold_floor``;
+              or the exact ancestral step of the mask path — ``stochastic_euler``
+    edit      optionally, an edit policy re-decides committed tokens (token editing, LLaDA 2:
+              ``token_editing``): an editable position takes its proposal; off, nothing changes
     remask    optionally, a remask policy reopens decoded positions (ReMDM: ``remdm``); a
               ranked policy then commits as many more, so the masked count keeps its schedule
-    commit    ``unmask_step``: proposals where selected, [MASK] where reopened; at a row's last
-              step every masked position commits and none is reopened
+    commit    ``unmask_step``: proposals where selected or edited, [MASK] where reopened; at a
+              row's last step every masked position commits and none is reopened
 
 Randomness: ``generator`` is one ``torch.Generator`` or a list with one per row; with a list, row
 b draws only from generator b, so a row's result does not depend on the rest of the batch.
@@ -33,6 +36,7 @@ from mdiff.errors import InvalidInputError
 from mdiff.schedules import ConvexSchedule
 
 __all__ = [
+    "Edit",
     "Generators",
     "Policy",
     "Remask",
@@ -47,6 +51,8 @@ __all__ = [
     "score_by",
     "stochastic_euler",
     "threshold",
+    "threshold_floor",
+    "token_editing",
     "uniform_like",
     "unmask_step",
 ]
@@ -115,7 +121,9 @@ class UnmaskState:
     """What the policies of one step see (all tensors batch-first).
 
     ``t``, ``t_next`` and ``kappa`` place the step on a mask path (revealed fraction κ(t) before,
-    κ(t_next) after); rules that do not use time may leave them None.
+    κ(t_next) after); rules that do not use time may leave them None. ``editable`` marks the
+    committed positions an edit policy may re-decide (their ``proposal`` and ``scores`` are what
+    an edit would take and how sure it is); ``edited`` is set by `unmask_step`.
     """
 
     x: Tensor  # (B, L) current tokens
@@ -129,6 +137,8 @@ class UnmaskState:
     scores: Tensor | None = None  # (B, L) float64 scores the caller computed (see `precomputed`)
     decoded: Tensor | None = None  # (B, L) bool: decoded positions a remask policy may reopen
     remasked: Tensor | None = None  # (B, L) bool: set by `unmask_step`, what was reopened
+    editable: Tensor | None = None  # (B, L) bool: committed positions an edit policy may change
+    edited: Tensor | None = None  # (B, L) bool: set by `unmask_step`, what was re-decided
 
     def revealed(self) -> tuple[Tensor, Tensor]:
         """κ(t) and κ(t_next) per row, float64."""
@@ -141,6 +151,7 @@ Policy = Callable[[UnmaskState], Tensor]  # -> (B, L) bool, the positions that c
 Count = Callable[[UnmaskState], Tensor]  # -> (B,) long, how many commit
 Score = Callable[[UnmaskState], Tensor]  # -> (B, L) float, higher commits first
 Remask = Callable[[UnmaskState], Tensor]  # -> (B, L) bool, decoded positions to reopen
+Edit = Callable[[UnmaskState], Tensor]  # -> (B, L) bool, editable positions that take the proposal
 
 
 # ---- scores and counts --------------------------------------------------------------------------
@@ -208,6 +219,12 @@ def threshold(tau: float, score: Score) -> Policy:
     return lambda state: R.threshold_accept(score(state), state.masked, tau)
 
 
+def threshold_floor(count: Count, tau: float, score: Score) -> Policy:
+    """LLaDA 2 (``BlockRefinementScheduler``): per row the ``max(count, #{score > tau})`` masked
+    positions of highest score — every one above ``tau``, and at least the scheduled count."""
+    return lambda state: R.scheduled_threshold_accept(score(state), state.masked, count(state), tau)
+
+
 def entropy_bound(bound: float, score: Score) -> Policy:
     """DiffusionGemma's entropy bound on ``score`` = −entropy: lowest entropy first, while the
     entropy of the others accepted with a position stays ≤ ``bound`` (always ≥ 1 per row)."""
@@ -238,21 +255,43 @@ def remdm(strategy: str, eta: float) -> Remask:
     return policy
 
 
+# ---- edit ---------------------------------------------------------------------------------------
+
+
+def token_editing(tau: float, score: Score | None = None) -> Edit:
+    """LLaDA 2's token editing: an editable (committed) position whose proposal differs from its
+    token and whose ``score`` (default: the confidence p(proposal)) exceeds ``tau`` takes the
+    proposal. ``tau`` ≤ 0 edits nothing (LLaDA 2's "off")."""
+    score = score_by("confidence") if score is None else score
+
+    def policy(state: UnmaskState) -> Tensor:
+        if state.editable is None or not tau > 0:
+            return torch.zeros_like(state.masked)
+        return R.edit_accept(score(state), state.proposal, state.x, state.editable, tau)
+
+    return policy
+
+
 # ---- commit -------------------------------------------------------------------------------------
 
 
 def unmask_step(state: UnmaskState, mask_id: int, policy: Policy, remask: Remask | None = None,
-                last: bool | Tensor = False) -> Tensor:  # fmt: skip
-    """select → optional remask → commit; the new tokens (B, L).
+                last: bool | Tensor = False, edit: Edit | None = None) -> Tensor:  # fmt: skip
+    """select → optional remask → optional edit → commit; the new tokens (B, L).
 
     ``last`` (a bool, or (B,) per row): the step after which nothing may stay masked — those rows
-    commit every masked position and reopen none (on an all-last step the policies are not
-    called, so they draw nothing). ``remask`` runs first, on ``state.decoded``; what it reopens
-    is put in ``state.remasked`` for the policy to see.
+    commit every masked position and reopen none (on an all-last step the select and remask
+    policies are not called, so they draw nothing; ``edit`` still runs). ``remask`` runs first,
+    on ``state.decoded``; what it reopens is put in ``state.remasked`` for the policy to see.
+    ``edit`` re-decides ``state.editable`` positions (put in ``state.edited``); a position both
+    edited and reopened is reopened. Without ``edit`` the result is the plain step's.
     """
+    state.edited = None
+    if edit is not None and state.editable is not None:
+        state.edited = edit(state) & state.editable & ~state.masked
     per_row = torch.is_tensor(last)
     if not per_row and last:
-        return torch.where(state.masked, state.proposal, state.x)
+        return torch.where(_taken(state, state.masked), state.proposal, state.x)
     state.remasked = None
     if remask is not None and state.decoded is not None:
         state.remasked = remask(state) & state.decoded
@@ -261,7 +300,12 @@ def unmask_step(state: UnmaskState, mask_id: int, policy: Policy, remask: Remask
     commit = policy(state) & state.masked
     if per_row:
         commit = torch.where(last[:, None], state.masked, commit)
-    new = torch.where(commit, state.proposal, state.x)
+    new = torch.where(_taken(state, commit), state.proposal, state.x)
     if state.remasked is None:
         return new
     return torch.where(state.remasked, torch.full_like(new, mask_id), new)
+
+
+def _taken(state: UnmaskState, commit: Tensor) -> Tensor:
+    """Positions that take their proposal: the commits and the edits."""
+    return commit if state.edited is None else commit | state.edited

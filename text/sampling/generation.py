@@ -49,6 +49,12 @@ class GenerationConfig:
     ``block_length`` at most `MAX_GEN_LENGTH`, ``steps`` at most `MAX_STEPS` (more steps than
     masked tokens are never taken), ``guidance`` and ``cfg_scale`` in [0, `MAX_GUIDANCE`];
     every number finite; ``seed`` in [0, 2^63) (`mdiff.record.check_seed`).
+
+    Token editing (LLaDA 2, `mdiff.unmasking.token_editing`): with ``editing_threshold`` > 0 a
+    step also replaces a committed token of the current block when its proposal differs and
+    its confidence exceeds the threshold; ``edit_steps`` (≤ `MAX_STEPS`) edit-only steps follow
+    a block finished early (LLaDA2Pipeline's ``max_post_steps`` + 1). Off, outputs are unchanged.
+    ``schedule="llada2"``: each step commits the top ``max(n_i, #{score > threshold})`` masks.
     """
 
     gen_length: int = 128  # masks appended by generate()
@@ -68,6 +74,8 @@ class GenerationConfig:
     eos: EOSPolicy = field(default_factory=EOSPolicy)
     remask: str = "none"  # none | cap | rescale (ReMDM)
     remask_eta: float = 0.0
+    editing_threshold: float | None = None  # token editing (LLaDA 2); None or ≤ 0: off
+    edit_steps: int = 0  # edit-only steps a block may take once its masks are committed
     cache: str = "auto"  # auto | none | exact | prefix | dual
     measure_drift: bool = False
     seed: int | None = None
@@ -95,6 +103,11 @@ class GenerationConfig:
             value = getattr(self, name)
             if value is not None or name not in _OPTIONAL:
                 _check_real(name, value, ok, rule)
+        ok = isinstance(self.edit_steps, int) and not isinstance(self.edit_steps, bool)
+        if not (ok and 0 <= self.edit_steps <= MAX_STEPS):
+            raise InvalidInputError(
+                f"edit_steps must be an integer in [0, {MAX_STEPS}], got {self.edit_steps!r}"
+            )
         if not isinstance(self.measure_drift, bool):
             raise InvalidInputError(
                 f"measure_drift must be True or False, got {self.measure_drift!r}"
@@ -123,7 +136,7 @@ class GenerationConfig:
         return asdict(self)
 
 
-_OPTIONAL = frozenset({"steps", "block_length", "top_k", "top_p"})  # None allowed
+_OPTIONAL = frozenset({"steps", "block_length", "top_k", "top_p", "editing_threshold"})
 _COUNTS = (("gen_length", MAX_GEN_LENGTH), ("steps", MAX_STEPS),
            ("block_length", MAX_GEN_LENGTH), ("top_k", None))  # fmt: skip
 _CHOICES = (("schedule", R.SCHEDULES), ("score", R.SCORES), ("remask", R.REMASK_STRATEGIES),
@@ -135,6 +148,7 @@ _REALS = (
     ("threshold", "", lambda v: True),
     ("entropy_bound", "≥ 0", lambda v: v >= 0),
     ("eps", "in (0, 1)", lambda v: 0 < v < 1),
+    ("editing_threshold", "", lambda v: True),
 )
 
 

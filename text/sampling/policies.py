@@ -31,6 +31,10 @@ class EOSPolicy:
     ``confidence_eos_eot_inf``, which only suppressed EoT). ``stop``: a row whose current block
     decodes to EOS only stops; its remaining masks become EOS. ``truncate``: generated tokens after
     a row's first generated EOS become padding in the output (and are not streamed).
+    ``early_stop`` (LLaDA 2's ``eos_early_stop``): a row stops after a step that commits (or
+    edits in) an EOS while no mask precedes its first generated EOS; its remaining masks become
+    EOS. (LLaDA2Pipeline leaves them [MASK] in ``sequences``, and never stops a row whose prompt
+    holds an EOS, since it looks for the first EOS from the prompt's start.)
     """
 
     forbid: bool = False
@@ -38,6 +42,7 @@ class EOSPolicy:
     penalty: float = 0.0
     stop: bool = False
     truncate: bool = False
+    early_stop: bool = False
     eos_ids: tuple[int, ...] | None = None
 
     def __post_init__(self):

@@ -7,7 +7,8 @@ suffix for infilling. A step, for every row that is decoding:
     logits (window of the canvas; runner.py: guidance, caches)  → [MASK] never proposed
     → EOS policy → watermark bias → restriction (token healing) → top-k / top-p
     → proposals (float64 Gumbel, temperature) → scores (EOS deferred)
-    → `mdiff.unmasking.unmask_step`: selection (schedule) → optional ReMDM remasking → commit
+    → `mdiff.unmasking.unmask_step`: selection (schedule) → optional ReMDM remasking
+      → optional token editing (``editing_threshold``) → commit
 
 The schedules, scores, selection rules, ReMDM and top-k / top-p are the core's
 (`mdiff.unmask_rules`, `mdiff.unmasking`); this module plans them per row and per block.
@@ -19,7 +20,15 @@ windows of ``block_length`` slots (a multiple of the model's ``block_size``) fro
 block holding a mask; a left-padded row's positions are shifted by whole blocks of padding, so
 slot blocks are model blocks and the exact cache applies. ``steps`` is the total: each of a
 row's n blocks gets ``steps // n`` (≥ 1; default one token per step); the threshold and
-entropy schedules take as many steps as they need.
+entropy schedules take as many steps as they need; ``llada2`` commits the top
+``max(n_i, #{score > threshold})`` at step i, ``n_i`` the equal split of the block's width.
+
+Token editing (LLaDA 2, off by default): with ``editing_threshold`` every step also re-decides
+the committed tokens of the row's current block (`mdiff.unmasking.token_editing`; proposals and
+confidences are drawn for them too); a block whose masks are all committed before its step
+budget is spent takes up to ``edit_steps`` more edit-only steps, stopping after one that edits
+nothing. EOS ``early_stop`` (LLaDA 2): a row stops after a step that commits or edits in an EOS
+while no mask precedes its first generated EOS.
 
 Batching: every row keeps its own block, step and schedule, and draws its randomness from its
 own generator (``seed + row``, or a user list) only at its own steps, over its own positions.
@@ -132,6 +141,10 @@ class _Run:
         self.remask = U.remdm(cfg.remask, cfg.remask_eta) if remasking else None  # ReMDM or None
         self.n_steps, self.last_block = 0, None
         self.restrict = restrict  # (positions (B,), allowed (B, V)) or None
+        tau = cfg.editing_threshold
+        self.edit = U.token_editing(tau, U.precomputed) if tau is not None and tau > 0 else None
+        self.posting = zeros.bool()  # rows in their block's edit-only steps
+        self.post = zeros.clone()  # edit-only steps taken in the current block
 
     # ---- the loop -----------------------------------------------------------------------------
 
@@ -165,12 +178,14 @@ class _Run:
         in_block = self.lay.gen[:, s:e] & (self.lay.blocks[:, s:e] == self.cur[:, None])
         in_block &= stepping[:, None]
         masked = xw == self.mask_id
+        editable = None if self.edit is None else in_block & ~masked
         proc = self._process(logits, s, e)
-        prop, sc = self._propose(proc, in_block & masked)
+        prop, sc = self._propose(proc, in_block & masked, editable)
         policy, last, t, t_next = self._plan()
         state = U.UnmaskState(xw, in_block & masked, proc, prop, self.gens, t, t_next, LINEAR,
-                              scores=sc, decoded=in_block & ~masked)  # fmt: skip
-        new = U.unmask_step(state, self.mask_id, policy, self.remask, last)
+                              scores=sc, decoded=in_block & ~masked, editable=editable)  # fmt: skip
+        new = U.unmask_step(state, self.mask_id, policy, self.remask, last, self.edit)
+        changed = new != xw
         self.x[:, s:e] = new
         self.forwards += stepping.long()
         if self.feed is not None and self.feed.wants_drafts:
@@ -179,7 +194,8 @@ class _Run:
             canvas[:, s:e] = torch.where(still, proc.argmax(-1), new)
             self.feed.draft(canvas, self.n_steps)
         self.n_steps += 1
-        self._advance(stepping)
+        edited = None if state.edited is None else state.edited.any(1)
+        self._advance(stepping, changed, s, edited)
         if self.feed is not None:
             self.feed.commit(self.x, self._final())
 
@@ -204,24 +220,31 @@ class _Run:
             logits[rows, cols] = logits[rows, cols].masked_fill(~keep, -torch.inf)
         return logits
 
-    def _propose(self, proc: Tensor, eligible: Tensor) -> tuple[Tensor, Tensor]:
-        """Proposals (B, W) and scores (float64, −inf where not eligible): the configured score,
-        or −entropy for the entropy schedule, both with EOS deferred."""
+    def _propose(self, proc: Tensor, eligible: Tensor,
+                 editable: Tensor | None = None) -> tuple[Tensor, Tensor]:  # fmt: skip
+        """Proposals (B, W) and scores (float64, −inf where neither eligible nor editable): the
+        configured score, or −entropy for the entropy schedule, both with EOS deferred; at
+        ``editable`` (committed) positions the confidence an edit is judged by."""
         cfg = self.cfg
         prop = proc.argmax(-1)
         sc = torch.full(prop.shape, -torch.inf, dtype=torch.float64, device=prop.device)
-        rows, cols = eligible.nonzero(as_tuple=True)
+        cand = eligible if editable is None else eligible | editable
+        rows, cols = cand.nonzero(as_tuple=True)
         if rows.numel() == 0:
             return prop, sc
         lg = R.filter_logits(proc[rows, cols], cfg.top_k, cfg.top_p)  # (N, V)
-        p, noise = U.propose_rows(lg, eligible.sum(1).tolist(), self.gens, cfg.temperature,
+        p, noise = U.propose_rows(lg, cand.sum(1).tolist(), self.gens, cfg.temperature,
                                   noise=cfg.score == "random")  # fmt: skip
         if bool((p == self.mask_id).any()):
             raise InvalidInputError("the model gives no finite logit except [MASK] at a position")
         sl = cfg.eos.score_logits(lg, self.eos_ids)
         prop[rows, cols] = p
         kind = "neg_entropy" if cfg.schedule == "entropy" else cfg.score
-        sc[rows, cols] = cfg.eos.defer_scores(R.score(kind, sl, p, noise), p, self.eos_ids)
+        vals = cfg.eos.defer_scores(R.score(kind, sl, p, noise), p, self.eos_ids)
+        if editable is not None:
+            ed = editable[rows, cols]
+            vals[ed] = R.score("confidence", lg[ed], p[ed])
+        sc[rows, cols] = vals
         return prop, sc
 
     def _plan(self) -> tuple[U.Policy, bool | Tensor, Tensor | None, Tensor | None]:
@@ -239,18 +262,30 @@ class _Run:
         after = self.left.gather(1, k[:, None]).squeeze(1)  # planned masks after this step
         before = torch.where(k > 0, self.left.gather(1, (k - 1).clamp_min(0)[:, None])[:, 0],
                              self.size)  # fmt: skip
+        if cfg.schedule == "llada2":  # the step's share of the block, or all above threshold
+            n = torch.where(self.step < self.spb, before - after, 0)
+            policy = U.threshold_floor(lambda state: n, cfg.threshold, U.precomputed)
+            return policy, self.step >= self.spb - 1, None, None
         size = self.size.clamp_min(1).double()
         policy = U.ranked(lambda state: state.masked.sum(1) - after, U.precomputed)
         return policy, self.step >= self.spb - 1, (size - before) / size, (size - after) / size
 
     # ---- bookkeeping --------------------------------------------------------------------------
 
-    def _advance(self, stepping: Tensor) -> None:
+    def _advance(self, stepping: Tensor, changed: Tensor | None = None, s: int = 0,
+                 edited: Tensor | None = None) -> None:  # fmt: skip
+        """After a step: count it, apply the EOS rules, move rows whose block is done on.
+        ``changed`` (B, W): the window's tokens this step changed, from slot ``s``; ``edited``
+        (B,): rows that edited a token."""
         for b in stepping.nonzero().squeeze(1).tolist():
             self.per_block[b][-1] += 1
         self.step += stepping.long()
         in_block = self.lay.gen & (self.lay.blocks == self.cur[:, None])
         finished = stepping & ~(in_block & (self.x == self.mask_id)).any(1)
+        if self.edit is not None:
+            finished = self._edit_only_steps(finished, stepping, edited)
+        if self.cfg.eos.early_stop and self.eos_ids and changed is not None:
+            self._confirmed_stop(stepping, changed, s)
         if self.cfg.eos.stop and self.eos_ids:
             is_eos = torch.isin(self.x, torch.tensor(self.eos_ids, device=self.x.device))
             all_eos = finished & in_block.any(1) & ~(in_block & ~is_eos).any(1)
@@ -260,9 +295,37 @@ class _Run:
             self.done |= all_eos
         self._enter((finished & ~self.done).nonzero().squeeze(1).tolist())
 
+    def _edit_only_steps(self, finished: Tensor, stepping: Tensor,
+                         edited: Tensor | None) -> Tensor:  # fmt: skip
+        """Rows whose block is done: a block that committed its last mask with steps of its
+        budget left takes edit-only steps while they edit, at most ``edit_steps``."""
+        was = self.posting & stepping
+        self.post += was.long()
+        edited = torch.zeros_like(stepping) if edited is None else edited
+        end = was & (~edited | (self.post >= self.cfg.edit_steps))
+        start = finished & ~self.posting & (self.step < self.spb) & (self.cfg.edit_steps > 0)
+        self.posting = (self.posting | start) & ~end
+        return finished & ~self.posting
+
+    def _confirmed_stop(self, stepping: Tensor, changed: Tensor, s: int) -> None:
+        """LLaDA 2's EOS early stop: a row that committed or edited in an EOS this step stops
+        when no mask precedes its first generated EOS; its remaining masks become EOS."""
+        eos = torch.tensor(self.eos_ids, device=self.x.device)
+        W = changed.shape[1]
+        hit = stepping & (changed & torch.isin(self.x[:, s : s + W], eos)).any(1)
+        gen, open_ = self.lay.gen, self.x == self.mask_id
+        is_eos = gen & torch.isin(self.x, eos)
+        before = is_eos.long().cumsum(1) == 0
+        stop = hit & is_eos.any(1) & ~(gen & open_ & before).any(1) & ~self.done
+        fill = stop[:, None] & gen & open_
+        self.x[fill] = self.eos_ids[0]
+        self.auto |= fill
+        self.done |= stop
+
     def _enter(self, rows) -> None:
         """Move each row to its next block with masks (done when none is left)."""
         for b in rows:
+            self.post[b] = 0
             while True:
                 self.cur[b] += 1
                 c = int(self.cur[b])
@@ -273,13 +336,25 @@ class _Run:
                 m = int(((self.lay.blocks[b] == c) & (self.x[b] == self.mask_id)).sum())
                 if m:
                     self.size[b], self.step[b] = m, 0
-                    if self.fixed:
-                        n = int(self.spb[b])
-                        counts = R.transfer_counts(self.cfg.schedule, torch.tensor([m]), n,
-                                                   self.cfg.eps)[0].to(self.x.device)  # fmt: skip
-                        self.left[b] = 0
-                        self.left[b, :n] = m - counts.cumsum(0)
+                    if self.fixed or self.cfg.schedule == "llada2":
+                        self._plan_block(b, m)
                     break
+
+    def _plan_block(self, b: int, m: int) -> None:
+        """Row b's planned masks after each step of its new block of ``m`` masks. ``llada2``
+        splits the block's width (LLaDA 2: a block that starts inside the prompt still has
+        ``block_length`` shares), so its plan may go below zero."""
+        n = int(self.spb[b])
+        if self.cfg.schedule == "llada2":
+            width = self.lay.block_length if self.spec.attention == "block_causal" else m
+            counts = R.equal_split(torch.tensor([width]), n)[0].to(self.x.device)
+            self.size[b] = width
+            m = width
+        else:
+            counts = R.transfer_counts(self.cfg.schedule, torch.tensor([m]), n,
+                                       self.cfg.eps)[0].to(self.x.device)  # fmt: skip
+        self.left[b] = 0
+        self.left[b, :n] = m - counts.cumsum(0)
 
     def _final(self) -> Tensor:
         """Tokens nothing can change any more (streamed)."""
