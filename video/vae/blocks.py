@@ -27,13 +27,19 @@ from torch import Tensor, nn
 Cache = dict  # module -> cached tail (Tensor) or marker, owned by one stream session
 
 
+CL = torch.channels_last_3d  # (B, T, H, W, C) in memory: what oneDNN's conv kernels run on
+
+
 def conv3d(x: Tensor, weight: Tensor, bias: Tensor | None, stride, padding) -> Tensor:
-    """F.conv3d, but straight to oneDNN for fp32 CPU tensors with a k×k (k > 1) kernel.
+    """F.conv3d, but straight to oneDNN, channels-last, for fp32 CPU tensors with a k×k (k > 1)
+    kernel; the output is channels-last then.
 
     For batch-1 inputs with C·T·H < 20480 (every conv of a 1-5 latent decode at 64×64) PyTorch
     picks its im2col kernel `slow_conv3d`, whose unfold buffer grows as 27·C·T·H·W: up to 25×
-    slower than oneDNN at one thread. 1×1 kernels stay on PyTorch's own path (a plain GEMM,
-    faster than oneDNN there).
+    slower than oneDNN at one thread. Channels-last in and out spares oneDNN its two layout
+    reorders per call (a 3×3×3 conv at 96 channels, 128², 2 threads: 0.46 s vs 0.59 s), and the
+    channel reductions of `RMSNorm` become contiguous. 1×1 kernels stay on PyTorch's own path
+    (a plain GEMM, faster than oneDNN there).
     """
     if (
         x.device.type == "cpu"
@@ -43,8 +49,20 @@ def conv3d(x: Tensor, weight: Tensor, bias: Tensor | None, stride, padding) -> T
         and torch.backends.mkldnn.enabled
         and not torch.is_autocast_enabled("cpu")
     ):
+        x, weight = x.contiguous(memory_format=CL), weight.contiguous(memory_format=CL)
         return torch.mkldnn_convolution(x, weight, bias, padding, stride, (1, 1, 1), 1)
     return F.conv3d(x, weight, bias, stride, padding)
+
+
+def channels_last(x: Tensor) -> bool:
+    """Whether (B, C, T, H, W) `x` is laid out channels-last (so keep new tensors that way)."""
+    return x.dim() == 5 and x.is_contiguous(memory_format=CL) and not x.is_contiguous()
+
+
+def empty_like_layout(x: Tensor, *shape: int) -> Tensor:
+    """An uninitialised (B, C, T, H, W) tensor of `shape` in `x`'s dtype, device and layout."""
+    fmt = CL if channels_last(x) else torch.contiguous_format
+    return torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=fmt)
 
 
 class CausalConv3d(nn.Conv3d):
@@ -55,15 +73,27 @@ class CausalConv3d(nn.Conv3d):
         self.time_pad = 2 * self.padding[0]
         self.padding = (0, *self.padding[1:])  # time padded in forward, space inside the conv
 
-    def forward(self, x: Tensor, cache: Cache | None = None) -> Tensor:
+    def forward(self, x: Tensor, cache: Cache | None = None, pre=None) -> Tensor:
+        """Conv of `pre(x)` (or x): `pre(x, out)` writes its result into `out`, which here is
+        the padded input buffer's body, so the time padding costs no extra copy."""
         tp = self.time_pad
         if tp:
             past = None if cache is None else cache.get(self)  # (B, C, 2p, H, W) or None
+            b, c, t, h, w = x.shape
+            buf = empty_like_layout(x, b, c, tp + t, h, w)  # (B, C, 2p + T, H, W)
             if past is None:
-                past = x.new_zeros(*x.shape[:2], tp, *x.shape[3:])  # the clip starts here
-            x = torch.cat([past.to(x.dtype), x], 2)  # (B, C, 2p + T, H, W)
+                buf[:, :, :tp].zero_()  # the clip starts here
+            else:
+                buf[:, :, :tp].copy_(past)
+            if pre is None:
+                buf[:, :, tp:].copy_(x)
+            else:
+                pre(x, buf[:, :, tp:])
+            x = buf
             if cache is not None:
                 cache[self] = x[:, :, -tp:].clone()  # (B, C, 2p, H, W)
+        elif pre is not None:
+            x = pre(x, empty_like_layout(x, *x.shape))
         return conv3d(x, self.weight, self.bias, self.stride, self.padding)  # (B, C', T', H, W)
 
 
@@ -80,6 +110,17 @@ class RMSNorm(nn.Module):
         xf = x.float()
         norm = xf.square().sum(1, keepdim=True).sqrt().clamp_min(1e-12)  # (B, 1, ...)
         return (xf / norm).to(x.dtype) * (self.gamma * self.scale)  # (B, C, ...)
+
+    def silu_into(self, x: Tensor, out: Tensor, dropout: nn.Module | None = None) -> Tensor:
+        """out ← dropout(SiLU(norm(x))), in place for fp32 channels-last inference (one
+        reduction and three passes over `out`, about 4× faster than composing the ops)."""
+        fast = x.dtype == torch.float32 and channels_last(x) and not torch.is_grad_enabled()
+        if not fast or (dropout is not None and dropout.training and dropout.p > 0):
+            y = F.silu(self(x))
+            return out.copy_(y if dropout is None else dropout(y))
+        norm = torch.linalg.vector_norm(x, dim=1, keepdim=True).clamp_min_(1e-12)  # (B, 1, ...)
+        torch.div(x, norm, out=out)
+        return F.silu(out.mul_(self.gamma * self.scale), inplace=True)  # (B, C, ...)
 
 
 class Upsample2x(nn.Module):
@@ -127,8 +168,9 @@ class Resample(nn.Module):
     def _double_time(self, x: Tensor, cache: Cache | None) -> Tensor:
         b, c, t, h, w = x.shape
         y = self.time_conv(x, cache)  # (B, 2C, T, H, W)
-        y = y.view(b, 2, c, t, h, w).permute(0, 2, 3, 1, 4, 5)  # (B, C, T, 2, H, W)
-        return y.reshape(b, c, 2 * t, h, w)  # (B, C, 2T, H, W), pairs interleaved
+        out = empty_like_layout(y, b, c, 2 * t, h, w)  # (B, C, 2T, H, W), pairs interleaved
+        out[:, :, 0::2], out[:, :, 1::2] = y[:, :c], y[:, c:]
+        return out
 
     def forward(self, x: Tensor, cache: Cache | None = None) -> Tensor:
         if self.mode == "upsample3d":
@@ -167,9 +209,9 @@ class ResidualBlock(nn.Module):
 
     def forward(self, x: Tensor, cache: Cache | None = None) -> Tensor:
         h = self.conv_shortcut(x)  # (B, C', T, H, W)
-        x = self.conv1(F.silu(self.norm1(x)), cache)  # (B, C', T, H, W)
-        x = self.conv2(self.dropout(F.silu(self.norm2(x))), cache)  # (B, C', T, H, W)
-        return x + h
+        x = self.conv1(x, cache, pre=self.norm1.silu_into)  # (B, C', T, H, W)
+        act2 = lambda x, out: self.norm2.silu_into(x, out, self.dropout)  # noqa: E731
+        return self.conv2(x, cache, pre=act2) + h  # (B, C', T, H, W)
 
 
 class AttentionBlock(nn.Module):
@@ -272,7 +314,7 @@ class Encoder3d(nn.Module):
         for block in self.down_blocks:
             x = block(x, cache)  # (B, dim·mult, T', H', W')
         x = self.mid_block(x, cache)
-        return self.conv_out(F.silu(self.norm_out(x)), cache)  # (B, z_dim, T', H', W')
+        return self.conv_out(x, cache, pre=self.norm_out.silu_into)  # (B, z_dim, T', H', W')
 
 
 class Decoder3d(nn.Module):
@@ -312,4 +354,4 @@ class Decoder3d(nn.Module):
         x = self.mid_block(x, cache)
         for block in self.up_blocks:
             x = block(x, cache)  # (B, dim·mult, T', h', w')
-        return self.conv_out(F.silu(self.norm_out(x)), cache)  # (B, C_out, T', H, W)
+        return self.conv_out(x, cache, pre=self.norm_out.silu_into)  # (B, C_out, T', H, W)

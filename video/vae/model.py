@@ -240,7 +240,7 @@ class CausalVAE(nn.Module, PretrainedMixin):
     def _moments(self, x: Tensor, cache: dict | None) -> tuple[Tensor, Tensor]:
         x = patchify(x, self.config.patch)  # (B, C·p², T, H/p, W/p)
         h = self.quant_conv(self.encoder(x, cache))  # (B, 2z, T', h, w)
-        mean, logvar = h.chunk(2, dim=1)  # each (B, z, T', h, w)
+        mean, logvar = h.contiguous().chunk(2, dim=1)  # each (B, z, T', h, w)
         return mean, logvar.clamp(-30.0, 20.0)
 
     def _encode_mean(self, x: Tensor, cache: dict | None) -> Tensor:
@@ -248,7 +248,7 @@ class CausalVAE(nn.Module, PretrainedMixin):
 
     def _decode_frames(self, z: Tensor, cache: dict | None) -> Tensor:
         x = self.decoder(self.post_quant_conv(z), cache)  # (B, C·p², T, H/p, W/p)
-        return unpatchify(x, self.config.patch)  # (B, C, T, H, W), not clamped
+        return unpatchify(x, self.config.patch).contiguous()  # (B, C, T, H, W), not clamped
 
     # ---------------------------------------------------------------- public API
 
