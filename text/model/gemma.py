@@ -112,6 +112,7 @@ class DiffusionGemmaLM(nn.Module):
         if tuple(mask.shape) != (b, total):
             raise InvalidInputError(f"mask must be (B, cache + N) = {(b, total)}")
 
+    @torch.no_grad()
     def encode(self, ids: Tensor, mask: Tensor, positions: Tensor, cache) -> None:
         """Append ``ids`` (B, N) at ``positions`` (B, N) to ``cache`` (causal encoder)."""
         self._check(ids, mask, positions, cache)
@@ -119,6 +120,7 @@ class DiffusionGemmaLM(nn.Module):
             input_ids=ids, attention_mask=mask.bool(), cache=cache, position_ids=positions
         )
 
+    @torch.no_grad()
     def denoise(self, canvas: Tensor, self_conditioning: Tensor | None, mask: Tensor,
                 positions: Tensor, cache) -> Tensor:  # fmt: skip
         """Decoder logits (B, C, V) float32 for ``canvas`` (B, C) at ``positions`` (B, C),
