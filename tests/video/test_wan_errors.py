@@ -70,7 +70,10 @@ def test_the_unedited_folder_loads(base):
      ("vae/config.json", {"_class_name": "AutoencoderKLLTXVideo"},
       ["AutoencoderKLLTXVideo", "AutoencoderKLWan"]),
      ("text_encoder/config.json", {"model_type": "t5", "architectures": ["T5EncoderModel"]},
-      ["'t5'", "T5EncoderModel", "UMT5EncoderModel"])],
+      ["'t5'", "T5EncoderModel", "UMT5EncoderModel"]),
+     ("transformer/config.json", {"pos_embed_seq_len": 514}, ["FLF2V", "pos_embed_seq_len"]),
+     ("model_index.json", {"transformer_2": ["diffusers", "WanTransformer3DModel"],
+                           "boundary_ratio": 0.875}, ["two-expert", "transformer_2", "A14B"])],
 )  # fmt: skip
 def test_unsupported_classes_are_named(base, tmp_path, file, changes, names):
     bad = edited(base, tmp_path / "bad", file, **changes)

@@ -84,8 +84,8 @@ def read_index(directory: Path) -> dict:
         )
     second = index.get("transformer_2")  # absent or [null, null] in single-expert folders
     if second not in (None, [None, None]) or index.get("boundary_ratio") is not None:
-        raise CheckpointError(f"{path}: Wan 2.2 two-expert folders (transformer_2, boundary_ratio)"
-                              " are not supported")  # fmt: skip
+        raise CheckpointError(f"{path}: Wan 2.2 two-expert folders (transformer_2, boundary_ratio;"
+                              " the A14B models) are not supported")  # fmt: skip
     expected = dict(EXPECTED)
     if name == "WanImageToVideoPipeline" and _listed(index, "image_encoder"):
         expected.update(I2V)
@@ -117,6 +117,10 @@ def check_components(directory: Path, index: dict) -> None:
         if saved not in supported:
             raise CheckpointError(f"{path}: class {saved!r} is not supported; mdiff reads "
                                   f"{component} folders of {list(supported)}")  # fmt: skip
+    config = hub.read_json_object(directory / "transformer" / hub.CONFIG_NAME)
+    if config.get("pos_embed_seq_len") is not None:  # refused before any weight is read
+        raise CheckpointError(f"{directory}/transformer is a first/last-frame (FLF2V) Wan "
+                              "transformer (pos_embed_seq_len): not supported yet")  # fmt: skip
     weights = hub.find_weights(directory / "transformer")
     layout, prefix = find_layout(hub.header_shapes(weights), str(weights))
     if (layout, prefix) != ("diffusers", ""):
