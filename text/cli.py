@@ -72,7 +72,8 @@ def _complete(p: argparse.ArgumentParser) -> None:
                        help="replace FILE (and FILE.c2pa) with the result")  # fmt: skip
     p.add_argument("--force", action="store_true", help="replace an existing -o file")
     p.add_argument("--stream", action="store_true", help="show committed text and drafts live")
-    p.add_argument("--model", default="code-tiny", help="built-in name or model folder")
+    p.add_argument("--model", default="code-tiny", help="built-in name or model folder (ours, "
+                   "or a transformers folder: spec picked from its config)")  # fmt: skip
     p.add_argument("--length", default="auto", help="tokens per hole (within the model's "
                    "window), or auto (default)")  # fmt: skip
     p.add_argument("--schedule", default="equal", help="equal|dream|cosine|threshold|entropy")
@@ -169,6 +170,8 @@ def run_complete(args: argparse.Namespace) -> int:
         raise InvalidInputError(f"{src} has no {MARKER} marker; add one or pass --line N")
     out = _output(args, src)
     cm = CodeModel.from_pretrained(args.model, stamper=Stamper(home=args.home))
+    if cm.summary:  # a transformers folder: say which spec was chosen
+        print(f"mdiff: model {cm.summary}", file=sys.stderr)
     start = time.perf_counter()
     factory = (lambda n: TerminalStreamer(cm.tokenizer, n)) if args.stream else None
     done = cm.fill(text, length=length, seed=args.seed, source=str(src),

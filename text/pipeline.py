@@ -16,6 +16,7 @@ prompt is a creation.
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,15 +95,32 @@ class CodeModel:
         self._stamper, self._wm = stamper, None
         self.weights_sha256 = weights_sha256 or hub.weights_sha256(model)
 
+    summary: str | None = None  # what a transformers folder was loaded as (one line)
+
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike = "code-tiny", *, device=None,
-                        stamper=None) -> CodeModel:  # fmt: skip
+                        stamper=None, spec=None) -> CodeModel:  # fmt: skip
+        """A built-in name, one of our folders, or a transformers folder (its spec picked from
+        its config, or ``spec``; `mdiff.text.model.loaders`; the choice is logged and kept
+        in ``summary``)."""
         if not isinstance(name_or_path, str | os.PathLike):
             kind = type(name_or_path).__name__
             raise InvalidInputError(f"a model is a built-in name or a folder, got {kind}")
         directory = hub.resolve(name_or_path)
+        from mdiff.text.model import loaders
+
+        if spec is not None or loaders.is_transformers_folder(directory):
+            loaded = loaders.load_transformers(directory, spec=spec, device=device)
+            cm = cls(loaded.model, loaded.tokenizer, str(directory), stamper=stamper,
+                     weights_sha256=hub.weights_sha256(directory))  # fmt: skip
+            cm.summary = loaded.summary
+            logging.getLogger("mdiff").info("model %s", loaded.summary)
+            return cm
         if not (directory / TOKENIZER_FILE).is_file():
-            raise CheckpointError(f"{directory} has no {TOKENIZER_FILE}: not a text model folder")
+            raise CheckpointError(
+                f"{directory} has neither {TOKENIZER_FILE} nor a transformers config.json (with "
+                "a model_type): not a text model folder"
+            )
         model = TextDenoiser.from_pretrained(directory, device=device)
         tokenizer = CodeTokenizer.load(directory / TOKENIZER_FILE)
         model_id = str(name_or_path) if not Path(name_or_path).exists() else str(directory)
@@ -112,12 +130,12 @@ class CodeModel:
     @property
     def context(self) -> int | None:
         """Tokens the model sees when infilling (its training window; None = its max_len)."""
-        return self.model.config.context
+        return getattr(getattr(self.model, "config", None), "context", None)
 
     @property
     def fim_order(self) -> str:
         """The FIM prompt order of an autoregressive baseline ("psm" | "spm")."""
-        return self.model.config.fim_order
+        return getattr(getattr(self.model, "config", None), "fim_order", "psm")
 
     # ---------------------------------------------------------------- provenance plumbing
 

@@ -1,0 +1,199 @@
+"""Transformers folders → a text denoiser with its spec picked from the config
+(`mdiff.text.model.loaders`), through `CodeModel.from_pretrained` and `mdiff complete --model`.
+Tiny random models and an offline word-level tokenizer, saved by transformers itself."""
+
+import json
+import sys
+import types
+
+import pytest
+import torch
+import transformers as T
+
+from mdiff import cli
+from mdiff.errors import CheckpointError
+from mdiff.text.model import loaders
+from mdiff.text.model.adapters import HFAdapter, dream_spec, from_masked_lm, llada_spec
+from mdiff.text.model.spec import DenoiserSpec
+from mdiff.text.pipeline import CodeModel
+
+torch.set_num_threads(1)
+WORDS = ["<pad>", "<s>", "</s>", "<mask>", "<unk>", "x", "y", "=", "+", "1", "2", "return",
+         "def", "f", "(", ")", ":"]  # fmt: skip
+PAD, BOS, EOS, MASK = 0, 1, 2, 3
+V = 32  # the model's vocabulary (larger than the tokenizer's, as real checkpoints often are)
+SIZES = dict(vocab_size=V, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+             intermediate_size=32, max_position_embeddings=64)  # fmt: skip
+
+
+def tokenizer(mask=True):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    extra = {"mask_token": "<mask>"} if mask else {}
+    return T.PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>",
+                                     eos_token="</s>", unk_token="<unk>", **extra)  # fmt: skip
+
+
+def save(tmp_path, name, model, tok=None, edit=None):
+    """``model`` and a tokenizer saved by transformers; ``edit(config dict)`` rewrites
+    config.json afterwards (a Dream-style folder)."""
+    folder = tmp_path / name
+    torch.manual_seed(0)
+    model.eval().save_pretrained(folder)
+    (tok or tokenizer()).save_pretrained(folder)
+    if edit is not None:
+        cfg = json.loads((folder / "config.json").read_text())
+        edit(cfg)
+        (folder / "config.json").write_text(json.dumps(cfg))
+    return folder
+
+
+def llama():
+    torch.manual_seed(0)
+    return T.LlamaForCausalLM(T.LlamaConfig(**SIZES, num_key_value_heads=2, pad_token_id=PAD,
+                                            bos_token_id=BOS, eos_token_id=EOS))  # fmt: skip
+
+
+def qwen2():
+    torch.manual_seed(1)
+    return T.Qwen2ForCausalLM(T.Qwen2Config(**SIZES, num_key_value_heads=1, pad_token_id=PAD,
+                                            bos_token_id=BOS, eos_token_id=EOS))  # fmt: skip
+
+
+def probe():
+    x = torch.tensor([[BOS, 5, 7, MASK, MASK, 8, 9]])
+    return x, torch.ones_like(x, dtype=torch.bool)
+
+
+@torch.no_grad()
+def test_llama_folder_with_a_mask_token_is_llada_style(tmp_path):
+    lm = llama()
+    folder = save(tmp_path, "llada", lm)
+    loaded = loaders.load_transformers(folder)
+    assert (
+        loaded.summary == f"{folder}: llama architecture, spec llada (mask {MASK}, bidirectional)"
+    )
+    spec = loaded.model.spec
+    assert spec == llada_spec(V, MASK, (EOS,), PAD, BOS)
+    x, _ = probe()
+    ref = HFAdapter(lm.eval(), spec)(x)  # the same weights, wrapped by hand
+    assert torch.equal(loaded.model(x), ref) and loaded.model.mask_4d
+    assert loaded.tokenizer.encode("x = 1") == [5, 7, 9] and loaded.tokenizer.vocab_size == V
+
+
+@torch.no_grad()
+def test_qwen2_and_dream_folders_are_dream_style(tmp_path):
+    lm = qwen2()
+    plain = loaders.load_transformers(save(tmp_path, "qwen2", lm))
+    assert plain.model.spec == dream_spec(V, MASK, (EOS,), PAD, BOS)
+
+    def as_dream(cfg):  # Dream's config: its own model_type, mask id in the config
+        cfg.update(model_type="Dream", architectures=["DreamModel"], mask_token_id=MASK)
+
+    folder = save(tmp_path, "dream", lm, tokenizer(mask=False), as_dream)
+    dream = loaders.load_transformers(folder)
+    assert dream.summary == (f"{folder}: Dream architecture, spec dream (mask {MASK}, "
+                             "bidirectional, logits shift 1)")  # fmt: skip
+    x, _ = probe()
+    assert torch.equal(dream.model(x), plain.model(x))
+    assert torch.equal(dream.model(x), HFAdapter(lm.eval(), plain.model.spec)(x))
+
+
+@torch.no_grad()
+@pytest.mark.parametrize(
+    "config, cls",
+    [(T.BertConfig, T.BertForMaskedLM), (T.RobertaConfig, T.RobertaForMaskedLM),
+     (T.ModernBertConfig, T.ModernBertForMaskedLM)],
+)  # fmt: skip
+def test_masked_lm_folders(tmp_path, config, cls):
+    torch.manual_seed(0)
+    lm = cls(config(**SIZES, pad_token_id=PAD, bos_token_id=BOS, eos_token_id=EOS))
+    folder = save(tmp_path, cls.__name__, lm)
+    loaded = loaders.load_transformers(folder)
+    mt = lm.config.model_type
+    assert (
+        loaded.summary
+        == f"{folder}: {mt} architecture, spec masked-lm (mask {MASK}, bidirectional)"
+    )
+    ref = from_masked_lm(lm.eval(), tokenizer())
+    assert loaded.model.spec == ref.spec
+    x, real = probe()
+    assert torch.equal(loaded.model(x, real), ref(x, real))
+
+
+def test_unknown_or_autoregressive_folders_say_how_to_pass_a_spec(tmp_path):
+    ar = save(tmp_path, "ar", llama(), tokenizer(mask=False))
+    with pytest.raises(CheckpointError, match="no mask token.*spec=DenoiserSpec"):
+        loaders.load_transformers(ar)
+    odd = tmp_path / "odd"
+    odd.mkdir()
+    (odd / "config.json").write_text(json.dumps({"model_type": "nonsense"}))
+    with pytest.raises(CheckpointError, match="nonsense.*spec=DenoiserSpec"):
+        loaders.load_transformers(odd)
+    with pytest.raises(CheckpointError, match="config.json"):
+        loaders.load_transformers(tmp_path / "missing")
+    llada = save(
+        tmp_path,
+        "llada-remote",
+        llama(),
+        edit=lambda c: c.update(model_type="llada", architectures=["LLaDAModelLM"]),
+    )
+    with pytest.raises(CheckpointError, match="remote code"):
+        loaders.load_transformers(llada)
+
+
+@torch.no_grad()
+def test_a_given_spec_wins(tmp_path):
+    folder = save(tmp_path, "ar2", llama(), tokenizer(mask=False))
+    spec = DenoiserSpec(V, mask_id=V - 1, eos_ids=(EOS,), attention="causal")
+    loaded = loaders.load_transformers(folder, spec=spec)
+    assert loaded.model.spec == spec and not loaded.model.mask_4d
+    assert "spec given (mask 31, causal)" in loaded.summary
+
+
+def test_registered_loaders_are_imported_lazily(tmp_path, monkeypatch):
+    folder = save(tmp_path, "gemma", llama(), edit=lambda c: c.update(model_type="diffusion_gemma"))
+    calls = []
+
+    def load_diffusion_gemma(path, **kw):
+        calls.append((path, kw))
+        return HFAdapter(llama().eval(), llada_spec(V, MASK, (EOS,), PAD)), None
+
+    fake = types.ModuleType("mdiff.text.model.gemma")
+    fake.load_diffusion_gemma = load_diffusion_gemma
+    monkeypatch.setitem(sys.modules, "mdiff.text.model.gemma", fake)
+    loaded = loaders.load_transformers(folder, dtype="x")
+    assert calls == [(folder, {"dtype": "x"})]
+    assert "diffusion_gemma architecture, loader mdiff.text.model.gemma" in loaded.summary
+    assert loaded.tokenizer.encode("x") == [5]  # the folder's own tokenizer
+    llada2 = save(tmp_path, "llada2", llama(), edit=lambda c: c.update(model_type="llada2_moe"))
+    monkeypatch.setitem(sys.modules, "mdiff.text.model.llada2", types.ModuleType("empty"))
+    with pytest.raises(CheckpointError, match="load_llada2"):
+        loaders.load_transformers(llada2)
+    loaders.register_loader(
+        "toy_dlm_for_tests",
+        lambda path, **kw: (
+            calls.append(path) or (HFAdapter(llama().eval(), llada_spec(V, MASK)), tokenizer())
+        ),
+    )
+    toy = save(tmp_path, "toy", llama(), edit=lambda c: c.update(model_type="toy_dlm_for_tests"))
+    assert loaders.load_transformers(toy).model.spec.mask_id == MASK and calls[-1] == toy
+
+
+@torch.no_grad()
+def test_code_model_and_cli_complete_from_a_transformers_folder(tmp_path, home, capsys):
+    folder = save(tmp_path, "llada-cli", llama())
+    cm = CodeModel.from_pretrained(folder)
+    assert cm.summary.startswith(f"{folder}: llama architecture, spec llada")
+    done = cm.fill("x = <FILL> + 1", length=2)
+    assert done.text.startswith("x = ") and done.text.endswith(" + 1")
+    assert done.record.to_dict()["weights_sha256"] == cm.weights_sha256
+    src = tmp_path / "todo.py"
+    src.write_text("y = <FILL>\n", encoding="utf-8")
+    argv = ["--home", str(home), "complete", str(src), "--model", str(folder), "--length", "2"]
+    assert cli.main(argv) == 0
+    out, err = capsys.readouterr()
+    line = f"mdiff: model {folder}: llama architecture, spec llada (mask {MASK}, bidirectional)"
+    assert line in err.splitlines() and out.startswith("y = ")

@@ -1,0 +1,271 @@
+"""Load a transformers folder as a text denoiser, its spec picked from the config.
+
+    loaded = load_transformers("path/to/folder")     # -> Loaded(model, tokenizer, summary)
+    print(loaded.summary)   # "path/to/folder: llama architecture, spec llada (mask 5, ...)"
+
+How the spec is chosen (``config.json``'s ``model_type`` and ``architectures``; the mask, EOS
+and pad ids from the tokenizer, else the config; the vocabulary from the model's logits):
+
+- a registered loader first (`register_loader`): DiffusionGemma (``diffusion_gemma``,
+  `mdiff.text.model.gemma.load_diffusion_gemma`) and LLaDA 2 (``llada2*``,
+  `mdiff.text.model.llada2.load_llada2`), imported only when such a folder is loaded;
+- Dream (``model_type`` "dream", ``DreamModel``): a Qwen2-layout folder → `dream_spec` (logits
+  shift 1, bidirectional);
+- a decoder architecture (Llama, Qwen2, Mistral, …) with a mask token: LLaDA-style
+  (`llada_spec`: no shift, bidirectional), except the Qwen2 family, whose diffusion LMs (Dream,
+  DiffuCoder) are AR-initialised → `dream_spec`;
+- a masked LM (BERT, ModernBERT, RoBERTa, XLM-R, …) → `from_masked_lm`.
+
+Anything else (an AR model without a mask token, LLaDA's own remote-code layout, an unknown
+architecture) is a `CheckpointError` saying to pass ``spec=DenoiserSpec(...)``. Weights are
+read from safetensors only (never unpickled) and no remote code runs.
+
+A loader is ``fn(path, **kwargs) -> (model, tokenizer)`` (or a `Loaded`): ``model`` exposes a
+`DenoiserSpec` as ``.spec``; ``tokenizer`` None loads the folder's own with `AutoTokenizer`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mdiff.errors import CheckpointError, InvalidInputError
+from mdiff.text.model.adapters import HFAdapter, dream_spec, from_masked_lm, llada_spec
+from mdiff.text.model.spec import DenoiserSpec
+
+__all__ = ["HFTokenizer", "Loaded", "is_transformers_folder", "load_transformers",
+           "register_loader"]  # fmt: skip
+
+HOW = ("pass spec=DenoiserSpec(vocab_size=..., mask_id=..., eos_ids=..., attention=..., "
+       "logits_shift=...) to CodeModel.from_pretrained / load_transformers")  # fmt: skip
+QWEN2_FAMILY = ("qwen2", "qwen3")  # Dream / DiffuCoder-style: AR-initialised, shifted logits
+
+
+@dataclass
+class Loaded:
+    model: Any  # exposes .spec (a DenoiserSpec); HFAdapter for transformers models
+    tokenizer: Any  # HFTokenizer (encode / decode / special_ids / vocab_size / bos_id)
+    summary: str  # one line: what was chosen
+
+
+_REGISTRY: list[tuple[Callable[[dict], bool], Callable | str]] = []
+
+
+def register_loader(key: str | Callable[[dict], bool], fn: Callable | str) -> None:
+    """Route folders to ``fn``: ``key`` is a ``model_type`` or ``predicate(config dict)``;
+    ``fn`` a callable or ``"module:function"`` (imported at first use). Later ones win."""
+    if isinstance(key, str):
+        model_type = key
+        key = lambda cfg: cfg.get("model_type") == model_type  # noqa: E731
+    if not callable(key) or not (callable(fn) or (isinstance(fn, str) and ":" in fn)):
+        raise InvalidInputError("register_loader(model_type or predicate, callable)")
+    _REGISTRY.insert(0, (key, fn))
+
+
+register_loader("diffusion_gemma", "mdiff.text.model.gemma:load_diffusion_gemma")
+register_loader(lambda cfg: str(cfg.get("model_type", "")).startswith("llada2"),
+                "mdiff.text.model.llada2:load_llada2")  # fmt: skip
+
+
+def is_transformers_folder(path: str | Path) -> bool:
+    return _read_config(Path(path), quiet=True) is not None
+
+
+def load_transformers(path: str | Path, *, spec: DenoiserSpec | None = None, device=None,
+                      **kwargs) -> Loaded:  # fmt: skip
+    """The folder's model behind `HFAdapter` (or a registered loader's model), its tokenizer
+    and a one-line summary of the choice (see the module doc)."""
+    path = Path(path)
+    cfg = _read_config(path)
+    model_type = str(cfg.get("model_type", "?"))
+    if spec is None:
+        for match, fn in _REGISTRY:
+            if match(cfg):
+                return _registered(fn, path, cfg, device, kwargs)
+    kind, name = _choose(cfg, spec)
+    tok = _tokenizer(path)
+    if spec is None and kind == "causal" and _mask_id(cfg, tok) is None:
+        raise CheckpointError(
+            f"{model_type}: an autoregressive model with no mask token is not a diffusion LM; {HOW}"
+        )
+    model = _load_model(path, cfg, kind, device)
+    if spec is None and name == "masked-lm":
+        adapter = from_masked_lm(model, tok)
+    else:
+        spec = spec or _spec(name, model.config.vocab_size, cfg, tok)
+        adapter = HFAdapter(model, spec)
+    s = adapter.spec
+    shift = ", logits shift 1" if s.logits_shift else ""
+    summary = (f"{path}: {model_type} architecture, spec {name} (mask {s.mask_id}, "
+               f"{s.attention}{shift})")  # fmt: skip
+    return Loaded(adapter, HFTokenizer(tok, s.vocab_size), summary)
+
+
+class HFTokenizer:
+    """A transformers tokenizer with the interface of `CodeTokenizer` that the text frontend
+    uses: ``encode(text) -> ids`` (no special tokens added), ``decode(ids,
+    skip_special_tokens)``, ``special_ids``, ``vocab_size`` (the model's logits width) and
+    ``bos_id``."""
+
+    def __init__(self, tokenizer, vocab_size: int):
+        self.tok, self.vocab_size = tokenizer, int(vocab_size)
+        names = getattr(tokenizer, "special_tokens_map", {}) or {}
+        ids = {
+            n: tokenizer.convert_tokens_to_ids(t) for n, t in names.items() if isinstance(t, str)
+        }
+        self.special_ids = {n: int(i) for n, i in ids.items() if isinstance(i, int)}
+        self.bos_id = _first_id(tokenizer, "bos_token_id", "cls_token_id", "eos_token_id")
+
+    def encode(self, text: str) -> list[int]:
+        return list(self.tok.encode(text, add_special_tokens=False))
+
+    def decode(self, ids, skip_special_tokens: bool = False) -> str:
+        n = len(self.tok)
+        ids = [int(i) for i in ids if 0 <= int(i) < n]
+        return self.tok.decode(ids, skip_special_tokens=skip_special_tokens)
+
+
+# ---- choosing ----------------------------------------------------------------------------------
+
+
+def _choose(cfg: dict, spec: DenoiserSpec | None) -> tuple[str, str]:
+    """(which transformers class family to load, the spec's name)."""
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES as CAUSAL,
+    )
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_MASKED_LM_MAPPING_NAMES as MASKED,
+    )
+
+    mt = str(cfg.get("model_type", "")).lower()
+    archs = " ".join(str(a) for a in cfg.get("architectures") or [])
+    if mt == "dream" or "Dream" in archs:
+        return "dream", "dream" if spec is None else "given"
+    if mt == "llada" or "LLaDA" in archs:
+        raise CheckpointError(
+            f"LLaDA's own folder layout ({archs or mt}) runs only with its remote code, which "
+            "mdiff does not execute: use a Llama-architecture copy of the weights, or load the "
+            f"model yourself and wrap it with HFAdapter(model, llada_spec(...))"
+        )
+    if mt in MASKED and not (mt in CAUSAL and ("ForCausalLM" in archs or cfg.get("is_decoder"))):
+        return "masked-lm", "masked-lm" if spec is None else "given"
+    if mt in CAUSAL:
+        if spec is not None:
+            return "causal", "given"
+        return "causal", "dream" if mt in QWEN2_FAMILY else "llada"
+    raise CheckpointError(f"no text denoiser is known for model_type {mt!r} ({archs}); {HOW}")
+
+
+def _spec(name: str, vocab: int, cfg: dict, tok) -> DenoiserSpec:
+    mask = _mask_id(cfg, tok)
+    if mask is None:
+        raise CheckpointError(f"the folder's tokenizer and config name no mask token; {HOW}")
+    eos = _ids(getattr(tok, "eos_token_id", None)) or _ids(cfg.get("eos_token_id"))
+    pad = _first_id(tok, "pad_token_id")
+    pad = cfg.get("pad_token_id") if pad is None else pad
+    pad = None if pad is None or pad == mask or not 0 <= pad < vocab else int(pad)
+    eos = tuple(i for i in eos if i != mask)
+    bos = _first_id(tok, "bos_token_id")
+    make = dream_spec if name == "dream" else llada_spec
+    return make(vocab_size=vocab, mask_id=mask, eos_ids=eos, pad_id=pad, bos_id=bos)
+
+
+def _mask_id(cfg: dict, tok) -> int | None:
+    mask = getattr(tok, "mask_token_id", None)
+    mask = cfg.get("mask_token_id") if mask is None else mask
+    return None if mask is None else int(mask)
+
+
+def _ids(value) -> tuple[int, ...]:
+    if value is None:
+        return ()
+    return tuple(int(i) for i in value) if isinstance(value, list | tuple) else (int(value),)
+
+
+def _first_id(obj, *names: str) -> int | None:
+    for name in names:
+        value = getattr(obj, name, None)
+        if isinstance(value, int):
+            return value
+    return None
+
+
+# ---- reading -----------------------------------------------------------------------------------
+
+
+def _read_config(path: Path, quiet: bool = False) -> dict | None:
+    file = path / "config.json"
+    try:
+        cfg = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        if quiet:
+            return None
+        raise CheckpointError(f"{path}: no readable transformers config.json ({e})") from None
+    if not isinstance(cfg, dict) or not isinstance(cfg.get("model_type"), str):
+        if quiet:
+            return None
+        raise CheckpointError(f"{file} has no model_type: not a transformers folder")
+    return cfg
+
+
+def _tokenizer(path: Path):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(str(path), local_files_only=True,
+                                             trust_remote_code=False)  # fmt: skip
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{path}: cannot load its tokenizer ({e})") from None
+
+
+def _load_model(path: Path, cfg: dict, kind: str, device):
+    import transformers as T
+
+    kw: dict[str, Any] = dict(local_files_only=True, trust_remote_code=False, use_safetensors=True)
+    try:
+        if kind == "dream":  # Dream's weights use Qwen2's layout and names
+            fields = {k: v for k, v in cfg.items() if k not in ("model_type", "architectures",
+                                                                 "auto_map")}  # fmt: skip
+            kw["config"] = T.Qwen2Config(**fields)
+            cls = T.Qwen2ForCausalLM
+        else:
+            cls = T.AutoModelForMaskedLM if kind == "masked-lm" else T.AutoModelForCausalLM
+        model = cls.from_pretrained(str(path), **kw)
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as e:
+        raise CheckpointError(f"{path}: cannot load the model ({e})") from None
+    return model.to(device).eval() if device is not None else model.eval()
+
+
+def _registered(fn, path: Path, cfg: dict, device, kwargs) -> Loaded:
+    """Run a registered loader (importing it first when named by a string)."""
+    label = fn if isinstance(fn, str) else getattr(fn, "__name__", repr(fn))
+    if isinstance(fn, str):
+        module, name = fn.split(":")
+        try:
+            fn = getattr(importlib.import_module(module), name)
+        except (ImportError, AttributeError):
+            raise CheckpointError(
+                f"{path}: model_type {cfg.get('model_type')!r} needs {label}, which this "
+                "install does not have"
+            ) from None
+    if device is not None:
+        kwargs = {**kwargs, "device": device}
+    out = fn(path, **kwargs)
+    if isinstance(out, Loaded):
+        return out
+    model, tok = out
+    spec = getattr(model, "spec", None)
+    if not isinstance(spec, DenoiserSpec):
+        raise CheckpointError(f"{label} returned a model without a DenoiserSpec .spec")
+    if tok is None:
+        tok = _tokenizer(path)
+    if not isinstance(tok, HFTokenizer) and not hasattr(tok, "special_ids"):
+        tok = HFTokenizer(tok, spec.vocab_size)
+    shift = ", logits shift 1" if spec.logits_shift else ""
+    summary = (f"{path}: {cfg.get('model_type')} architecture, loader {label} "
+               f"(mask {spec.mask_id}, {spec.attention}{shift})")  # fmt: skip
+    return Loaded(model, tok, summary)
