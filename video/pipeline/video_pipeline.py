@@ -141,6 +141,22 @@ class VideoPipeline:
             self.__dict__.pop("weights_sha256", None)  # the record names the weights in use
         return self
 
+    def enable_model_cpu_offload(self, device="cuda", offload_device="cpu") -> VideoPipeline:
+        """Keep the components on `offload_device`; each moves to `device` only while it runs
+        (`offload.ModelOffload`; same outputs, less GPU memory, transfers every chunk)."""
+        from mdiff.video.pipeline.offload import ModelOffload
+
+        self.disable_model_cpu_offload()
+        parts = {name: getattr(self, name) for name in COMPONENTS}
+        self.offload = ModelOffload(parts, device, offload_device)
+        return self
+
+    def disable_model_cpu_offload(self) -> VideoPipeline:
+        if getattr(self, "offload", None) is not None:
+            self.offload.remove()
+        self.offload = None
+        return self
+
     # ---------------------------------------------------------------- generation
 
     def __call__(self, prompt, num_frames: int | None = None, height: int | None = None,
