@@ -188,7 +188,7 @@ def _matches(name: str, rules) -> bool:
 def _layouts_text() -> str:
     prefixes = ", ".join(f"{p} ({who})" for p, who in PREFIXES.items())
     return (f"the layouts mdiff reads are {LAYOUTS['diffusers']} and {LAYOUTS['original']}, "
-            f"either under the prefixes {prefixes}")  # fmt: skip
+            f"each bare or under any chain of the prefixes {prefixes}")  # fmt: skip
 
 
 def find_layout(names, source="the weights") -> tuple[str, str]:

@@ -72,16 +72,16 @@ def read_index(directory: Path) -> dict:
     """``model_index.json``, checked: a supported pipeline class and component classes."""
     path = directory / MODEL_INDEX
     index = hub.read_json_object(path)
-    unknown = sorted(k for k in index if not k.startswith("_") and k not in INDEX_KEYS)
-    if unknown:
-        raise CheckpointError(f"{path} has keys unknown to mdiff's Wan pipelines: "
-                              f"{', '.join(unknown)} (known: {sorted(INDEX_KEYS)})")  # fmt: skip
     name = index.get("_class_name")
     if name not in PIPELINES:
         raise CheckpointError(
             f"{path}: pipeline class {name!r} is not supported; mdiff reads {list(PIPELINES)} "
             "folders (Wan text- and image-to-video)"
         )
+    unknown = sorted(k for k in index if not k.startswith("_") and k not in INDEX_KEYS)
+    if unknown:
+        raise CheckpointError(f"{path} has keys unknown to mdiff's Wan pipelines: "
+                              f"{', '.join(unknown)} (known: {sorted(INDEX_KEYS)})")  # fmt: skip
     second = index.get("transformer_2")  # absent or [null, null] in single-expert folders
     if second not in (None, [None, None]) or index.get("boundary_ratio") is not None:
         raise CheckpointError(f"{path}: Wan 2.2 two-expert folders (transformer_2, boundary_ratio;"
