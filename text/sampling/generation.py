@@ -55,6 +55,12 @@ class GenerationConfig:
     its confidence exceeds the threshold; ``edit_steps`` (≤ `MAX_STEPS`) edit-only steps follow
     a block finished early (LLaDA2Pipeline's ``max_post_steps`` + 1). Off, outputs are unchanged.
     ``schedule="llada2"``: each step commits the top ``max(n_i, #{score > threshold})`` masks.
+
+    ``[MASK]`` is never proposed: its logit is −inf before proposals and scores. LLaDA's own
+    ``generate`` takes argmax and softmax over the whole vocabulary; ``allow_mask_token=True``
+    does so literally, for parity checks: a committed [MASK] leaves its slot masked but counts
+    in the step's share, a block ends after its steps, its open slots stay eligible in later
+    blocks, and the output may keep some [MASK] (fixed schedules as LLaDA's; EOS off).
     """
 
     gen_length: int = 128  # masks appended by generate()
@@ -79,6 +85,7 @@ class GenerationConfig:
     cache: str = "auto"  # auto | none | exact | prefix | dual
     measure_drift: bool = False
     seed: int | None = None
+    allow_mask_token: bool = False  # LLaDA's literal generate, for parity checks (see above)
 
     def __post_init__(self):
         """Refuse any field of the wrong type or out of range, naming the field and the value."""
@@ -107,6 +114,10 @@ class GenerationConfig:
         if not (ok and 0 <= self.edit_steps <= MAX_STEPS):
             raise InvalidInputError(
                 f"edit_steps must be an integer in [0, {MAX_STEPS}], got {self.edit_steps!r}"
+            )
+        if not isinstance(self.allow_mask_token, bool):
+            raise InvalidInputError(
+                f"allow_mask_token must be True or False, got {self.allow_mask_token!r}"
             )
         if not isinstance(self.measure_drift, bool):
             raise InvalidInputError(

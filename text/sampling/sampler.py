@@ -141,6 +141,7 @@ class _Run:
         self.remask = U.remdm(cfg.remask, cfg.remask_eta) if remasking else None  # ReMDM or None
         self.n_steps, self.last_block = 0, None
         self.restrict = restrict  # (positions (B,), allowed (B, V)) or None
+        self.literal = cfg.allow_mask_token  # LLaDA's literal generate (parity checks)
         tau = cfg.editing_threshold
         self.edit = U.token_editing(tau, U.precomputed) if tau is not None and tau > 0 else None
         self.posting = zeros.bool()  # rows in their block's edit-only steps
@@ -175,7 +176,10 @@ class _Run:
 
     def _step(self, logits: Tensor, s: int, e: int, stepping: Tensor) -> None:
         xw = self.x[:, s:e]
-        in_block = self.lay.gen[:, s:e] & (self.lay.blocks[:, s:e] == self.cur[:, None])
+        blocks = self.lay.blocks[:, s:e]
+        cur = self.cur[:, None]
+        # literal LLaDA: a [MASK] committed in an earlier block stays open
+        in_block = self.lay.gen[:, s:e] & ((blocks <= cur) if self.literal else (blocks == cur))
         in_block &= stepping[:, None]
         masked = xw == self.mask_id
         editable = None if self.edit is None else in_block & ~masked
@@ -204,7 +208,8 @@ class _Run:
     def _process(self, logits: Tensor, s: int, e: int) -> Tensor:
         """Logits proposals are drawn from: no [MASK], EOS policy, watermark bias, `restrict`."""
         logits = logits.clone()
-        logits[..., self.mask_id] = -torch.inf
+        if not self.literal:
+            logits[..., self.mask_id] = -torch.inf
         logits = self.cfg.eos.process(logits, self.eos_ids)
         if self.watermark is not None:
             L = self.x.shape[1]
@@ -235,7 +240,7 @@ class _Run:
         lg = R.filter_logits(proc[rows, cols], cfg.top_k, cfg.top_p)  # (N, V)
         p, noise = U.propose_rows(lg, cand.sum(1).tolist(), self.gens, cfg.temperature,
                                   noise=cfg.score == "random")  # fmt: skip
-        if bool((p == self.mask_id).any()):
+        if not self.literal and bool((p == self.mask_id).any()):
             raise InvalidInputError("the model gives no finite logit except [MASK] at a position")
         sl = cfg.eos.score_logits(lg, self.eos_ids)
         prop[rows, cols] = p
@@ -267,6 +272,9 @@ class _Run:
             policy = U.threshold_floor(lambda state: n, cfg.threshold, U.precomputed)
             return policy, self.step >= self.spb - 1, None, None
         size = self.size.clamp_min(1).double()
+        if self.literal:  # the step's share, [MASK] commits included; nothing forced at the end
+            policy = U.ranked(lambda state: before - after, U.precomputed)
+            return policy, False, (size - before) / size, (size - after) / size
         policy = U.ranked(lambda state: state.masked.sum(1) - after, U.precomputed)
         return policy, self.step >= self.spb - 1, (size - before) / size, (size - after) / size
 
@@ -282,6 +290,8 @@ class _Run:
         self.step += stepping.long()
         in_block = self.lay.gen & (self.lay.blocks == self.cur[:, None])
         finished = stepping & ~(in_block & (self.x == self.mask_id)).any(1)
+        if self.literal:  # LLaDA: a block ends after its steps, masks left or not
+            finished |= stepping & (self.step >= self.spb)
         if self.edit is not None:
             finished = self._edit_only_steps(finished, stepping, edited)
         if self.cfg.eos.early_stop and self.eos_ids and changed is not None:
