@@ -22,6 +22,8 @@ from mdiff.text.model.llada2 import LLaDA2Driver, llada2_generate, load_llada2
 from mdiff.text.model.spec import DenoiserSpec
 from mdiff.text.sampling.sampler import generate
 
+from .conftest import TinyDenoiser
+
 transformers = pytest.importorskip("transformers")
 diffusers = pytest.importorskip("diffusers")
 
@@ -153,6 +155,42 @@ def test_editing_is_exercised():
     _same(theirs, llada2_generate(_driver(lm), ids, **kw), True)
     plain = llada2_generate(_driver(lm), ids, **{**kw, "editing_threshold": None})
     assert not torch.equal(plain, theirs)
+
+
+class _Ours(nn.Module):
+    """Our own test denoiser as the pipeline's model (its contract returns bare logits)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.m = model
+
+    @property
+    def device(self):
+        return torch.device("cpu")
+
+    def forward(self, input_ids, attention_mask=None, position_ids=None):
+        out = self.m(input_ids, attention_mask=attention_mask.bool(), position_ids=position_ids)
+        return types.SimpleNamespace(logits=out)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_our_own_denoiser_matches_pipeline_with_editing(seed):
+    """Token editing works for any model: our block-causal TinyDenoiser, both samplers."""
+    model = TinyDenoiser(vocab=V, mask_id=MASK, eos_ids=(EOS,), attention="block_causal",
+                         block_size=4, seed=seed, scale=6.0)  # fmt: skip
+    kw = dict(gen_length=13, block_length=4, num_inference_steps=3, threshold=0.6,
+              editing_threshold=0.3, max_post_steps=5)  # fmt: skip
+    ids = _prompts(1, 7, seed)
+    scheduler = diffusers.BlockRefinementScheduler()
+    pipe = diffusers.LLaDA2Pipeline(model=_Ours(model), scheduler=scheduler)
+    pipe.set_progress_bar_config(disable=True)
+    theirs = pipe(input_ids=ids, eos_token_id=EOS, mask_token_id=MASK, output_type="seq",
+                  **kw).sequences  # fmt: skip
+    _same(theirs, llada2_generate(model, ids, **kw), True)
+    plain = llada2_generate(model, ids, **{**kw, "editing_threshold": None})
+    assert not torch.equal(plain, theirs)  # editing decided the result
+    with pytest.raises(InvalidInputError, match="block_size = block_length"):
+        llada2_generate(model, ids, **{**kw, "block_length": 8})
 
 
 def test_batch_without_editing_matches_row_by_row():

@@ -211,6 +211,11 @@ def llada2_generate(model, input_ids, **pipeline_kwargs) -> Tensor:
     x[:, :P] = ids
     if isinstance(model, LLaDA2Driver):
         model = model.with_block_size(B)
+    elif model.spec.attention != "block_causal" or model.spec.block_size != B:
+        raise InvalidInputError(
+            f"llada2_generate needs an LLaDA2Driver or a block_causal model with block_size = "
+            f"block_length ({B}); its blocks start at multiples of block_length"
+        )
     dev = next(model.parameters()).device
     out = denoise(model, x.to(dev), None, cfg)
     return out.sequences[:, P : P + cfg.gen_length]

@@ -78,5 +78,16 @@ class EOSPolicy:
         is_eos = torch.isin(proposal, torch.tensor(ids, device=proposal.device))
         return torch.where(is_eos, DEFERRED + s.nan_to_num(neginf=0.0).clamp(-1e5, 1e5), s)
 
+    def confirmed_stop(self, x: Tensor, gen: Tensor, changed: Tensor, s: int, mask_id: int,
+                       ids: tuple[int, ...]) -> Tensor:  # fmt: skip
+        """``early_stop``'s rule, (B,) bool: rows whose step changed a token of the window
+        ``changed`` (B, W) from slot ``s`` into an EOS, with no mask among the generated slots
+        ``gen`` (B, L) before the row's first generated EOS in ``x`` (B, L)."""
+        eos = torch.tensor(ids, device=x.device)
+        hit = (changed & torch.isin(x[:, s : s + changed.shape[1]], eos)).any(1)
+        is_eos = gen & torch.isin(x, eos)
+        before = is_eos.long().cumsum(1) == 0
+        return hit & is_eos.any(1) & ~(gen & (x == mask_id) & before).any(1)
+
     def to_dict(self) -> dict:
         return asdict(self)

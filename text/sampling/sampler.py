@@ -318,16 +318,11 @@ class _Run:
         return finished & ~self.posting
 
     def _confirmed_stop(self, stepping: Tensor, changed: Tensor, s: int) -> None:
-        """LLaDA 2's EOS early stop: a row that committed or edited in an EOS this step stops
-        when no mask precedes its first generated EOS; its remaining masks become EOS."""
-        eos = torch.tensor(self.eos_ids, device=self.x.device)
-        W = changed.shape[1]
-        hit = stepping & (changed & torch.isin(self.x[:, s : s + W], eos)).any(1)
-        gen, open_ = self.lay.gen, self.x == self.mask_id
-        is_eos = gen & torch.isin(self.x, eos)
-        before = is_eos.long().cumsum(1) == 0
-        stop = hit & is_eos.any(1) & ~(gen & open_ & before).any(1) & ~self.done
-        fill = stop[:, None] & gen & open_
+        """LLaDA 2's EOS early stop (`EOSPolicy.confirmed_stop`); a stopped row's remaining
+        masks become EOS."""
+        stop = self.cfg.eos.confirmed_stop(self.x, self.lay.gen, changed, s, self.mask_id,
+                                           self.eos_ids) & stepping & ~self.done  # fmt: skip
+        fill = stop[:, None] & self.lay.gen & (self.x == self.mask_id)
         self.x[fill] = self.eos_ids[0]
         self.auto |= fill
         self.done |= stop
