@@ -11,6 +11,7 @@ import torch
 
 from mdiff.errors import CheckpointError, InvalidInputError
 from mdiff.video.dit.wan import WanTransformer, WanTransformerConfig
+from mdiff.video.dit.wan_blocks import collapse_padding
 from mdiff.video.dit.wan_keys import config_from_original, from_original, to_original
 
 diffusers = pytest.importorskip("diffusers")
@@ -131,6 +132,28 @@ def test_text_mask_is_wans_zero_padding():
         theirs = ref(x, (1 - t) * 1000, padded, return_dict=False)[0]
         mine = ours(x, t, text, text_mask=mask)
     assert (mine + theirs).abs().max() <= TOL
+
+
+@pytest.mark.parametrize("real", [(3, 7), (0, 5), (40, 2), (1, 1)])
+def test_zero_padded_text_is_collapsed_exactly(real):
+    """Wan's 512-row zero padding: ours cuts the trailing zero rows to one weighted key; the
+    output still equals diffusers', which attends to every padded row (rows with no padding,
+    all padding, and equal lengths included)."""
+    ref, ours = _pair()
+    x, t, text = _inputs(2, 4, 2, 4, 6, s=40)
+    for row, n in enumerate(real):
+        text[row, n:] = 0
+    kept, bias = collapse_padding(text)
+    n_max = max(real)
+    assert kept.shape[1] == (40 if n_max >= 39 else n_max + 1)
+    assert (bias is None) == (n_max >= 39)
+    _check(ref, ours, x, t, text)
+    if bias is not None:  # the weights matter: without them the output moves
+        with torch.no_grad():
+            ts = (1 - t) * 1000
+            theirs = ref(x, ts, text, return_dict=False)[0]
+            unweighted = ref(x, ts, kept, return_dict=False)[0]
+        assert (unweighted - theirs).abs().max() > 1e-3
 
 
 def test_folders_both_ways_and_sharded(tmp_path):

@@ -47,7 +47,13 @@ from mdiff.nn import resolve_backend
 from mdiff.time import from_diffusers_timesteps, to_sigma, velocity_from_sigma
 from mdiff.video.dit.blocks import unpatchify
 from mdiff.video.dit.checks import check_text, check_time
-from mdiff.video.dit.wan_blocks import ConditionEmbedder, FP32LayerNorm, WanBlock, WanRope
+from mdiff.video.dit.wan_blocks import (
+    ConditionEmbedder,
+    FP32LayerNorm,
+    WanBlock,
+    WanRope,
+    collapse_padding,
+)
 from mdiff.video.dit.wan_keys import config_from_original, from_original
 
 __all__ = ["CLASS_NAME", "KEEP_IN_FP32", "WanTransformer", "WanTransformerConfig"]
@@ -207,9 +213,10 @@ class WanTransformer(nn.Module, PretrainedMixin):
         self._check_cond(text, image, b)
         rope = self.rope(grid, x.device, frame_offset)  # 2 × (N, hd/2)
         h = self.patch_embedding(x).flatten(2).transpose(1, 2).contiguous()  # (B, N, D)
+        text, bias = collapse_padding(text)  # Wan's zero rows -> one weighted key
         temb, e6, context, image = self.condition_embedder(sigma, text, image)
         for block in self.blocks:
-            h = block(h, context, e6, rope, image, backend=self.backend)  # (B, N, D)
+            h = block(h, context, e6, rope, image, self.backend, bias)  # (B, N, D)
         shift, scale = (self.scale_shift_table.float() + temb.float()[:, :, None]).unbind(2)
         shift, scale = shift[:, :, None], scale[:, :, None]  # 2 × (B, G, 1, D)
         out = self.norm_out(h.float()).unflatten(1, (sigma.shape[1], -1)) * (1 + scale) + shift
