@@ -14,13 +14,18 @@ uniform random ids, and for n = N … 1 (N = ``max_denoising_steps``):
     a row stops when its argmax canvas is unchanged for ``stability_threshold`` steps and its
     mean entropy < ``confidence_threshold``
 
-The canvas's output is the last argmax canvas. Row b draws, in the model's order (init, then per
-step the draws and the renoise), from its own generator (``seed + b``), only while it runs, so
-its output is the same alone or in any padded batch; with one row and the generator seeded like
-`torch.manual_seed`, it is the model's own ``generate`` token for token.
+The canvas's output is the last argmax canvas. With a ``watermark`` (`TextWatermark` of the
+model's vocabulary), the draws see each slot biased given its left neighbour in the previous
+step's argmax canvas, and the argmax canvas is chosen left to right, each slot biased given the
+slot just chosen (C small bias calls per step), so every output bigram had its green push.
 
-Positions: a left-padded row's tokens get ``cumsum(mask) − 1`` (the model's ``generate`` gives a
-padded batch the slot index instead, so its padded rows differ from their solo runs; ours do not).
+Row b draws, in the model's order (init, then per step the draws and the renoise), from its own
+generator (``seed + b``), only while it runs, so its output is the same alone or in any padded
+batch; with one row and the generator seeded like `torch.manual_seed`, it is the model's own
+``generate`` token for token.
+
+Positions: a left-padded row's tokens get ``cumsum(mask) − 1`` (the model's ``generate`` gives every
+row the slot index whatever its padding, and draws a batch from one global stream).
 """
 
 from __future__ import annotations
@@ -108,21 +113,40 @@ class Context:
         self.pending = 0
 
 
-def _process(lm, logits, st: GemmaSettings, eos_ids, watermark, left, prev, pinned):
-    """EOS policy and watermark bias on the raw logits (B, C, V), before the temperature."""
-    logits = st.eos.process(logits, eos_ids)
-    if watermark is None:
-        return logits
+def _bias(lm, watermark, logits: Tensor, ctx: Tensor) -> Tensor:
+    """``logits`` (B, C, V) plus the watermark's bias of each slot given its left neighbour
+    ``ctx`` (B, C) (the model's pad id = none known: the context-free list)."""
     b, c, v = logits.shape
-    none = lm.pad_id if lm.pad_id is not None else 0  # context id meaning "no neighbour known"
-    ctx = torch.full((b, c), none, dtype=torch.long, device=logits.device)
+    none = lm.pad_id if lm.pad_id is not None else 0
+    x = torch.stack([ctx, torch.full_like(ctx, none)], -1).reshape(b * c, 2)  # [prev, slot]
+    two = torch.stack([torch.zeros_like(logits), logits], 2).reshape(b * c, 2, v)
+    return watermark.bias(two, x, none)[:, 1].reshape(b, c, v)
+
+
+def _marked(lm, watermark, logits, left, prev, pinned):
+    """The logits draws and self-conditioning use: each slot biased given its left neighbour
+    in the previous step's argmax canvas (none at the first step; the context's last token
+    for slot 0)."""
+    none = lm.pad_id if lm.pad_id is not None else 0
+    ctx = torch.full(logits.shape[:2], none, dtype=torch.long, device=logits.device)
     ctx[:, 0] = left
     if prev is not None:
         ctx[:, 1:] = prev[:, :-1]
-    x = torch.stack([ctx, torch.full_like(ctx, none)], -1).reshape(b * c, 2)  # [prev, slot]
-    two = torch.stack([torch.zeros_like(logits), logits], 2).reshape(b * c, 2, v)
-    marked = watermark.bias(two, x, none)[:, 1].reshape(b, c, v)
+    marked = _bias(lm, watermark, logits, ctx)
     return marked if pinned is None else torch.where(pinned.mask[..., None], logits, marked)
+
+
+def _marked_argmax(lm, watermark, logits, left, pinned) -> Tensor:
+    """The argmax canvas (B, C), left to right, each slot biased given the slot chosen just
+    before it: so every bigram of the output had its green push."""
+    out = torch.empty(logits.shape[:2], dtype=torch.long, device=logits.device)
+    prev = left
+    for i in range(logits.shape[1]):
+        a = _bias(lm, watermark, logits[:, i : i + 1], prev[:, None])[:, 0].argmax(-1)
+        if pinned is not None:
+            a = torch.where(pinned.mask[:, i], pinned.ids[:, i], a)
+        out[:, i] = prev = a
+    return out
 
 
 @torch.no_grad()
@@ -149,11 +173,16 @@ def denoise_canvas(lm, ctx: Context, st: GemmaSettings, gens, active: Tensor, *,
     for n in range(N, 0, -1):
         raw = lm.denoise(canvas, sc, mask, positions, ctx.cache)
         temp = st.t_min + (st.t_max - st.t_min) * (torch.tensor(n, dtype=torch.int32) / N)
-        proc = _process(lm, raw, st, eos_ids, watermark, left, None if sc is None else argmax,
-                        pinned) / temp  # fmt: skip
+        base = st.eos.process(raw, eos_ids)
+        proc = base
+        if watermark is not None:
+            proc = _marked(lm, watermark, base, left, None if sc is None else argmax, pinned)
+        proc = proc / temp
         probs = torch.softmax(proc, dim=-1, dtype=torch.float32)
         run = (~done).nonzero().squeeze(1).tolist()
         draw, new_argmax = canvas.clone(), proc.argmax(-1)
+        if watermark is not None:
+            new_argmax = _marked_argmax(lm, watermark, base, left, pinned)
         for b in run:
             draw[b] = torch.multinomial(probs[b], 1, generator=gens[b]).squeeze(-1)
         ent = torch.distributions.Categorical(logits=proc).entropy()  # (B, C)
