@@ -1,9 +1,10 @@
 """``mdiff convert IN OUT``: a pickled PyTorch state dict (``.pt``/``.pth``/``.bin``/``.ckpt``)
 to safetensors, the only format mdiff loads.
 
-The input is read with ``torch.load(IN, weights_only=True, map_location="cpu")``: PyTorch's
-restricted unpickler, which builds tensors and plain containers and refuses every other global,
-so a file whose pickle would run code is refused before any of it runs. Then:
+The input is read with ``torch.load(IN, weights_only=True, map_location="cpu")`` (memory-mapped
+when it is a zip file): PyTorch's restricted unpickler, which builds tensors and plain
+containers and refuses every other global, so a file whose pickle would run code is refused
+before any of it runs. Then:
 
 1. the weights are found: a dict of tensors is used as is; otherwise one level of common
    nesting is unwrapped at a time (`NESTING`: ``state_dict``, ``model``, ``generator_ema`` …,
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -131,7 +133,10 @@ def load_checkpoint(path):
     if not path.is_file():
         raise CheckpointError(f"no file {path}")
     try:
-        obj = torch.load(path, weights_only=True, map_location="cpu")
+        # a zip-format file (torch.save since 1.6) is memory-mapped: weight sets that are not
+        # converted (a Self-Forcing file's critic) are never read into memory
+        mmap = zipfile.is_zipfile(path)
+        obj = torch.load(path, weights_only=True, map_location="cpu", mmap=mmap)
     except pickle.UnpicklingError as e:
         reason = next((ln.strip() for ln in str(e).splitlines() if "Unsupported" in ln), "")
         raise CheckpointError(
