@@ -25,17 +25,13 @@ shortest.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 import torch
-from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.common import best_times, command_line, peak_bytes  # noqa: E402
 from mdiff.video.vae.model import CausalVAE, CausalVAEConfig  # noqa: E402
 
 CONFIGS = {
@@ -52,32 +48,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--reps", type=int, default=3)
     return p.parse_args(argv)
-
-
-def peak_bytes(fn) -> int:
-    """Peak of tensor bytes allocated (net) while fn runs, from the profiler's memory events."""
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    fd, path = tempfile.mkstemp(suffix=".json")
-    os.close(fd)
-    try:
-        prof.export_chrome_trace(path)
-        events = json.loads(Path(path).read_text())["traceEvents"]
-    finally:
-        os.unlink(path)
-    totals = [e["args"]["Total Allocated"] for e in events if e.get("name") == "[memory]"]
-    return max(totals, default=0)
-
-
-def best_times(fns: dict, reps: int) -> dict:
-    """Best of `reps` wall times per function, the functions interleaved (fair under load)."""
-    best = dict.fromkeys(fns, float("inf"))
-    for _ in range(reps):
-        for name, fn in fns.items():
-            t = time.perf_counter()
-            fn()
-            best[name] = min(best[name], time.perf_counter() - t)
-    return best
 
 
 def main() -> None:
@@ -104,8 +74,7 @@ def main() -> None:
         "b ours whole": lambda z: ours.decode(z, normalize=False),
         "c diffusers": lambda z: ref.decode(z).sample,
     }
-    print(" ".join(["OMP_NUM_THREADS=" + os.environ.get("OMP_NUM_THREADS", "?"),
-                    ".venv/bin/python benchmarks/vae_decode.py", *sys.argv[1:]]))  # fmt: skip
+    print(command_line())
     n = sum(p.numel() for p in ours.parameters())
     print(f"config {args.config} {config} ({n / 1e6:.1f}M parameters), {size}x{size} px, fp32, "
           f"CPU, {args.threads} thread(s), best of {args.reps}")  # fmt: skip

@@ -18,14 +18,13 @@ Goals: time ≤ 1.0× diffusers', peak memory ≤ 1.0×.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.vae_decode import best_times, peak_bytes  # noqa: E402
+from benchmarks.common import best_times, command_line, peak_bytes  # noqa: E402
 from mdiff.video.dit.wan import WanTransformer, WanTransformerConfig  # noqa: E402
 
 WAN21_1_3B = dict(
@@ -53,8 +52,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     config = dict(WAN21_1_3B, num_layers=args.layers)
-    print(" ".join(["OMP_NUM_THREADS=" + os.environ.get("OMP_NUM_THREADS", "?"),
-                    ".venv/bin/python benchmarks/wan_transformer.py", *sys.argv[1:]]))  # fmt: skip
+    print(command_line())
     ref = WanTransformer3DModel(**config).eval()
     ours = WanTransformer(WanTransformerConfig(**config))
     ours.load_state_dict(ref.state_dict(), strict=True, assign=True)  # the same tensors
