@@ -180,6 +180,11 @@ def test_registered_loaders_are_imported_lazily(tmp_path, monkeypatch):
     )
     toy = save(tmp_path, "toy", llama(), edit=lambda c: c.update(model_type="toy_dlm_for_tests"))
     assert loaders.load_transformers(toy).model.spec.mask_id == MASK and calls[-1] == toy
+    bare = HFAdapter(llama().eval(), llada_spec(V, MASK))  # a loader returning the model alone
+    loaders.register_loader(lambda cfg: cfg.get("model_type") == "toy_bare", lambda p, **kw: bare)
+    folder = save(tmp_path, "bare", llama(), edit=lambda c: c.update(model_type="toy_bare"))
+    loaded = loaders.load_transformers(folder)
+    assert loaded.model is bare and loaded.tokenizer.encode("x y") == [5, 6]
 
 
 @torch.no_grad()

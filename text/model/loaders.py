@@ -20,8 +20,10 @@ Anything else (an AR model without a mask token, LLaDA's own remote-code layout,
 architecture) is a `CheckpointError` saying to pass ``spec=DenoiserSpec(...)``. Weights are
 read from safetensors only (never unpickled) and no remote code runs.
 
-A loader is ``fn(path, **kwargs) -> (model, tokenizer)`` (or a `Loaded`): ``model`` exposes a
-`DenoiserSpec` as ``.spec``; ``tokenizer`` None loads the folder's own with `AutoTokenizer`.
+A loader is ``fn(path, **kwargs)`` returning a `Loaded`, ``(model, tokenizer)`` or ``model``:
+``model`` exposes a `DenoiserSpec` as ``.spec``; no tokenizer (None) loads the folder's own with
+`AutoTokenizer`. A `Loaded` is taken as it is (its model may bring its own `CodeModel` class:
+``model.code_model_class()``, used by `CodeModel.from_pretrained`).
 """
 
 from __future__ import annotations
@@ -257,7 +259,7 @@ def _registered(fn, path: Path, cfg: dict, device, kwargs) -> Loaded:
     out = fn(path, **kwargs)
     if isinstance(out, Loaded):
         return out
-    model, tok = out
+    model, tok = out if isinstance(out, tuple) and len(out) == 2 else (out, None)
     spec = getattr(model, "spec", None)
     if not isinstance(spec, DenoiserSpec):
         raise CheckpointError(f"{label} returned a model without a DenoiserSpec .spec")
