@@ -21,6 +21,7 @@ from mdiff.errors import CheckpointError, InvalidInputError
 from mdiff.text.model.llada2 import LLaDA2Driver, llada2_generate, load_llada2
 from mdiff.text.model.spec import DenoiserSpec
 from mdiff.text.sampling.sampler import generate
+from mdiff.text.sampling.stream import TokenCollector
 
 from .conftest import TinyDenoiser
 
@@ -223,6 +224,20 @@ def test_generic_generate_with_editing_is_batch_invariant():
     batch = generate(drv, prompts, **kw).sequences[:, -8:]
     for b, p in enumerate(prompts):
         assert torch.equal(generate(drv, [p], **kw).sequences[0, -8:], batch[b])
+
+
+def test_streaming_with_editing_never_retracts():
+    """Edited tokens are streamed only once their block is finished: chunks add up to the
+    output, which editing changed."""
+    drv = _driver(_lm(0), block_size=4)
+    prompt = [5, 6, 7, 8, 9]
+    kw = dict(gen_length=11, block_length=4, schedule="llada2", threshold=0.5,
+              editing_threshold=0.3, edit_steps=4)  # fmt: skip
+    sink = TokenCollector()
+    out = generate(drv, [prompt], streamer=sink, **kw)
+    assert sink.tokens == prompt + out.sequences[0, -11:].tolist() and len(sink.chunks) >= 3
+    plain = generate(drv, [prompt], **{**kw, "editing_threshold": None})
+    assert not torch.equal(plain.sequences, out.sequences)
 
 
 def test_load_llada2_folder_matches_pipeline(tmp_path):

@@ -362,9 +362,10 @@ class _Run:
         self.left[b, :n] = m - counts.cumsum(0)
 
     def _final(self) -> Tensor:
-        """Tokens nothing can change any more (streamed)."""
+        """Tokens nothing can change any more (streamed): not the current block's while
+        remasking or editing may still change them."""
         final = self.lay.real & (self.x != self.mask_id)
-        if self.remask is not None:
+        if self.remask is not None or self.edit is not None:
             current = self.lay.gen & (self.lay.blocks == self.cur[:, None]) & ~self.done[:, None]
             final &= ~current
         return final
