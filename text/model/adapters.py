@@ -5,11 +5,11 @@ sequence. What it passes and undoes:
 
 - Attention. A transformers model whose own attention differs from ``spec.attention`` (a
   Llama / Qwen2-architecture causal LM holding LLaDA- or Dream-style weights, spec
-  ``"bidirectional"``) gets a 4-D additive mask (B, 1, L, L) built from the padding mask and
-  the spec's rule; transformers 5.x takes a 4-D mask as it is, and SDPA then runs without
-  ``is_causal``, so the model's own causal mask is not combined in. Only the ``eager`` and
-  ``sdpa`` attention implementations take such a mask (others are refused). Otherwise the 2-D
-  key-padding ``attention_mask`` is passed.
+  ``"bidirectional"``) gets a 4-D mask (B, 1, L, L; bool for SDPA, additive for eager) built
+  from the padding mask and the spec's rule; transformers 5.x takes a 4-D mask as it is, and
+  SDPA then runs without ``is_causal``, so the model's own causal mask is not combined in.
+  Only the ``eager`` and ``sdpa`` attention implementations take such a mask (others are
+  refused). Otherwise the 2-D key-padding ``attention_mask`` is passed.
 - Positions. ``position_ids`` are passed when ``forward`` takes them, plus the RoBERTa-family
   offset ``padding_idx + 1`` (RoBERTa, XLM-R, CamemBERT number real tokens from there). A model
   that takes no ``position_ids`` (LLaDA's signature) numbers slots 0, 1, …; its rows are moved
@@ -64,6 +64,7 @@ class HFAdapter(nn.Module):
                 f"load it with attn_implementation='sdpa' or 'eager'"
             )
         self.position_offset = _position_offset(model)
+        self._bool_mask = impl == "sdpa"  # SDPA reads a bool mask (4× smaller); eager adds it
 
     @property
     def spec(self) -> DenoiserSpec:
@@ -145,7 +146,8 @@ class HFAdapter(nn.Module):
         return logits
 
     def _mask(self, real, positions, b: int, n: int, device) -> Tensor:
-        """(B, 1, L, L) additive mask: 0 where query i may read key j, the dtype's min else."""
+        """(B, 1, L, L): True where query i may read key j (SDPA), else additive (0 / the
+        dtype's min; eager)."""
         keys = torch.ones(b, n, dtype=torch.bool, device=device) if real is None else real
         pos = torch.arange(n, device=device).expand(b, n) if positions is None else positions
         allowed = keys[:, None, :].expand(b, n, n)
@@ -155,6 +157,8 @@ class HFAdapter(nn.Module):
             blk = torch.div(pos, int(self._spec.block_size), rounding_mode="floor")
             allowed = allowed & (blk[:, None, :] <= blk[:, :, None])
         allowed = allowed | torch.eye(n, dtype=torch.bool, device=device)  # no empty row
+        if self._bool_mask:
+            return allowed[:, None]
         dtype = _float_dtype(self.model)
         zero = torch.zeros((), dtype=dtype, device=device)
         return torch.where(allowed, zero, torch.finfo(dtype).min)[:, None]
