@@ -103,6 +103,7 @@ class VideoPipeline:
         self.vae, self.dit, self.text_encoder = vae.eval(), dit.eval(), text_encoder.eval()
         self.settings = PipelineSettings(**settings)
         self.model_id, self._stamper = model_id, stamper
+        self.offload = None  # `enable_model_cpu_offload`
 
     # ---------------------------------------------------------------- properties
 
@@ -152,7 +153,7 @@ class VideoPipeline:
         return self
 
     def disable_model_cpu_offload(self) -> VideoPipeline:
-        if getattr(self, "offload", None) is not None:
+        if self.offload is not None:
             self.offload.remove()
         self.offload = None
         return self
