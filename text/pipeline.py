@@ -111,6 +111,8 @@ class CodeModel:
 
         if spec is not None or loaders.is_transformers_folder(directory):
             loaded = loaders.load_transformers(directory, spec=spec, device=device)
+            factory = getattr(loaded.model, "code_model_class", None)  # e.g. DiffusionGemma
+            cls = factory() if callable(factory) else cls
             cm = cls(loaded.model, loaded.tokenizer, str(directory), stamper=stamper,
                      weights_sha256=hub.weights_sha256(directory))  # fmt: skip
             cm.summary = loaded.summary

@@ -8,7 +8,11 @@ import pytest
 import torch
 
 from mdiff.errors import CheckpointError, InvalidInputError
-from mdiff.text.model.gemma import DiffusionGemmaLM, is_diffusion_gemma, load_diffusion_gemma
+from mdiff.text.model.gemma import (
+    DiffusionGemmaLM,
+    is_diffusion_gemma,
+    load_diffusion_gemma_model,
+)
 from mdiff.text.sampling.gemma_runner import Context, generate_gemma
 from mdiff.text.sampling.policies import EOSPolicy
 
@@ -50,7 +54,7 @@ def saved(tmp_path_factory, name, **kw) -> DiffusionGemmaLM:
     """Build, save with transformers' save_pretrained, load with our loader."""
     folder = tmp_path_factory.mktemp(name)
     build(**kw).save_pretrained(folder)
-    return load_diffusion_gemma(folder)
+    return load_diffusion_gemma_model(folder)
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +92,7 @@ def test_loader_recognises_and_refuses(tmp_path):
                                                              t_max=0.9)  # fmt: skip
     model.save_pretrained(folder)
     assert is_diffusion_gemma(folder) and not is_diffusion_gemma(tmp_path)
-    lm = load_diffusion_gemma(folder)
+    lm = load_diffusion_gemma_model(folder)
     assert (lm.vocab_size, lm.canvas_length, lm.pad_id, lm.eos_ids) == (V, 8, PAD, (EOS,))
     out = generate_gemma(lm, [PROMPT], seed=0, max_new_tokens=8)
     assert out.settings["max_denoising_steps"] == 5 and out.settings["t_min"] == 0.3
@@ -99,11 +103,11 @@ def test_loader_recognises_and_refuses(tmp_path):
     other.mkdir()
     (other / "config.json").write_text(json.dumps({"model_type": "llama"}))
     with pytest.raises(CheckpointError, match="llama"):
-        load_diffusion_gemma(other)
+        load_diffusion_gemma_model(other)
     with pytest.raises(CheckpointError, match="not a folder"):
-        load_diffusion_gemma(tmp_path / "missing")
+        load_diffusion_gemma_model(tmp_path / "missing")
     with pytest.raises(CheckpointError, match="config.json"):
-        load_diffusion_gemma(tmp_path)
+        load_diffusion_gemma_model(tmp_path)
     with pytest.raises(InvalidInputError, match="wraps a DiffusionGemma"):
         DiffusionGemmaLM(torch.nn.Linear(2, 2))
 

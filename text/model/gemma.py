@@ -7,7 +7,7 @@ read-only and conditioned on the previous step's logits (self-conditioning). It 
 the masked sampler's contract (`mdiff.text.model.spec`), so `mdiff.text.sampling.gemma_runner`
 drives it; this module only wraps its two halves::
 
-    lm = load_diffusion_gemma("path/to/folder")          # or DiffusionGemmaLM(model)
+    lm = load_diffusion_gemma_model("path/to/folder")    # or DiffusionGemmaLM(model)
     cache = lm.new_cache()
     lm.encode(ids, mask, positions, cache)               # (B, N) new tokens -> cache grows by N
     logits = lm.denoise(canvas, sc, mask, positions, cache)   # (B, C) -> (B, C, V) float32
@@ -35,6 +35,7 @@ __all__ = [
     "DiffusionGemmaLM",
     "is_diffusion_gemma",
     "load_diffusion_gemma",
+    "load_diffusion_gemma_model",
 ]
 
 MODEL_TYPE = "diffusion_gemma"
@@ -85,6 +86,13 @@ class DiffusionGemmaLM(nn.Module):
         eos = getattr(gen, "eos_token_id", None)
         eos = text.eos_token_id if eos is None else eos
         self.eos_ids = tuple(int(i) for i in ([] if eos is None else _as_list(eos)))
+
+    @staticmethod
+    def code_model_class():
+        """The `CodeModel` subclass that drives this model (`CodeModel.from_pretrained`)."""
+        from mdiff.text.sampling.gemma_code import GemmaCodeModel
+
+        return GemmaCodeModel
 
     @property
     def device(self) -> torch.device:
@@ -149,7 +157,8 @@ def _first_id(*values) -> int | None:
     return None
 
 
-def load_diffusion_gemma(path: str | os.PathLike, *, device=None, dtype=None) -> DiffusionGemmaLM:
+def load_diffusion_gemma_model(path: str | os.PathLike, *, device=None,
+                               dtype=None) -> DiffusionGemmaLM:  # fmt: skip
     """Load a DiffusionGemma folder (config.json with ``model_type == "diffusion_gemma"``,
     safetensors weights, optional generation_config.json) as a `DiffusionGemmaLM` in eval mode.
 
@@ -177,3 +186,20 @@ def load_diffusion_gemma(path: str | os.PathLike, *, device=None, dtype=None) ->
     if device is not None:
         model = model.to(device)
     return DiffusionGemmaLM(model.eval())
+
+
+def load_diffusion_gemma(path: str | os.PathLike, *, device=None, dtype=None):
+    """The loader registered in `mdiff.text.model.loaders` for ``diffusion_gemma`` folders:
+    a `loaders.Loaded` with the `DiffusionGemmaLM`, the folder's tokenizer (`HFTokenizer`;
+    None when the folder has none) and a one-line summary. `CodeModel.from_pretrained` turns it
+    into a `mdiff.text.sampling.gemma_code.GemmaCodeModel` (``DiffusionGemmaLM.code_model_class``).
+    """
+    from mdiff.text.model import loaders
+
+    lm = load_diffusion_gemma_model(path, device=device, dtype=dtype)
+    tok = None
+    if any((Path(path) / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")):
+        tok = loaders.HFTokenizer(loaders._tokenizer(Path(path)), lm.vocab_size)
+    summary = (f"{path}: diffusion_gemma architecture, DiffusionGemma runner (uniform-state "
+               f"block diffusion, canvas {lm.canvas_length}, no mask token)")  # fmt: skip
+    return loaders.Loaded(lm, tok, summary)
