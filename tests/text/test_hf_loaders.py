@@ -202,3 +202,13 @@ def test_code_model_and_cli_complete_from_a_transformers_folder(tmp_path, home, 
     out, err = capsys.readouterr()
     line = f"mdiff: model {folder}: llama architecture, spec llada (mask {MASK}, bidirectional)"
     assert line in err.splitlines() and out.startswith("y = ")
+
+
+def test_cli_refuses_a_folder_it_cannot_run_in_one_line(tmp_path, home, capsys):
+    folder = save(tmp_path, "plain-ar", llama(), tokenizer(mask=False))
+    src = tmp_path / "todo.py"
+    src.write_text("y = <FILL>\n", encoding="utf-8")
+    capsys.readouterr()  # saving printed a progress bar
+    code = cli.main(["--home", str(home), "complete", str(src), "--model", str(folder)])
+    err = capsys.readouterr().err
+    assert code == cli.EXIT_ERROR and "no mask token" in err and err.count("\n") == 1
