@@ -4,8 +4,8 @@ The reference model is a tiny random transformers Llama (float64, lm_head scaled
 confidences spread over [0, 1]) attending as LLaDA 2 does: the block-causal 4-D mask of LLaDA 2's
 own ``generate`` (built from the run's ``block_length``) and the pipeline's 2-D key mask. It
 never predicts [MASK] (logit −inf, like a trained model), so the pipeline's softmax over the whole
-vocabulary and ours without [MASK] agree. Totals ``P + gen_length`` are whole blocks (the
-pipeline hides a tail's keys; we generate it as LLaDA 2's ``generate`` does).
+vocabulary and ours without [MASK] agree. Some totals ``P + gen_length`` end inside a block: that
+block's tail is generated but hidden as keys.
 """
 
 from __future__ import annotations
@@ -103,7 +103,7 @@ def _same(theirs: torch.Tensor, ours: torch.Tensor, early_stop: bool) -> None:
     assert torch.equal(ours, expected), (theirs.tolist(), ours.tolist())
 
 
-# (prompt length, pipeline settings); every P + gen_length is a whole number of blocks
+# (prompt length, pipeline settings); the last three end inside a block
 SETTINGS = [
     (6, dict(gen_length=10, block_length=4, num_inference_steps=4, threshold=0.7,
              editing_threshold=0.5)),
@@ -119,6 +119,12 @@ SETTINGS = [
              editing_threshold=0.6, eos_early_stop=False)),
     (7, dict(gen_length=9, block_length=4, num_inference_steps=2, threshold=0.3,
              editing_threshold=0.2, max_post_steps=4)),
+    (5, dict(gen_length=9, block_length=4, num_inference_steps=4, threshold=0.7,
+             editing_threshold=0.5)),
+    (3, dict(gen_length=14, block_length=8, num_inference_steps=4, threshold=0.6,
+             editing_threshold=0.3, minimal_topk=2)),
+    (9, dict(gen_length=5, block_length=8, num_inference_steps=8, threshold=0.9,
+             editing_threshold=None)),
 ]  # fmt: skip
 
 
@@ -213,6 +219,11 @@ def test_driver_attends_block_causally():
         a, b = drv(x), drv(y)
     assert float((a[0, :8] - b[0, :8]).abs().max()) == 0.0
     assert float((a[0, 8:] - b[0, 8:]).abs().max()) > 1e-3
+    hidden = drv.with_block_size(4, key_limit=9)  # slot 9 is no key: slot 8 cannot see it
+    with torch.no_grad():
+        a, b = hidden(x), hidden(y)
+    assert float((a[0, :9] - b[0, :9]).abs().max()) == 0.0
+    assert float((a[0, 9] - b[0, 9]).abs().max()) > 1e-3
 
 
 def test_generic_generate_with_editing_is_batch_invariant():

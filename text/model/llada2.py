@@ -14,9 +14,9 @@ building that mask from the positions and the key padding:
 prompt starts at position 0 and blocks are absolute (the first generated block may hold the
 prompt's tail) and the model attends in blocks of ``block_length``, as in LLaDA 2's own
 ``generate``; steps per block are ``min(num_inference_steps, gen_length // minimal_topk)``.
-Greedy (temperature 0) only. Where it differs from the pipeline: [MASK] is never proposed (the
-pipeline's softmax and argmax include it); a block-aligned tail past ``gen_length`` is generated
-with its keys visible (as LLaDA 2's own ``generate``; the pipeline masks those keys); positions
+Greedy (temperature 0) only. The block-aligned tail past ``gen_length`` is generated but hidden
+as keys (the pipeline's 2-D mask; LLaDA 2's own ``generate`` shows it). Where it differs from the
+pipeline: [MASK] is never proposed (the pipeline's softmax and argmax include it); positions
 after an early-stopping EOS are EOS (the pipeline leaves [MASK]); and a row whose prompt holds
 an EOS can still stop early.
 """
@@ -56,24 +56,26 @@ class LLaDA2Driver(nn.Module):
 
     ``additive``: pass the mask as 0 / −inf floats in the model's dtype (LLaDA 2's remote code,
     whose own ``generate`` passes ``log`` of a 0/1 mask); otherwise as bool (transformers).
+    ``key_limit``: positions ≥ it are no key (LLaDA2Pipeline's block-aligned tail).
     """
 
-    def __init__(self, model: nn.Module, spec: DenoiserSpec, additive: bool = False):
+    def __init__(self, model: nn.Module, spec: DenoiserSpec, additive: bool = False,
+                 key_limit: int | None = None):  # fmt: skip
         super().__init__()
         if not isinstance(spec, DenoiserSpec) or spec.attention != "block_causal":
             raise InvalidInputError("LLaDA2Driver needs a block_causal DenoiserSpec")
-        self.model, self.additive = model, additive
+        self.model, self.additive, self.key_limit = model, additive, key_limit
         self._spec = dataclasses.replace(spec, supports_cache=False)
 
     @property
     def spec(self) -> DenoiserSpec:
         return self._spec
 
-    def with_block_size(self, block_size: int) -> LLaDA2Driver:
+    def with_block_size(self, block_size: int, key_limit: int | None = None) -> LLaDA2Driver:
         """The same model attending in blocks of ``block_size`` (LLaDA 2's ``generate`` builds
-        its mask from the run's ``block_length``)."""
+        its mask from the run's ``block_length``), hiding keys at positions ≥ ``key_limit``."""
         spec = dataclasses.replace(self._spec, block_size=block_size)
-        return LLaDA2Driver(self.model, spec, self.additive)
+        return LLaDA2Driver(self.model, spec, self.additive, key_limit)
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None,
                 position_ids: Tensor | None = None, cache: Any = None,
@@ -89,7 +91,11 @@ class LLaDA2Driver(nn.Module):
         pos = position_ids
         if pos is None:
             pos = torch.arange(n, device=input_ids.device).expand(b, n)
-        mask = block_causal_mask(pos.long(), attention_mask, self._spec.block_size)
+        real = attention_mask
+        if self.key_limit is not None:
+            inside = pos < self.key_limit
+            real = inside if real is None else real.bool() & inside
+        mask = block_causal_mask(pos.long(), real, self._spec.block_size)
         if self.additive:
             dtype = next(self.model.parameters()).dtype
             mask = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(
@@ -210,11 +216,16 @@ def llada2_generate(model, input_ids, **pipeline_kwargs) -> Tensor:
     x = torch.full((ids.shape[0], total), model.spec.mask_id, dtype=torch.long)
     x[:, :P] = ids
     if isinstance(model, LLaDA2Driver):
-        model = model.with_block_size(B)
+        model = model.with_block_size(B, key_limit=P + cfg.gen_length)
     elif model.spec.attention != "block_causal" or model.spec.block_size != B:
         raise InvalidInputError(
             f"llada2_generate needs an LLaDA2Driver or a block_causal model with block_size = "
             f"block_length ({B}); its blocks start at multiples of block_length"
+        )
+    elif total != P + cfg.gen_length:
+        raise InvalidInputError(
+            f"with a model other than LLaDA2Driver, prompt length + gen_length ({P} + "
+            f"{cfg.gen_length}) must be a multiple of block_length {B} (the tail's keys are hidden)"
         )
     dev = next(model.parameters()).device
     out = denoise(model, x.to(dev), None, cfg)
