@@ -92,3 +92,19 @@ def test_infill_and_fill_splice_the_users_text(cm, tmp_path):
         cm.fill("no holes here")
     with pytest.raises(InvalidInputError, match="prompt"):
         cm.generate(42)
+
+
+def test_mdiff_complete_with_a_gemma_folder(folder, home, tmp_path, capsys):
+    from mdiff import cli
+    from mdiff.provenance.verify import verify
+
+    src = tmp_path / "todo.py"
+    src.write_text("def f(x):\n    return <FILL>\n\n\ny = f(2)\n", encoding="utf-8")
+    out = tmp_path / "done.py"
+    argv = ["--home", str(home), "complete", str(src), "--model", str(folder), "--length", "4",
+            "--steps", "3", "-o", str(out)]  # fmt: skip
+    assert cli.main(argv) == 0
+    assert "diffusion_gemma" in capsys.readouterr().err
+    text = out.read_text(encoding="utf-8")
+    assert text.startswith("def f(x):\n    return ") and text.endswith("\n\n\ny = f(2)\n")
+    assert verify(out, home=home).manifest.state == "trusted"

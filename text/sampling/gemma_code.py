@@ -20,6 +20,8 @@ from mdiff.text.fim.infilling import MARKER, MAX_HOLES
 from mdiff.text.pipeline import CodeModel, Completion
 from mdiff.text.sampling.gemma_fim import infill_gemma
 from mdiff.text.sampling.gemma_runner import generate_gemma
+from mdiff.text.sampling.gemma_settings import GemmaSettings
+from mdiff.text.sampling.generation import GenerationConfig
 from mdiff.text.sampling.policies import EOSPolicy
 
 __all__ = ["GemmaCodeModel"]
@@ -57,8 +59,10 @@ class GemmaCodeModel(CodeModel):
         """Continue `prompt` by whole canvases covering `gen_length` tokens."""
         check_seed(seed)
         ids = self._bos(self._ids(prompt, "prompt"))
-        settings.setdefault("eos", MODEL_EOS)
-        out = generate_gemma(self.model, [ids], None, config, max_new_tokens=gen_length, seed=seed,
+        settings = _with_config(config, settings)
+        if "settings" not in settings:
+            settings.setdefault("eos", MODEL_EOS)
+        out = generate_gemma(self.model, [ids], max_new_tokens=gen_length, seed=seed,
                              streamer=streamer, watermark=self.watermark, **settings)  # fmt: skip
         new = out.sequences[0][out.generated[0]].tolist()
         eos = set(out_eos(out, self.model))
@@ -71,6 +75,8 @@ class GemmaCodeModel(CodeModel):
                             seed=seed)  # fmt: skip
 
     def _middle(self, prefix: str, suffix: str, length, seed: int, settings: dict):
+        settings = dict(settings)
+        settings = _with_config(settings.pop("config", None), settings)
         r = infill_gemma(self.model, self._bos(self._ids(prefix, "prefix")),
                          self._ids(suffix, "suffix"), length, seed=seed,
                          watermark=self.watermark, **settings)  # fmt: skip
@@ -117,6 +123,21 @@ class GemmaCodeModel(CodeModel):
         return self._finish(done, middles, spans, text, {**last, **RECORD}, nfe,
                             tokens / max(nfe, 1), edited=True,
                             inputs=(source,) if source else (), seed=seed)  # fmt: skip
+
+
+def _with_config(config, settings: dict) -> dict:
+    """Settings with ``config``: `GemmaSettings` as they are; the masked sampler's
+    `GenerationConfig` (what ``mdiff complete`` passes) gives only its ``steps`` (denoising
+    steps per canvas) — its schedule, score and temperature have no DiffusionGemma meaning."""
+    if config is None:
+        return settings
+    if isinstance(config, GemmaSettings):
+        return {"settings": config, **settings}
+    if isinstance(config, GenerationConfig):
+        if config.steps is not None:
+            settings = {"max_denoising_steps": config.steps, **settings}
+        return settings
+    raise InvalidInputError(f"config must be GemmaSettings, got {type(config).__name__}")
 
 
 def out_eos(out, lm) -> tuple[int, ...]:
