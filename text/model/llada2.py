@@ -54,8 +54,9 @@ def block_causal_mask(positions: Tensor, real: Tensor | None, block_size: int) -
 class LLaDA2Driver(nn.Module):
     """``driver(input_ids (B, L), attention_mask (B, L) bool, position_ids (B, L)) -> (B, L, V)``.
 
-    ``additive``: pass the mask as 0 / −inf floats in the model's dtype (LLaDA 2's remote code,
-    whose own ``generate`` passes ``log`` of a 0/1 mask); otherwise as bool (transformers).
+    ``additive``: pass the mask as 0 / finfo.min floats in the model's dtype (LLaDA 2's remote
+    code, whose own ``generate`` passes ``log`` of a 0/1 mask to its SDPA path); otherwise as
+    bool (transformers models).
     ``key_limit``: positions ≥ it are no key (LLaDA2Pipeline's block-aligned tail).
     """
 
@@ -139,19 +140,20 @@ def load_llada2(path, *, block_size: int = 32, dtype: torch.dtype | None = None,
     if not isinstance(block_size, int) or block_size < 1:
         raise InvalidInputError(f"block_size must be a positive int, got {block_size!r}")
     try:
-        config = tf.AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code)
+        config = tf.AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code,
+                                               local_files_only=True)  # fmt: skip
         model = tf.AutoModelForCausalLM.from_pretrained(
-            folder, config=config, dtype=dtype, use_safetensors=True,
+            folder, config=config, dtype=dtype, use_safetensors=True, local_files_only=True,
             trust_remote_code=trust_remote_code,
         )  # fmt: skip
-    except (ValueError, OSError, KeyError, ImportError) as e:
+    except (ValueError, OSError, KeyError, ImportError, TypeError, RuntimeError) as e:
         hint = "" if trust_remote_code else (
             " (LLaDA 2's LLaDA2MoeModelLM is remote code in the folder: pass "
             "trust_remote_code=True to run it)"
         )  # fmt: skip
         raise CheckpointError(f"cannot load {folder}: {e}{hint}") from None
     try:
-        tok = tf.AutoTokenizer.from_pretrained(folder)
+        tok = tf.AutoTokenizer.from_pretrained(folder, local_files_only=True)
     except (ValueError, OSError, KeyError, TypeError):
         tok = None
     llada2 = str(getattr(config, "model_type", "")).startswith("llada2")
