@@ -280,6 +280,10 @@ def test_bad_folders_and_settings(tmp_path):
     (remote / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(CheckpointError, match="trust_remote_code"):
         load_llada2(remote)
+    from mdiff.text.model import loaders
+
+    with pytest.raises(CheckpointError, match="trust_remote_code"):  # routed to load_llada2
+        loaders.load_transformers(remote)
     with pytest.raises(InvalidInputError, match="unknown LLaDA2Pipeline settings"):
         llada2_generate(_driver(lm), [1, 2, 3], gen_length=4, block_length=4, temperature=1.0)
     with pytest.raises(InvalidInputError, match="block_causal"):
