@@ -27,7 +27,8 @@ from mdiff.text.fim.infilling import fit_context, infill
 from mdiff.text.fim.tasks import FIMTask, exact_match
 from mdiff.text.sampling.ar import fim_prompt, generate_ar
 from mdiff.text.sampling.heal import heal as heal_prefix
-from mdiff.text.sampling.heal import strip_carry, true_length
+from mdiff.text.sampling.heal import middle_text, true_length
+from mdiff.text.sampling.token_bytes import token_view
 
 __all__ = ["MODES", "evaluate_ar_fim", "evaluate_fim", "first_line"]
 
@@ -100,13 +101,13 @@ def evaluate_ar_fim(model, tokenizer, tasks: list[FIMTask], *, max_new_tokens: i
     start = time.perf_counter()
     for task in tasks:
         kept, carry, allowed = heal_prefix(tokenizer, task.prefix, enabled=heal)
-        pre, suf = tokenizer.encode(kept), tokenizer.encode(task.suffix)
+        view = token_view(tokenizer)
+        pre, suf = view.encode(kept), view.encode(task.suffix)
         pre, suf = fit_context(pre, suf, max_new_tokens + 3, limit)  # + [PRE] [SUF] [MID]
         first = None if allowed is None else allowed[None]
         out = generate_ar(model, [fim_prompt(pre, suf, special, order)], max_new_tokens,
                           first_allowed=first)  # fmt: skip
-        middle = tokenizer.decode(out.tokens[0], skip_special_tokens=True)
-        middle = strip_carry(middle, carry)
+        middle = middle_text(tokenizer, out.tokens[0], carry)
         hits += exact_match(task, _post(task, middle))
         tokens += len(out.tokens[0])
         forwards += out.nfe

@@ -44,9 +44,10 @@ from torch import Tensor
 from mdiff.errors import InvalidInputError
 from mdiff.record import check_seed
 from mdiff.text.sampling.heal import heal as heal_prefix
-from mdiff.text.sampling.heal import strip_carry
+from mdiff.text.sampling.heal import middle_text
 from mdiff.text.sampling.layout import left_pad
 from mdiff.text.sampling.sampler import GenerationConfig, GenerationOutput, denoise
+from mdiff.text.sampling.token_bytes import token_view
 
 __all__ = [
     "DEFAULT_CANDIDATES",
@@ -137,13 +138,18 @@ def infill(model, tokenizer, prefix: str | list[str], suffix: str | list[str],
                                 or context < 1):  # fmt: skip
         raise InvalidInputError(f"context must be a positive integer or None, got {context!r}")
     eols = [line_ending(p + s) for p, s in zip(prefixes, suffixes, strict=True)]
-    spec = model.spec
+    spec, view = model.spec, token_view(tokenizer)
+    if view.mask_id is not None and view.mask_id != spec.mask_id:
+        raise InvalidInputError(
+            f"the model's mask id {spec.mask_id} is not its tokenizer's mask token "
+            f"{view.mask_id}: build the spec with the tokenizer's mask_token_id"
+        )
     pad = spec.pad_id if spec.pad_id is not None else spec.mask_id
     limit = min(context or _max_len(model), _max_len(model))
     heals = [heal_prefix(tokenizer, _lf(p), enabled=bool(heal)) for p in prefixes]
     rows, parts = [], []
     for i, (s, (kept, _, _)) in enumerate(zip(suffixes, heals, strict=True)):
-        pre, suf = tokenizer.encode(kept), tokenizer.encode(_lf(s))
+        pre, suf = view.encode(kept), view.encode(_lf(s))
         for n in lengths:
             a, b = fit_context(pre, suf, n, limit)
             rows.append(a + [spec.mask_id] * n + b)
@@ -230,8 +236,7 @@ def _restrict(heals, parts, rows, width: int):
 def _result(out: GenerationOutput, row: int, n: int, prefix: str, suffix: str, tokenizer,
             scores: dict, carry: str = "") -> InfillResult:  # fmt: skip
     ids = out.sequences[row][out.generated[row]].tolist()
-    middle = tokenizer.decode(ids, skip_special_tokens=True)
-    middle = strip_carry(middle, carry)  # the carry is the prefix's own tail
+    middle = middle_text(tokenizer, ids, carry)  # the carry is the prefix's own tail
     span = (len(prefix), len(prefix) + len(middle))
     tpf = float(out.tokens_per_forward[row])
     return InfillResult(prefix + middle + suffix, middle, n, span, tpf, out.nfe, scores,

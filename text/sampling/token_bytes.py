@@ -1,0 +1,136 @@
+"""What fill-in-the-middle needs of a tokenizer — ours, a transformers one, or a duck-typed one.
+
+    view = token_view(tokenizer)       # cached per tokenizer
+    view.encode("a <|mask|> b")         # ids; a special token's text in the input is plain text
+    view.table[i]                       # bytes of token i (byte-level BPE), None for a special
+    view.decode(ids)                    # text of generated ids, specials skipped
+    view.special, view.mask_id          # special ids, the tokenizer's own mask token (or None)
+
+Byte-level BPE (GPT-2, Qwen2, ours) stores each token as the GPT-2 byte-to-unicode spelling of
+its bytes (``"Ġos"`` is the bytes ``b" os"``); `table` undoes that map, so a token that ends
+inside a UTF-8 character still has its exact bytes (decoding one such token alone gives
+``"\\ufffd"``). `decode` joins the bytes and decodes them once, as the tokenizer's ByteLevel
+decoder does (no clean-up of spaces, whatever the tokenizer's setting). `table` is None when
+the tokenizer is not byte-level: then healing and decoding go through its text.
+
+Recognised: `CodeTokenizer` (``.backend``), `mdiff.text.model.loaders.HFTokenizer`
+(``.tok``), any transformers fast tokenizer (``.backend_tokenizer``) and a bare
+`tokenizers.Tokenizer`; anything else with ``encode(text)`` / ``decode(ids,
+skip_special_tokens=...)`` is used as it is.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import weakref
+from dataclasses import dataclass
+
+__all__ = ["TokenView", "byte_decoder", "token_view"]
+
+_VIEWS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def byte_decoder() -> dict[str, int]:
+    """The inverse of GPT-2's byte-to-unicode map: printable Latin-1 bytes stand for
+    themselves, the other 68 bytes for the code points 256, 257, … in byte order."""
+    keep = [*range(33, 127), *range(161, 173), *range(174, 256)]
+    chars = {b: chr(b) for b in keep}
+    extra = [b for b in range(256) if b not in chars]
+    chars.update({b: chr(256 + n) for n, b in enumerate(extra)})
+    return {c: b for b, c in chars.items()}
+
+
+@dataclass(eq=False)
+class TokenView:
+    tokenizer: object
+    hf: object | None  # a transformers tokenizer, if any
+    backend: object | None  # its `tokenizers.Tokenizer`, if any
+    special: frozenset[int]
+    mask_id: int | None
+    table: list[bytes | None] | None  # per id; None: not byte-level
+
+    def encode(self, text: str) -> list[int]:
+        """Ids of `text`, no special token added or recognised."""
+        if self.hf is not None:
+            ids = self.hf.encode(text, add_special_tokens=False, split_special_tokens=True)
+            return list(ids)
+        if self.backend is not None and self.backend is self.tokenizer:
+            old = self.backend.encode_special_tokens
+            self.backend.encode_special_tokens = True
+            try:
+                return self.backend.encode(text, add_special_tokens=False).ids
+            finally:
+                self.backend.encode_special_tokens = old
+        return list(self.tokenizer.encode(text))
+
+    def token_bytes(self, ids) -> bytes:
+        """The bytes of `ids` joined (byte-level only); specials and unknown ids add nothing."""
+        table, n = self.table, len(self.table)
+        parts = (table[j] for j in map(int, ids) if 0 <= j < n)
+        return b"".join(b for b in parts if b is not None)
+
+    def decode(self, ids) -> str:
+        """The text of generated `ids`, specials skipped."""
+        ids = [int(i) for i in ids]
+        if self.table is not None:
+            return self.token_bytes(ids).decode("utf-8", errors="replace")
+        if self.hf is not None:
+            ids = [i for i in ids if 0 <= i < len(self.hf)]
+            return self.hf.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+        if self.backend is not None:
+            return self.backend.decode(ids, skip_special_tokens=True)
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+
+def token_view(tokenizer) -> TokenView:
+    """The `TokenView` of `tokenizer` (built once per tokenizer object)."""
+    with contextlib.suppress(KeyError, TypeError):
+        return _VIEWS[tokenizer]
+    view = _build(tokenizer)
+    with contextlib.suppress(TypeError):  # not weak-referenceable: rebuilt per call
+        _VIEWS[tokenizer] = view
+    return view
+
+
+def _build(tokenizer) -> TokenView:
+    from tokenizers import Tokenizer
+
+    hf = None
+    for obj in (tokenizer, getattr(tokenizer, "tok", None)):
+        if getattr(obj, "backend_tokenizer", None) is not None:
+            hf = obj
+            break
+    backend = hf.backend_tokenizer if hf is not None else getattr(tokenizer, "backend", None)
+    if isinstance(tokenizer, Tokenizer):
+        backend = tokenizer
+    if not isinstance(backend, Tokenizer):
+        backend = None
+    special = set(getattr(tokenizer, "special_ids", {}).values())
+    added = backend.get_added_tokens_decoder() if backend is not None else {}
+    special |= {i for i, t in added.items() if t.special}
+    if hf is not None:
+        special |= set(hf.all_special_ids)
+        special |= {i for i, t in hf.added_tokens_decoder.items() if t.special}
+    mask = getattr(hf, "mask_token_id", None) if hf is not None else None
+    mask = getattr(tokenizer, "mask_id", None) if mask is None else mask
+    mask = int(mask) if isinstance(mask, int) else None
+    table = _table(backend, added, special) if backend is not None else None
+    return TokenView(tokenizer, hf, backend, frozenset(special), mask, table)
+
+
+def _table(backend, added: dict, special: set[int]) -> list[bytes | None] | None:
+    """Bytes per id of a byte-level `backend` (None when it is not byte-level)."""
+    if type(backend.decoder).__name__ != "ByteLevel":
+        return None
+    inverse = byte_decoder()
+    size = backend.get_vocab_size(with_added_tokens=True)
+    table: list[bytes | None] = [None] * size
+    for token, i in backend.get_vocab(with_added_tokens=False).items():
+        try:
+            table[i] = bytes(inverse[c] for c in token)
+        except KeyError:  # a token outside the byte alphabet: not byte-level after all
+            return None
+    for i, t in added.items():
+        if i < size:
+            table[i] = None if i in special or t.special else t.content.encode("utf-8")
+    return table
