@@ -34,6 +34,7 @@ from mdiff.errors import InvalidInputError
 from mdiff.multistep import dpmpp_2m, unipc
 from mdiff.schedules import ConvexSchedule, PolynomialKappa
 from mdiff.unmasking import (
+    Edit,
     Generators,
     Policy,
     Remask,
@@ -161,6 +162,7 @@ def unmask(
     temperature: float = 1.0,
     generator: Generators = None,
     callback=None,
+    edit: Edit | None = None,
     **cond,
 ) -> Tensor:
     """Fill the ``[MASK]`` positions of ``x_init`` (B, L) by stepping along ``grid``.
@@ -168,7 +170,9 @@ def unmask(
     Each step: logits ``model_fn(x, t, **cond)`` (B, L, V), a proposal for every position
     (float64 Gumbel-max at ``temperature``), then `mdiff.unmasking.unmask_step` with ``policy``
     (which masked positions commit) and the optional ``remask`` policy (which positions decoded
-    during this call reopen, e.g. ``unmasking.remdm("cap", 0.5)``). Top-k / top-p: wrap
+    during this call reopen, e.g. ``unmasking.remdm("cap", 0.5)``), and the optional ``edit``
+    policy (token editing: which of those re-take their proposal, ``unmasking.token_editing``;
+    the loop still ends when nothing is masked). Top-k / top-p: wrap
     ``model_fn`` with `mdiff.unmask_rules.filter_logits`.
 
     ``generator`` is one ``torch.Generator`` or a list with one per row; with one per row, a
@@ -192,8 +196,9 @@ def unmask(
         logits = model_fn(x, tb, **cond)  # (B, L, V)
         proposal = sample_categorical(logits, generator, temperature)
         state = UnmaskState(x, masked, logits, proposal, generator, tb, torch.full_like(tb, t_next),
-                            kappa, decoded=generated & ~masked)  # fmt: skip
-        x = unmask_step(state, mask_id, policy, remask, last=i == len(ts) - 2)
+                            kappa, decoded=generated & ~masked,
+                            editable=None if edit is None else generated & ~masked)  # fmt: skip
+        x = unmask_step(state, mask_id, policy, remask, last=i == len(ts) - 2, edit=edit)
         if callback is not None:
             callback(Step(i, t, t_next, x, logits))
     return x

@@ -118,3 +118,28 @@ def test_config_refuses_bad_editing_settings(bad):
 def test_config_defaults_leave_editing_off():
     cfg = GenerationConfig()
     assert cfg.editing_threshold is None and cfg.edit_steps == 0 and not cfg.eos.early_stop
+
+
+def test_core_loop_edits_a_token_the_model_changes_its_mind_about():
+    """`mdiff.solvers.unmask` with ``edit``: the model predicts 0 on an empty canvas and 1 once
+    anything is decoded, so the first commit (0) is re-decided to 1 only with editing."""
+    from mdiff.solvers import unmask
+
+    mask = 3
+
+    def model_fn(x, t):
+        decoded = (x != mask).any(1)  # (B,)
+        best = torch.where(decoded, 1, 0)
+        logits = torch.full((*x.shape, 4), -20.0, dtype=torch.float64)
+        logits.scatter_(-1, best[:, None, None].expand(*x.shape, 1), 20.0)
+        logits[..., mask] = -torch.inf
+        return logits
+
+    x0 = torch.full((2, 5), mask)
+    grid = torch.linspace(0, 1, 6)
+    one = U.ranked(lambda s: torch.ones(s.x.shape[0], dtype=torch.long), U.score_by("confidence"))
+    plain = unmask(model_fn, x0, grid, mask, policy=one, temperature=0)
+    edited = unmask(model_fn, x0, grid, mask, policy=one, temperature=0,
+                    edit=U.token_editing(0.5))  # fmt: skip
+    assert torch.equal(plain[:, 0], torch.zeros(2, dtype=torch.long))
+    assert bool((plain[:, 1:] == 1).all()) and bool((edited == 1).all())
