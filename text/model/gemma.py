@@ -117,7 +117,7 @@ class DiffusionGemmaLM(nn.Module):
         if tuple(positions.shape) != (b, n):
             raise InvalidInputError(f"positions must be (B, N) = {(b, n)}")
         total = cache.get_seq_length() + n
-        if tuple(mask.shape) != (b, total):
+        if torch.is_tensor(mask) and tuple(mask.shape) != (b, total):
             raise InvalidInputError(f"mask must be (B, cache + N) = {(b, total)}")
 
     @torch.no_grad()
@@ -128,20 +128,33 @@ class DiffusionGemmaLM(nn.Module):
             input_ids=ids, attention_mask=mask.bool(), cache=cache, position_ids=positions
         )
 
+    def decoder_mask(self, canvas: Tensor, mask: Tensor, cache) -> dict:
+        """The decoder's attention masks per layer kind for ``canvas`` (B, C) and the key mask
+        ``mask`` (B, cache + C), built once per canvas (as the model's ``generate`` does)."""
+        return self.model.model.decoder.create_diffusion_decoder_attention_mask(
+            config=self.model.config, inputs_embeds=canvas[..., None], cache=cache,
+            decoder_attention_mask=mask.bool(),
+        )  # fmt: skip
+
     @torch.no_grad()
     def denoise(self, canvas: Tensor, self_conditioning: Tensor | None, mask: Tensor,
-                positions: Tensor, cache) -> Tensor:  # fmt: skip
+                positions: Tensor, cache, *, check: bool = True) -> Tensor:  # fmt: skip
         """Decoder logits (B, C, V) float32 for ``canvas`` (B, C) at ``positions`` (B, C),
         conditioned on ``self_conditioning`` (B, C, V) logits of the previous step or None;
-        ``mask`` (B, cache + C). The cache is read, never written."""
-        self._check(canvas, mask, positions, cache)
+        ``mask`` (B, cache + C) or its `decoder_mask`. The cache is read, never written.
+        ``check=False`` (the runner's inner loop) skips the shape and id checks."""
+        if check:
+            self._check(canvas, mask, positions, cache)
         if self_conditioning is not None:
-            if tuple(self_conditioning.shape) != (*canvas.shape, self.vocab_size):
+            if check and tuple(self_conditioning.shape) != (*canvas.shape, self.vocab_size):
                 raise InvalidInputError("self-conditioning logits must be (B, C, V)")
+            # the model's generate keeps them in the embeddings' dtype
             self_conditioning = self_conditioning.to(self.model.model.decoder.embed_tokens.weight)
+        if torch.is_tensor(mask):
+            mask = self.decoder_mask(canvas, mask, cache)
         out = self.model(
             decoder_input_ids=canvas, self_conditioning_logits=self_conditioning,
-            decoder_attention_mask=mask.bool(), cache=cache, decoder_position_ids=positions,
+            decoder_attention_mask=mask, cache=cache, decoder_position_ids=positions,
         )  # fmt: skip
         return out.logits
 

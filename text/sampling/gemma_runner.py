@@ -164,6 +164,7 @@ def denoise_canvas(lm, ctx: Context, st: GemmaSettings, gens, active: Tensor, *,
     if pinned is not None:
         canvas = torch.where(pinned.mask, pinned.ids, canvas)
     mask = torch.cat([ctx.mask, torch.ones(B, C, dtype=torch.bool, device=dev)], 1)
+    mask = lm.decoder_mask(canvas, mask, ctx.cache)  # once per canvas
     positions = ctx.pos[:, None] + torch.arange(C, device=dev)
     left = ctx.ids[:, -1]  # the last context token (prompts are left-padded)
     sc, argmax, raw = None, canvas.clone(), None
@@ -171,7 +172,7 @@ def denoise_canvas(lm, ctx: Context, st: GemmaSettings, gens, active: Tensor, *,
     history = None
     N = st.max_denoising_steps
     for n in range(N, 0, -1):
-        raw = lm.denoise(canvas, sc, mask, positions, ctx.cache)
+        raw = lm.denoise(canvas, sc, mask, positions, ctx.cache, check=False)
         temp = st.t_min + (st.t_max - st.t_min) * (torch.tensor(n, dtype=torch.int32) / N)
         base = st.eos.process(raw, eos_ids)
         proc = base
@@ -199,9 +200,12 @@ def denoise_canvas(lm, ctx: Context, st: GemmaSettings, gens, active: Tensor, *,
         if pinned is not None:
             new = torch.where(pinned.mask, pinned.ids, new)
             new_argmax = torch.where(pinned.mask, pinned.ids, new_argmax)
-        keep = done[:, None]
-        canvas, argmax = torch.where(keep, canvas, new), torch.where(keep, argmax, new_argmax)
-        sc = proc if sc is None else torch.where(keep[..., None], sc, proc)
+        if len(run) == B:
+            canvas, argmax, sc = new, new_argmax, proc
+        else:  # finished rows keep their canvas, draft and self-conditioning
+            keep = done[:, None]
+            canvas, argmax = torch.where(keep, canvas, new), torch.where(keep, argmax, new_argmax)
+            sc = proc if sc is None else torch.where(keep[..., None], sc, proc)
         steps += (~done).long()
         if st.adaptive_stop:
             stable, history = _stable(history, argmax, st.stability_threshold)
