@@ -212,3 +212,17 @@ def test_bad_inputs(flat):
         infill_gemma(flat, [], [4], 4)
     with pytest.raises(InvalidInputError, match="suffix"):
         infill_gemma(flat, PROMPT, [V + 3], 4)
+
+
+def test_fim_streams_prefix_drafts_and_middle(flat):
+    kw = dict(max_denoising_steps=5, seed=4)
+    plain = infill_gemma(flat, PROMPT, [40, 41], "auto", candidates=(3, 5), **kw)
+    sink = TokenCollector()
+    streamed = infill_gemma(flat, PROMPT, [40, 41], "auto", candidates=(3, 5), streamer=sink,
+                            **kw)  # fmt: skip
+    assert streamed.middle == plain.middle and streamed.nfe == plain.nfe + 5
+    assert sink.chunks == [PROMPT, plain.middle] and sink.ended == 1
+    assert [s for s, _ in sink.drafts] == list(range(5))
+    assert all(d[: len(PROMPT)] == PROMPT and len(d) == len(PROMPT) + plain.length
+               for _, d in sink.drafts)  # fmt: skip
+    assert sink.drafts[-1][1][len(PROMPT) :] == plain.middle

@@ -108,3 +108,16 @@ def test_mdiff_complete_with_a_gemma_folder(folder, home, tmp_path, capsys):
     text = out.read_text(encoding="utf-8")
     assert text.startswith("def f(x):\n    return ") and text.endswith("\n\n\ny = f(2)\n")
     assert verify(out, home=home).manifest.state == "trusted"
+
+
+def test_mdiff_complete_streams_a_gemma_fill(folder, home, tmp_path, capsys):
+    from mdiff import cli
+
+    src = tmp_path / "todo.py"
+    src.write_text("x = <FILL>\n", encoding="utf-8")
+    argv = ["--home", str(home), "complete", str(src), "--model", str(folder), "--steps", "2"]
+    assert cli.main([*argv, "--length", "3"]) == 0
+    printed = capsys.readouterr().out
+    assert cli.main([*argv, "--length", "3", "--stream"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out == printed and "step 1" in captured.err  # streaming changes nothing

@@ -74,22 +74,21 @@ class GemmaCodeModel(CodeModel):
                             float(out.tokens_per_forward[0]), edited=False,
                             seed=seed)  # fmt: skip
 
-    def _middle(self, prefix: str, suffix: str, length, seed: int, settings: dict):
+    def _middle(self, prefix: str, suffix: str, length, seed: int, settings: dict,
+                streamer=None):  # fmt: skip
         settings = dict(settings)
         settings = _with_config(settings.pop("config", None), settings)
         r = infill_gemma(self.model, self._bos(self._ids(prefix, "prefix")),
                          self._ids(suffix, "suffix"), length, seed=seed,
-                         watermark=self.watermark, **settings)  # fmt: skip
+                         watermark=self.watermark, streamer=streamer, **settings)  # fmt: skip
         return r, self.tokenizer.decode(r.middle, skip_special_tokens=True)
 
     def infill(self, prefix: str, suffix: str, length: int | str = "auto", *, seed: int = 0,
                streamer=None, **settings) -> Completion:  # fmt: skip
         """The middle between `prefix` and `suffix` (``length`` slots or ``"auto"``), spliced
         into the user's own strings."""
-        if streamer is not None:
-            raise InvalidInputError("DiffusionGemma infill does not stream (generate does)")
         check_seed(seed)
-        r, middle = self._middle(prefix, suffix, length, seed, settings)
+        r, middle = self._middle(prefix, suffix, length, seed, settings, streamer)
         text = prefix + middle + suffix
         span = (len(prefix), len(prefix) + len(middle))
         tpf = len(r.middle) / max(r.nfe, 1)
@@ -101,13 +100,14 @@ class GemmaCodeModel(CodeModel):
              seed: int = 0, source: str | None = None, streamer_factory=None,
              **settings) -> Completion:  # fmt: skip
         """Fill every `marker` of `text` left to right: each hole sees the holes before it
-        filled and the text after it with the later markers removed."""
+        filled and the text after it with the later markers removed. ``streamer_factory(n)``
+        makes the streamer of a hole of n slots (the chosen length is re-run streamed)."""
         if not isinstance(text, str) or not isinstance(marker, str) or not marker:
             raise InvalidInputError("text and marker must be strings (marker non-empty)")
         if source is not None and not isinstance(source, str):
             raise InvalidInputError(f"source must be a file name (str), got {source!r}")
-        if streamer_factory is not None:
-            raise InvalidInputError("DiffusionGemma fill does not stream")
+        if streamer_factory is not None and not callable(streamer_factory):
+            raise InvalidInputError(f"streamer_factory must be callable, got {streamer_factory!r}")
         check_seed(seed)
         parts = text.split(marker)
         if len(parts) < 2 or len(parts) - 1 > MAX_HOLES:
@@ -116,6 +116,11 @@ class GemmaCodeModel(CodeModel):
         for i, after in enumerate(parts[1:]):
             rest = "".join([after, *parts[i + 2 :]])
             r, middle = self._middle(done, rest, length, seed + i, settings)
+            if streamer_factory is not None:  # the chosen length again, streamed: same middle
+                scores = r.scores
+                r, middle = self._middle(done, rest, r.length, seed + i, settings,
+                                         streamer_factory(r.length))  # fmt: skip
+                r.scores = scores
             spans.append((len(done), len(done) + len(middle)))
             done += middle + after
             middles.append(middle)

@@ -54,18 +54,29 @@ def _ids(name: str, value, lm) -> list[int]:
     return ids
 
 
-def _fill(lm, ctx, st, n, suffix, seed, eos_ids, watermark):
+def _fill(lm, ctx, st, n, suffix, seed, eos_ids, watermark, streamer=None, prefix=()):
     dev = lm.device
     mask = torch.tensor([[False] * n + [True] * len(suffix)], device=dev)
     ids = torch.tensor([[0] * n + suffix], dtype=torch.long, device=dev)
     gens = [torch.Generator(device=dev).manual_seed(seed)]
     active = torch.ones(1, dtype=torch.bool, device=dev)
+    draft = None
+    if streamer is not None:
+        head = torch.tensor(list(prefix), dtype=torch.long)
+        streamer.put(head[None])
+        put_draft = getattr(streamer, "put_draft", None)
+        if callable(put_draft):
+            draft = lambda a, i: put_draft(torch.cat([head, a[0, :n].cpu()])[None], step=i)  # noqa: E731
     out, steps, _ = denoise_canvas(lm, ctx, st, gens, active, eos_ids=eos_ids,
-                                   watermark=watermark, pinned=Pinned(mask, ids))  # fmt: skip
+                                   watermark=watermark, pinned=Pinned(mask, ids),
+                                   on_draft=draft)  # fmt: skip
     middle = out[0, :n].tolist()
     if st.eos.truncate and eos_ids:
         cut = next((i for i, t in enumerate(middle) if t in eos_ids), len(middle))
         middle = middle[:cut]
+    if streamer is not None:
+        streamer.put(torch.tensor([middle], dtype=torch.long))
+        streamer.end()
     return middle, int(steps[0])
 
 
@@ -96,9 +107,13 @@ def _score(lm, ctx: Context, middle: list[int], suffix: list[int], seed: int) ->
 
 def infill_gemma(lm, prefix, suffix, length: int | str = "auto", *, seed: int = 0,
                  candidates=DEFAULT_CANDIDATES, settings: GemmaSettings | None = None,
-                 watermark=None, **overrides) -> GemmaInfill:  # fmt: skip
+                 watermark=None, streamer=None, **overrides) -> GemmaInfill:  # fmt: skip
     """The middle between ``prefix`` ids (non-empty, e.g. BOS + text) and ``suffix`` ids:
-    ``length`` slots, or the best of ``candidates`` with ``length="auto"``."""
+    ``length`` slots, or the best of ``candidates`` with ``length="auto"``.
+
+    ``streamer`` (`mdiff.text.sampling.stream` interface) gets ``put(prefix)``, then
+    ``put_draft(prefix + slots, step=i)`` after every step and ``put(middle)`` at the end;
+    with ``"auto"`` the chosen length is re-run streamed (same seed, same middle)."""
     check_seed(seed)
     st = resolve_settings(settings, lm.generation_config, {**overrides, "seed": seed})
     prefix, suffix = _ids("prefix", prefix, lm), _ids("suffix", suffix, lm)
@@ -133,4 +148,7 @@ def infill_gemma(lm, prefix, suffix, length: int | str = "auto", *, seed: int = 
         best = max(lengths, key=lambda n: (scores[n], -n))
     else:
         best = lengths[0]
+    if streamer is not None:
+        runs[best] = _fill(lm, ctx, st, best, suffix, seed, eos_ids, watermark, streamer, prefix)
+        nfe += runs[best][1]
     return GemmaInfill(runs[best][0], best, nfe, scores, {**st.to_dict(), "length": length})
