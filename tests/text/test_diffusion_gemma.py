@@ -79,7 +79,7 @@ def reference(lm, prompt, seed, **kw):
     if eb is not None:
         kw["sampler_config"] = EntropyBoundSamplerConfig(entropy_bound=eb)
     torch.manual_seed(seed)
-    return lm.model.generate(torch.tensor([prompt]), **kw)
+    return lm.model.generate(torch.tensor([prompt], device=lm.device), **kw)
 
 
 # ---- loader -------------------------------------------------------------------------------------
@@ -212,3 +212,17 @@ def test_padded_batch_rows_equal_solo_runs(fixture, request):
     ids = batch.sequences[:, :width]
     again = generate_gemma(lm, ids, attention_mask=batch.attention_mask[:, :width], seed=10, **kw)
     assert torch.equal(again.sequences, batch.sequences)
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_parity_bf16(device):
+    """bf16 weights (self-conditioning logits kept in the embeddings' dtype, as generate does);
+    on CUDA too (per-row CUDA generators vs the seeded default one) when a GPU is present."""
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip("no CUDA")
+    for scale in (1.0, 30.0):
+        lm = DiffusionGemmaLM(build(scale=scale).to(device=device, dtype=torch.bfloat16))
+        kw = dict(max_new_tokens=16, max_denoising_steps=6, confidence_threshold=1.0)
+        ref = reference(lm, PROMPT, 2, **kw)
+        ours = generate_gemma(lm, [PROMPT], seed=2, **kw)
+        assert ours.sequences.tolist() == ref.sequences.tolist()
