@@ -19,7 +19,14 @@ sequence. What it passes and undoes:
   hidden state i − 1; per row ``aligned[i] = raw[i − 1]``, except at the row's first real
   token, which reuses its own ``raw[i]`` as Dream does at position 0 (never a pad slot's).
 
-Adapters have no KV cache (`supports_cache=False`). Eval mode and `torch.no_grad()` are the
+KV cache (`mdiff.text.model.hf_cache`): ``spec.supports_cache`` is True, and ``new_cache()``
+gives an `HFCache` over transformers' `DynamicCache`, for Llama / Qwen2-architecture decoders
+run bidirectional or block-causal through the 4-D mask (keys stored rotated at absolute
+positions): the exact block cache for block-causal specs, Fast-dLLM's approximate prefix and
+dual caches for bidirectional ones. Every other model keeps ``supports_cache=False``, the reason
+in ``adapter.cache_unsupported``: absolute position embeddings (BERT, RoBERTa) or no
+``position_ids`` (LLaDA's signature) tie a key to its slot; a causal spec is the AR baseline;
+sliding-window layers evict keys by slot. Eval mode and `torch.no_grad()` are the
 caller's choice. Special ids: LLaDA (mask 126336, EOS 126081, EoT 126348, no shift) and Dream
 (mask 151666, shift 1) — see research/text-diffusion.md; a masked LM (BERT, ModernBERT) takes
 its ids from its tokenizer. `mdiff.text.model.loaders` picks the spec of a saved folder.
@@ -36,6 +43,7 @@ import torch
 from torch import Tensor, nn
 
 from mdiff.errors import InvalidInputError
+from mdiff.text.model.hf_cache import HFCache, cache_kwarg, cache_unsupported, cached_forward
 from mdiff.text.model.spec import DenoiserSpec
 
 __all__ = ["HFAdapter", "dream_spec", "from_masked_lm", "llada_spec", "native_attention"]
@@ -51,7 +59,6 @@ class HFAdapter(nn.Module):
         if not isinstance(spec, DenoiserSpec):
             raise InvalidInputError(f"spec must be a DenoiserSpec, got {type(spec).__name__}")
         self.model = model
-        self._spec = dataclasses.replace(spec, supports_cache=False)
         params = inspect.signature(model.forward).parameters
         self._accepts = {p for p in ("attention_mask", "position_ids", "use_cache") if p in params}
         self.native = native_attention(model)
@@ -65,6 +72,9 @@ class HFAdapter(nn.Module):
             )
         self.position_offset = _position_offset(model)
         self._bool_mask = impl == "sdpa"  # SDPA reads a bool mask (4× smaller); eager adds it
+        self.cache_unsupported = cache_unsupported(model, spec, self._accepts, self.mask_4d)
+        self._cache_kwarg = cache_kwarg(model)
+        self._spec = dataclasses.replace(spec, supports_cache=self.cache_unsupported is None)
 
     @property
     def spec(self) -> DenoiserSpec:
@@ -84,10 +94,14 @@ class HFAdapter(nn.Module):
         cache_at: int | None = None,
     ) -> Tensor:
         """input_ids (B, L) -> logits (B, L, V), logits[:, i] scoring the token at i."""
-        if cache is not None or cache_at is not None:
-            raise InvalidInputError("transformers adapters have no KV cache (supports_cache=False)")
         if not isinstance(input_ids, Tensor) or input_ids.dim() != 2 or input_ids.numel() == 0:
             raise InvalidInputError("input_ids must be a non-empty (B, L) tensor")
+        if cache is not None:
+            if self.cache_unsupported is not None:
+                raise InvalidInputError(f"no KV cache: {self.cache_unsupported}")
+            return cached_forward(self, input_ids, attention_mask, position_ids, cache, cache_at)
+        if cache_at is not None:
+            raise InvalidInputError("cache_at needs a cache")
         b, n = input_ids.shape
         real = None
         if attention_mask is not None:
@@ -135,7 +149,9 @@ class HFAdapter(nn.Module):
             kwargs["attention_mask"] = real.to(torch.long)  # (B, L), 1 = real token
         if positions is not None:
             kwargs["position_ids"] = positions + self.position_offset  # (B, L)
-        out = self.model(input_ids=ids, **kwargs)
+        return self._check_logits(self.model(input_ids=ids, **kwargs), b, n)
+
+    def _check_logits(self, out, b: int, n: int) -> Tensor:
         logits = getattr(out, "logits", None)
         if not isinstance(logits, Tensor) or logits.shape[:2] != (b, n):
             raise InvalidInputError("the wrapped model must return .logits of shape (B, L, V)")
@@ -146,22 +162,52 @@ class HFAdapter(nn.Module):
         return logits
 
     def _mask(self, real, positions, b: int, n: int, device) -> Tensor:
-        """(B, 1, L, L): True where query i may read key j (SDPA), else additive (0 / the
-        dtype's min; eager)."""
+        """(B, 1, L, L) mask over the canvas itself (see `as_mask`)."""
         keys = torch.ones(b, n, dtype=torch.bool, device=device) if real is None else real
         pos = torch.arange(n, device=device).expand(b, n) if positions is None else positions
-        allowed = keys[:, None, :].expand(b, n, n)
-        if self._spec.attention == "causal":
-            allowed = allowed & (pos[:, None, :] <= pos[:, :, None])
-        elif self._spec.attention == "block_causal":
-            blk = torch.div(pos, int(self._spec.block_size), rounding_mode="floor")
-            allowed = allowed & (blk[:, None, :] <= blk[:, :, None])
+        allowed = self.allowed(pos, pos, keys)
         allowed = allowed | torch.eye(n, dtype=torch.bool, device=device)  # no empty row
+        return self.as_mask(allowed)
+
+    def allowed(self, q_pos: Tensor, k_pos: Tensor, k_ok: Tensor) -> Tensor:
+        """(B, Lq, Lk) bool: query i (position q_pos (B, Lq)) may read key j (position k_pos,
+        non-padding k_ok, both (B, Lk)) under the spec's attention rule."""
+        b, lq, lk = q_pos.shape[0], q_pos.shape[1], k_pos.shape[1]
+        allowed = k_ok[:, None, :].expand(b, lq, lk)
+        if self._spec.attention == "causal":
+            allowed = allowed & (k_pos[:, None, :] <= q_pos[:, :, None])
+        elif self._spec.attention == "block_causal":
+            size = int(self._spec.block_size)
+            qb = torch.div(q_pos, size, rounding_mode="floor")
+            kb = torch.div(k_pos, size, rounding_mode="floor")
+            allowed = allowed & (kb[:, None, :] <= qb[:, :, None])
+        return allowed
+
+    def as_mask(self, allowed: Tensor) -> Tensor:
+        """(B, Lq, Lk) bool -> (B, 1, Lq, Lk): True where a query may read a key (SDPA), else
+        additive (0 / the dtype's min; eager)."""
         if self._bool_mask:
             return allowed[:, None]
         dtype = _float_dtype(self.model)
-        zero = torch.zeros((), dtype=dtype, device=device)
+        zero = torch.zeros((), dtype=dtype, device=allowed.device)
         return torch.where(allowed, zero, torch.finfo(dtype).min)[:, None]
+
+    # ---- KV cache (mdiff.text.model.hf_cache) -----------------------------------------------
+
+    def new_cache(self) -> HFCache:
+        """An empty cache for this model (only when ``spec.supports_cache``)."""
+        if self.cache_unsupported is not None:
+            raise InvalidInputError(f"no KV cache: {self.cache_unsupported}")
+        return HFCache()
+
+    def run_with_cache(self, ids: Tensor, allowed: Tensor, positions: Tensor, kv) -> Tensor:
+        """One forward reading and extending the `DynamicCache` kv: raw logits (B, Lq, V);
+        ``allowed`` (B, Lq, Lc + Lq) over [cached keys ; new keys]."""
+        b, n = ids.shape
+        kwargs = {self._cache_kwarg: kv, "use_cache": True}
+        out = self.model(input_ids=ids, attention_mask=self.as_mask(allowed),
+                         position_ids=positions + self.position_offset, **kwargs)  # fmt: skip
+        return self._check_logits(out, b, n)
 
 
 def native_attention(model: nn.Module) -> str | None:
