@@ -3,7 +3,8 @@
 `ModelRunner.logits(x, s, e, fresh)` returns the guided logits (B, e − s, V) of window [s, e) of
 the canvas x (B, L) and counts one model forward. Cache modes:
 
-    none    every step runs the whole canvas (LLaDA; future blocks just stay masked)
+    none    every step runs the whole canvas (LLaDA; future blocks just stay masked); a
+            block-causal model only [0, e), what the window's blocks can see
     exact   block-causal models (BD3-LM): the cache holds the finished blocks [0, s). A step
             feeds [cache end, e): the first step of a block also carries the clean blocks
             finished since, which are committed (then the cache is cropped to s), so a finished
@@ -66,6 +67,7 @@ class ModelRunner:
                  fixed: Tensor, guidance: float = 1.0, guidance_method: str = "cfg",
                  measure_drift: bool = False):  # fmt: skip
         self.model, self.mask_id, self.mode = model, spec.mask_id, mode
+        self.upto = spec.attention == "block_causal"  # uncached: run [0, e) only
         self.real = None if bool(real.all()) else real
         self.positions, self.fixed = positions, fixed
         self.w, self.method, self.guided = float(guidance), guidance_method, guidance != 1
@@ -82,9 +84,10 @@ class ModelRunner:
         self.nfe += 1
         approx = self.mode in ("prefix", "dual")
         if self.mode == "none":
+            end = e if self.upto else L  # block-causal: slots ≥ e are in later blocks, unseen
             if rows is None or rows.numel() == x.shape[0]:
-                return self._guide(self._call(x, 0, L))[:, s:e]
-            part = self._guide(self._call(x, 0, L, rows=rows))[:, s:e]
+                return self._guide(self._call(x, 0, end))[:, s:e]
+            part = self._guide(self._call(x, 0, end, rows=rows))[:, s:e]
             out = part.new_zeros((x.shape[0], *part.shape[1:]))
             out[rows] = part
             return out

@@ -165,12 +165,16 @@ class _Run:
         return self._output()
 
     def _window(self, g, stepping: Tensor) -> tuple[int, int]:
-        L = self.x.shape[1]
+        L, bl, o = self.x.shape[1], self.lay.block_length, self.lay.origin
+        if self.spec.attention == "block_causal":  # slot blocks; rows apart: their span
+            if g is None:
+                cur = self.cur[stepping]
+                first = o if self.literal else o + int(cur.min()) * bl
+                return first, min(o + (int(cur.max()) + 1) * bl, L)
+            s = o + g * bl
+            return s, min(s + bl, L)
         if g is None:
             return 0, L
-        if self.spec.attention == "block_causal":
-            s = self.lay.origin + g * self.lay.block_length
-            return s, min(s + self.lay.block_length, L)
         cols = ((self.lay.blocks == g) & stepping[:, None]).any(0).nonzero().squeeze(1)
         return int(cols.min()), int(cols.max()) + 1
 
