@@ -50,7 +50,8 @@ def register(commands) -> None:
         "fim", "fill-in-the-middle exact match on held-out code (fixed / true / auto length)",
         run_eval_fim, _eval_fim,
         description="Cut single- or multi-line holes from the model's held-out files (or "
-        "--corpus) and report exact match per length mode, tokens per forward and tokens/s.",
+        "--corpus), or from every file of your own code (--files DIR, by --ext), and report "
+        "exact match per length mode, tokens per forward and tokens/s.",
     )  # fmt: skip
     commands.group("train").add(
         "text", "train a text model on code (masked / block diffusion or the AR FIM baseline)",
@@ -86,7 +87,13 @@ def _complete(p: argparse.ArgumentParser) -> None:
 def _eval_fim(f: argparse.ArgumentParser) -> None:
     f.add_argument("--model", default="code-tiny", help="built-in name or model folder")
     f.add_argument("--ar", metavar="MODEL", help="also score this autoregressive FIM baseline")
-    f.add_argument("--corpus", help="folder of sources (default: the model's held-out files)")
+    src = f.add_mutually_exclusive_group()
+    src.add_argument("--corpus", help="folder of sources whose held-out split is used "
+                     "(default: the standard library's)")  # fmt: skip
+    src.add_argument("--files", metavar="DIR", help="cut holes from every file of this folder "
+                     "(recursively; binary, non-UTF-8 and files over 1 MiB skipped)")  # fmt: skip
+    f.add_argument("--ext", default=".py", help="with --files: file extensions, comma list "
+                   "(default .py; e.g. .py,.js,.rs)")  # fmt: skip
     f.add_argument("--kind", choices=["single", "multi"], default="single")
     f.add_argument("-n", type=int, default=50, help="number of tasks (default 50)")
     f.add_argument("--modes", default="fixed,true,auto", help="comma list of fixed,true,auto")
@@ -245,6 +252,24 @@ def _write_stdout(text: str) -> None:
         raise write_error("standard output", e) from None
 
 
+def _fim_sources(args: argparse.Namespace):
+    """``(files, root, skipped)`` for `mdiff eval fim`: ``--files DIR`` (every file, by
+    ``--ext``) or the held-out split of ``--corpus`` (default: the standard library)."""
+    from mdiff.text.data import Corpus
+    from mdiff.text.fim.tasks import source_files
+
+    if args.files:
+        exts = [e.strip() for e in args.ext.split(",") if e.strip()]
+        if not exts:
+            raise InvalidInputError(f"--ext needs file extensions, got {args.ext!r}")
+        exts = tuple(e if e.startswith(".") else "." + e for e in exts)
+        files, skipped = source_files(args.files, exts)
+        return files, Path(args.files), skipped
+    corpus = Corpus.from_folder(args.corpus) if args.corpus else Corpus.from_folder()
+    files = [(f, t) for f in corpus.heldout_files if (t := corpus.read(f)) is not None]
+    return files, corpus.root, {}
+
+
 def run_eval_fim(args: argparse.Namespace) -> int:
     """`mdiff eval fim`: exact match per length mode on held-out code (`mdiff.text.fim.eval`)."""
     import json
@@ -252,7 +277,6 @@ def run_eval_fim(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from mdiff.record import check_seed
-    from mdiff.text.data import Corpus
     from mdiff.text.fim.eval import MODES, evaluate_ar_fim, evaluate_fim
     from mdiff.text.fim.tasks import make_tasks
     from mdiff.text.pipeline import CodeModel
@@ -268,16 +292,16 @@ def run_eval_fim(args: argparse.Namespace) -> int:
     check_seed(args.seed, "--seed")
     settings = {"schedule": args.schedule, "threshold": args.threshold}
     GenerationConfig(**settings)  # refuses bad settings before any work
-    corpus = Corpus.from_folder(args.corpus) if args.corpus else Corpus.from_folder()
-    files = [(f, t) for f in corpus.heldout_files if (t := corpus.read(f)) is not None]
+    files, root, skipped = _fim_sources(args)
     tasks = make_tasks(files, args.kind, args.n, args.seed)
     if not tasks:
-        raise InvalidInputError(f"no {args.kind}-line tasks could be cut from {corpus.root}")
+        raise InvalidInputError(f"no {args.kind}-line tasks could be cut from {root}")
     cm = CodeModel.from_pretrained(args.model)
     heal = not args.no_heal
     bar = tqdm(total=len(tasks) * len(modes), desc="fim", file=sys.stderr, leave=False)
     report = {"model": args.model, "kind": args.kind, "tasks": len(tasks),
-              "settings": {**settings, "heal": heal}}  # fmt: skip
+              "settings": {**settings, "heal": heal},
+              "source": {"root": str(root), "files": len(files), "skipped": skipped}}  # fmt: skip
     report["modes"] = evaluate_fim(
         cm.model, cm.tokenizer, tasks, modes=modes, fixed_length=args.fixed_length,
         seed=args.seed, progress=lambda *_: bar.update(), context=cm.context, heal=heal,
@@ -294,7 +318,10 @@ def run_eval_fim(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
-    print(f"{args.model}: {len(tasks)} held-out {args.kind}-line tasks from {corpus.root}")
+    what = "" if args.files else " held-out"
+    skips = "".join(f", {n} {r}" for r, n in sorted(skipped.items()))
+    print(f"{args.model}: {len(tasks)}{what} {args.kind}-line tasks from {root} "
+          f"({len(files)} files{skips and ' used; skipped' + skips[1:]})")  # fmt: skip
     rows = [(f"diffusion, {m} length", r) for m, r in report["modes"].items()]
     rows += [("autoregressive baseline", report["ar"])] if "ar" in report else []
     for name, r in rows:

@@ -2,6 +2,8 @@
 
 A task is ``FIMTask(task_id, prefix, middle, suffix)``; a completion replaces ``middle``.
 
+- ``source_files(root, exts)`` reads every file of a folder of code (recursively, by
+  extension; binary, non-UTF-8 and huge files skipped and counted) for ``make_tasks``.
 - ``make_tasks(files, kind, n, seed)`` cuts tasks from source files deterministically:
   ``"single"`` removes one non-trivial line (its text after the indentation, so the model
   must produce the code, not the whitespace it can read off the neighbours), ``"multi"`` removes
@@ -37,7 +39,11 @@ __all__ = [
     "load_humaneval_infilling",
     "make_tasks",
     "pass_at_k",
+    "source_files",
 ]
+
+MAX_FILE_BYTES = 2**20  # larger files are skipped by source_files (generated code, data)
+SKIP_DIRS = frozenset({"__pycache__", "node_modules"})  # and every folder whose name starts "."
 
 
 @dataclass(frozen=True)
@@ -124,6 +130,56 @@ def make_tasks(files, kind: str = "single", n: int = 100, seed: int = 0) -> list
         if not added and rnd > 0:
             break
     return tasks
+
+
+def source_files(root, exts=(".py",), *, max_bytes: int = MAX_FILE_BYTES):
+    """``(files, skipped)``: every file under `root` (recursively; not inside a folder named
+    ``.*``, ``__pycache__`` or ``node_modules``) whose name ends in one of `exts`, as sorted
+    ``(relative POSIX path, text)`` pairs, and the count of files skipped per reason
+    (``"binary"``: a NUL byte; ``"not UTF-8"``; ``"too large"``: over `max_bytes`;
+    ``"unreadable"``). `InvalidInputError` when `root` is not a folder, or holds no file with
+    those extensions, or none of them is usable."""
+    root = Path(root)
+    if not root.is_dir():
+        raise InvalidInputError(
+            f"{root} is not a folder" if root.exists() else f"no such folder: {root}"
+        )
+    exts = tuple(e.lower() for e in exts)
+    found = sorted(
+        p for p in root.rglob("*")
+        if p.name.lower().endswith(exts) and p.is_file()
+        and not any(d.startswith(".") or d in SKIP_DIRS for d in p.relative_to(root).parts[:-1])
+    )  # fmt: skip
+    if not found:
+        raise InvalidInputError(f"no {'/'.join(exts)} files under {root}")
+    files, skipped = [], {}
+    for p in found:
+        reason, text = _read_code(p, max_bytes)
+        if reason:
+            skipped[reason] = skipped.get(reason, 0) + 1
+        else:
+            files.append((p.relative_to(root).as_posix(), text))
+    if not files:
+        why = ", ".join(f"{n} {r}" for r, n in sorted(skipped.items()))
+        raise InvalidInputError(f"none of the {len(found)} {'/'.join(exts)} files under {root} "
+                                f"is usable ({why})")  # fmt: skip
+    return files, skipped
+
+
+def _read_code(path: Path, max_bytes: int) -> tuple[str | None, str]:
+    """(why the file is skipped, or None; its text)."""
+    try:
+        if path.stat().st_size > max_bytes:
+            return "too large", ""
+        data = path.read_bytes()
+    except OSError:
+        return "unreadable", ""
+    if b"\0" in data:
+        return "binary", ""
+    try:
+        return None, data.decode("utf-8")
+    except UnicodeDecodeError:
+        return "not UTF-8", ""
 
 
 def _lines(text: str) -> list[str]:
