@@ -31,15 +31,21 @@ V, PAD, EOS, BOS = 96, 0, 1, 2
 PROMPT = [BOS, 5, 6, 7, 9]
 
 
-def build(canvas: int = 8, seed: int = 0, scale: float = 1.0) -> DiffusionGemmaForBlockDiffusion:
+def build(
+    canvas: int = 8,
+    seed: int = 0,
+    scale: float = 1.0,
+    window: int = 64,
+    layers=("sliding_attention", "full_attention"),
+) -> DiffusionGemmaForBlockDiffusion:
     """A 2-layer MoE DiffusionGemma (one sliding, one full layer); ``scale`` multiplies the tied
     embedding / LM head so its logits are confident (low entropy: the adaptive stop fires)."""
     torch.manual_seed(seed)
     text = DiffusionGemmaTextConfig(
-        vocab_size=V, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        vocab_size=V, hidden_size=32, intermediate_size=64, num_hidden_layers=len(layers),
         num_attention_heads=2, num_key_value_heads=1, head_dim=16, global_head_dim=16,
-        sliding_window=64, num_experts=4, top_k_experts=2, moe_intermediate_size=16,
-        layer_types=["sliding_attention", "full_attention"], pad_token_id=PAD,
+        sliding_window=window, num_experts=4, top_k_experts=2, moe_intermediate_size=16,
+        layer_types=list(layers), pad_token_id=PAD,
         eos_token_id=EOS, bos_token_id=BOS,
     )  # fmt: skip
     config = DiffusionGemmaConfig(text_config=text, vision_config=None, canvas_length=canvas,
@@ -226,3 +232,20 @@ def test_parity_bf16(device):
         ref = reference(lm, PROMPT, 2, **kw)
         ours = generate_gemma(lm, [PROMPT], seed=2, **kw)
         assert ours.sequences.tolist() == ref.sequences.tolist()
+
+
+def test_sliding_window_shorter_than_the_context():
+    """Sliding layers keep only the last ``sliding_window`` keys: parity, the exact cache and
+    batch invariance hold when the context outgrows the window."""
+    lm = DiffusionGemmaLM(build(window=6, layers=("sliding_attention",) * 2 + ("full_attention",)))
+    prompt = [BOS, *range(10, 22)]
+    kw = dict(max_new_tokens=24, max_denoising_steps=4)
+    ours = generate_gemma(lm, [prompt], seed=3, **kw)
+    assert ours.sequences.tolist() == reference(lm, prompt, 3, **kw).sequences.tolist()
+    assert torch.equal(generate_gemma(lm, [prompt], seed=3, cache=False, **kw).sequences,
+                       ours.sequences)  # fmt: skip
+    rows = [prompt, [BOS, 5], prompt[:9]]
+    batch = generate_gemma(lm, rows, seed=3, **kw)
+    for b, r in enumerate(rows):
+        solo = generate_gemma(lm, [r], seed=3 + b, **kw)
+        assert solo.sequences[0, len(r) :].tolist() == batch.sequences[b, len(prompt) :].tolist()

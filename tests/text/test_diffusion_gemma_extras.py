@@ -226,3 +226,10 @@ def test_fim_streams_prefix_drafts_and_middle(flat):
     assert all(d[: len(PROMPT)] == PROMPT and len(d) == len(PROMPT) + plain.length
                for _, d in sink.drafts)  # fmt: skip
     assert sink.drafts[-1][1][len(PROMPT) :] == plain.middle
+
+
+def test_the_masked_sampler_refuses_it_clearly(flat):
+    from mdiff.text.sampling.sampler import generate
+
+    with pytest.raises(InvalidInputError, match="generate_gemma"):
+        generate(flat, [PROMPT], gen_length=8)

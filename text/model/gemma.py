@@ -87,6 +87,15 @@ class DiffusionGemmaLM(nn.Module):
         eos = text.eos_token_id if eos is None else eos
         self.eos_ids = tuple(int(i) for i in ([] if eos is None else _as_list(eos)))
 
+    @property
+    def spec(self):
+        """No `DenoiserSpec`: the masked sampler cannot drive a uniform-state model."""
+        raise InvalidInputError(
+            "DiffusionGemma is a uniform-state block-diffusion model (no [MASK] token): run it "
+            "with mdiff.text.sampling.gemma_runner.generate_gemma (gemma_fim.infill_gemma), or "
+            "CodeModel.from_pretrained(folder), not the masked sampler"
+        )
+
     @staticmethod
     def code_model_class():
         """The `CodeModel` subclass that drives this model (`CodeModel.from_pretrained`)."""
