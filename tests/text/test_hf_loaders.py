@@ -5,6 +5,7 @@ Tiny random models and an offline word-level tokenizer, saved by transformers it
 import json
 import sys
 import types
+from dataclasses import replace
 
 import pytest
 import torch
@@ -76,7 +77,7 @@ def test_llama_folder_with_a_mask_token_is_llada_style(tmp_path):
         loaded.summary == f"{folder}: llama architecture, spec llada (mask {MASK}, bidirectional)"
     )
     spec = loaded.model.spec
-    assert spec == llada_spec(V, MASK, (EOS,), PAD, BOS)
+    assert spec == replace(llada_spec(V, MASK, (EOS,), PAD, BOS), supports_cache=True)  # hf_cache
     x, _ = probe()
     ref = HFAdapter(lm.eval(), spec)(x)  # the same weights, wrapped by hand
     assert torch.equal(loaded.model(x), ref) and loaded.model.mask_4d
@@ -87,7 +88,7 @@ def test_llama_folder_with_a_mask_token_is_llada_style(tmp_path):
 def test_qwen2_and_dream_folders_are_dream_style(tmp_path):
     lm = qwen2()
     plain = loaders.load_transformers(save(tmp_path, "qwen2", lm))
-    assert plain.model.spec == dream_spec(V, MASK, (EOS,), PAD, BOS)
+    assert plain.model.spec == replace(dream_spec(V, MASK, (EOS,), PAD, BOS), supports_cache=True)
 
     def as_dream(cfg):  # Dream's config: its own model_type, mask id in the config
         cfg.update(model_type="Dream", architectures=["DreamModel"], mask_token_id=MASK)
