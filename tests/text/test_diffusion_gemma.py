@@ -249,3 +249,22 @@ def test_sliding_window_shorter_than_the_context():
     for b, r in enumerate(rows):
         solo = generate_gemma(lm, [r], seed=3 + b, **kw)
         assert solo.sequences[0, len(r) :].tolist() == batch.sequences[b, len(prompt) :].tolist()
+
+
+def test_generation_config_eos_is_the_default_policy(tmp_path):
+    """A folder whose generation_config.json names EOS and pad: our defaults stop and pad
+    exactly where the model's own generate (called with no settings) does."""
+    free = generate_gemma(DiffusionGemmaLM(build()), [PROMPT], seed=5, max_new_tokens=32,
+                          max_denoising_steps=6).sequences[0, len(PROMPT) :].tolist()  # fmt: skip
+    eos = next(t for t in free[8:16] if t not in free[:8])
+    model = build()
+    model.generation_config = DiffusionGemmaGenerationConfig(
+        max_new_tokens=32, max_denoising_steps=6, eos_token_id=eos, pad_token_id=PAD
+    )
+    model.save_pretrained(tmp_path)
+    lm = load_diffusion_gemma_model(tmp_path)
+    assert lm.eos_ids == (eos,)
+    ref = reference(lm, PROMPT, 5)
+    ours = generate_gemma(lm, [PROMPT], seed=5)
+    assert ours.sequences.tolist() == ref.sequences.tolist()
+    assert ours.sequences.shape[1] == len(PROMPT) + 16  # stopped after the EOS canvas

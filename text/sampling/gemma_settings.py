@@ -8,7 +8,9 @@ temperature schedule ``t_min``..``t_max`` (step n of N, counted down, divides th
 unchanged argmax canvas AND mean entropy < ``confidence_threshold``; either None = no stop).
 Ours: ``eos`` (an `EOSPolicy`: ``forbid`` / ``penalty`` act on the logits; ``stop`` ends a
 row after a canvas holding EOS; ``truncate`` pads after its first EOS — the model's own
-behaviour with ``eos_token_id`` and ``pad_token_id`` set is ``stop=True, truncate=True``),
+behaviour with ``eos_token_id`` and ``pad_token_id`` set is ``stop=True, truncate=True``, the
+default when its generation config names them; ``max_length`` is not read, give
+``max_new_tokens``),
 ``seed`` (row b draws from ``seed + b``) and ``cache`` (False re-encodes the whole context at
 every canvas: the reference the exact cache is measured against).
 """
@@ -69,8 +71,9 @@ class GemmaSettings:
         if self.stability_threshold is not None:
             _count("stability_threshold", self.stability_threshold, None, low=0)
         _real("entropy_bound", self.entropy_bound, lambda v: v > 0, "> 0")
-        _real("t_min", self.t_min, lambda v: v > 0, "> 0")
-        _real("t_max", self.t_max, lambda v: v >= self.t_min, f"≥ t_min ({self.t_min})")
+        _real("t_min", self.t_min, lambda v: v >= 0, "≥ 0")
+        _real("t_max", self.t_max, lambda v: v > 0 and v >= self.t_min,
+              f"> 0 and ≥ t_min ({self.t_min})")  # fmt: skip
         if self.confidence_threshold is not None:
             _real("confidence_threshold", self.confidence_threshold, lambda v: v > 0, "> 0")
         if self.seed is not None:
@@ -111,6 +114,8 @@ def _from_generation_config(gc) -> dict:
     sampler = getattr(gc, "sampler_config", None)
     if sampler is not None and getattr(sampler, "entropy_bound", None) is not None:
         out["entropy_bound"] = sampler.entropy_bound
+    if getattr(gc, "eos_token_id", None) is not None:  # generate stops there, pads if it can
+        out["eos"] = EOSPolicy(stop=True, truncate=getattr(gc, "pad_token_id", None) is not None)
     return out
 
 
