@@ -112,6 +112,11 @@ def test_view_ids_and_bytes_come_from_the_tokenizer(tok):
                and len(b) < 2 + (b[0] >= 0xE0) + (b[0] >= 0xF0)]  # fmt: skip
     assert partial  # a token that ends inside a UTF-8 character keeps its exact bytes
     assert tok.decode(partial[:1]).endswith("\ufffd")
+    from mdiff.text.model.loaders import HFTokenizer
+
+    wrapped = token_view(HFTokenizer(tok, len(tok)))  # what CodeModel.from_pretrained gives
+    assert wrapped.table == view.table and wrapped.mask_id == view.mask_id
+    assert wrapped.encode("a <|mask|> b") == view.encode("a <|mask|> b")
 
 
 def test_healing_gives_the_whole_texts_tokens_at_the_seam(tok):
@@ -132,6 +137,7 @@ def test_healing_gives_the_whole_texts_tokens_at_the_seam(tok):
         head = carry.encode("utf-8")
         ok = {i for i, b in enumerate(view.table) if b is not None and b.startswith(head)}
         assert set(allowed.nonzero()[:, 0].tolist()) == ok
+    print(f"seam: {healed}/300 cuts healed, all whole-text tokens; unhealed wrong {plain_wrong}")
     assert healed >= 100 and plain_wrong >= 100  # without healing the seam is often wrong
 
 
@@ -152,6 +158,7 @@ def test_oracle_infill_is_byte_exact_for_random_cuts(tok):
         hits += r.middle == m
         if heal(tok, p)[2] is not None:
             assert r.middle == m  # the healed hole holds the whole text's own tokens
+    print(f"oracle: {hits}/{len(cases)} middles exact")
     assert hits >= len(cases) - 3
 
 
@@ -203,3 +210,14 @@ def test_random_models_splice_byte_exactly(tok, length):
     assert out.startswith("x = ") and out.endswith("'\n") and len(results) == 2
     for r in results:
         assert out[r.span[0] : r.span[1]] == r.middle
+
+
+def test_auto_length_finds_the_true_length_with_healing(tok):
+    cases = [("import o", "s\n", "print(1)\n"), ("def café(x):\n    retu", "rn x", "\n"),
+             ("s = 'naïve ", "😀'", "\n")]  # fmt: skip
+    model = WholeTextOracle(tok, cases)
+    assert [heal(tok, p)[1] for p, _, _ in cases[:2]] == [" o", " retu"]
+    for p, m, s in cases:
+        r = infill(model, tok, p, s, "auto", candidates=range(1, 12))
+        assert (r.middle, r.length) == (m, true_length(tok, p, m))
+        assert max(r.scores, key=r.scores.get) == r.length

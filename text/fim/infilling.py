@@ -13,7 +13,14 @@ independently, so a batch of inputs works (rows = inputs × candidates).
 
 Token healing (``heal=True``, `sampling.heal`): a prefix that ends in a space or inside a word
 gives that tail to the hole, whose first token must then start with it; the tail is cut from
-the middle again. ``length`` counts the hole's tokens, the healed one included.
+the middle again. ``length`` counts the hole's tokens, the healed one included. With a
+byte-level BPE (ours, GPT-2, Qwen2) this works on bytes and the context keeps the tokens the
+whole text would have.
+
+Tokenizers (`sampling.token_bytes`): ours, a transformers tokenizer (or the loaders' wrapper),
+or any with ``encode``/``decode``. Special ids and the mask token come from the tokenizer; a
+model whose ``spec.mask_id`` is not the tokenizer's mask token is refused. The user's text is
+encoded with special tokens' spellings as plain text (``"<|mask|>"`` in code stays code).
 
 Several holes: ``fill(model, tok, text, marker="<FILL>")`` fills every marker of one file; holes
 are filled left to right, each seeing the holes before it filled and the text after it with the
