@@ -236,3 +236,18 @@ def test_left_padded_batch_equals_single_rows(kind, mode, attention, shift):
     for b, row in enumerate(ROWS):
         alone = generate(a, [row], generators=[torch.Generator().manual_seed(5 + b)], **cfg)
         assert torch.equal(batch.sequences[b, -16:], alone.sequences[0, -16:]), (b, mode)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("kind", ["llama", "qwen2"])
+def test_blocks_of_one_token_equal_the_models_own_causal_forward(kind):
+    """An oracle outside our mask code: block-causal with blocks of 1 is causal attention, so the
+    cached read equals the model's own causal logits (transformers' mask and positions)."""
+    a = adapter(kind, "block_causal", block=1)
+    x = torch.randint(4, V, (2, 12), generator=torch.Generator().manual_seed(4))
+    own = a.model(input_ids=x).logits
+    cache = a.new_cache()
+    for s, e in ((0, 5), (5, 8), (8, 12)):  # committed chunk by chunk
+        got = a(x[:, s:e], cache=cache)
+        cache.commit()
+        assert float((got - own[:, s:e]).abs().max()) <= 1e-5
