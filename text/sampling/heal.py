@@ -70,9 +70,9 @@ def _token_texts(tokenizer) -> list[str]:
         return _TEXTS[tokenizer]
     except (KeyError, TypeError):
         pass
-    special = set(getattr(tokenizer, "special_ids", {}).values())
-    size = getattr(tokenizer, "vocab_size", 0)  # none: no healing
-    texts = ["" if i in special else tokenizer.decode([i]) for i in range(size)]
+    view = token_view(tokenizer)
+    size = len(view.hf) if view.hf is not None else getattr(tokenizer, "vocab_size", 0)
+    texts = ["" if i in view.special else view.decode([i]) for i in range(size)]  # 0: no heal
     with contextlib.suppress(TypeError):  # not weak-referenceable: recomputed per call
         _TEXTS[tokenizer] = texts
     return texts
