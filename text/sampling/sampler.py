@@ -242,16 +242,22 @@ class _Run:
         if rows.numel() == 0:
             return prop, sc
         lg = R.filter_logits(proc[rows, cols], cfg.top_k, cfg.top_p)  # (N, V)
-        p, noise = U.propose_rows(lg, cand.sum(1).tolist(), self.gens, cfg.temperature,
-                                  noise=cfg.score == "random")  # fmt: skip
+        if cfg.temperature == 0 and cfg.score != "random" and (cfg.top_p or 1) >= 1:
+            p, noise = prop[rows, cols], None  # top-k keeps every maximum: the same argmax
+        else:
+            p, noise = U.propose_rows(lg, cand.sum(1).tolist(), self.gens, cfg.temperature,
+                                      noise=cfg.score == "random")  # fmt: skip
         if not self.literal and bool((p == self.mask_id).any()):
             raise InvalidInputError("the model gives no finite logit except [MASK] at a position")
-        sl = cfg.eos.score_logits(lg, self.eos_ids)
         prop[rows, cols] = p
         kind = "neg_entropy" if cfg.schedule == "entropy" else cfg.score
-        vals = cfg.eos.defer_scores(R.score(kind, sl, p, noise), p, self.eos_ids)
-        if editable is not None:
-            ed = editable[rows, cols]
+        ed = None if editable is None else editable[rows, cols]
+        el = slice(None) if ed is None else ~ed  # the masks' scores; edits' below
+        sl = cfg.eos.score_logits(lg[el], self.eos_ids)
+        nz = None if noise is None else noise[el]
+        vals = torch.empty(p.shape, dtype=torch.float64, device=p.device)
+        vals[el] = cfg.eos.defer_scores(R.score(kind, sl, p[el], nz), p[el], self.eos_ids)
+        if ed is not None:
             vals[ed] = R.score("confidence", lg[ed], p[ed])
         sc[rows, cols] = vals
         return prop, sc
