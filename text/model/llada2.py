@@ -14,18 +14,22 @@ building that mask from the positions and the key padding:
 prompt starts at position 0 and blocks are absolute (the first generated block may hold the
 prompt's tail) and the model attends in blocks of ``block_length``, as in LLaDA 2's own
 ``generate``; steps per block are ``min(num_inference_steps, gen_length // minimal_topk)``.
-Greedy (temperature 0) only. The block-aligned tail past ``gen_length`` is generated but hidden
-as keys (the pipeline's 2-D mask; LLaDA 2's own ``generate`` shows it). Where it differs from the
-pipeline: [MASK] is never proposed (the pipeline's softmax and argmax include it); positions
-after an early-stopping EOS are EOS (the pipeline leaves [MASK]); and a row whose prompt holds
-an EOS can still stop early.
+Greedy (temperature 0) only. Speed: uncached, a step runs [prompt … current block] as the
+pipeline does; with the exact block KV cache (``cache="auto"``/``"exact"``, `LLaDA2Cache`: a
+transformers `DynamicCache` plus each cached slot's position and key flag, the 4-D mask built
+from positions) it feeds only the current block (its first step also the block just finished)
+against the finished blocks' keys — the same tokens. The block-aligned tail past
+``gen_length`` is generated but hidden as keys (the pipeline's 2-D mask; LLaDA 2's own
+``generate`` shows it). Where it differs from the pipeline: [MASK] is never proposed (the
+pipeline's softmax and argmax include it); positions after an early-stopping EOS are EOS (the
+pipeline leaves [MASK]); a row whose prompt holds an EOS can still stop early; without editing
+a block ends at its last mask (the pipeline runs one more forward, unused).
 """
 
 from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -41,32 +45,98 @@ __all__ = ["LLADA2_IDS", "LLaDA2Driver", "block_causal_mask", "llada2_config", "
 LLADA2_IDS = {"mask_id": 156895, "eos_id": 156892}  # LLaDA2.0 defaults (its generate's)
 
 
-def block_causal_mask(positions: Tensor, real: Tensor | None, block_size: int) -> Tensor:
-    """(B, 1, L, L) bool: query i sees key j when j is real and in block ≤ i's (and itself)."""
-    blk = torch.div(positions, block_size, rounding_mode="floor")  # (B, L)
-    see = blk[:, None, :] <= blk[:, :, None]  # (B, Lq, Lk)
+def block_causal_mask(positions: Tensor, real: Tensor | None, block_size: int,
+                      key_positions: Tensor | None = None) -> Tensor:  # fmt: skip
+    """(B, 1, Lq, Lk) bool: query i sees key j when j is real and in block ≤ i's (and itself).
+
+    ``positions`` (B, Lq) of the queries; ``key_positions`` (B, Lk) of the keys (default the
+    queries'), the queries being the last Lq keys; ``real`` (B, Lk) or None."""
+    kpos = positions if key_positions is None else key_positions
+    qblk = torch.div(positions, block_size, rounding_mode="floor")  # (B, Lq)
+    see = torch.div(kpos, block_size, rounding_mode="floor")[:, None, :] <= qblk[:, :, None]
     if real is not None:
         see = see & real.bool()[:, None, :]
-    eye = torch.eye(positions.shape[1], dtype=torch.bool, device=positions.device)
-    return (see | eye)[:, None]
+    lq, lk = positions.shape[1], kpos.shape[1]
+    see[:, torch.arange(lq), torch.arange(lk - lq, lk)] = True  # a padding query reads itself
+    return see[:, None]
+
+
+class LLaDA2Cache:
+    """The driver's KV cache (the sampler's contract, `mdiff.text.model.spec`): committed slots.
+
+    ``kv``: transformers' `DynamicCache` (per layer keys after RoPE and values, (B, H, Lc, D));
+    ``pos`` (B, Lc) and ``ok`` (B, Lc) bool: each committed slot's position and whether it is a
+    key at all (real and below the driver's ``key_limit``) — the mask is built from them. A
+    forward's new slots are staged: `commit` keeps them, `discard` drops them.
+    """
+
+    def __init__(self):
+        from transformers import DynamicCache
+
+        self.kv = DynamicCache()
+        self.pos: Tensor | None = None
+        self.ok: Tensor | None = None
+        self._staged: tuple[Tensor, Tensor] | None = None
+
+    @property
+    def length(self) -> int:
+        return 0 if self.pos is None else self.pos.shape[1]
+
+    def stage(self, pos: Tensor, ok: Tensor) -> None:
+        self._staged = (pos, ok)
+
+    def commit(self) -> None:
+        if self._staged is not None:
+            pos, ok = self._staged
+            first = self.pos is None
+            self.pos = pos if first else torch.cat([self.pos, pos], 1)
+            self.ok = ok if first else torch.cat([self.ok, ok], 1)
+            self._staged = None
+
+    def discard(self) -> None:
+        self._staged = None
+        self._trim()
+
+    def crop(self, n: int) -> None:
+        """Keep the first ``n`` committed slots."""
+        if self._staged is not None:
+            raise InvalidInputError("crop() with staged keys: call commit() or discard() first")
+        if not 0 <= n <= self.length:
+            raise InvalidInputError(f"cannot crop a cache of length {self.length} to {n}")
+        self.pos, self.ok = (None, None) if n == 0 else (self.pos[:, :n], self.ok[:, :n])
+        self._trim()
+
+    def _trim(self) -> None:
+        n = self.length
+        for layer in self.kv.layers:
+            if getattr(layer, "is_initialized", False) and layer.keys is not None:
+                layer.keys, layer.values = layer.keys[:, :, :n], layer.values[:, :, :n]
+
+    def __repr__(self) -> str:
+        return f"LLaDA2Cache(length={self.length}, staged={self._staged is not None})"
 
 
 class LLaDA2Driver(nn.Module):
-    """``driver(input_ids (B, L), attention_mask (B, L) bool, position_ids (B, L)) -> (B, L, V)``.
+    """``driver(input_ids (B, L), attention_mask (B, Lc + L) bool, position_ids (B, L),
+    cache=None) -> (B, L, V)``.
 
     ``additive``: pass the mask as 0 / finfo.min floats in the model's dtype (LLaDA 2's remote
     code, whose own ``generate`` passes ``log`` of a 0/1 mask to its SDPA path); otherwise as
     bool (transformers models).
     ``key_limit``: positions ≥ it are no key (LLaDA2Pipeline's block-aligned tail).
+    ``cache``: offer the exact block KV cache (`new_cache`, `LLaDA2Cache`) when the model's
+    ``forward`` takes a transformers cache (``cache`` or ``past_key_values``); the sampler then
+    runs only the current block's tokens against the finished blocks' keys.
     """
 
     def __init__(self, model: nn.Module, spec: DenoiserSpec, additive: bool = False,
-                 key_limit: int | None = None):  # fmt: skip
+                 key_limit: int | None = None, cache: bool = True):  # fmt: skip
         super().__init__()
         if not isinstance(spec, DenoiserSpec) or spec.attention != "block_causal":
             raise InvalidInputError("LLaDA2Driver needs a block_causal DenoiserSpec")
         self.model, self.additive, self.key_limit = model, additive, key_limit
-        self._spec = dataclasses.replace(spec, supports_cache=False)
+        self.cache_kwarg = _cache_kwarg(model) if cache else None
+        self._spec = dataclasses.replace(spec, supports_cache=self.cache_kwarg is not None)
 
     @property
     def spec(self) -> DenoiserSpec:
@@ -76,33 +146,58 @@ class LLaDA2Driver(nn.Module):
         """The same model attending in blocks of ``block_size`` (LLaDA 2's ``generate`` builds
         its mask from the run's ``block_length``), hiding keys at positions ≥ ``key_limit``."""
         spec = dataclasses.replace(self._spec, block_size=block_size)
-        return LLaDA2Driver(self.model, spec, self.additive, key_limit)
+        return LLaDA2Driver(
+            self.model, spec, self.additive, key_limit, self.cache_kwarg is not None
+        )
+
+    def new_cache(self) -> LLaDA2Cache:
+        if self.cache_kwarg is None:
+            raise InvalidInputError(f"{type(self.model).__name__}.forward takes no KV cache")
+        return LLaDA2Cache()
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None,
-                position_ids: Tensor | None = None, cache: Any = None,
+                position_ids: Tensor | None = None, cache: LLaDA2Cache | None = None,
                 cache_at: int | None = None) -> Tensor:  # fmt: skip
-        if cache is not None or cache_at is not None:
-            raise InvalidInputError("LLaDA2Driver has no KV cache (supports_cache=False)")
+        if cache_at is not None:
+            raise InvalidInputError("LLaDA2Driver has no dual cache (cache_at): use cache='exact'")
+        if cache is not None and not (isinstance(cache, LLaDA2Cache) and self.cache_kwarg):
+            raise InvalidInputError(f"cache must come from driver.new_cache(), got {cache!r}")
         if not torch.is_tensor(input_ids) or input_ids.dim() != 2 or input_ids.numel() == 0:
             raise InvalidInputError("input_ids must be a non-empty (B, L) tensor")
         b, n = input_ids.shape
-        for name, t in (("attention_mask", attention_mask), ("position_ids", position_ids)):
-            if t is not None and tuple(t.shape) != (b, n):
-                raise InvalidInputError(f"{name} must be (B, L) = {(b, n)}, got {tuple(t.shape)}")
+        lc = 0 if cache is None else cache.length
+        if lc and cache.pos.shape[0] != b:
+            raise InvalidInputError(f"batch of {b} rows, the cache holds {cache.pos.shape[0]}")
+        for name, t, want in (("attention_mask", attention_mask, (b, lc + n)),
+                              ("position_ids", position_ids, (b, n))):  # fmt: skip
+            if t is not None and tuple(t.shape) != want:
+                raise InvalidInputError(f"{name} must be {want}, got {tuple(t.shape)}")
+        dev = input_ids.device
         pos = position_ids
-        if pos is None:
-            pos = torch.arange(n, device=input_ids.device).expand(b, n)
-        real = attention_mask
+        pos = torch.arange(lc, lc + n, device=dev).expand(b, n) if pos is None else pos.long()
+        ok = torch.ones(b, n, dtype=torch.bool, device=dev)
+        if attention_mask is not None:
+            ok = attention_mask[:, lc:].bool()
         if self.key_limit is not None:
-            inside = pos < self.key_limit
-            real = inside if real is None else real.bool() & inside
-        mask = block_causal_mask(pos.long(), real, self._spec.block_size)
+            ok = ok & (pos < self.key_limit)
+        kpos, kok = pos, ok
+        if lc:
+            kpos, kok = torch.cat([cache.pos, pos], 1), torch.cat([cache.ok, ok], 1)
+        mask = block_causal_mask(pos, kok, self._spec.block_size, kpos)
         if self.additive:
             dtype = next(self.model.parameters()).dtype
             mask = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(
                 ~mask, torch.finfo(dtype).min
             )
-        out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=pos.long())
+        kw = {} if cache is None else {self.cache_kwarg: cache.kv, "use_cache": True}
+        try:
+            out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=pos, **kw)
+        except BaseException:
+            if cache is not None:
+                cache.discard()
+            raise
+        if cache is not None:
+            cache.stage(pos, ok)
         logits = getattr(out, "logits", None)
         if not torch.is_tensor(logits) or logits.shape[:2] != (b, n):
             raise InvalidInputError("the wrapped model must return .logits of shape (B, L, V)")
@@ -111,6 +206,17 @@ class LLaDA2Driver(nn.Module):
                 f"model returns {logits.shape[-1]} logits, spec says vocab {self._spec.vocab_size}"
             )
         return logits
+
+
+def _cache_kwarg(model) -> str | None:
+    """The name ``model.forward`` takes a transformers cache under, or None."""
+    import inspect
+
+    try:
+        params = inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return None
+    return next((p for p in ("cache", "past_key_values") if p in params), None)
 
 
 def _first_id(*values) -> int | None:
@@ -123,14 +229,16 @@ def _first_id(*values) -> int | None:
 
 
 def load_llada2(path, *, block_size: int = 32, dtype: torch.dtype | None = None,
-                device=None, trust_remote_code: bool = False) -> LLaDA2Driver:  # fmt: skip
+                device=None, trust_remote_code: bool = False,
+                cache: bool = True) -> LLaDA2Driver:  # fmt: skip
     """A LLaDA 2 folder (``config.json`` + safetensors weights, optional tokenizer) as a driver.
 
     The mask id is the tokenizer's ``mask_token_id``, else ``config.mask_token_id``, else LLaDA
     2's 156895 for ``model_type="llada2_moe"``; EOS likewise (``eos_token_id``, 156892). The
     real LLaDA 2 class is remote code in the folder: it runs only with ``trust_remote_code=True``.
     ``block_size`` is the attention block (LLaDA 2 is trained with 32); generation blocks must
-    be multiples of it. Weights load from safetensors only (no pickles).
+    be multiples of it. Weights load from safetensors only (no pickles). ``cache=False``: no
+    KV cache (it is tested on transformers' own models, not on the remote LLaDA 2 code).
     """
     import transformers as tf
 
@@ -170,16 +278,18 @@ def load_llada2(path, *, block_size: int = 32, dtype: torch.dtype | None = None,
         pad_id=None if pad == mask else pad, attention="block_causal", block_size=block_size,
     )  # fmt: skip
     model = model.eval() if device is None else model.to(device).eval()
-    return LLaDA2Driver(model, spec, additive=llada2)
+    return LLaDA2Driver(model, spec, additive=llada2, cache=cache)
 
 
 def llada2_config(prompt_length: int, *, gen_length: int = 2048, block_length: int = 32,
                   num_inference_steps: int = 32, threshold: float = 0.7,
                   editing_threshold: float | None = 0.5, max_post_steps: int = 16,
                   minimal_topk: int = 1, eos_early_stop: bool = True,
-                  eos_token_id: int | None = None) -> GenerationConfig:  # fmt: skip
+                  eos_token_id: int | None = None,
+                  cache: str = "auto") -> GenerationConfig:  # fmt: skip
     """`LLaDA2Pipeline`'s settings (its defaults) as our `GenerationConfig` for a canvas of
-    ``prompt_length`` tokens + masks up to the end of its last block."""
+    ``prompt_length`` tokens + masks up to the end of its last block. ``cache`` (ours): ``auto``
+    (the exact block KV cache when the model has one), ``exact`` or ``none``."""
     for name, v in (("gen_length", gen_length), ("block_length", block_length),
                     ("num_inference_steps", num_inference_steps), ("minimal_topk", minimal_topk),
                     ("max_post_steps", max_post_steps + 1)):  # fmt: skip
@@ -196,13 +306,15 @@ def llada2_config(prompt_length: int, *, gen_length: int = 2048, block_length: i
         schedule="llada2", threshold=threshold, score="confidence", temperature=0.0,
         editing_threshold=editing_threshold if editing else None,
         edit_steps=max_post_steps + 1 if editing else 0,
-        eos=EOSPolicy(early_stop=eos_early_stop, eos_ids=eos_ids), cache="none",
+        eos=EOSPolicy(early_stop=eos_early_stop, eos_ids=eos_ids), cache=cache,
     )  # fmt: skip
 
 
-def llada2_generate(model, input_ids, **pipeline_kwargs) -> Tensor:
+def llada2_generate(model, input_ids, *, return_output: bool = False, **pipeline_kwargs):
     """`LLaDA2Pipeline(...)(input_ids=..., output_type="seq").sequences` with our sampler:
-    ``input_ids`` (B, P) or (P,) unpadded prompts of one length; returns (B, gen_length)."""
+    ``input_ids`` (B, P) or (P,) unpadded prompts of one length; returns (B, gen_length), or
+    with ``return_output`` our `GenerationOutput` (the whole canvas, ``nfe``, tokens per
+    forward). ``cache="none"`` runs [prompt … current block] each step, as the pipeline does."""
     from mdiff.text.sampling.sampler import denoise
 
     ids = torch.as_tensor(input_ids, dtype=torch.long)
@@ -231,4 +343,4 @@ def llada2_generate(model, input_ids, **pipeline_kwargs) -> Tensor:
         )
     dev = next(model.parameters()).device
     out = denoise(model, x.to(dev), None, cfg)
-    return out.sequences[:, P : P + cfg.gen_length]
+    return out if return_output else out.sequences[:, P : P + cfg.gen_length]
