@@ -28,7 +28,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import best_times, command_line  # noqa: E402
-from dlm_models import gemma  # noqa: E402
+from dlm_models import gemma, source_state  # noqa: E402
 from dlm_reference import SIZE  # noqa: E402
 
 from mdiff.text.pipeline import CodeModel  # noqa: E402
@@ -145,6 +145,7 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     print("$", command_line())
+    print(source_state())
     print(f"torch {torch.__version__}, {args.threads} thread(s), best of {args.reps} "
           "interleaved runs after a warm-up; new tokens of all 16 rows / wall time")  # fmt: skip
     with torch.no_grad():

@@ -32,6 +32,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import command_line  # noqa: E402
+from dlm_models import source_state  # noqa: E402
 from dlm_reference import SIZE, run_gemma, run_llada2  # noqa: E402
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -101,6 +102,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     dtype = DTYPES[args.dtype or ("bf16" if cuda else "fp32")]
     print("$", command_line())
+    print(source_state())
     where = torch.cuda.get_device_name(args.device) if cuda else "CPU"
     print(f"torch {torch.__version__}, {where}, {dtype}, best of {args.reps} interleaved runs "
           "after a warm-up; new tokens / wall time (CUDA synchronised)")  # fmt: skip

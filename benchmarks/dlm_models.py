@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import types
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -129,6 +130,26 @@ def llada2_driver(free: MaskFree, vocab: int, mask_id: int, eos_id: int,
     spec = DenoiserSpec(vocab_size=vocab, mask_id=mask_id, eos_ids=(eos_id,),
                         attention="block_causal", block_size=block)  # fmt: skip
     return LLaDA2Driver(free, spec)
+
+
+def source_state() -> str:
+    """``mdiff at <commit>`` and the library files changed since (what these numbers ran on)."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, text=True,
+                              capture_output=True, check=True).stdout.strip()  # fmt: skip
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "mdiff", "text", "video"],
+            cwd=root,
+            text=True,
+            capture_output=True,
+        ).stdout.split("\n")
+    except (OSError, subprocess.CalledProcessError):
+        return "mdiff source: unknown (no git)"
+    changed = [line[3:] for line in dirty if line.strip()]
+    return f"mdiff at {head}" + (f", uncommitted: {', '.join(changed)}" if changed else "")
 
 
 class Counter:

@@ -30,7 +30,15 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import best_times, command_line  # noqa: E402
-from dlm_models import Counter, MaskFree, PipelineModel, gemma, llada2_driver, llada2_lm  # noqa: E402
+from dlm_models import (  # noqa: E402
+    Counter,
+    MaskFree,
+    PipelineModel,
+    gemma,
+    llada2_driver,
+    llada2_lm,
+    source_state,
+)
 
 from mdiff.text.model.llada2 import llada2_config, llada2_generate  # noqa: E402
 from mdiff.text.sampling.gemma_runner import generate_gemma  # noqa: E402
@@ -218,6 +226,7 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     print("$", command_line())
+    print(source_state())
     print(f"torch {torch.__version__}, {args.threads} thread(s), best of {args.reps} "
           "interleaved runs after a warm-up; new tokens / wall time")  # fmt: skip
     if args.only in (None, "gemma"):
