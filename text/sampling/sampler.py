@@ -252,13 +252,18 @@ class _Run:
         prop[rows, cols] = p
         kind = "neg_entropy" if cfg.schedule == "entropy" else cfg.score
         ed = None if editable is None else editable[rows, cols]
-        el = slice(None) if ed is None else ~ed  # the masks' scores; edits' below
-        sl = cfg.eos.score_logits(lg[el], self.eos_ids)
-        nz = None if noise is None else noise[el]
-        vals = torch.empty(p.shape, dtype=torch.float64, device=p.device)
-        vals[el] = cfg.eos.defer_scores(R.score(kind, sl, p[el], nz), p[el], self.eos_ids)
-        if ed is not None:
-            vals[ed] = R.score("confidence", lg[ed], p[ed])
+        sl = cfg.eos.score_logits(lg, self.eos_ids)  # a copy only when EOS is deferred
+        if ed is not None and kind == "confidence" and sl is lg:  # one score for both
+            conf = R.score(kind, lg, p)
+            vals = torch.where(ed, conf, cfg.eos.defer_scores(conf, p, self.eos_ids))
+        else:  # the masks' scores; the edits' confidences
+            el = slice(None) if ed is None else ~ed
+            nz = None if noise is None else noise[el]
+            vals = torch.empty(p.shape, dtype=torch.float64, device=p.device)
+            vals[el] = cfg.eos.defer_scores(R.score(kind, sl[el], p[el], nz), p[el],
+                                            self.eos_ids)  # fmt: skip
+            if ed is not None:
+                vals[ed] = R.score("confidence", lg[ed], p[ed])
         sc[rows, cols] = vals
         return prop, sc
 
