@@ -142,6 +142,7 @@ class _Run:
         self.n_steps, self.last_block = 0, None
         self.restrict = restrict  # (positions (B,), allowed (B, V)) or None
         self.literal = cfg.allow_mask_token  # LLaDA's literal generate (parity checks)
+        self.greedy = cfg.temperature == 0 and cfg.score != "random" and (cfg.top_p or 1) >= 1
         tau = cfg.editing_threshold
         self.edit = U.token_editing(tau, U.precomputed) if tau is not None and tau > 0 else None
         self.posting = zeros.bool()  # rows in their block's edit-only steps
@@ -186,9 +187,12 @@ class _Run:
         in_block = self.lay.gen[:, s:e] & ((blocks <= cur) if self.literal else (blocks == cur))
         in_block &= stepping[:, None]
         masked = xw == self.mask_id
-        editable = None if self.edit is None else in_block & ~masked
         proc = self._process(logits, s, e)
-        prop, sc = self._propose(proc, in_block & masked, editable)
+        prop = proc.argmax(-1)
+        editable = None if self.edit is None else in_block & ~masked
+        if editable is not None and self.greedy and self.remask is None:
+            editable &= prop != xw  # only a new argmax can be an edit: score just those
+        prop, sc = self._propose(proc, in_block & masked, editable, prop)
         policy, last, t, t_next = self._plan()
         state = U.UnmaskState(xw, in_block & masked, proc, prop, self.gens, t, t_next, LINEAR,
                               scores=sc, decoded=in_block & ~masked, editable=editable)  # fmt: skip
@@ -229,20 +233,21 @@ class _Run:
             logits[rows, cols] = logits[rows, cols].masked_fill(~keep, -torch.inf)
         return logits
 
-    def _propose(self, proc: Tensor, eligible: Tensor,
-                 editable: Tensor | None = None) -> tuple[Tensor, Tensor]:  # fmt: skip
+    def _propose(self, proc: Tensor, eligible: Tensor, editable: Tensor | None = None,
+                 prop: Tensor | None = None) -> tuple[Tensor, Tensor]:  # fmt: skip
         """Proposals (B, W) and scores (float64, −inf where neither eligible nor editable): the
         configured score, or −entropy for the entropy schedule, both with EOS deferred; at
-        ``editable`` (committed) positions the confidence an edit is judged by."""
+        ``editable`` (committed) positions the confidence an edit is judged by. ``prop``: the
+        argmax of ``proc`` if already taken."""
         cfg = self.cfg
-        prop = proc.argmax(-1)
+        prop = proc.argmax(-1) if prop is None else prop.clone()
         sc = torch.full(prop.shape, -torch.inf, dtype=torch.float64, device=prop.device)
         cand = eligible if editable is None else eligible | editable
         rows, cols = cand.nonzero(as_tuple=True)
         if rows.numel() == 0:
             return prop, sc
         lg = R.filter_logits(proc[rows, cols], cfg.top_k, cfg.top_p)  # (N, V)
-        if cfg.temperature == 0 and cfg.score != "random" and (cfg.top_p or 1) >= 1:
+        if self.greedy:
             p, noise = prop[rows, cols], None  # top-k keeps every maximum: the same argmax
         else:
             p, noise = U.propose_rows(lg, cand.sum(1).tolist(), self.gens, cfg.temperature,
