@@ -68,6 +68,7 @@ class ModelRunner:
                  measure_drift: bool = False):  # fmt: skip
         self.model, self.mask_id, self.mode = model, spec.mask_id, mode
         self.upto = spec.attention == "block_causal"  # uncached: run [0, e) only
+        self.narrow = getattr(model, "takes_logits_from", False) is True  # logits_from=k
         self.real = None if bool(real.all()) else real
         self.positions, self.fixed = positions, fixed
         self.w, self.method, self.guided = float(guidance), guidance_method, guidance != 1
@@ -86,8 +87,8 @@ class ModelRunner:
         if self.mode == "none":
             end = e if self.upto else L  # block-causal: slots ≥ e are in later blocks, unseen
             if rows is None or rows.numel() == x.shape[0]:
-                return self._guide(self._call(x, 0, end))[:, s:e]
-            part = self._guide(self._call(x, 0, end, rows=rows))[:, s:e]
+                return self._guide(self._call(x, 0, end, keep=s))[:, : e - s]
+            part = self._guide(self._call(x, 0, end, rows=rows, keep=s))[:, : e - s]
             out = part.new_zeros((x.shape[0], *part.shape[1:]))
             out[rows] = part
             return out
@@ -104,7 +105,7 @@ class ModelRunner:
             c = self.cache.length
             if c > s:
                 raise InvalidInputError(f"exact cache holds {c} positions past the window at {s}")
-            out = self._call(x, c, e, self.cache)[:, s - c :]
+            out = self._call(x, c, e, self.cache, keep=s - c)
             if c < s:  # clean finished blocks rode along: keep them, drop the window's keys
                 self.cache.commit()
                 self.cache.crop(s)
@@ -123,9 +124,10 @@ class ModelRunner:
     # ---- helpers ------------------------------------------------------------------------------
 
     def _call(self, x: Tensor, start: int, end: int, cache=None, cache_at=None,
-              rows: Tensor | None = None) -> Tensor:  # fmt: skip
-        """Raw model logits for slots [start, end) of `rows` (default all; (2B, ·, V) with
-        guidance)."""
+              rows: Tensor | None = None, keep: int = 0) -> Tensor:  # fmt: skip
+        """Raw model logits for slots [start + keep, end) of `rows` (default all; (2B, ·, V)
+        with guidance) from a forward over [start, end). A model with ``takes_logits_from``
+        is asked for just those (``logits_from=keep``: e.g. no LM head on the rest)."""
         pick = (lambda t: t) if rows is None else (lambda t: None if t is None else t[rows])
         x, real, positions = pick(x), pick(self.real), pick(self.positions)
         ids = x[:, start:end]
@@ -141,12 +143,14 @@ class ModelRunner:
         if positions is not None:
             pos = positions[:, start:end]
             pos = torch.cat([pos, pos]) if self.guided else pos
+        narrow = {"logits_from": keep} if keep and self.narrow else {}
         out = self.model(ids, attention_mask=keys, position_ids=pos, cache=cache,
-                         cache_at=cache_at)  # fmt: skip
-        if not torch.is_tensor(out) or out.shape[:2] != ids.shape:
+                         cache_at=cache_at, **narrow)  # fmt: skip
+        want = (ids.shape[0], ids.shape[1] - keep) if narrow else tuple(ids.shape)
+        if not torch.is_tensor(out) or tuple(out.shape[:2]) != want:
             got = tuple(out.shape) if torch.is_tensor(out) else type(out).__name__
-            raise InvalidInputError(f"the model must return logits (B, L, V), got {got}")
-        return out
+            raise InvalidInputError(f"the model must return logits {(*want, 'V')}, got {got}")
+        return out if narrow else out[:, keep:]
 
     def _guide(self, out: Tensor) -> Tensor:
         """The guided logits (B, W, V) from the two halves (2B, W, V), position by position."""
