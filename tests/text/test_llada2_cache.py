@@ -175,3 +175,30 @@ def test_cache_contract_and_bad_input():
     out = generate(plain, [[1, 2, 3]], gen_length=8, block_length=4)
     assert out.settings["cache"] == "none"
     assert torch.equal(out.sequences, generate(drv, [[1, 2, 3]], gen_length=8).sequences)
+
+
+def test_only_the_window_gets_logits():
+    """The sampler asks for its window's logits only (``logits_from``): the LM head runs on
+    one block per step, cached or not, and those logits are the full forward's."""
+    lm = _lm(0)
+    rows = []
+    lm.lm_head.register_forward_hook(lambda _m, args, _out: rows.append(args[0].shape[1]))
+    drv = _driver(lm)
+    x = _prompts(1, 12, 4)
+    with torch.no_grad():
+        full = drv(x)
+        assert float((drv(x, logits_from=8) - full[:, 8:]).abs().max()) < 1e-12
+        cache = drv.new_cache()
+        drv(x[:, :4], cache=cache)
+        cache.commit()
+        part = drv(x[:, 4:], cache=cache, logits_from=4)
+        assert part.shape[1] == 4 and float((part - full[:, 8:]).abs().max()) < 1e-12
+    assert rows[1:] == [4, 4, 4]  # full, then 4 rows each (the cache prefill had 4 tokens)
+    with pytest.raises(InvalidInputError, match="logits_from"):
+        drv(x, logits_from=12)
+    kw = dict(gen_length=12, block_length=4, num_inference_steps=4, threshold=0.6,
+              editing_threshold=0.4)  # fmt: skip
+    for cache_mode in ("none", "exact"):
+        rows.clear()
+        llada2_generate(drv, x[:, :6], cache=cache_mode, **kw)
+        assert rows and set(rows) == {4}, (cache_mode, rows)

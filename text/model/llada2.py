@@ -129,6 +129,8 @@ class LLaDA2Driver(nn.Module):
     runs only the current block's tokens against the finished blocks' keys.
     """
 
+    takes_logits_from = True  # forward(..., logits_from=k): logits of input positions ≥ k only
+
     def __init__(self, model: nn.Module, spec: DenoiserSpec, additive: bool = False,
                  key_limit: int | None = None, cache: bool = True):  # fmt: skip
         super().__init__()
@@ -136,6 +138,7 @@ class LLaDA2Driver(nn.Module):
             raise InvalidInputError("LLaDA2Driver needs a block_causal DenoiserSpec")
         self.model, self.additive, self.key_limit = model, additive, key_limit
         self.cache_kwarg = _cache_kwarg(model) if cache else None
+        self.keep_kwarg = "logits_to_keep" in _params(model)  # LM head on the kept rows only
         self._spec = dataclasses.replace(spec, supports_cache=self.cache_kwarg is not None)
 
     @property
@@ -157,7 +160,9 @@ class LLaDA2Driver(nn.Module):
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None,
                 position_ids: Tensor | None = None, cache: LLaDA2Cache | None = None,
-                cache_at: int | None = None) -> Tensor:  # fmt: skip
+                cache_at: int | None = None, logits_from: int = 0) -> Tensor:  # fmt: skip
+        """Logits (B, L − logits_from, V) of input positions ``logits_from …`` (the sampler
+        asks only for its window's)."""
         if cache_at is not None:
             raise InvalidInputError("LLaDA2Driver has no dual cache (cache_at): use cache='exact'")
         if cache is not None and not (isinstance(cache, LLaDA2Cache) and self.cache_kwarg):
@@ -165,6 +170,8 @@ class LLaDA2Driver(nn.Module):
         if not torch.is_tensor(input_ids) or input_ids.dim() != 2 or input_ids.numel() == 0:
             raise InvalidInputError("input_ids must be a non-empty (B, L) tensor")
         b, n = input_ids.shape
+        if not isinstance(logits_from, int) or not 0 <= logits_from < n:
+            raise InvalidInputError(f"logits_from must be an int in [0, {n}), got {logits_from!r}")
         lc = 0 if cache is None else cache.length
         if lc and cache.pos.shape[0] != b:
             raise InvalidInputError(f"batch of {b} rows, the cache holds {cache.pos.shape[0]}")
@@ -190,6 +197,8 @@ class LLaDA2Driver(nn.Module):
                 ~mask, torch.finfo(dtype).min
             )
         kw = {} if cache is None else {self.cache_kwarg: cache.kv, "use_cache": True}
+        if logits_from and self.keep_kwarg:
+            kw["logits_to_keep"] = n - logits_from
         try:
             out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=pos, **kw)
         except BaseException:
@@ -199,7 +208,9 @@ class LLaDA2Driver(nn.Module):
         if cache is not None:
             cache.stage(pos, ok)
         logits = getattr(out, "logits", None)
-        if not torch.is_tensor(logits) or logits.shape[:2] != (b, n):
+        if torch.is_tensor(logits) and logits_from and logits.shape[1] == n:
+            logits = logits[:, logits_from:]  # a model without logits_to_keep
+        if not torch.is_tensor(logits) or logits.shape[:2] != (b, n - logits_from):
             raise InvalidInputError("the wrapped model must return .logits of shape (B, L, V)")
         if logits.shape[-1] != self._spec.vocab_size:
             raise InvalidInputError(
@@ -208,14 +219,18 @@ class LLaDA2Driver(nn.Module):
         return logits
 
 
-def _cache_kwarg(model) -> str | None:
-    """The name ``model.forward`` takes a transformers cache under, or None."""
+def _params(model) -> set[str]:
     import inspect
 
     try:
-        params = inspect.signature(model.forward).parameters
+        return set(inspect.signature(model.forward).parameters)
     except (TypeError, ValueError):
-        return None
+        return set()
+
+
+def _cache_kwarg(model) -> str | None:
+    """The name ``model.forward`` takes a transformers cache under, or None."""
+    params = _params(model)
     return next((p for p in ("cache", "past_key_values") if p in params), None)
 
 
