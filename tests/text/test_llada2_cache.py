@@ -148,6 +148,8 @@ def test_cache_contract_and_bad_input():
     drv(x, cache=cache)
     with pytest.raises(InvalidInputError, match="commit"):
         cache.crop(0)
+    with pytest.raises(InvalidInputError, match="staged"):
+        drv(x, cache=cache)
     cache.commit()
     with pytest.raises(InvalidInputError, match="rows"):
         drv(_prompts(2, 4, 0), cache=cache)

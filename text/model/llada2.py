@@ -35,12 +35,13 @@ import torch
 from torch import Tensor, nn
 
 from mdiff.errors import CheckpointError, InvalidInputError
+from mdiff.text.model.llada2_cache import LLaDA2Cache
 from mdiff.text.model.spec import DenoiserSpec
 from mdiff.text.sampling.generation import GenerationConfig
 from mdiff.text.sampling.policies import EOSPolicy
 
-__all__ = ["LLADA2_IDS", "LLaDA2Driver", "block_causal_mask", "llada2_config", "llada2_generate",
-           "load_llada2"]  # fmt: skip
+__all__ = ["LLADA2_IDS", "LLaDA2Cache", "LLaDA2Driver", "block_causal_mask", "llada2_config",
+           "llada2_generate", "load_llada2"]  # fmt: skip
 
 LLADA2_IDS = {"mask_id": 156895, "eos_id": 156892}  # LLaDA2.0 defaults (its generate's)
 
@@ -59,61 +60,6 @@ def block_causal_mask(positions: Tensor, real: Tensor | None, block_size: int,
     lq, lk = positions.shape[1], kpos.shape[1]
     see[:, torch.arange(lq), torch.arange(lk - lq, lk)] = True  # a padding query reads itself
     return see[:, None]
-
-
-class LLaDA2Cache:
-    """The driver's KV cache (the sampler's contract, `mdiff.text.model.spec`): committed slots.
-
-    ``kv``: transformers' `DynamicCache` (per layer keys after RoPE and values, (B, H, Lc, D));
-    ``pos`` (B, Lc) and ``ok`` (B, Lc) bool: each committed slot's position and whether it is a
-    key at all (real and below the driver's ``key_limit``) — the mask is built from them. A
-    forward's new slots are staged: `commit` keeps them, `discard` drops them.
-    """
-
-    def __init__(self):
-        from transformers import DynamicCache
-
-        self.kv = DynamicCache()
-        self.pos: Tensor | None = None
-        self.ok: Tensor | None = None
-        self._staged: tuple[Tensor, Tensor] | None = None
-
-    @property
-    def length(self) -> int:
-        return 0 if self.pos is None else self.pos.shape[1]
-
-    def stage(self, pos: Tensor, ok: Tensor) -> None:
-        self._staged = (pos, ok)
-
-    def commit(self) -> None:
-        if self._staged is not None:
-            pos, ok = self._staged
-            first = self.pos is None
-            self.pos = pos if first else torch.cat([self.pos, pos], 1)
-            self.ok = ok if first else torch.cat([self.ok, ok], 1)
-            self._staged = None
-
-    def discard(self) -> None:
-        self._staged = None
-        self._trim()
-
-    def crop(self, n: int) -> None:
-        """Keep the first ``n`` committed slots."""
-        if self._staged is not None:
-            raise InvalidInputError("crop() with staged keys: call commit() or discard() first")
-        if not 0 <= n <= self.length:
-            raise InvalidInputError(f"cannot crop a cache of length {self.length} to {n}")
-        self.pos, self.ok = (None, None) if n == 0 else (self.pos[:, :n], self.ok[:, :n])
-        self._trim()
-
-    def _trim(self) -> None:
-        n = self.length
-        for layer in self.kv.layers:
-            if getattr(layer, "is_initialized", False) and layer.keys is not None:
-                layer.keys, layer.values = layer.keys[:, :, :n], layer.values[:, :, :n]
-
-    def __repr__(self) -> str:
-        return f"LLaDA2Cache(length={self.length}, staged={self._staged is not None})"
 
 
 class LLaDA2Driver(nn.Module):
@@ -167,6 +113,8 @@ class LLaDA2Driver(nn.Module):
             raise InvalidInputError("LLaDA2Driver has no dual cache (cache_at): use cache='exact'")
         if cache is not None and not (isinstance(cache, LLaDA2Cache) and self.cache_kwarg):
             raise InvalidInputError(f"cache must come from driver.new_cache(), got {cache!r}")
+        if cache is not None and cache.has_staged:
+            raise InvalidInputError("the cache has staged keys: call commit() or discard() first")
         if not torch.is_tensor(input_ids) or input_ids.dim() != 2 or input_ids.numel() == 0:
             raise InvalidInputError("input_ids must be a non-empty (B, L) tensor")
         b, n = input_ids.shape
