@@ -22,6 +22,8 @@ from mdiff.text.sampling.sampler import generate
 
 from .test_llada2 import EOS, MASK, SETTINGS, V, _driver, _lm, _prompts, _same, _theirs
 
+transformers = pytest.importorskip("transformers")
+
 torch.set_num_threads(1)
 
 
@@ -204,3 +206,33 @@ def test_only_the_window_gets_logits():
         rows.clear()
         llada2_generate(drv, x[:, :6], cache=cache_mode, **kw)
         assert rows and set(rows) == {4}, (cache_mode, rows)
+
+
+def test_moe_model_like_llada2():
+    """A Qwen3-MoE (routed experts like LLaDA 2's; float32, as its grouped experts need):
+    cached logits are the full forward's and both paths give the pipeline's tokens."""
+    torch.manual_seed(3)
+    cfg = transformers.Qwen3MoeConfig(
+        vocab_size=V, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=8, num_experts=4,
+        num_experts_per_tok=2, moe_intermediate_size=16, decoder_sparse_step=1,
+        max_position_embeddings=256,
+    )  # fmt: skip
+    lm = transformers.Qwen3MoeForCausalLM(cfg).eval()
+    with torch.no_grad():
+        lm.lm_head.weight.mul_(30.0)
+    drv = _driver(lm)
+    x = _prompts(2, 12, 5)
+    with torch.no_grad():
+        full = drv(x)
+        cache = drv.new_cache()
+        head = drv(x[:, :8], cache=cache)
+        cache.commit()
+        tail = drv(x[:, 8:], cache=cache)
+    assert float((torch.cat([head, tail], 1) - full).abs().max()) < 1e-5
+    kw = dict(gen_length=14, block_length=4, num_inference_steps=4, threshold=0.6,
+              editing_threshold=0.4)  # fmt: skip
+    ids = _prompts(1, 6, 2)
+    theirs, _ = _theirs(lm, ids, **kw)
+    for mode in ("none", "exact"):
+        _same(theirs, llada2_generate(drv, ids, cache=mode, **kw), True)
