@@ -33,7 +33,7 @@ EXIT_CODES = """exit codes (every command):
   130  interrupted (Ctrl-C)
   141  the reader of the output left (mdiff verify x.mp4 | head)"""
 FRONTENDS = ("mdiff.video.cli", "mdiff.text.cli", "mdiff.provenance.cli", "mdiff.demo",
-             "mdiff.doctor", "mdiff.convert")  # fmt: skip
+             "mdiff.doctor", "mdiff.convert", "mdiff.serve.cli")  # fmt: skip
 GROUPS = {  # commands that several frontends add to: help, metavar of the chosen member
     "eval": ("evaluate a model (fim: fill-in-the-middle exact match; video: prompt adherence)",
              "TASK"),

@@ -1,0 +1,131 @@
+"""The ASGI app: configuration, the models it serves, bearer-key auth and OpenAI-style errors.
+
+`create_app(config)` builds one FastAPI app. Models load lazily, once, on first use
+(`Models.text()` / `Models.video()`), so the app starts at once and a test can hand in its own
+(`create_app(config, models=...)`). Every error leaves as OpenAI's JSON shape,
+``{"error": {"message", "type", "param", "code"}}``: `mdiff.errors.InvalidInputError` → 400,
+`CheckpointError` → 500 naming the model, an unknown route → 404, a missing or wrong bearer key
+→ 401 (only when `api_key` is set; `/` and the static page stay open so a browser can load it,
+and its calls send the key).
+"""
+
+from __future__ import annotations
+
+import hmac
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from mdiff.errors import CheckpointError, InvalidInputError, MdiffError
+from mdiff.serve.limits import Limits
+
+__all__ = ["Models", "ServeConfig", "api_error", "create_app"]
+
+STATIC = Path(__file__).resolve().parent / "static"
+OPEN_PATHS = ("/", "/static", "/favicon.ico")  # no key needed: the page itself
+
+
+@dataclass
+class ServeConfig:
+    """What `mdiff serve` takes: where to listen, which models, the key and the bounds."""
+
+    host: str = "127.0.0.1"  # loopback unless told otherwise
+    port: int = 8000
+    video_model: str = "shapes-t2v"
+    text_model: str = "code-tiny-block"
+    api_key: str | None = None
+    limits: Limits = field(default_factory=Limits)
+    home: str | None = None  # the provenance home (keys, identity); None: mdiff's default
+
+
+class Models:
+    """The served models, loaded once on first use (thread-safe)."""
+
+    def __init__(self, config: ServeConfig):
+        self.config = config
+        self._lock = threading.Lock()
+        self._text = self._video = None
+
+    def text(self):
+        """The text model (`mdiff.text.CodeModel`)."""
+        with self._lock:
+            if self._text is None:
+                from mdiff.text import CodeModel
+
+                self._text = CodeModel.from_pretrained(self.config.text_model)
+            return self._text
+
+    def video(self):
+        """The video pipeline (`mdiff.video.VideoPipeline`)."""
+        with self._lock:
+            if self._video is None:
+                from mdiff.video import VideoPipeline
+
+                self._video = VideoPipeline.from_pretrained(self.config.video_model)
+            return self._video
+
+
+def api_error(status: int, message: str, kind: str = "invalid_request_error", *,
+              param: str | None = None, code: str | None = None,
+              headers: dict | None = None) -> JSONResponse:  # fmt: skip
+    """An OpenAI-style error response."""
+    body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def _authorised(request: Request, key: str | None) -> bool:
+    if key is None:
+        return True
+    path = request.url.path
+    if path == "/" or any(path.startswith(p) for p in OPEN_PATHS[1:]):
+        return True
+    got = request.headers.get("authorization", "")
+    if not got and request.url.path.startswith("/v1/realtime"):  # browsers: no WS headers
+        got = "Bearer " + request.query_params.get("api_key", "")
+    scheme, _, token = got.partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(token.encode(), key.encode())
+
+
+def create_app(config: ServeConfig | None = None, *, models: Models | None = None) -> FastAPI:
+    """The app for `config` (default: built-in models, loopback, no key)."""
+    from fastapi.staticfiles import StaticFiles
+
+    from mdiff.serve import text_api, verify_api, video_api
+
+    config = config or ServeConfig()
+    app = FastAPI(title="mdiff", docs_url=None, redoc_url=None)
+    app.state.config, app.state.models = config, models or Models(config)
+
+    @app.middleware("http")
+    async def _auth(request: Request, call_next):
+        if not _authorised(request, config.api_key):
+            return api_error(401, "missing or wrong API key (Authorization: Bearer …)",
+                             "authentication_error", code="invalid_api_key",
+                             headers={"WWW-Authenticate": "Bearer"})  # fmt: skip
+        return await call_next(request)
+
+    @app.exception_handler(InvalidInputError)
+    async def _invalid(_request, exc):
+        return api_error(400, str(exc))
+
+    @app.exception_handler(CheckpointError)
+    async def _checkpoint(_request, exc):
+        return api_error(500, f"model could not be loaded: {exc}", "server_error")
+
+    @app.exception_handler(MdiffError)
+    async def _mdiff(_request, exc):
+        return api_error(500, str(exc), "server_error")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_request, exc):
+        return api_error(exc.status_code, str(exc.detail), "invalid_request_error",
+                         headers=getattr(exc, "headers", None))  # fmt: skip
+
+    for module in (text_api, video_api, verify_api):
+        app.include_router(module.router)
+    app.mount("/", StaticFiles(directory=STATIC, html=True), name="static")
+    return app

@@ -1,0 +1,34 @@
+"""`mdiff serve`: run the HTTP server (`mdiff.serve.create_app`) under uvicorn."""
+
+from __future__ import annotations
+
+import argparse
+
+__all__ = ["register", "run_serve"]
+
+
+def register(commands) -> None:
+    commands.add("serve", "HTTP server: OpenAI-compatible FIM completions, live video, verify, "
+                 "a web page", run_serve, _arguments)  # fmt: skip
+
+
+def _arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--video-model", default="shapes-t2v", help="a built-in name or a folder")
+    p.add_argument("--text-model", default="code-tiny-block", help="a built-in name or a folder")
+    p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY'")
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from mdiff.errors import InvalidInputError
+    from mdiff.serve.app import ServeConfig, create_app
+
+    if not 0 < args.port < 65536:
+        raise InvalidInputError(f"--port must be in 1..65535, got {args.port}")
+    config = ServeConfig(host=args.host, port=args.port, video_model=args.video_model,
+                         text_model=args.text_model, api_key=args.api_key)  # fmt: skip
+    uvicorn.run(create_app(config), host=args.host, port=args.port, log_level="info")
+    return 0

@@ -1,0 +1,20 @@
+"""Per-request bounds of the server (`Limits`); the bounded work queue lives here too."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["Limits"]
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds on what one request may ask; beyond them a 4xx with an OpenAI-style error."""
+
+    max_tokens: int = 512  # completion tokens per choice
+    max_n: int = 8  # choices per completion request
+    max_prompt_chars: int = 100_000  # prompt + suffix
+    max_frames: int = 257  # video frames per request
+    max_pixels: int = 512 * 512  # height × width
+    max_upload_bytes: int = 64 * 2**20  # /v1/verify
+    queue_size: int = 32  # waiting requests before 429 + Retry-After
