@@ -11,6 +11,8 @@ and its calls send the key).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hmac
 import threading
 from dataclasses import dataclass, field
@@ -97,7 +99,13 @@ def create_app(config: ServeConfig | None = None, *, models: Models | None = Non
     from mdiff.serve import text_api, verify_api, video_api
 
     config = config or ServeConfig()
-    app = FastAPI(title="mdiff", docs_url=None, redoc_url=None)
+
+    @contextlib.asynccontextmanager
+    async def _lifespan(_app):
+        yield
+        await asyncio.to_thread(video_api.finalize_all)  # shutdown/SIGTERM: sign live streams
+
+    app = FastAPI(title="mdiff", docs_url=None, redoc_url=None, lifespan=_lifespan)
     app.state.config, app.state.models = config, models or Models(config)
 
     @app.middleware("http")
