@@ -29,6 +29,7 @@ __all__ = ["Models", "ServeConfig", "api_error", "create_app"]
 
 STATIC = Path(__file__).resolve().parent / "static"
 OPEN_PATHS = ("/", "/static", "/favicon.ico")  # no key needed: the page itself
+PAGE_FILES = {p.name for p in STATIC.iterdir() if p.is_file()}  # /app.js, /style.css: open too
 
 
 @dataclass
@@ -83,7 +84,7 @@ def _authorised(request: Request, key: str | None) -> bool:
     if key is None:
         return True
     path = request.url.path
-    if path == "/" or any(path.startswith(p) for p in OPEN_PATHS[1:]):
+    if path == "/" or any(path.startswith(p) for p in OPEN_PATHS[1:]) or path[1:] in PAGE_FILES:
         return True
     got = request.headers.get("authorization", "")
     if not got and request.url.path.startswith("/v1/realtime"):  # browsers: no WS headers
