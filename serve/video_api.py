@@ -1,7 +1,391 @@
-"""Routes of `mdiff serve` (see `mdiff.serve`): filled in by its owner."""
+"""Video routes of `mdiff serve`: live fragmented MP4 over HTTP and WebSocket, signed files.
+
+``POST /v1/videos`` (JSON: ``prompt``; optional ``frames``, ``size`` "WxH" or ``width`` /
+``height``, ``seed``, ``guidance``, ``steps``, ``image`` (base64 or a data URL: image-to-video),
+``model``) answers ``video/mp4`` with the live fMP4 as it is generated, one HTTP chunk per
+finished box group (init segment, then a moof+mdat per fragment), every frame watermarked. The
+generation's id is in the ``X-Mdiff-Id`` header. ``GET /v1/videos/{id}`` answers 202 (JSON
+status) while it runs, then the finished C2PA-signed MP4 (``X-Mdiff-Status: completed`` or
+``interrupted``): a client that disconnects stops its generation within one solver step, and
+the file then holds the finished chunks, signed with ``extra["interrupted"] = True``.
+
+``WS /v1/realtime/video`` for MSE players: the client sends ``{"type": "start", ...}`` (the
+fields above), the server answers ``{"type": "started", "id"}``, binary fMP4 segments (the init
+segment first), then ``{"type": "done", "id", "frames", "interrupted"}``; ``{"type": "stop"}``
+ends the generation early (finalized and signed). A bad request gets ``{"type": "error",
+"error": {...}}``. Generation runs in worker threads, one at a time (the pipeline is shared);
+``Limits.queue_size`` more may wait, beyond that 429 + ``Retry-After``. `finalize_all()` stops
+every live generation and waits until its file is signed (the app's shutdown calls it).
+"""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+import asyncio
+import base64
+import binascii
+import io
+import tempfile
+import threading
+import uuid
+import weakref
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from fastapi import APIRouter, Request, WebSocket, WebSocketDisconnect
+from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+
+from mdiff.errors import InvalidInputError, MdiffError
+from mdiff.serve.app import api_error
+
+__all__ = ["VideoJob", "VideoService", "finalize_all", "router", "service"]
 
 router = APIRouter()
+FIELDS = {"prompt", "frames", "size", "width", "height", "seed", "guidance", "steps", "image",
+          "model", "type"}  # fmt: skip
+RETRY_AFTER = "5"  # seconds, for 429
+_SERVICES: weakref.WeakSet = weakref.WeakSet()
+
+
+class _Stopped(Exception):
+    """Raised in the solver callback when the generation's client went away or said stop."""
+
+
+@dataclass
+class VideoJob:
+    """One generation: its file, the stop flag and what became of it."""
+
+    id: str
+    path: Path
+    stop: threading.Event = field(default_factory=threading.Event)
+    done: threading.Event = field(default_factory=threading.Event)
+    status: str = "queued"  # queued | in_progress | completed | interrupted | failed
+    error: str | None = None
+    frames: int = 0
+
+    def check(self, _progress) -> None:
+        """The solver callback: stop at the next step once asked to."""
+        if self.stop.is_set():
+            raise _Stopped(self.id)
+
+
+class VideoService:
+    """The generations of one app: admission (1 running + `queue_size` waiting), the worker
+    threads and the folder of their files (``<home>/serve-videos`` or a temp folder)."""
+
+    def __init__(self, models, limits, home: str | None = None):
+        self.models, self.limits = models, limits
+        root = Path(home) / "serve-videos" if home else Path(tempfile.mkdtemp(prefix="mdiff-"))
+        root.mkdir(parents=True, exist_ok=True)
+        self.root = root
+        self.jobs: dict[str, VideoJob] = {}
+        self._lock, self._gpu = threading.Lock(), threading.Lock()
+        self._threads: dict[str, threading.Thread] = {}
+        _SERVICES.add(self)
+
+    def live(self) -> int:
+        return sum(not j.done.is_set() for j in self.jobs.values())
+
+    def start(self, body: dict) -> VideoJob:
+        """Check `body`, admit it (or 429) and start its generation in a worker thread."""
+        kwargs = parse_request(body, self.limits, self.models.config.video_model)
+        with self._lock:
+            if self.live() >= 1 + self.limits.queue_size:
+                raise _Busy()
+            job_id = uuid.uuid4().hex
+            job = VideoJob(job_id, self.root / f"{job_id}.mp4")
+            self.jobs[job.id] = job
+        try:
+            pipe = self.models.video()
+            chunks = pipe.stream(callback=job.check, **kwargs)  # checks the inputs here: 400
+        except BaseException:
+            with self._lock:
+                del self.jobs[job.id]
+            raise
+        thread = threading.Thread(target=self._run, args=(job, pipe, chunks), daemon=True,
+                                  name=f"mdiff-video-{job.id[:8]}")  # fmt: skip
+        self._threads[job.id] = thread
+        thread.start()
+        return job
+
+    def _run(self, job: VideoJob, pipe, chunks) -> None:
+        from mdiff.video.pipeline.stream import write_live
+
+        try:
+            with self._gpu:
+                job.status = "in_progress"
+                if job.stop.is_set():
+                    raise _Stopped(job.id)
+                summary = write_live(job.path, chunks, pipe.stamper, fps=pipe.settings.fps)
+            job.frames, job.status = summary.frames, "completed"
+        except _Stopped:
+            job.status = "interrupted" if job.path.exists() else "failed"
+            job.error = None if job.path.exists() else "stopped before any frame was made"
+        except (MdiffError, OSError) as exc:
+            job.status, job.error = "failed", str(exc)
+        finally:
+            if job.status == "interrupted":
+                from mdiff.video.io import count_frames
+
+                job.frames = count_frames(job.path, partial=True)
+            job.done.set()
+
+    def finalize(self, timeout: float = 60.0) -> list[VideoJob]:
+        """Stop every live generation and wait until its file is finalized and signed."""
+        for job in list(self.jobs.values()):
+            job.stop.set()
+        for thread in list(self._threads.values()):
+            thread.join(timeout)
+        return list(self.jobs.values())
+
+
+class _Busy(Exception):
+    pass
+
+
+def finalize_all(timeout: float = 60.0) -> list[VideoJob]:
+    """Finalize and sign every live stream of every app (SIGTERM / shutdown)."""
+    return [job for s in list(_SERVICES) for job in s.finalize(timeout)]
+
+
+def service(app) -> VideoService:
+    """The app's `VideoService`, made on first use."""
+    state = app.state
+    with _APP_LOCK:
+        if getattr(state, "videos", None) is None:
+            cfg = state.config
+            state.videos = VideoService(state.models, cfg.limits, cfg.home)
+        return state.videos
+
+
+_APP_LOCK = threading.Lock()
+
+
+# ---------------------------------------------------------------- request parsing
+
+
+def _int(body: dict, name: str, low: int, high: int | None = None) -> int | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise InvalidInputError(f"{name} must be an integer >= {low}, got {value!r}")
+    if high is not None and value > high:
+        raise InvalidInputError(f"{name} must be at most {high}, got {value}")
+    return value
+
+
+def parse_request(body: dict, limits, model: str) -> dict:
+    """A request body → keyword arguments of `VideoPipeline.stream`, bounded by `limits`."""
+    if not isinstance(body, dict):
+        raise InvalidInputError("the request body must be a JSON object")
+    unknown = sorted(set(body) - FIELDS)
+    if unknown:
+        raise InvalidInputError(f"unknown field(s) {', '.join(unknown)}; known: {sorted(FIELDS)}")
+    if body.get("model") not in (None, model):
+        raise InvalidInputError(f"this server makes video with {model!r}, not {body['model']!r}")
+    prompt = body.get("prompt")
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise InvalidInputError("prompt must be a non-empty string")
+    if len(prompt) > limits.max_prompt_chars:
+        raise InvalidInputError(f"prompt is longer than {limits.max_prompt_chars} characters")
+    width, height = _int(body, "width", 1), _int(body, "height", 1)
+    if body.get("size") is not None:
+        size = body["size"]
+        try:
+            width, height = (int(v) for v in str(size).lower().split("x"))
+        except ValueError:
+            raise InvalidInputError(f"size must be 'WIDTHxHEIGHT', got {size!r}") from None
+        if width < 1 or height < 1:
+            raise InvalidInputError(f"size must be positive, got {size!r}")
+    if width is not None and height is not None and width * height > limits.max_pixels:
+        raise InvalidInputError(f"{width}x{height} exceeds {limits.max_pixels} pixels per frame")
+    out = {"prompt": prompt, "num_frames": _int(body, "frames", 1, limits.max_frames),
+           "width": width, "height": height, "seed": _int(body, "seed", 0) or 0,
+           "steps": _int(body, "steps", 1, 1000)}  # fmt: skip
+    guidance = body.get("guidance")
+    if guidance is not None:
+        if isinstance(guidance, bool) or not isinstance(guidance, int | float):
+            raise InvalidInputError(f"guidance must be a number, got {guidance!r}")
+        out["guidance"] = float(guidance)
+    if body.get("image") is not None:
+        out["image"] = decode_image(body["image"], limits)
+    return {k: v for k, v in out.items() if v is not None or k == "prompt"}
+
+
+def decode_image(text, limits) -> torch.Tensor:
+    """Base64 (or a ``data:image/...;base64,`` URL) → uint8 (H, W, 3), bounded in size."""
+    from PIL import Image
+
+    if not isinstance(text, str):
+        raise InvalidInputError("image must be a base64 string or a data URL")
+    if text.startswith("data:"):
+        text = text.partition(",")[2]
+    if len(text) > limits.max_upload_bytes * 4 // 3 + 4:
+        raise InvalidInputError(f"image is larger than {limits.max_upload_bytes} bytes")
+    try:
+        data = base64.b64decode(text, validate=True)
+        with Image.open(io.BytesIO(data)) as im:
+            if im.width * im.height > limits.max_pixels:
+                raise InvalidInputError(f"image exceeds {limits.max_pixels} pixels")
+            array = np.asarray(im.convert("RGB"), dtype=np.uint8)
+    except (binascii.Error, ValueError, OSError) as exc:
+        raise InvalidInputError(f"image is not a base64-encoded PNG/JPEG: {exc}") from None
+    return torch.from_numpy(array.copy())
+
+
+# ---------------------------------------------------------------- fMP4 tailing
+
+
+class BoxSplitter:
+    """Bytes of a growing MP4 → whole top-level box groups: the init segment (everything
+    up to and with ``moov``), then one ``moof`` + ``mdat`` (with any boxes before it) each, and
+    the closing ``mfra`` index alone."""
+
+    def __init__(self):
+        self.buffer, self.pending, self.init_sent = bytearray(), bytearray(), False
+
+    def feed(self, data: bytes) -> list[bytes]:
+        self.buffer += data
+        out = []
+        while len(self.buffer) >= 8:
+            size = int.from_bytes(self.buffer[:4], "big")
+            kind = bytes(self.buffer[4:8])
+            if size == 1 and len(self.buffer) >= 16:
+                size = int.from_bytes(self.buffer[8:16], "big")
+            if size < 8 or len(self.buffer) < size:
+                break
+            self.pending += self.buffer[:size]
+            del self.buffer[:size]
+            if kind in (b"moov", b"mdat", b"mfra"):
+                out.append(bytes(self.pending))
+                self.pending.clear()
+        return out
+
+    def rest(self) -> bytes:
+        return bytes(self.pending + self.buffer)
+
+
+async def tail(job: VideoJob, poll: float = 0.02):
+    """Yield the box groups of `job`'s file as they are written, until it is finished."""
+    splitter, f = BoxSplitter(), None
+    try:
+        while True:
+            if f is None and job.path.exists():
+                f = open(job.path, "rb")  # noqa: SIM115 (kept open: signing replaces the path)
+            data = f.read(1 << 16) if f is not None else b""
+            if data:
+                for group in splitter.feed(data):
+                    yield group
+                continue
+            if job.done.is_set() and (f is not None or not job.path.exists()):
+                break
+            await asyncio.sleep(poll)
+        if splitter.rest():
+            yield splitter.rest()
+    finally:
+        if f is not None:
+            f.close()
+
+
+# ---------------------------------------------------------------- routes
+
+
+def _start(app, body) -> VideoJob | JSONResponse:
+    try:
+        return service(app).start(body)
+    except _Busy:
+        return api_error(429, "too many video generations waiting; retry later",
+                         "rate_limit_error", code="queue_full",
+                         headers={"Retry-After": RETRY_AFTER})  # fmt: skip
+
+
+@router.post("/v1/videos")
+def create_video(request: Request, body: dict):
+    """Start a generation and answer with its live fMP4 (id in ``X-Mdiff-Id``)."""
+    job = _start(request.app, body)
+    if isinstance(job, JSONResponse):
+        return job
+
+    async def stream():
+        try:
+            async for group in tail(job):
+                yield group
+        finally:  # the client went away (or the stream ended): stop at the next step
+            job.stop.set()
+
+    headers = {"X-Mdiff-Id": job.id, "Cache-Control": "no-store"}
+    return StreamingResponse(stream(), media_type="video/mp4", headers=headers)
+
+
+@router.get("/v1/videos/{video_id}")
+def get_video(request: Request, video_id: str):
+    """The signed MP4 once finished (completed or interrupted); 202 + status before."""
+    job = service(request.app).jobs.get(video_id)
+    if job is None:
+        return api_error(404, f"no video {video_id!r}", code="not_found")
+    status = {"id": job.id, "object": "video", "status": job.status, "error": job.error}
+    if not job.done.is_set():
+        return JSONResponse(status, status_code=202, headers={"Retry-After": "1"})
+    if job.status == "failed":
+        return api_error(410, job.error or "the generation failed", "server_error",
+                         code="generation_failed")  # fmt: skip
+    headers = {"X-Mdiff-Id": job.id, "X-Mdiff-Status": job.status,
+               "X-Mdiff-Frames": str(job.frames)}  # fmt: skip
+    return FileResponse(job.path, media_type="video/mp4", headers=headers,
+                        filename=f"{job.id}.mp4")  # fmt: skip
+
+
+def _error_message(exc: BaseException) -> dict:
+    return {"type": "error", "error": {"message": str(exc), "type": "invalid_request_error"}}
+
+
+@router.websocket("/v1/realtime/video")
+async def realtime_video(ws: WebSocket):
+    """start → started, init segment, segments, done; stop ends early (signed)."""
+    await ws.accept()
+    try:
+        while True:
+            message = await ws.receive_json()
+            if not isinstance(message, dict) or message.get("type") != "start":
+                await ws.send_json(_error_message(InvalidInputError("send {'type': 'start'}")))
+                continue
+            try:
+                job = await asyncio.to_thread(_start, ws.app, message)
+            except MdiffError as exc:
+                await ws.send_json(_error_message(exc))
+                continue
+            if isinstance(job, JSONResponse):
+                busy = {"message": "queue full", "type": "rate_limit_error",
+                        "retry_after": RETRY_AFTER}  # fmt: skip
+                await ws.send_json({"type": "error", "error": busy})
+                continue
+            await _session(ws, job)
+    except (WebSocketDisconnect, RuntimeError):  # closed by the client
+        return
+
+
+async def _session(ws: WebSocket, job: VideoJob) -> None:
+    await ws.send_json({"type": "started", "id": job.id})
+
+    async def listen():
+        try:
+            while True:
+                message = await ws.receive_json()
+                if isinstance(message, dict) and message.get("type") == "stop":
+                    job.stop.set()
+        except (WebSocketDisconnect, RuntimeError):
+            job.stop.set()
+
+    listener = asyncio.create_task(listen())
+    try:
+        async for group in tail(job):
+            await ws.send_bytes(group)
+        await asyncio.to_thread(job.done.wait)
+        done = {"type": "done", "id": job.id, "status": job.status, "frames": job.frames,
+                "interrupted": job.status != "completed"}  # fmt: skip
+        await ws.send_json(done)
+    finally:
+        job.stop.set()
+        listener.cancel()

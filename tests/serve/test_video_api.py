@@ -1,0 +1,271 @@
+"""`mdiff serve` video routes: live fMP4 over HTTP and WebSocket, signed files, bounds, shutdown.
+
+Streaming is checked against a real uvicorn server (TestClient buffers whole responses)."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import io
+import os
+import threading
+import time
+
+import av
+import httpx
+import numpy as np
+import pytest
+import torch
+import uvicorn
+from fastapi.testclient import TestClient
+
+from mdiff.provenance import verify
+from mdiff.serve.app import Models, ServeConfig, create_app
+from mdiff.serve.limits import Limits
+from mdiff.serve.video_api import BoxSplitter, service
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+torch.set_num_threads(1)
+PROMPT = "a red circle moving right"
+
+
+@pytest.fixture(scope="module")
+def models(home):
+    m = Models(ServeConfig(home=str(home)))
+    m.video()  # load once for the module
+    return m
+
+
+@pytest.fixture
+def make_app(models, home):
+    def make(**limits):
+        config = ServeConfig(home=str(home), limits=Limits(**limits))
+        models.config = config
+        return create_app(config, models=models)
+
+    return make
+
+
+@contextlib.contextmanager
+def live_server(app):
+    """A uvicorn server on a free loopback port in a thread; yields its base URL."""
+    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning",
+                            timeout_graceful_shutdown=1)  # fmt: skip
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert server.started
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(30)
+
+
+def decode(data: bytes) -> np.ndarray:
+    """uint8 (T, H, W, 3) of an MP4 held in memory."""
+    with av.open(io.BytesIO(data)) as c:
+        return np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)])
+
+
+def wait_file(base: str, vid: str, timeout: float = 60) -> httpx.Response:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        r = httpx.get(f"{base}/v1/videos/{vid}")
+        if r.status_code != 202:
+            return r
+        time.sleep(0.05)
+    raise AssertionError("the video did not finish")
+
+
+def test_live_stream_arrives_early_plays_is_watermarked_and_the_stored_file_verifies(
+    make_app, home, tmp_path
+):
+    body = {"prompt": PROMPT, "frames": 33, "size": "64x64", "steps": 3, "seed": 5}
+    with live_server(make_app()) as base, httpx.Client(base_url=base, timeout=60) as c:
+        start = time.monotonic()
+        with c.stream("POST", "/v1/videos", json=body) as r:
+            assert r.status_code == 200 and r.headers["content-type"] == "video/mp4"
+            vid, parts, first = r.headers["x-mdiff-id"], [], None
+            for part in r.iter_raw():
+                if first is None:
+                    first = time.monotonic() - start
+                    assert c.get(f"/v1/videos/{vid}").status_code == 202  # still generating
+                parts.append(part)
+        total = time.monotonic() - start
+        stored = wait_file(base, vid)
+    assert first < total
+    live = b"".join(parts)
+    assert live[4:8] == b"ftyp" and len(parts) > 3
+    frames = decode(live)
+    assert frames.shape == (33, 64, 64, 3)
+    assert stored.status_code == 200 and stored.headers["x-mdiff-status"] == "completed"
+    (tmp_path / "signed.mp4").write_bytes(stored.content)
+    signed = verify(tmp_path / "signed.mp4", home=home)
+    assert signed.manifest.state == "trusted" and signed.exit_code == 0, signed.format()
+    assert signed.watermark["detected"] and signed.payload_matches_manifest, signed.watermark
+    # the live bytes hold exactly the frames of the signed file: they carry its watermark
+    assert np.array_equal(decode(stored.content), frames)
+
+
+def test_a_disconnected_client_stops_its_generation_and_the_partial_file_is_signed(
+    make_app, home, tmp_path
+):
+    body = {"prompt": PROMPT, "frames": 97, "size": "64x64", "steps": 4}
+    app = make_app()
+    with live_server(app) as base, httpx.Client(base_url=base, timeout=60) as c:
+        with c.stream("POST", "/v1/videos", json=body) as r:
+            vid = r.headers["x-mdiff-id"]
+            next(r.iter_raw())  # the init segment, then hang up
+        stored = wait_file(base, vid)
+    job = service(app).jobs[vid]
+    assert stored.status_code == 200 and stored.headers["x-mdiff-status"] == "interrupted"
+    n = int(stored.headers["x-mdiff-frames"])
+    assert 0 < n < 97 and decode(stored.content).shape[0] == n == job.frames
+    (tmp_path / "cut.mp4").write_bytes(stored.content)
+    report = verify(tmp_path / "cut.mp4", home=home)
+    assert report.manifest.state == "trusted" and report.exit_code == 0, report.format()
+    extra = report.manifest.record.extra
+    assert extra["interrupted"] is True and extra["frames_written"] == n
+
+
+def test_websocket_session_sends_init_then_segments_and_stop_finalizes(make_app, home, tmp_path):
+    app = make_app()
+    with TestClient(app) as c, c.websocket_connect("/v1/realtime/video") as ws:
+        ws.send_json({"type": "start", "prompt": PROMPT, "frames": 9, "size": "64x64",
+                      "steps": 2})  # fmt: skip
+        started = ws.receive_json()
+        assert started["type"] == "started"
+        segments = []
+        while True:
+            message = ws.receive()
+            if message.get("bytes") is None:
+                break
+            segments.append(message["bytes"])
+        done = __import__("json").loads(message["text"])
+        assert done == {"type": "done", "id": started["id"], "status": "completed",
+                        "frames": 9, "interrupted": False}  # fmt: skip
+        init = segments[0]
+        assert init[4:8] == b"ftyp" and b"moov" in init and b"moof" not in init
+        tail = segments[-1][4:8] == b"mfra"  # the muxer's closing index, its own message
+        assert all(s[4:8] == b"moof" and b"mdat" in s for s in segments[1 : len(segments) - tail])
+        assert decode(b"".join(segments)).shape == (9, 64, 64, 3)
+
+        ws.send_json({"type": "start", "prompt": PROMPT, "frames": 97, "size": "64x64",
+                      "steps": 4})  # fmt: skip
+        second = ws.receive_json()["id"]
+        assert ws.receive_bytes()[4:8] == b"ftyp"
+        ws.send_json({"type": "stop"})
+        while (message := ws.receive()).get("bytes") is not None:
+            pass
+        done = __import__("json").loads(message["text"])
+        assert done["id"] == second and done["interrupted"] and 0 < done["frames"] < 97
+        r = c.get(f"/v1/videos/{second}")
+    (tmp_path / "ws.mp4").write_bytes(r.content)
+    report = verify(tmp_path / "ws.mp4", home=home)
+    assert report.manifest.state == "trusted" and report.manifest.record.extra["interrupted"]
+
+
+def _png(h: int, w: int) -> str:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.zeros((h, w, 3), np.uint8)).save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+BAD = [
+    ({}, "prompt"),
+    ({"prompt": ""}, "prompt"),
+    ({"prompt": "x" * 101}, "longer than 100"),
+    ({"prompt": PROMPT, "frames": 41}, "at most 33"),
+    ({"prompt": PROMPT, "frames": 8}, "frames"),  # not 1 + 4k: the pipeline says so
+    ({"prompt": PROMPT, "frames": "9"}, "frames must be an integer"),
+    ({"prompt": PROMPT, "size": "big"}, "WIDTHxHEIGHT"),
+    ({"prompt": PROMPT, "size": "128x128"}, "exceeds 4096 pixels"),
+    ({"prompt": PROMPT, "width": 60, "height": 60}, "multiple"),  # the pipeline's check
+    ({"prompt": PROMPT, "guidance": "high"}, "guidance must be a number"),
+    ({"prompt": PROMPT, "colour": "red"}, "unknown field"),
+    ({"prompt": PROMPT, "model": "sora"}, "not 'sora'"),
+    ({"prompt": PROMPT, "image": "not base64!"}, "base64"),
+    ({"prompt": PROMPT, "image": _png(128, 128)}, "exceeds 4096 pixels"),
+    (
+        {"prompt": PROMPT, "image": "data:image/png;base64," + _png(32, 32), "size": "64x64"},
+        "image",
+    ),  # fmt: skip
+]
+
+
+@pytest.mark.parametrize("body,needle", BAD)
+def test_bad_video_requests_are_400_with_a_clear_message(make_app, body, needle):
+    app = make_app(max_prompt_chars=100, max_frames=33, max_pixels=64 * 64)
+    r = TestClient(app).post("/v1/videos", json=body)
+    assert r.status_code == 400, r.text
+    error = r.json()["error"]
+    assert needle.lower() in error["message"].lower() and error["type"] == "invalid_request_error"
+    assert service(app).live() == 0  # nothing started
+
+
+def test_unknown_video_is_404(make_app):
+    r = TestClient(make_app()).get("/v1/videos/nope")
+    assert r.status_code == 404 and "nope" in r.json()["error"]["message"]
+
+
+def test_overload_is_429_with_retry_after_and_image_to_video_runs(make_app, home):
+    app = make_app(queue_size=0)
+    svc = service(app)
+    image = "data:image/png;base64," + _png(64, 64)
+    job = svc.start({"prompt": PROMPT, "frames": 97, "size": "64x64", "steps": 4, "image": image})
+    r = TestClient(app).post("/v1/videos", json={"prompt": PROMPT, "frames": 9})
+    assert r.status_code == 429 and r.headers["retry-after"] == "5", r.text
+    assert r.json()["error"]["type"] == "rate_limit_error"
+    svc.finalize()
+    assert job.done.is_set() and job.status == "interrupted"
+    report = verify(job.path, home=home)
+    assert report.manifest.state == "trusted" and report.manifest.record.edited  # from the image
+
+
+def test_shutdown_finalizes_and_signs_every_started_stream(make_app, home):
+    app = make_app()
+    body = {"prompt": PROMPT, "frames": 97, "size": "64x64", "steps": 4}
+    got: list[str] = []
+
+    def client(base):
+        with httpx.Client(base_url=base, timeout=60) as c, c.stream("POST", "/v1/videos",
+                                                                    json=body) as r:  # fmt: skip
+            got.append(r.headers["x-mdiff-id"])
+            with contextlib.suppress(httpx.HTTPError):
+                for _ in r.iter_raw():
+                    pass
+
+    with live_server(app) as base:
+        threads = [threading.Thread(target=client, args=(base,)) for _ in range(2)]
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + 30
+        while not any(j.path.exists() for j in service(app).jobs.values()):
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+    for t in threads:
+        t.join(30)
+    jobs = service(app).jobs.values()
+    assert len(jobs) == 2 and all(j.done.is_set() for j in jobs)
+    started = [j for j in jobs if j.path.exists()]
+    assert started and all(j.status == "interrupted" for j in started)
+    assert all(j.status == "failed" for j in jobs if j not in started)  # queued, no frame
+    for j in started:
+        report = verify(j.path, home=home)
+        assert report.manifest.state == "trusted" and report.manifest.record.extra["interrupted"]
+
+
+def test_box_splitter_keeps_whole_boxes_across_any_cut():
+    box = lambda kind, n: (8 + n).to_bytes(4, "big") + kind + bytes(n)  # noqa: E731
+    data = box(b"ftyp", 4) + box(b"moov", 20) + box(b"moof", 8) + box(b"mdat", 30)
+    for cut in range(1, len(data)):
+        s = BoxSplitter()
+        out = s.feed(data[:cut]) + s.feed(data[cut:])
+        assert out == [data[:40], data[40:]] and s.rest() == b""
