@@ -213,7 +213,7 @@ async function fillHole(event) {
       method: "POST",
       headers: authHeaders({ "Content-Type": "application/json" }),
       body: JSON.stringify({ prompt: before, suffix: after, stream: true,
-        max_tokens: Number($("code-tokens").value) }),
+        max_tokens: Number($("code-tokens").value), seed: Number($("code-seed").value) }),
     });
     if (!resp.ok) throw new Error(await errorText(resp));
     const reader = resp.body.pipeThrough(new TextDecoderStream()).getReader();
