@@ -9,13 +9,12 @@ with the current argmax canvas at its end (its *draft*); ``end()`` once per stre
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 from torch import Tensor
 
 from mdiff.errors import InvalidInputError
 from mdiff.text.sampling.layout import left_pad
+from mdiff.text.sampling.stream import _sinks  # one rule for streamers per row
 
 __all__ = ["Feed", "prompts_batch"]
 
@@ -51,21 +50,6 @@ def prompts_batch(input_ids, attention_mask, lm) -> tuple[Tensor, Tensor]:
     if int(ids[real].min()) < 0 or int(ids[real].max()) >= lm.vocab_size:
         raise InvalidInputError(f"token ids must lie in [0, {lm.vocab_size})")
     return ids.masked_fill(~real, pad), real
-
-
-def _sinks(streamer, batch: int) -> list:
-    if isinstance(streamer, Sequence) and not isinstance(streamer, str | bytes):
-        sinks = list(streamer)
-        if len(sinks) != batch:
-            raise InvalidInputError(f"{len(sinks)} streamers for a batch of {batch} rows")
-    elif batch == 1:
-        sinks = [streamer]
-    else:
-        raise InvalidInputError(f"a batch of {batch} rows needs one streamer per row (a list)")
-    for s in sinks:
-        if not (callable(getattr(s, "put", None)) and callable(getattr(s, "end", None))):
-            raise InvalidInputError(f"a streamer needs put() and end(); got {type(s).__name__}")
-    return sinks
 
 
 class Feed:
