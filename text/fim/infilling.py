@@ -52,7 +52,7 @@ from mdiff.errors import InvalidInputError
 from mdiff.record import check_seed
 from mdiff.text.sampling.heal import heal as heal_prefix
 from mdiff.text.sampling.heal import middle_text
-from mdiff.text.sampling.layout import left_pad
+from mdiff.text.sampling.layout import layout, left_pad, pad_multiple
 from mdiff.text.sampling.sampler import GenerationConfig, GenerationOutput, denoise
 from mdiff.text.sampling.token_bytes import token_view
 
@@ -108,8 +108,9 @@ def fit_context(
 @torch.no_grad()
 def _score(model, x: Tensor, real: Tensor, gen: Tensor, mask_id: int) -> Tensor:
     """Mean log-likelihood per middle token (B,): the middle re-masked at fixed rates (the
-    first ⌈r·n⌉ middle tokens of a fixed permutation), log p of the masked tokens."""
-    pos = (real.long().cumsum(1) - 1).clamp_min(0)
+    first ⌈r·n⌉ middle tokens of a fixed permutation), log p of the masked tokens. Positions
+    are the sampler's (`layout`), so the score sees the canvas as the sampler did."""
+    pos = layout(real, gen, model.spec, None).positions
     total = torch.zeros(x.shape[0], dtype=torch.float64)
     count = torch.zeros(x.shape[0], dtype=torch.float64)
     g = torch.Generator().manual_seed(0)
@@ -161,7 +162,7 @@ def infill(model, tokenizer, prefix: str | list[str], suffix: str | list[str],
             a, b = fit_context(pre, suf, n, limit)
             rows.append(a + [spec.mask_id] * n + b)
             parts.append((i, n, len(a)))
-    x, real = left_pad(rows, pad)
+    x, real = left_pad(rows, pad, pad_multiple(spec))
     device = next(model.parameters()).device
     x, real = x.to(device), real.to(device)
     gens = [torch.Generator(device).manual_seed(seed + i) for i, _, _ in parts]

@@ -22,7 +22,7 @@ from torch import Tensor
 
 from mdiff.errors import InvalidInputError
 
-__all__ = ["Layout", "canvas_from_prompts", "check_canvas", "layout", "left_pad"]
+__all__ = ["Layout", "canvas_from_prompts", "check_canvas", "layout", "left_pad", "pad_multiple"]
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,9 @@ class Layout:
     gen: Tensor  # (B, L) bool, to be generated
     positions: Tensor | None  # (B, L) position ids; None = slots are positions (no padding)
     blocks: Tensor  # (B, L) long, block of each generated slot, −1 elsewhere
-    n_blocks: Tensor  # (B,) long
+    n_blocks: Tensor  # (B,) long, one past the row's last block
+    first_block: Tensor  # (B,) long, the row's first block (block-causal: > 0 when other rows
+    # start earlier; the row's steps are split over n_blocks − first_block blocks)
     block_length: int
     origin: int  # slot where block 0 starts (block-causal)
 
@@ -86,7 +88,9 @@ def layout(real: Tensor, masked: Tensor, spec, block_length: int | None) -> Layo
         blocks = torch.where(gen, (gen.long().cumsum(1) - 1) // bl, -1)
     positions = None if bool(real.all()) else pos
     n_blocks = blocks.max(1).values + 1
-    return Layout(real, gen, positions, blocks, n_blocks, bl, origin)
+    first = torch.where(gen, blocks, L).min(1).values
+    first = torch.where(gen.any(1), first, 0)
+    return Layout(real, gen, positions, blocks, n_blocks, first, bl, origin)
 
 
 def canvas_from_prompts(input_ids, attention_mask, spec, gen_length: int, device):
@@ -119,9 +123,17 @@ def canvas_from_prompts(input_ids, attention_mask, spec, gen_length: int, device
     return x, real
 
 
-def left_pad(rows: list[list[int]], pad_id: int) -> tuple[Tensor, Tensor]:
-    """Token lists → left-padded ids (B, W) and the non-padding mask (B, W)."""
-    width = max(len(r) for r in rows)
+def pad_multiple(spec) -> int:
+    """The width a left-padded canvas is rounded up to: a block-causal model's ``block_size``
+    (so a row of n tokens starts at position ``(−n) mod block_size`` alone or in any batch —
+    its blocks, and so its output, do not depend on the other rows), else 1."""
+    return int(spec.block_size) if spec.attention == "block_causal" else 1
+
+
+def left_pad(rows: list[list[int]], pad_id: int, multiple: int = 1) -> tuple[Tensor, Tensor]:
+    """Token lists → left-padded ids (B, W) and the non-padding mask (B, W); W is the longest
+    row rounded up to a multiple of `multiple` (see `pad_multiple`)."""
+    width = -(-max(len(r) for r in rows) // multiple) * multiple
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     real = torch.zeros((len(rows), width), dtype=torch.bool)
     for b, r in enumerate(rows):

@@ -123,13 +123,13 @@ class _Run:
         self.gens, self.watermark, self.feed, self.sync = gens, watermark, feed, sync
         self.mask_id, self.eos_ids = spec.mask_id, cfg.eos.ids(spec.eos_ids)
         B, dev = x.shape[0], x.device
-        n_blocks = lay.n_blocks.clamp_min(1)
+        n_blocks = (lay.n_blocks - lay.first_block).clamp_min(1)  # the row's own blocks
         total = lay.gen.sum(1)
         spb = -(-total // n_blocks) if cfg.steps is None else cfg.steps // n_blocks
         self.spb = spb.clamp_min(1)  # (B,) steps per block
         zeros = torch.zeros(B, dtype=torch.long, device=dev)
         self.left = zeros[:, None].repeat(1, int(self.spb.max()))  # planned masks after a step
-        self.cur = zeros - 1  # current block
+        self.cur = lay.first_block - 1  # current block
         self.step = zeros.clone()
         self.size = zeros.clone()  # masks in the block when entered
         self.done = zeros.bool()
