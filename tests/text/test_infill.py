@@ -67,6 +67,18 @@ def test_block_causal_auto_choice_is_reproduced_alone():
     assert alone.middle == auto.middle
 
 
+@pytest.mark.parametrize("attention", ["bidirectional", "block_causal"])
+def test_auto_length_of_a_batch_equals_each_input_alone(attention):
+    # the search's scores of an input do not depend on the other inputs (padding, row index)
+    model = random_model(4, attention=attention, block_size=4)
+    pres, sufs = ["a = [", "def g(x):\n    return x", "q"], ["]\n", "\n\n", " = 1\n"]
+    kw = dict(temperature=1.0, seed=2, candidates=(2, 4, 7))
+    batch = infill(model, TOK, pres, sufs, "auto", **kw)
+    for i, (p, s) in enumerate(zip(pres, sufs, strict=True)):
+        alone = infill(model, TOK, p, s, "auto", **{**kw, "seed": 2 + i})
+        assert (alone.middle, alone.scores) == (batch[i].middle, pytest.approx(batch[i].scores))
+
+
 def test_several_holes_keep_the_text_between_them():
     model = random_model(2)
     text = "x = <FILL>\ny = x + <FILL>\nprint(y)\n"

@@ -26,9 +26,10 @@ Several holes: ``fill(model, tok, text, marker="<FILL>")`` fills every marker of
 are filled left to right, each seeing the holes before it filled and the text after it with the
 later markers removed.
 
-Seeds: row i of a batch draws from ``seed + i`` whatever its candidate length, and the sampler
-is batch-invariant, so re-running the chosen length alone reproduces the search's result
-exactly (the CLI streams that way).
+Seeds: every row of input i (each candidate length) draws from ``seed + i``, and the sampler
+and the score are batch-invariant (a block-causal model's rows are padded to whole blocks), so
+an input's result is the same alone or in any batch, and re-running the chosen length alone
+reproduces the search's result exactly (the CLI streams that way).
 
 Line endings: the model sees the text with LF line breaks; a middle written into text whose line
 breaks are mostly CRLF gets CRLF breaks too (`line_ending`). Everything outside the hole stays
@@ -108,13 +109,17 @@ def fit_context(
 @torch.no_grad()
 def _score(model, x: Tensor, real: Tensor, gen: Tensor, mask_id: int) -> Tensor:
     """Mean log-likelihood per middle token (B,): the middle re-masked at fixed rates (the
-    first ⌈r·n⌉ middle tokens of a fixed permutation), log p of the masked tokens. Positions
-    are the sampler's (`layout`), so the score sees the canvas as the sampler did."""
+    first ⌈r·n⌉ middle tokens of a fixed permutation of the row's own middle, the same in any
+    batch), log p of the masked tokens. Positions are the sampler's (`layout`), so the score
+    sees the canvas as the sampler did."""
     pos = layout(real, gen, model.spec, None).positions
     total = torch.zeros(x.shape[0], dtype=torch.float64)
     count = torch.zeros(x.shape[0], dtype=torch.float64)
-    g = torch.Generator().manual_seed(0)
-    rank = torch.rand(x.shape, generator=g).masked_fill(~gen, 2.0).argsort(1).argsort(1)
+    rank = torch.full(x.shape, x.shape[1], dtype=torch.long, device=x.device)
+    for b in range(x.shape[0]):
+        cols = gen[b].nonzero().squeeze(1)
+        order = torch.rand(cols.numel(), generator=torch.Generator().manual_seed(0))
+        rank[b, cols] = order.argsort().argsort().to(x.device)
     n = gen.sum(1, keepdim=True)
     for r in _SCORE_RATES:
         hide = gen & (rank < torch.ceil(r * n))
@@ -152,21 +157,14 @@ def infill(model, tokenizer, prefix: str | list[str], suffix: str | list[str],
             f"the model's mask id {spec.mask_id} is not its tokenizer's mask token "
             f"{view.mask_id}: build the spec with the tokenizer's mask_token_id"
         )
-    pad = spec.pad_id if spec.pad_id is not None else spec.mask_id
     limit = min(context or _max_len(model), _max_len(model))
     heals = [heal_prefix(tokenizer, _lf(p), enabled=bool(heal)) for p in prefixes]
-    rows, parts = [], []
-    for i, (s, (kept, _, _)) in enumerate(zip(suffixes, heals, strict=True)):
-        pre, suf = view.encode(kept), view.encode(_lf(s))
-        for n in lengths:
-            a, b = fit_context(pre, suf, n, limit)
-            rows.append(a + [spec.mask_id] * n + b)
-            parts.append((i, n, len(a)))
-    x, real = left_pad(rows, pad, pad_multiple(spec))
+    c = fim_canvas(spec, view, [(h[0], s, lengths) for h, s in zip(heals, suffixes, strict=True)],
+                   heals, limit)  # fmt: skip
     device = next(model.parameters()).device
-    x, real = x.to(device), real.to(device)
-    gens = [torch.Generator(device).manual_seed(seed + i) for i, _, _ in parts]
-    restrict = _restrict(heals, parts, rows, x.shape[1])
+    x, real = c.x.to(device), c.real.to(device)
+    gens = [torch.Generator(device).manual_seed(seed + i) for i, _, _ in c.parts]
+    parts, restrict = c.parts, c.restrict
     out = denoise(model, x, None if bool(real.all()) else real, config, generators=gens,
                   watermark=watermark, streamer=streamer, restrict=restrict,
                   **overrides)  # fmt: skip
@@ -180,6 +178,37 @@ def infill(model, tokenizer, prefix: str | list[str], suffix: str | list[str],
         r = _result(out, best, parts[best][1], p, s, tokenizer, by_length, heals[i][1])
         results.append(_with_line_ending(r, eols[i], p, s))
     return results[0] if single else results
+
+
+@dataclass
+class FimCanvas:
+    """Rows ``prefix + [MASK]·n + suffix`` of several inputs, left-padded (`pad_multiple`).
+
+    ``parts[r] = (input, n, prefix tokens)`` of row r; ``restrict`` is `denoise`'s argument
+    for the healed rows."""
+
+    x: Tensor  # (R, W) ids
+    real: Tensor  # (R, W) bool, not padding
+    rows: list[list[int]]
+    parts: list[tuple[int, int, int]]
+    restrict: tuple[Tensor, Tensor] | None
+
+
+def fim_canvas(spec, view, inputs, heals, limit: int) -> FimCanvas:
+    """The canvas of ``inputs`` = ``[(healed prefix, suffix, lengths)]`` (``heals`` from
+    `sampling.heal.heal`, one per input), each row fitted to ``limit`` tokens (`fit_context`).
+    One function for `infill` and the server's batcher, so a batched row is laid out exactly
+    as it is alone."""
+    rows, parts = [], []
+    for i, (kept, suffix, lengths) in enumerate(inputs):
+        pre, suf = view.encode(kept), view.encode(_lf(suffix))
+        for n in lengths:
+            a, b = fit_context(pre, suf, n, limit)
+            rows.append(a + [spec.mask_id] * n + b)
+            parts.append((i, n, len(a)))
+    pad = spec.pad_id if spec.pad_id is not None else spec.mask_id
+    x, real = left_pad(rows, pad, pad_multiple(spec))
+    return FimCanvas(x, real, rows, parts, _restrict(heals, parts, rows, x.shape[1]))
 
 
 def _texts(name: str, value) -> list[str]:
