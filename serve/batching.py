@@ -37,7 +37,6 @@ import mdiff.text.fim.infilling as F
 from mdiff.errors import InvalidInputError
 from mdiff.text.sampling.heal import heal as heal_prefix
 from mdiff.text.sampling.heal import middle_text
-from mdiff.text.sampling.layout import left_pad
 from mdiff.text.sampling.sampler import denoise
 from mdiff.text.sampling.token_bytes import token_view
 
@@ -66,6 +65,7 @@ class Job:
     prefix: str
     suffix: str
     length: int | str = "auto"
+    candidates: tuple[int, ...] = F.DEFAULT_CANDIDATES  # the lengths "auto" tries
     seed: int = 0
     settings: dict = field(default_factory=dict)  # temperature, top_p
     on_text: object = None  # callable(delta: str, draft: str | None), from the worker thread
@@ -76,6 +76,7 @@ class Job:
     scores: dict = field(default_factory=dict)
     sent: str = ""  # committed text streamed so far
     solo: bool = False
+    chosen: bool = False  # an auto length, chosen by the search, runs again to stream
     _group: object = None
 
     @property
@@ -111,7 +112,7 @@ class Batcher:
     def submit(self, jobs: list[Job]) -> list[Future]:
         """Queue one request's jobs; `QueueFull` when ``queue_size`` requests already wait."""
         for j in jobs:
-            F._lengths(j.length, F.DEFAULT_CANDIDATES)
+            F._lengths(j.length, j.candidates)
             if isinstance(j.length, int) and j.length > self.window():
                 raise InvalidInputError(f"at most {self.window()} tokens fit the model's window")
         with self._cond:
@@ -161,7 +162,7 @@ class Batcher:
 
     @staticmethod
     def _rows(job: Job) -> int:
-        return len(F.DEFAULT_CANDIDATES) if job.length == "auto" else 1
+        return len(job.candidates) if job.length == "auto" else 1
 
     def _loop(self) -> None:
         while (batch := self._take()) is not None:
@@ -199,29 +200,21 @@ class Batcher:
     def _run(self, jobs: list[Job]) -> None:
         """Denoise every job's rows as one batch; resolve the finished jobs' futures."""
         cm, tok = self.cm, self.cm.tokenizer
-        spec, view = cm.model.spec, token_view(tok)
-        limit = self.window() + 1
-        rows, parts, heals = [], [], []
-        for k, j in enumerate(jobs):
-            heals.append(heal_prefix(tok, F._lf(j.prefix), enabled=True))
-            pre, suf = view.encode(heals[-1][0]), view.encode(F._lf(j.suffix))
-            for n in F._lengths(j.length, F.DEFAULT_CANDIDATES):
-                a, b = F.fit_context(pre, suf, n, limit)
-                rows.append(a + [spec.mask_id] * n + b)
-                parts.append((k, n, len(a)))
-        pad = spec.pad_id if spec.pad_id is not None else spec.mask_id
-        device = next(cm.model.parameters()).device
-        x, real = (t.to(device) for t in left_pad(rows, pad))
+        heals = [heal_prefix(tok, F._lf(j.prefix), enabled=True) for j in jobs]
+        inputs = [(h[0], j.suffix, F._lengths(j.length, j.candidates))
+                  for h, j in zip(heals, jobs, strict=True)]  # fmt: skip
+        c = F.fim_canvas(cm.model.spec, token_view(tok), inputs, heals, self.window() + 1)
+        parts, device = c.parts, next(cm.model.parameters()).device
+        x, real = c.x.to(device), c.real.to(device)
         gens = [torch.Generator(device).manual_seed(jobs[k].seed) for k, _, _ in parts]
         sinks = [_Sink(jobs[k], tok, heals[k][1], start, n, self._any_cancelled, jobs)
                  for k, n, start in parts]  # fmt: skip
         streaming = any(j.on_text is not None for j in jobs)
         out = denoise(cm.model, x, None if bool(real.all()) else real, None, generators=gens,
                       watermark=cm.watermark, streamer=sinks if streaming else None,
-                      restrict=F._restrict(heals, parts, rows, x.shape[1]),
-                      **jobs[0].settings)  # fmt: skip
+                      restrict=c.restrict, **jobs[0].settings)  # fmt: skip
         self.stats["batches"] += 1
-        self.stats["rows"] += len(rows)
+        self.stats["rows"] += len(parts)
         again = []
         for k, j in enumerate(jobs):
             idx = [r for r, p in enumerate(parts) if p[0] == k]
@@ -231,7 +224,7 @@ class Batcher:
                 best = idx[max(range(len(idx)), key=lambda i: sc[i])]
                 j.scores = {parts[idx[i]][1]: s for i, s in sc.items()}
             if j.length == "auto" and j.on_text is not None:
-                j.length = parts[best][1]  # stream the chosen length: same seed, same text
+                j.length, j.chosen = parts[best][1], True  # stream it: same seed, same text
                 again.append(j)
                 continue
             self._finish(j, out, best, parts[best][1], heals[k][1])
@@ -240,11 +233,9 @@ class Batcher:
                 self._jobs.extendleft(reversed(again))
 
     def _scores(self, out, real, idx: list[int]) -> dict[int, float]:
-        """Length-search scores of one job's rows, at the width it has alone."""
-        width = int(real[idx].sum(1).max())
-        seq, rl = out.sequences[idx, -width:], real[idx, -width:]
-        gen = out.generated[idx, -width:]
-        s = F._score(self.cm.model, seq, rl, gen, self.cm.model.spec.mask_id)
+        """Length-search scores of one job's rows (the score is batch-invariant)."""
+        gen, seq = out.generated[idx], out.sequences[idx]
+        s = F._score(self.cm.model, seq, real[idx], gen, self.cm.model.spec.mask_id)
         return {i: float(v) for i, v in enumerate(s)}
 
     def _finish(self, job: Job, out, row: int, n: int, carry: str) -> None:
@@ -262,7 +253,8 @@ class Batcher:
                                r.tokens_per_forward, edited=job.source is None,
                                seed=job.seed)  # fmt: skip
         done.length = n
-        done.finish_reason = "length" if isinstance(job.length, int) and not stopped else "stop"
+        fixed = isinstance(job.length, int) and not job.chosen  # the caller's own length
+        done.finish_reason = "length" if fixed and not stopped else "stop"
         self.stats["jobs"] += 1
         job.future.set_result(done)
 

@@ -1,7 +1,277 @@
-"""Routes of `mdiff serve` (see `mdiff.serve`): filled in by its owner."""
+"""Text routes of `mdiff serve`: OpenAI-compatible completions with ``suffix`` (FIM), llama.cpp's
+``/infill``, and the model list.
+
+``GET /v1/models`` lists the served models (OpenAI's list shape). ``POST /v1/completions``
+answers OpenAI's ``text_completion`` object; with ``"stream": true`` it sends server-sent
+events in OpenAI's chunk format (``data: {...}`` per chunk, then ``data: [DONE]``): each chunk's
+``text`` is committed text only (tokens the sampler finalised, never retracted); with the
+extension ``"drafts": true`` a chunk may also carry ``mdiff_draft``, the hole's current draft.
+``POST /infill`` takes llama.cpp's fields and answers its shape (``content``, ``stop``, …;
+streamed as ``data: {"content": delta, "stop": false}`` events).
+
+Provenance: every choice is saved signed in the artifact store (`mdiff.serve.store`); its
+``mdiff`` field gives the record, the ``file_id`` and the URLs of the signed text and its
+``.c2pa`` sidecar (``GET /v1/files/{id}``, ``/v1/files/{id}/c2pa``). The text is the whole file
+the model completed (prefix + middle + suffix), so ``mdiff verify`` checks the middle's span.
+
+Requests go through one `mdiff.serve.batching.Batcher` per app: concurrent requests are merged
+into sampler batches without changing any answer; a full queue gives 429 + ``Retry-After``; a
+client that disconnects cancels its choices (the batch stops at its next step).
+"""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+import asyncio
+import json
+import threading
+import time
+import uuid
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from mdiff.errors import InvalidInputError
+from mdiff.serve.app import api_error
+from mdiff.serve.batching import Batcher, QueueFull
+from mdiff.serve.store import artifact_store
+from mdiff.serve.text_requests import TextRequest, parse_completion, parse_infill
+
+__all__ = ["router", "text_service"]
 
 router = APIRouter()
+_LOCK = threading.Lock()
+POLL = 0.1  # seconds between disconnect checks while a request waits
+
+
+def text_service(app) -> Batcher:
+    """The app's batcher over its text model (loads the model on first use)."""
+    with _LOCK:
+        if getattr(app.state, "batcher", None) is None:
+            limits = app.state.config.limits
+            app.state.batcher = Batcher(app.state.models.text(), queue_size=limits.queue_size)
+        return app.state.batcher
+
+
+async def _body(request: Request):
+    try:
+        return json.loads(await request.body() or b"null")
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise InvalidInputError(f"the body is not valid JSON: {e}") from None
+
+
+def _model_id(request: Request, body) -> str:
+    served = request.app.state.config.text_model
+    asked = body.get("model") if isinstance(body, dict) else None
+    if asked not in (None, "", served):
+        raise LookupError(asked)
+    return served
+
+
+@router.get("/v1/models")
+async def list_models(request: Request):
+    cfg = request.app.state.config
+    data = [{"id": name, "object": "model", "created": 0, "owned_by": "mdiff", "kind": kind}
+            for name, kind in ((cfg.text_model, "text"), (cfg.video_model, "video"))]  # fmt: skip
+    return {"object": "list", "data": data}
+
+
+def _save(app, done, model: str) -> dict:
+    """Sign ``done`` into the store; the ``mdiff`` field of its choice."""
+    store = artifact_store(app)
+    path = done.save(store.new_path(".txt"))
+    from mdiff.provenance.sign import sidecar_path
+
+    aid = store.put("text", path, sidecar=sidecar_path(path), meta={"model": model})
+    return {"file_id": aid, "file_url": f"/v1/files/{aid}", "c2pa_url": f"/v1/files/{aid}/c2pa",
+            "record": done.stamped.record.to_dict()}  # fmt: skip
+
+
+def _prompt_tokens(batcher: Batcher, req: TextRequest) -> int:
+    enc = batcher.cm.tokenizer.encode
+    return sum(len(enc(p)) + len(enc(s)) for p, s in req.prompts)
+
+
+async def _submit(request: Request, parse):
+    """Parse, admit (or an error response) and queue one request."""
+    body = await _body(request)
+    try:
+        model = _model_id(request, body)
+    except LookupError as e:
+        return api_error(404, f"the model '{e}' is not served here (GET /v1/models)",
+                         param="model", code="model_not_found")  # fmt: skip
+    req = parse(body, request.app.state.config.limits)
+    batcher = await asyncio.to_thread(text_service, request.app)
+    jobs = req.jobs()
+    if req.stream:
+        loop, queue = asyncio.get_running_loop(), asyncio.Queue()
+        for i, j in enumerate(jobs):
+            j.on_text = _pusher(loop, queue, i, req.drafts)
+    try:
+        batcher.submit(jobs)
+    except QueueFull as e:
+        return api_error(429, "too many text requests waiting; retry later", "rate_limit_error",
+                         code="rate_limit_exceeded",
+                         headers={"Retry-After": str(e.retry_after)})  # fmt: skip
+    return model, req, batcher, jobs, (queue if req.stream else None)
+
+
+def _pusher(loop, queue, index: int, drafts: bool):
+    def push(delta: str, draft: str | None) -> None:
+        if delta or (drafts and draft is not None):
+            loop.call_soon_threadsafe(queue.put_nowait, (index, delta, draft if drafts else None))
+
+    return push
+
+
+def _cancel(jobs) -> None:
+    for j in jobs:
+        j.cancel.set()
+
+
+async def _results(request: Request, jobs) -> list:
+    """Every job's `Completion`, cancelling them all if the client goes away."""
+    waiting = [asyncio.wrap_future(j.future) for j in jobs]
+    try:
+        while True:
+            done, _ = await asyncio.wait(waiting, timeout=POLL)
+            if len(done) == len(waiting):
+                return [w.result() for w in waiting]
+            if await request.is_disconnected():
+                _cancel(jobs)
+                raise asyncio.CancelledError
+    except BaseException:
+        _cancel(jobs)
+        raise
+
+
+def _fail(exc: BaseException):
+    if isinstance(exc, InvalidInputError):
+        return api_error(400, str(exc))
+    return api_error(500, f"generation failed: {exc}", "server_error")
+
+
+def _choice_text(req: TextRequest, prompt: str, middle: str) -> str:
+    return prompt + middle if req.echo else middle
+
+
+@router.post("/v1/completions")
+async def completions(request: Request):
+    admitted = await _submit(request, parse_completion)
+    if isinstance(admitted, JSONResponse):
+        return admitted
+    model, req, batcher, jobs, queue = admitted
+    cid, created = f"cmpl-{uuid.uuid4().hex[:24]}", int(time.time())
+    head = {"id": cid, "object": "text_completion", "created": created, "model": model}
+    if queue is not None:
+        return StreamingResponse(_openai_events(request, head, req, batcher, jobs, queue),
+                                 media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache"})  # fmt: skip
+    try:
+        results = await _results(request, jobs)
+    except Exception as e:  # noqa: BLE001 — the job's own error, in OpenAI's shape
+        return _fail(e)
+    choices = []
+    for i, (done, job) in enumerate(zip(results, jobs, strict=True)):
+        extra = await asyncio.to_thread(_save, request.app, done, model)
+        choices.append({"text": _choice_text(req, job.prefix, done.middles[0]), "index": i,
+                        "logprobs": None, "finish_reason": done.finish_reason,
+                        "mdiff": extra})  # fmt: skip
+    completion = sum(len(batcher.cm.tokenizer.encode(c["text"])) for c in choices)
+    prompt = _prompt_tokens(batcher, req)
+    usage = {"prompt_tokens": prompt, "completion_tokens": completion,
+             "total_tokens": prompt + completion}  # fmt: skip
+    return {**head, "choices": choices, "usage": usage, "mdiff": {"seed": req.seed}}
+
+
+def _sse(data) -> str:
+    return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
+
+
+async def _events(request: Request, req, jobs, queue, chunk, final):
+    """SSE lines: ``chunk(index, delta, draft)`` per streamed piece, ``final(index, done,
+    rest)`` per finished choice (``rest``: committed text not streamed yet)."""
+    sent = [""] * len(jobs)
+    pending = {asyncio.wrap_future(j.future): i for i, j in enumerate(jobs)}
+    try:
+        if req.echo:
+            for i, j in enumerate(jobs):
+                yield _sse(chunk(i, j.prefix, None))
+        while pending or not queue.empty():
+            getter = asyncio.ensure_future(queue.get())
+            done, _ = await asyncio.wait([getter, *pending], return_when=asyncio.FIRST_COMPLETED)
+            if getter in done:
+                i, delta, draft = getter.result()
+                sent[i] += delta
+                yield _sse(chunk(i, delta, draft))
+            else:
+                getter.cancel()
+            for fut in [f for f in done if f in pending]:
+                i = pending.pop(fut)
+                while not queue.empty():  # this choice's last pieces first
+                    k, delta, draft = queue.get_nowait()
+                    sent[k] += delta
+                    yield _sse(chunk(k, delta, draft))
+                if fut.exception() is not None:
+                    yield _sse({"error": json.loads(_fail(fut.exception()).body)["error"]})
+                    continue
+                done_ = fut.result()
+                middle = done_.middles[0]
+                rest = middle[len(sent[i]) :] if middle.startswith(sent[i]) else ""
+                extra = await asyncio.to_thread(_save, request.app, done_, req.model_id)
+                yield _sse(final(i, done_, rest, extra))
+    finally:
+        _cancel(jobs)  # a closed stream stops its generation (no-op once finished)
+
+
+async def _openai_events(request, head, req, batcher, jobs, queue):
+    req.model_id = head["model"]
+
+    def chunk(i, delta, draft):
+        c = {"text": delta, "index": i, "logprobs": None, "finish_reason": None}
+        if draft is not None:
+            c["mdiff_draft"] = draft
+        return {**head, "choices": [c]}
+
+    def final(i, done, rest, extra):
+        c = {"text": rest, "index": i, "logprobs": None, "finish_reason": done.finish_reason,
+             "mdiff": extra}  # fmt: skip
+        return {**head, "choices": [c]}
+
+    async for line in _events(request, req, jobs, queue, chunk, final):
+        yield line
+    yield "data: [DONE]\n\n"
+
+
+@router.post("/infill")
+async def infill(request: Request):
+    admitted = await _submit(request, parse_infill)
+    if isinstance(admitted, JSONResponse):
+        return admitted
+    model, req, batcher, jobs, queue = admitted
+    req.model_id = model
+    if queue is not None:
+
+        def chunk(i, delta, draft):
+            c = {"content": delta, "index": i, "stop": False}
+            return {**c, "mdiff_draft": draft} if draft is not None else c
+
+        def final(i, done, rest, extra):
+            return {**_infill_body(done, model, batcher, req, extra), "content": rest}
+
+        return StreamingResponse(_events(request, req, jobs, queue, chunk, final),
+                                 media_type="text/event-stream")  # fmt: skip
+    try:
+        (done,) = await _results(request, jobs)
+    except Exception as e:  # noqa: BLE001
+        return _fail(e)
+    extra = await asyncio.to_thread(_save, request.app, done, model)
+    return _infill_body(done, model, batcher, req, extra)
+
+
+def _infill_body(done, model, batcher, req, extra) -> dict:
+    middle = done.middles[0]
+    return {"content": middle, "index": 0, "stop": True, "model": model,
+            "tokens_predicted": len(batcher.cm.tokenizer.encode(middle)),
+            "tokens_evaluated": _prompt_tokens(batcher, req),
+            "stop_type": "limit" if done.finish_reason == "length" else "eos",
+            "generation_settings": {"seed": req.seed, **req.settings}, "mdiff": extra}  # fmt: skip

@@ -12,18 +12,15 @@ where Chromium is missing; CI installs it (``.ci/run``).
 from __future__ import annotations
 
 import json
-import socket
 import struct
-import threading
-import time
 import zlib
-from contextlib import contextmanager
 
 import httpx
 import pytest
 import torch
 
 from tests.serve.chromium import Browser, find_chromium
+from tests.serve.server import live_server
 
 CHROMIUM = find_chromium()
 # slow: the routes the page calls (/v1/completions, /v1/verify) are not all built yet (issue 30)
@@ -34,29 +31,6 @@ pytestmark = [
 FRAMES = 5  # a short clip: the test stays fast on 2 CPU cores
 BADGES = {0: ("trusted", "ok"), 1: ("warning", "warn"), 2: ("tampered", "bad"),
           3: ("nothing found", "none")}  # fmt: skip
-
-
-@contextmanager
-def live_server(app):
-    """A real uvicorn server for ``app`` on 127.0.0.1 at a free port; yields its base URL."""
-    import uvicorn
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    end = time.monotonic() + 30
-    while not server.started:
-        if time.monotonic() > end or not thread.is_alive():
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(30)
 
 
 @pytest.fixture(scope="module")

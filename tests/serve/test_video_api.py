@@ -16,13 +16,13 @@ import httpx
 import numpy as np
 import pytest
 import torch
-import uvicorn
 from fastapi.testclient import TestClient
 
 from mdiff.provenance import verify
 from mdiff.serve.app import Models, ServeConfig, create_app
 from mdiff.serve.limits import Limits
 from mdiff.serve.video_api import BoxSplitter, service
+from tests.serve.server import live_server
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 torch.set_num_threads(1)
@@ -48,26 +48,6 @@ def make_app(models, home):
         return create_app(config, models=models)
 
     return make
-
-
-@contextlib.contextmanager
-def live_server(app):
-    """A uvicorn server on a free loopback port in a thread; yields its base URL."""
-    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning",
-                            timeout_graceful_shutdown=1)  # fmt: skip
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert server.started
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(30)
 
 
 def decode(data: bytes) -> np.ndarray:

@@ -1,0 +1,161 @@
+"""Parsing and bounds of the text routes' JSON bodies (OpenAI ``/v1/completions``, llama.cpp
+``/infill``) into one `TextRequest`: the prompts, one `Job` per choice, and how to answer.
+
+Length. A diffusion LM fills a hole of a chosen number of tokens. ``max_tokens`` (``n_predict``
+for ``/infill``) bounds it: the model's own length search (`mdiff.text.fim.infilling`) picks
+the length among the candidate lengths ≤ ``max_tokens`` (default: all candidates, ≤ 64). The
+extension field ``"length": n`` asks for exactly n tokens. A prompt without ``suffix`` is a hole
+at the end of the prompt (the same search, an empty suffix).
+
+Seeds. Choice j of a request draws from ``seed + j``; a request without ``seed`` gets a random
+one, returned in the response (``mdiff.seed``), so any answer can be reproduced. A request's
+answer is the same alone or batched with others (`mdiff.serve.batching`).
+
+Fields OpenAI defines that do not apply to a diffusion sampler (``frequency_penalty``,
+``presence_penalty``, ``best_of`` 1, ``user``, ``logit_bias`` empty) are accepted and ignored;
+``logprobs`` and ``best_of`` > 1 are refused with a 400 that says so.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, field
+
+import mdiff.text.fim.infilling as F
+from mdiff.errors import InvalidInputError
+from mdiff.serve.batching import Job
+
+__all__ = ["TextRequest", "parse_completion", "parse_infill"]
+
+MAX_STOPS = 4  # OpenAI's bound on ``stop`` strings
+MAX_SEED = 2**31 - 1
+
+
+@dataclass
+class TextRequest:
+    """A parsed text request: ``prompts[i] = (prefix, suffix)``, ``n`` choices each."""
+
+    prompts: list[tuple[str, str]]
+    n: int = 1
+    length: int | str = "auto"
+    candidates: tuple[int, ...] = F.DEFAULT_CANDIDATES
+    seed: int = 0
+    settings: dict = field(default_factory=dict)
+    stop: tuple[str, ...] = ()
+    stream: bool = False
+    drafts: bool = False
+    echo: bool = False
+
+    def jobs(self) -> list[Job]:
+        """One `Job` per choice, in answer order (prompt-major, as OpenAI indexes choices)."""
+        return [Job(p, s, self.length, candidates=self.candidates, seed=self.seed + j,
+                    settings=dict(self.settings), stop=self.stop)
+                for p, s in self.prompts for j in range(self.n)]  # fmt: skip
+
+
+def _pick(body: dict, name: str, kinds, default=None, *, check=None, what: str = ""):
+    """``body[name]`` (None → ``default``) if it is one of ``kinds`` (bool is never an int) and
+    passes ``check``; else `InvalidInputError` naming the field."""
+    value = body.get(name)
+    if value is None:
+        return default
+    ok = isinstance(value, kinds) and not (isinstance(value, bool) and bool not in kinds)
+    if not ok or (check is not None and not check(value)):
+        raise InvalidInputError(f"'{name}' must be {what}, got {value!r}"[:300])
+    return value
+
+
+def _text(body: dict, name: str, default=None) -> str | None:
+    return _pick(body, name, (str,), default, what="a string")
+
+
+def _settings(body: dict, limits, max_name: str) -> dict:
+    """The shared fields: length bounds, sampler settings, seed, stop, stream."""
+    max_tokens = _pick(body, max_name, (int,), None, what=f"an integer in [1, {limits.max_tokens}]",
+                       check=lambda v: 1 <= v <= limits.max_tokens or v == -1)  # fmt: skip
+    if max_tokens == -1:  # llama.cpp: no limit
+        max_tokens = None
+    length = _pick(body, "length", (int, str), "auto", what=f"'auto' or 1…{limits.max_tokens}",
+                   check=lambda v: v == "auto" or (isinstance(v, int)
+                                                   and 1 <= v <= limits.max_tokens))  # fmt: skip
+    if isinstance(length, int) and max_tokens is not None and length > max_tokens:
+        raise InvalidInputError(f"'length' {length} exceeds '{max_name}' {max_tokens}")
+    bound = limits.max_tokens if max_tokens is None else max_tokens
+    candidates = tuple(c for c in F.DEFAULT_CANDIDATES if c <= bound) or (bound,)
+    settings = {}
+    temperature = _pick(body, "temperature", (int, float), None, what="a number in [0, 2]",
+                        check=lambda v: 0 <= v <= 2)  # fmt: skip
+    if temperature is not None:
+        settings["temperature"] = float(temperature)
+    top_p = _pick(body, "top_p", (int, float), None, what="a number in (0, 1]",
+                  check=lambda v: 0 < v <= 1)  # fmt: skip
+    if top_p is not None and top_p < 1:
+        settings["top_p"] = float(top_p)
+    seed = _pick(body, "seed", (int,), None, what=f"an integer in [0, {MAX_SEED}]",
+                 check=lambda v: 0 <= v <= MAX_SEED)  # fmt: skip
+    stop = body.get("stop")
+    stops = [stop] if isinstance(stop, str) else stop if stop is not None else []
+    if (
+        not isinstance(stops, list)
+        or len(stops) > MAX_STOPS
+        or not all(isinstance(s, str) and 0 < len(s) <= 200 for s in stops)
+    ):
+        raise InvalidInputError(f"'stop' must be a string or a list of at most {MAX_STOPS} "
+                                "non-empty strings")  # fmt: skip
+    return dict(length=length, candidates=candidates, settings=settings,
+                seed=secrets.randbelow(MAX_SEED) if seed is None else seed, stop=tuple(stops),
+                stream=_pick(body, "stream", (bool,), False, what="true or false"),
+                drafts=_pick(body, "drafts", (bool,), False, what="true or false"))  # fmt: skip
+
+
+def _check_size(prompts, limits) -> None:
+    chars = sum(len(p) + len(s) for p, s in prompts)
+    if chars > limits.max_prompt_chars:
+        raise InvalidInputError(
+            f"prompt and suffix hold {chars} characters: at most {limits.max_prompt_chars}"
+        )
+
+
+def parse_completion(body, limits) -> TextRequest:
+    """OpenAI ``/v1/completions``: ``prompt`` (a string or a list of strings), ``suffix``,
+    ``max_tokens``, ``temperature``, ``top_p``, ``seed``, ``n``, ``stop``, ``stream``,
+    ``echo``; extensions ``length`` and ``drafts``."""
+    if not isinstance(body, dict):
+        raise InvalidInputError("the body must be a JSON object")
+    prompt = body.get("prompt", "")
+    prompts = [prompt] if isinstance(prompt, str) else prompt
+    if not isinstance(prompts, list) or not prompts or not all(isinstance(p, str) for p in prompts):
+        raise InvalidInputError("'prompt' must be a string or a non-empty list of strings "
+                                "(token-id prompts are not supported)")  # fmt: skip
+    suffix = _text(body, "suffix", "")
+    n = _pick(body, "n", (int,), 1, what=f"an integer in [1, {limits.max_n}]",
+              check=lambda v: 1 <= v <= limits.max_n)  # fmt: skip
+    if len(prompts) * n > limits.max_n:
+        raise InvalidInputError(f"{len(prompts)} prompts × n={n} choices: at most {limits.max_n}")
+    if body.get("logprobs") not in (None, 0, False):
+        raise InvalidInputError("'logprobs' is not supported by a diffusion sampler")
+    if _pick(body, "best_of", (int,), 1, what="1", check=lambda v: v >= 1) != 1:
+        raise InvalidInputError("'best_of' > 1 is not supported; use 'n'")
+    pairs = [(p, suffix) for p in prompts]
+    _check_size(pairs, limits)
+    echo = _pick(body, "echo", (bool,), False, what="true or false")
+    return TextRequest(pairs, n=n, echo=echo, **_settings(body, limits, "max_tokens"))
+
+
+def parse_infill(body, limits) -> TextRequest:
+    """llama.cpp ``/infill``: ``input_prefix``, ``input_suffix``, ``prompt`` (text after the
+    prefix, e.g. the cursor line), ``input_extra`` (``[{"filename", "text"}]`` context put
+    before the prefix), ``n_predict``, ``temperature``, ``top_p``, ``seed``, ``stop``,
+    ``stream``."""
+    if not isinstance(body, dict):
+        raise InvalidInputError("the body must be a JSON object")
+    prefix = _text(body, "input_prefix", "") + _text(body, "prompt", "")
+    extra = body.get("input_extra") or []
+    if not isinstance(extra, list) or not all(
+        isinstance(c, dict) and isinstance(c.get("text", ""), str) for c in extra
+    ):
+        raise InvalidInputError("'input_extra' must be a list of {'filename', 'text'} objects")
+    context = "".join(c.get("text", "") + ("\n" if c.get("text") else "") for c in extra)
+    pairs = [(context + prefix, _text(body, "input_suffix", ""))]
+    _check_size(pairs, limits)
+    return TextRequest(pairs, **_settings(body, limits, "n_predict"))
