@@ -18,6 +18,9 @@ def _arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--video-model", default="shapes-t2v", help="a built-in name or a folder")
     p.add_argument("--text-model", default="code-tiny-block", help="a built-in name or a folder")
     p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY'")
+    p.add_argument("--queue-size", type=int, default=32,
+                   help="requests that may wait per model before 429 (default 32)")  # fmt: skip
+    p.add_argument("--max-tokens", type=int, default=512, help="bound on a completion's tokens")
 
 
 def run_serve(args: argparse.Namespace) -> int:
@@ -25,10 +28,15 @@ def run_serve(args: argparse.Namespace) -> int:
 
     from mdiff.errors import InvalidInputError
     from mdiff.serve.app import ServeConfig, create_app
+    from mdiff.serve.limits import Limits
 
     if not 0 < args.port < 65536:
         raise InvalidInputError(f"--port must be in 1..65535, got {args.port}")
+    if args.queue_size < 1 or args.max_tokens < 1:
+        raise InvalidInputError("--queue-size and --max-tokens must be positive")
+    limits = Limits(queue_size=args.queue_size, max_tokens=args.max_tokens)
     config = ServeConfig(host=args.host, port=args.port, video_model=args.video_model,
-                         text_model=args.text_model, api_key=args.api_key)  # fmt: skip
+                         text_model=args.text_model, api_key=args.api_key,
+                         limits=limits)  # fmt: skip
     uvicorn.run(create_app(config), host=args.host, port=args.port, log_level="info")
     return 0
