@@ -57,18 +57,20 @@ class Models:
         """The text model (`mdiff.text.CodeModel`)."""
         with self._lock:
             if self._text is None:
+                from mdiff.serve import compute
                 from mdiff.text import CodeModel
 
-                self._text = CodeModel.from_pretrained(self.config.text_model)
+                self._text = compute.call(CodeModel.from_pretrained, self.config.text_model)
             return self._text
 
     def video(self):
         """The video pipeline (`mdiff.video.VideoPipeline`)."""
         with self._lock:
             if self._video is None:
+                from mdiff.serve import compute
                 from mdiff.video import VideoPipeline
 
-                self._video = VideoPipeline.from_pretrained(self.config.video_model)
+                self._video = compute.call(VideoPipeline.from_pretrained, self.config.video_model)
             return self._video
 
 

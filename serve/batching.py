@@ -35,6 +35,7 @@ import torch
 
 import mdiff.text.fim.infilling as F
 from mdiff.errors import InvalidInputError
+from mdiff.serve import compute
 from mdiff.text.sampling.heal import heal as heal_prefix
 from mdiff.text.sampling.heal import middle_text
 from mdiff.text.sampling.sampler import denoise
@@ -173,7 +174,7 @@ class Batcher:
                     j.future.set_exception(_Cancelled("cancelled"))
             try:
                 if live:
-                    self._run(live)
+                    compute.call(self._run, live)  # torch work: on the compute thread
             except _Cancelled:
                 self._requeue(live)
             except Exception as e:  # noqa: BLE001 — a failed batch retries its jobs alone

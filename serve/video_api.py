@@ -37,6 +37,7 @@ from fastapi import APIRouter, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 
 from mdiff.errors import InvalidInputError, MdiffError
+from mdiff.serve import compute
 from mdiff.serve.app import api_error
 
 __all__ = ["VideoJob", "VideoService", "finalize_all", "router", "service"]
@@ -98,7 +99,7 @@ class VideoService:
             self.jobs[job.id] = job
         try:
             pipe = self.models.video()
-            chunks = pipe.stream(callback=job.check, **kwargs)  # checks the inputs here: 400
+            chunks = compute.call(pipe.stream, callback=job.check, **kwargs)  # checks inputs: 400
         except BaseException:
             with self._lock:
                 del self.jobs[job.id]
@@ -117,7 +118,8 @@ class VideoService:
                 job.status = "in_progress"
                 if job.stop.is_set():
                     raise _Stopped(job.id)
-                summary = write_live(job.path, chunks, pipe.stamper, fps=pipe.settings.fps)
+                summary = write_live(job.path, compute.iterate(chunks), pipe.stamper,
+                                     fps=pipe.settings.fps)  # fmt: skip
             job.frames, job.status = summary.frames, "completed"
         except _Stopped:
             job.status = "interrupted" if job.path.exists() else "failed"

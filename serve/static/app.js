@@ -8,7 +8,7 @@ const HOLE = "<HOLE>";
 const stats = (window.mdiffStats = {
   mseSupported: typeof MediaSource !== "undefined",
   codec: null, codecSupported: null, startedAt: null, firstFrameMs: null,
-  framesPainted: 0, segments: 0, bytes: 0, messages: [], done: false, error: null,
+  framesPainted: 0, segments: 0, segmentMs: [], bytes: 0, messages: [], done: false, error: null,
 });
 
 // ---- the API key: kept in localStorage, sent as a bearer token (or ?api_key= on WebSockets)
@@ -96,6 +96,7 @@ class LivePlayer {
 
   async take(data) {
     stats.segments += 1;
+    stats.segmentMs.push(Math.round(performance.now() - stats.startedAt));
     stats.bytes += data.byteLength;
     if (!this.buffer) {
       this.pending = concat(this.pending, new Uint8Array(data));
@@ -139,7 +140,7 @@ function startVideo(event) {
   if (!stats.mseSupported) return setVideoStatus("This browser has no Media Source Extensions.");
   stopVideo();
   Object.assign(stats, { codec: null, codecSupported: null, firstFrameMs: null, framesPainted: 0,
-    segments: 0, bytes: 0, messages: [], done: false, error: null });
+    segments: 0, segmentMs: [], bytes: 0, messages: [], done: false, error: null });
   stats.startedAt = performance.now();
   const player = new LivePlayer($("video"), setVideoStatus);
   const url = new URL("/v1/realtime/video", location.href);
@@ -166,19 +167,24 @@ function startVideo(event) {
     if (status.type === "error") fail((status.error && status.error.message) || status.message);
     else if (["done", "end", "finished", "stopped"].includes(status.type)) finish(status);
   };
-  socket.onclose = () => {
-    player.end();
+  const idle = () => {
     $("video-start").disabled = false;
     $("video-stop").disabled = true;
   };
-  const finish = (status) => {
+  socket.onclose = () => {
+    player.end();
+    idle();
+  };
+  const finish = (status) => {  // the server keeps the socket for another start: ready again
     stats.done = true;
+    idle();
     const id = status.id ? ` (id ${status.id})` : "";
     setVideoStatus(`Done: ${stats.framesPainted} frames shown${id}.`);
     player.end();
   };
   const fail = (message) => {
     stats.error = message || "the stream failed";
+    idle();
     setVideoStatus(`Error: ${stats.error}`);
   };
 }

@@ -97,6 +97,7 @@ def test_page_plays_the_live_stream(page, tmp_path):
     assert video["time"] > 0 and video["width"] > 0
     assert video["std"] > 1.0, "the last painted frame is blank"
     assert stats["firstFrameMs"] is not None and stats["firstFrameMs"] > 0
+    assert page.js("!document.getElementById('video-start').disabled"), "Start stays disabled"
 
     shot = page.screenshot()
     (tmp_path / "page.png").write_bytes(shot)

@@ -67,7 +67,7 @@ class StreamSummary:
     frames: int
     chunks: int
     seconds: float  # wall time from the call to the signed file
-    time_to_first_frame: float  # seconds until the first chunk was written
+    time_to_first_frame: float  # seconds until the file could show its first frame (below)
     fps: float  # frames generated per second of wall time
     record: GenerationRecord
 
@@ -159,8 +159,13 @@ def write_live(
 
 @dataclass
 class _Live:
-    """What `_write_signed` wrote: the writer, the record signed, when the first chunk was
-    written and the exception that stopped the chunks (None when they all came)."""
+    """What `_write_signed` wrote: the writer, the record signed, when the first frame became
+    decodable in the file and the exception that stopped the chunks (None when they all came).
+
+    The muxer closes a frame's fragment when the next frame is muxed (it needs its duration),
+    so frame 0 can be shown once frame 1 is written: with a one-frame first chunk (the causal
+    models' first latent frame), that is the second chunk. That moment is the time to first
+    frame a viewer of the file, or of its live bytes, sees."""
 
     writer: FragmentedMP4Writer
     record: GenerationRecord
@@ -190,9 +195,11 @@ def _write_signed(target: Path, chunks: Iterable[VideoChunk], stamper, fps: floa
             for chunk in chunks:
                 state["record"] = chunk.record
                 writer.write(chunk.frames)
-                if state["first"] is None:
-                    state["first"] = time.perf_counter() - start
+                if state["first"] is None and writer.frames_written >= 2:
+                    state["first"] = time.perf_counter() - start  # frame 0's fragment is out
             state["complete"] = True
+        if state["first"] is None:  # a one-frame file: its fragment closed with the file
+            state["first"] = time.perf_counter() - start
     except BaseException as exc:
         if not state["signed"] or isinstance(exc, OSError):
             raise
