@@ -47,8 +47,10 @@ def browser_first_frames(url: str, frames: int, reps: int) -> list[float]:
             if stats["error"]:
                 raise RuntimeError(stats["error"])
             out.append(stats["firstFrameMs"] / 1000)
-            print(f"  page run {k}: first painted frame {stats['firstFrameMs']:.0f} ms; fMP4 "
-                  f"segments arrived at {stats['segmentMs'][:3]} ms (init, then fragments)")
+            print(
+                f"  page run {k}: first painted frame {stats['firstFrameMs']:.0f} ms; fMP4 "
+                f"segments arrived at {stats['segmentMs'][:3]} ms (init, then fragments)"
+            )
         return out
 
 
