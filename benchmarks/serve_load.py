@@ -73,9 +73,13 @@ class Server:
         self.proc.wait(30)
 
 
+LENGTH = None  # --length: every FIM request asks for exactly this many tokens
+
+
 def fim_body(i: int, max_tokens: int) -> dict:
     prefix, suffix = HOLES[i % len(HOLES)]
-    return {"prompt": prefix, "suffix": suffix, "max_tokens": max_tokens, "seed": i}
+    body = {"prompt": prefix, "suffix": suffix, "max_tokens": max_tokens, "seed": i}
+    return body if LENGTH is None else {**body, "length": min(LENGTH, max_tokens)}
 
 
 def post(url: str, body: dict, timeout: float = 600) -> tuple[int, dict, float]:
@@ -120,7 +124,8 @@ def part_fim(a) -> None:
     same = sum(x[1].get("choices", [{}])[0].get("text") == y[1].get("choices", [{}])[0].get("text")
                for x, y in zip(alone, together, strict=True))  # fmt: skip
     lat = [s for _, _, s in together]
-    print(f"fim: {a.requests} requests, max_tokens {a.max_tokens}: one by one {t_seq:.2f} s "
+    mode = f"length {LENGTH}" if LENGTH else f"auto length, max_tokens {a.max_tokens}"
+    print(f"fim: {a.requests} requests, {mode}: one by one {t_seq:.2f} s "
           f"({a.requests / t_seq:.2f} req/s), concurrent {t_conc:.2f} s "
           f"({a.requests / t_conc:.2f} req/s): throughput {t_seq / t_conc:.2f}x (goal >= 3x); "
           f"latency p50 {pct(lat, 0.5):.2f} s p99 {pct(lat, 0.99):.2f} s; identical "
@@ -219,7 +224,10 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=32)
     ap.add_argument("--max-tokens", type=int, default=16)
     ap.add_argument("--cycles", type=int, default=50)
+    ap.add_argument("--length", type=int, help="fixed hole length (default: the auto search)")
     a = ap.parse_args()
+    global LENGTH
+    LENGTH = a.length
     print(command_line())
     for part in a.parts:
         {"fim": part_fim, "mixed": part_mixed, "cycles": part_cycles,

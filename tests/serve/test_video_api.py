@@ -29,10 +29,6 @@ torch.set_num_threads(1)
 PROMPT = "a red circle moving right"
 
 
-# ~13 s per test on 2 cores (a real server, real generation): outside the default run
-pytestmark = pytest.mark.slow
-
-
 @pytest.fixture(scope="module")
 def models(home):
     m = Models(ServeConfig(home=str(home)))
