@@ -78,6 +78,7 @@ class Job:
     sent: str = ""  # committed text streamed so far
     solo: bool = False
     chosen: bool = False  # an auto length, chosen by the search, runs again to stream
+    drafts: bool = False  # on_text also gets the hole's draft every step
     _group: object = None
 
     @property
@@ -208,11 +209,11 @@ class Batcher:
         parts, device = c.parts, next(cm.model.parameters()).device
         x, real = c.x.to(device), c.real.to(device)
         gens = [torch.Generator(device).manual_seed(jobs[k].seed) for k, _, _ in parts]
-        sinks = [_Sink(jobs[k], tok, heals[k][1], start, n, self._any_cancelled, jobs)
+        kind = _DraftSink if any(j.drafts and j.on_text is not None for j in jobs) else _Sink
+        sinks = [kind(jobs[k], tok, heals[k][1], start, n, self._any_cancelled, jobs)
                  for k, n, start in parts]  # fmt: skip
-        streaming = any(j.on_text is not None for j in jobs)
         out = denoise(cm.model, x, None if bool(real.all()) else real, None, generators=gens,
-                      watermark=cm.watermark, streamer=sinks if streaming else None,
+                      watermark=cm.watermark, streamer=sinks,
                       restrict=c.restrict, **jobs[0].settings)  # fmt: skip
         self.stats["batches"] += 1
         self.stats["rows"] += len(parts)
@@ -291,6 +292,7 @@ class _Sink:
         return text.replace("\n", self.eol) if self.eol != "\n" else text
 
     def put(self, value) -> None:
+        compute.yield_point()  # every step: live video chunks waiting run first
         if self.stop(self.jobs):
             raise _Cancelled("a client went away")
         tokens = torch.as_tensor(value).reshape(-1).tolist()
@@ -304,12 +306,16 @@ class _Sink:
                 delta, self.job.sent = text[len(self.job.sent) :], text
                 self.job.on_text(delta, None)
 
+    def end(self) -> None:
+        pass
+
+
+class _DraftSink(_Sink):
+    """A `_Sink` that also sends the hole's draft every step (computed only when asked)."""
+
     def put_draft(self, value, step: int | None = None) -> None:
         if self.stop(self.jobs):
             raise _Cancelled("a client went away")
         if self.live:
             ids = torch.as_tensor(value).reshape(-1).tolist()[self.start : self.start + self.n]
             self.job.on_text("", self._text(ids))
-
-    def end(self) -> None:
-        pass

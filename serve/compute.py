@@ -12,30 +12,58 @@ divide the same cores.
     result = compute.call(fn, *args)          # from any thread; runs inline on the compute thread
     future = compute.submit(fn, *args)        # a concurrent.futures.Future
     for chunk in compute.iterate(generator):  # each next() is one task
+    compute.yield_point()                     # inside a long task: let waiting tasks run
+
+A text batch is one task of up to a few seconds; it calls `yield_point` between sampler steps,
+so live video streams keep getting their chunks while text is denoised.
 """
 
 from __future__ import annotations
 
 import queue
 import threading
+import time
 from concurrent.futures import Future
 
-__all__ = ["call", "iterate", "submit"]
+__all__ = ["call", "iterate", "submit", "yield_point"]
 
 _tasks: queue.SimpleQueue = queue.SimpleQueue()
 _lock = threading.Lock()
 _thread: threading.Thread | None = None
 
 
+def _run(task) -> None:
+    future, fn, args, kwargs = task
+    if not future.set_running_or_notify_cancel():
+        return
+    try:
+        future.set_result(fn(*args, **kwargs))
+    except BaseException as exc:  # noqa: BLE001 — the caller gets it from the future
+        future.set_exception(exc)
+
+
 def _loop() -> None:
     while True:
-        future, fn, args, kwargs = _tasks.get()
-        if not future.set_running_or_notify_cancel():
-            continue
+        _run(_tasks.get())
+
+
+_last_yield = [0.0]
+
+
+def yield_point(every: float = 0.05) -> None:
+    """Inside a long task (a text batch, between two sampler steps): run the tasks waiting now
+    (video chunks of live streams) first, at most once per ``every`` seconds. Lets a long task
+    share the thread without splitting it; a no-op off the compute thread."""
+    now = time.monotonic()
+    if not _on_compute_thread() or now - _last_yield[0] < every:
+        return
+    _last_yield[0] = now
+    for _ in range(_tasks.qsize()):
         try:
-            future.set_result(fn(*args, **kwargs))
-        except BaseException as exc:  # noqa: BLE001 — the caller gets it from the future
-            future.set_exception(exc)
+            task = _tasks.get_nowait()
+        except queue.Empty:
+            return
+        _run(task)
 
 
 def _on_compute_thread() -> bool:

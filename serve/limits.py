@@ -18,3 +18,4 @@ class Limits:
     max_pixels: int = 512 * 512  # height × width
     max_upload_bytes: int = 64 * 2**20  # /v1/verify
     queue_size: int = 32  # waiting requests before 429 + Retry-After
+    max_running_videos: int = 4  # video streams generated at once (interleaved by chunk)

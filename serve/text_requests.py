@@ -49,7 +49,7 @@ class TextRequest:
     def jobs(self) -> list[Job]:
         """One `Job` per choice, in answer order (prompt-major, as OpenAI indexes choices)."""
         return [Job(p, s, self.length, candidates=self.candidates, seed=self.seed + j,
-                    settings=dict(self.settings), stop=self.stop)
+                    settings=dict(self.settings), stop=self.stop, drafts=self.drafts)
                 for p, s in self.prompts for j in range(self.n)]  # fmt: skip
 
 

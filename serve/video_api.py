@@ -13,8 +13,10 @@ the file then holds the finished chunks, signed with ``extra["interrupted"] = Tr
 fields above), the server answers ``{"type": "started", "id"}``, binary fMP4 segments (the init
 segment first), then ``{"type": "done", "id", "frames", "interrupted"}``; ``{"type": "stop"}``
 ends the generation early (finalized and signed). A bad request gets ``{"type": "error",
-"error": {...}}``. Generation runs in worker threads, one at a time (the pipeline is shared);
-``Limits.queue_size`` more may wait, beyond that 429 + ``Retry-After``. `finalize_all()` stops
+"error": {...}}``. Up to ``Limits.max_running_videos`` generations run at once, their chunks
+interleaved on the compute thread (`mdiff.serve.compute`; each stream's frames are bitwise
+those it makes alone); ``Limits.queue_size`` more may wait, beyond that 429 + ``Retry-After``.
+Each stream's writer (encoding, signing) runs in its own thread. `finalize_all()` stops
 every live generation and waits until its file is signed (the app's shutdown calls it).
 """
 
@@ -72,8 +74,9 @@ class VideoJob:
 
 
 class VideoService:
-    """The generations of one app: admission (1 running + `queue_size` waiting), the worker
-    threads and the folder of their files (``<home>/serve-videos`` or a temp folder)."""
+    """The generations of one app: admission (``max_running_videos`` running + `queue_size`
+    waiting), the worker threads and the folder of their files (``<home>/serve-videos`` or a
+    temp folder)."""
 
     def __init__(self, models, limits, home: str | None = None):
         self.models, self.limits = models, limits
@@ -81,7 +84,10 @@ class VideoService:
         root.mkdir(parents=True, exist_ok=True)
         self.root = root
         self.jobs: dict[str, VideoJob] = {}
-        self._lock, self._gpu = threading.Lock(), threading.Lock()
+        self._lock = threading.Lock()
+        # streams run at once up to max_running_videos, interleaved chunk by chunk on the
+        # compute thread (bitwise the frames each gives alone); the rest wait their turn
+        self._running = threading.BoundedSemaphore(limits.max_running_videos)
         self._threads: dict[str, threading.Thread] = {}
         _SERVICES.add(self)
 
@@ -92,7 +98,7 @@ class VideoService:
         """Check `body`, admit it (or 429) and start its generation in a worker thread."""
         kwargs = parse_request(body, self.limits, self.models.config.video_model)
         with self._lock:
-            if self.live() >= 1 + self.limits.queue_size:
+            if self.live() >= self.limits.max_running_videos + self.limits.queue_size:
                 raise _Busy()
             job_id = uuid.uuid4().hex
             job = VideoJob(job_id, self.root / f"{job_id}.mp4")
@@ -114,7 +120,7 @@ class VideoService:
         from mdiff.video.pipeline.stream import write_live
 
         try:
-            with self._gpu:
+            with self._running:
                 job.status = "in_progress"
                 if job.stop.is_set():
                     raise _Stopped(job.id)

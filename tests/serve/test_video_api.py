@@ -196,7 +196,7 @@ def test_unknown_video_is_404(make_app):
 
 
 def test_overload_is_429_with_retry_after_and_image_to_video_runs(make_app, home):
-    app = make_app(queue_size=0)
+    app = make_app(queue_size=0, max_running_videos=1)
     svc = service(app)
     image = "data:image/png;base64," + _png(64, 64)
     job = svc.start({"prompt": PROMPT, "frames": 97, "size": "64x64", "steps": 4, "image": image})
