@@ -99,7 +99,7 @@ def create_app(config: ServeConfig | None = None, *, models: Models | None = Non
     """The app for `config` (default: built-in models, loopback, no key)."""
     from fastapi.staticfiles import StaticFiles
 
-    from mdiff.serve import text_api, verify_api, video_api
+    from mdiff.serve import ollama_api, text_api, verify_api, video_api
 
     config = config or ServeConfig()
 
@@ -136,7 +136,7 @@ def create_app(config: ServeConfig | None = None, *, models: Models | None = Non
         return api_error(exc.status_code, str(exc.detail), "invalid_request_error",
                          headers=getattr(exc, "headers", None))  # fmt: skip
 
-    for module in (text_api, video_api, verify_api):
+    for module in (text_api, ollama_api, video_api, verify_api):
         app.include_router(module.router)
     app.mount("/", StaticFiles(directory=STATIC, html=True), name="static")
     return app

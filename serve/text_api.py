@@ -187,22 +187,23 @@ def _sse(data) -> str:
     return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
 
 
-async def _events(request: Request, req, jobs, queue, chunk, final):
-    """SSE lines: ``chunk(index, delta, draft)`` per streamed piece, ``final(index, done,
-    rest)`` per finished choice (``rest``: committed text not streamed yet)."""
+async def _events(request: Request, req, jobs, queue, chunk, final, frame=_sse):
+    """Stream lines (``frame(payload)``, default SSE): ``chunk(index, delta, draft)`` per
+    streamed piece, ``final(index, done, rest, extra)`` per finished choice (``rest``:
+    committed text not streamed yet; ``extra``: its ``mdiff`` provenance field)."""
     sent = [""] * len(jobs)
     pending = {asyncio.wrap_future(j.future): i for i, j in enumerate(jobs)}
     try:
         if req.echo:
             for i, j in enumerate(jobs):
-                yield _sse(chunk(i, j.prefix, None))
+                yield frame(chunk(i, j.prefix, None))
         while pending or not queue.empty():
             getter = asyncio.ensure_future(queue.get())
             done, _ = await asyncio.wait([getter, *pending], return_when=asyncio.FIRST_COMPLETED)
             if getter in done:
                 i, delta, draft = getter.result()
                 sent[i] += delta
-                yield _sse(chunk(i, delta, draft))
+                yield frame(chunk(i, delta, draft))
             else:
                 getter.cancel()
             for fut in [f for f in done if f in pending]:
@@ -210,15 +211,15 @@ async def _events(request: Request, req, jobs, queue, chunk, final):
                 while not queue.empty():  # this choice's last pieces first
                     k, delta, draft = queue.get_nowait()
                     sent[k] += delta
-                    yield _sse(chunk(k, delta, draft))
+                    yield frame(chunk(k, delta, draft))
                 if fut.exception() is not None:
-                    yield _sse({"error": json.loads(_fail(fut.exception()).body)["error"]})
+                    yield frame({"error": json.loads(_fail(fut.exception()).body)["error"]})
                     continue
                 done_ = fut.result()
                 middle = done_.middles[0]
                 rest = middle[len(sent[i]) :] if middle.startswith(sent[i]) else ""
                 extra = await asyncio.to_thread(_save, request.app, done_, req.model_id)
-                yield _sse(final(i, done_, rest, extra))
+                yield frame(final(i, done_, rest, extra))
     finally:
         _cancel(jobs)  # a closed stream stops its generation (no-op once finished)
 

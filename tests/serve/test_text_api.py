@@ -186,3 +186,19 @@ def test_a_closed_stream_cancels_its_generation(make_app):
         assert text_service(app).stats["cancelled"] >= 1
         r = c.post("/v1/completions", json={"prompt": "x = ", "max_tokens": 4})
         assert r.status_code == 200  # the server goes on
+
+
+def test_ollama_generate_with_suffix_streams_ndjson(make_app, models):
+    prefix, suffix = HOLES[3]
+    body = {"model": "code-tiny-block", "prompt": prefix, "suffix": suffix,
+            "options": {"num_predict": 8, "seed": 5, "temperature": 0}}  # fmt: skip
+    want = solo(models, prefix, suffix, max_tokens=8, seed=5).middles[0]
+    with live_server(make_app()) as base, httpx.Client(base_url=base, timeout=60) as c:
+        assert "code-tiny-block" in [m["name"] for m in c.get("/api/tags").json()["models"]]
+        r = c.post("/api/generate", json={**body, "stream": False}).json()
+        assert r["response"] == want and r["done"] is True and r["mdiff"]["seed"] == 5
+        with c.stream("POST", "/api/generate", json=body) as s:  # Ollama streams by default
+            assert s.headers["content-type"].startswith("application/x-ndjson")
+            lines = [json.loads(line) for line in s.iter_lines() if line]
+    assert "".join(x["response"] for x in lines) == want
+    assert lines[-1]["done"] and not any(x["done"] for x in lines[:-1])

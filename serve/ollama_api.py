@@ -1,0 +1,89 @@
+"""Ollama's generate route for editor plugins that speak it: ``POST /api/generate`` with
+``prompt`` and ``suffix`` (fill-in-the-middle), ``options`` (``num_predict``, ``temperature``,
+``top_p``, ``seed``, ``stop``) and ``stream`` (default true, as in Ollama: newline-delimited
+JSON objects ``{"model", "created_at", "response": delta, "done": false}``, then one with
+``"done": true``); ``GET /api/tags`` lists the text model. The same batcher, bounds, seeds and
+provenance as ``/v1/completions`` (`mdiff.serve.text_api`): the last object's ``mdiff`` field
+holds the record and the signed file's id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from datetime import datetime, timezone
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from mdiff.errors import InvalidInputError
+from mdiff.serve.text_api import _events, _fail, _results, _save, _submit
+from mdiff.serve.text_requests import parse_completion
+
+__all__ = ["router"]
+
+router = APIRouter()
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def parse_generate(body, limits):
+    """Ollama's body → a `TextRequest` (through `parse_completion`'s checks)."""
+    if not isinstance(body, dict):
+        raise InvalidInputError("the body must be a JSON object")
+    options = body.get("options") or {}
+    if not isinstance(options, dict):
+        raise InvalidInputError("'options' must be an object")
+    flat = {"prompt": body.get("prompt", ""), "suffix": body.get("suffix"),
+            "stream": body.get("stream", True), "max_tokens": options.get("num_predict"),
+            **{k: options.get(k) for k in ("temperature", "top_p", "seed", "stop")}}  # fmt: skip
+    if flat["max_tokens"] is not None and flat["max_tokens"] < 0:  # Ollama: -1 = no limit
+        flat["max_tokens"] = None
+    return parse_completion(flat, limits)
+
+
+@router.get("/api/tags")
+async def tags(request: Request):
+    name = request.app.state.config.text_model
+    return {"models": [{"name": name, "model": name, "modified_at": _now(), "size": 0,
+                        "details": {"family": "mdiff", "format": "safetensors"}}]}  # fmt: skip
+
+
+@router.post("/api/generate")
+async def generate(request: Request):
+    start = time.perf_counter_ns()
+    admitted = await _submit(request, parse_generate)
+    if isinstance(admitted, JSONResponse):
+        return admitted
+    model, req, batcher, jobs, queue = admitted
+    req.model_id = model
+
+    def last(done, rest, extra) -> dict:
+        return {"model": model, "created_at": _now(), "response": rest, "done": True,
+                "done_reason": done.finish_reason,
+                "total_duration": time.perf_counter_ns() - start,
+                "eval_count": len(batcher.cm.tokenizer.encode(done.middles[0])),
+                "mdiff": {**extra, "seed": req.seed}}  # fmt: skip
+
+    if queue is not None:
+
+        def chunk(i, delta, draft):
+            return {"model": model, "created_at": _now(), "response": delta, "done": False}
+
+        def final(i, done, rest, extra):
+            return last(done, rest, extra)
+
+        def ndjson(payload) -> str:
+            return json.dumps(payload, ensure_ascii=False) + "\n"
+
+        return StreamingResponse(_events(request, req, jobs, queue, chunk, final, ndjson),
+                                 media_type="application/x-ndjson")  # fmt: skip
+    try:
+        (done,) = await _results(request, jobs)
+    except Exception as e:  # noqa: BLE001 — the job's own error, in OpenAI's shape
+        return _fail(e)
+    extra = await asyncio.to_thread(_save, request.app, done, model)
+    return last(done, done.middles[0], extra)
