@@ -6,11 +6,11 @@ decides its kind, as for ``mdiff verify FILE``), and optionally the CLI's option
 (a ``.c2pa`` manifest for text, ``--sidecar``), ``trust_anchor`` (a PEM root, repeatable,
 ``--trust-anchor``), ``no_watermark`` (``--no-watermark``), ``model`` (a built-in model whose
 tokenizer reads a text mark, ``--model``), ``prompt`` and ``prompt_opening``. It answers 200
-with exactly the report ``mdiff verify --json`` prints (schema ``mdiff-verify/1``, the file
-named as uploaded, with ``exit_code`` and ``verdict``) plus ``status`` (intact, warning,
-tampered, nothing) and ``meaning`` (what the exit code means). A file ``mdiff verify`` cannot
-read (its exit code 4: unsupported, empty, corrupt) is a 400 OpenAI-style error that also
-carries ``exit_code`` 4, ``status`` "error" and ``meaning``.
+with exactly the report ``mdiff verify --json`` prints (schema ``mdiff-verify/1``; paths
+are the upload's base name, as if run in its folder; ``exit_code``, ``verdict``) plus
+``status`` (intact, warning, tampered, nothing) and ``meaning`` (what the exit code means).
+A file ``mdiff verify`` cannot read (its exit code 4: unsupported, empty, corrupt) is a 400
+OpenAI-style error that also carries ``exit_code`` 4, ``status`` "error" and ``meaning``.
 
 The body is read as it arrives and stops past ``Limits.max_upload_bytes`` (the uploads' sum; a
 little more for the form's framing and small fields) → 413; parts spool to disk beyond 1 MiB,
