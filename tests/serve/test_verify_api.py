@@ -142,6 +142,29 @@ def test_tampered_file_gets_the_cli_verdict(make_client, signed, home, capsys, m
     assert code == 2 and body["status"] == "tampered"
 
 
+def test_signed_and_tampered_image_as_the_cli(make_client, home, capsys, monkeypatch, tmp_path):
+    """An embedded manifest and a pixel mark (the Stamper's PNG), and the PNG with bytes flipped."""
+    from mdiff.provenance.stamp import Stamper
+    from mdiff.record import GenerationRecord
+
+    st = Stamper(home=home)
+    image = torch.randint(0, 256, (1, 256, 256, 3), generator=torch.Generator().manual_seed(0),
+                          dtype=torch.uint8)  # fmt: skip
+    rec = GenerationRecord.create("image", "test-model", prompt="a red disc", seed=1)
+    png = st.save(st.frames(image, rec), tmp_path / "signed.png")
+    data = bytearray(png.read_bytes())
+    data[-200] ^= 0xFF  # inside the image data: the hash binding breaks
+    (tmp_path / "bad").mkdir()
+    bad = tmp_path / "bad" / "signed.png"
+    bad.write_bytes(bytes(data))
+    client, codes = make_client(), []
+    for path in (png, bad):
+        code, report = cli(path, home, capsys=capsys, monkeypatch=monkeypatch)
+        same_as_cli(post(client, path), code, report)
+        codes.append(code)
+    assert codes == [0, 2]
+
+
 BAD = [("junk.bin", b"\x00junk" * 50), ("junk.png", b"not a png"), ("empty.png", b""),
        ("plain.txt", b"no provenance\n")]  # fmt: skip
 
