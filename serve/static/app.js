@@ -262,8 +262,9 @@ async function verifyFile(file) {
   form.append("file", file, file.name);
   try {
     const resp = await fetch("/v1/verify", { method: "POST", headers: authHeaders(), body: form });
-    if (!resp.ok) throw new Error(await errorText(resp));
-    const report = await resp.json();
+    const report = await resp.clone().json().catch(() => ({}));
+    if (!resp.ok && report.exit_code !== 4) throw new Error(await errorText(resp));
+    if (!resp.ok) report.verdict = (report.error && report.error.message) || "unreadable";
     const [word, tone] = VERDICTS[report.exit_code] || ["unknown", "none"];
     badge.textContent = word;
     badge.className = `badge ${tone}`;
