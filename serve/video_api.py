@@ -48,6 +48,7 @@ router = APIRouter()
 FIELDS = {"prompt", "frames", "size", "width", "height", "seed", "guidance", "steps", "image",
           "model", "type"}  # fmt: skip
 RETRY_AFTER = "5"  # seconds, for 429
+MAX_FINISHED = 256  # finished videos kept for GET /v1/videos/{id}; older ones are deleted
 _SERVICES: weakref.WeakSet = weakref.WeakSet()
 
 
@@ -91,6 +92,15 @@ class VideoService:
         self._threads: dict[str, threading.Thread] = {}
         _SERVICES.add(self)
 
+    def _prune(self) -> None:
+        """Forget the oldest finished jobs (and delete their files) beyond `MAX_FINISHED`,
+        so a long-running server's memory and disk stay bounded. Caller holds the lock."""
+        done = [j for j in self.jobs.values() if j.done.is_set()]  # insertion order: oldest first
+        for job in done[: max(len(done) - MAX_FINISHED, 0)]:
+            del self.jobs[job.id]
+            self._threads.pop(job.id, None)
+            job.path.unlink(missing_ok=True)
+
     def live(self) -> int:
         return sum(not j.done.is_set() for j in self.jobs.values())
 
@@ -102,6 +112,7 @@ class VideoService:
                 raise _Busy()
             job_id = uuid.uuid4().hex
             job = VideoJob(job_id, self.root / f"{job_id}.mp4")
+            self._prune()
             self.jobs[job.id] = job
         try:
             pipe = self.models.video()

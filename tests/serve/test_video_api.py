@@ -249,3 +249,18 @@ def test_box_splitter_keeps_whole_boxes_across_any_cut():
         s = BoxSplitter()
         out = s.feed(data[:cut]) + s.feed(data[cut:])
         assert out == [data[:40], data[40:]] and s.rest() == b""
+
+
+def test_finished_videos_are_bounded(make_app, monkeypatch):
+    import mdiff.serve.video_api as V
+
+    monkeypatch.setattr(V, "MAX_FINISHED", 2)
+    svc = service(make_app())
+    jobs = [svc.start({"prompt": PROMPT, "frames": 1, "size": "64x64", "steps": 1})
+            for _ in range(4)]  # fmt: skip
+    for job in jobs:
+        job.done.wait(60)
+    svc.start({"prompt": PROMPT, "frames": 1, "size": "64x64", "steps": 1}).done.wait(60)
+    kept = [j for j in jobs if j.id in svc.jobs]
+    assert kept == jobs[2:] and all(j.path.exists() for j in kept)
+    assert not any(j.path.exists() for j in jobs[:2])  # their files are gone too
