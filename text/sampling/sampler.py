@@ -188,7 +188,7 @@ class _Run:
         in_block &= stepping[:, None]
         masked = xw == self.mask_id
         proc = self._process(logits, s, e)
-        prop = proc.argmax(-1)
+        prop = proc.max(-1).indices  # = argmax (the first maximum), a faster kernel on CPU
         editable = None if self.edit is None else in_block & ~masked
         if editable is not None and self.greedy and self.remask is None:
             editable &= prop != xw  # only a new argmax can be an edit: score just those
@@ -246,7 +246,10 @@ class _Run:
         rows, cols = cand.nonzero(as_tuple=True)
         if rows.numel() == 0:
             return prop, sc
-        lg = R.filter_logits(proc[rows, cols], cfg.top_k, cfg.top_p)  # (N, V)
+        flat = proc.reshape(-1, proc.shape[-1])  # (B·W, V); rows, cols in row-major order
+        if rows.numel() < flat.shape[0]:  # else every position: the whole window, no copy
+            flat = flat.index_select(0, rows * proc.shape[1] + cols)
+        lg = R.filter_logits(flat, cfg.top_k, cfg.top_p)  # (N, V)
         if self.greedy:
             p, noise = prop[rows, cols], None  # top-k keeps every maximum: the same argmax
         else:
