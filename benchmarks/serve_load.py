@@ -185,6 +185,7 @@ def part_cycles(a) -> None:
         post(srv.url, fim_body(99, a.max_tokens))
         vbody = {"prompt": "a red circle", "frames": 65, "size": "64x64", "steps": 4}
         tbody = {**fim_body(1, 64), "length": 64, "stream": True}
+        video_stream(srv.url, {**vbody, "frames": 5})  # both models loaded before the marks
         marks = [srv.rss_fds()]
         for k in range(a.cycles):
             path, body = ("/v1/videos", vbody) if k % 2 else ("/v1/completions", tbody)
