@@ -67,12 +67,23 @@ def _model_id(request: Request, body) -> str:
     return served
 
 
+def _models(cfg) -> list[dict]:
+    return [{"id": name, "object": "model", "created": 0, "owned_by": "mdiff", "kind": kind}
+            for name, kind in ((cfg.text_model, "text"), (cfg.video_model, "video"))]  # fmt: skip
+
+
 @router.get("/v1/models")
 async def list_models(request: Request):
-    cfg = request.app.state.config
-    data = [{"id": name, "object": "model", "created": 0, "owned_by": "mdiff", "kind": kind}
-            for name, kind in ((cfg.text_model, "text"), (cfg.video_model, "video"))]  # fmt: skip
-    return {"object": "list", "data": data}
+    return {"object": "list", "data": _models(request.app.state.config)}
+
+
+@router.get("/v1/models/{model_id:path}")
+async def get_model(request: Request, model_id: str):
+    for m in _models(request.app.state.config):
+        if m["id"] == model_id:
+            return m
+    return api_error(404, f"the model '{model_id}' is not served here", param="model",
+                     code="model_not_found")  # fmt: skip
 
 
 def _save(app, done, model: str) -> dict:

@@ -57,6 +57,9 @@ def test_openai_client_completes_streams_and_lists_models(make_app, models, home
     with live_server(make_app()) as base:
         client = openai.OpenAI(base_url=base + "/v1", api_key="unused", max_retries=0)
         assert "code-tiny-block" in [m.id for m in client.models.list()]
+        assert client.models.retrieve("code-tiny-block").owned_by == "mdiff"
+        with pytest.raises(openai.NotFoundError):
+            client.models.retrieve("gpt-4")
         prefix, suffix = HOLES[0]
         r = client.completions.create(model="code-tiny-block", prompt=prefix, suffix=suffix,
                                       max_tokens=16, seed=3, n=2)  # fmt: skip
