@@ -95,11 +95,13 @@ class MaskFree(nn.Module):
         self.lm, self.mask_id = lm, mask_id
 
     def forward(self, input_ids, attention_mask=None, position_ids=None, cache=None,
-                use_cache=None):  # fmt: skip
-        """The wrapped model's forward (its transformers KV cache passed through)."""
+                use_cache=None, logits_to_keep=0):  # fmt: skip
+        """The wrapped model's forward: its transformers KV cache (``cache``, transformers 5's
+        name for ``past_key_values``) and ``logits_to_keep`` (LM head on the last rows only)
+        passed through, as the wrapped model takes them."""
         logits = self.lm(input_ids=input_ids, attention_mask=attention_mask,
-                         position_ids=position_ids, cache=cache,
-                         use_cache=use_cache).logits  # fmt: skip
+                         position_ids=position_ids, cache=cache, use_cache=use_cache,
+                         logits_to_keep=logits_to_keep).logits  # fmt: skip
         logits = logits.float()  # both samplers see the same float32 logits (bf16 models)
         logits[..., self.mask_id] = -torch.inf
         return types.SimpleNamespace(logits=logits)
