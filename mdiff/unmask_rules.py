@@ -37,6 +37,7 @@ __all__ = [
     "REMASK_STRATEGIES",
     "SCHEDULES",
     "SCORES",
+    "Scratch",
     "cosine_split",
     "dream_split",
     "edit_accept",
@@ -182,17 +183,43 @@ def entropy(logits: Tensor) -> Tensor:
     return -(logp.exp() * logp.nan_to_num(neginf=0.0)).sum(-1)
 
 
-def score(kind: str, logits: Tensor, proposal: Tensor, noise: Tensor | None = None) -> Tensor:
+class Scratch:
+    """Reusable float64 buffers for a loop's per-step softmax (`score`): each step's (N, V)
+    float64 copy and probabilities land in the same memory instead of fresh multi-MB tensors,
+    which on CPU cost page faults every step. The values are those of the plain computation."""
+
+    def __init__(self):
+        self._bufs: dict[str, Tensor] = {}
+
+    def take(self, key: str, shape: tuple[int, ...], device) -> Tensor:
+        """A contiguous float64 (``shape``) view of buffer ``key`` (grown when too small)."""
+        n = math.prod(shape)
+        buf = self._bufs.get(key)
+        if buf is None or buf.numel() < n or buf.device != torch.device(device):
+            buf = self._bufs[key] = torch.empty(n, dtype=torch.float64, device=device)
+        return buf[:n].view(shape)
+
+    def softmax64(self, logits: Tensor) -> Tensor:
+        """``logits.double().softmax(-1)`` in this scratch's buffers (valid until the next)."""
+        shape = tuple(logits.shape)
+        x = self.take("x", shape, logits.device)
+        x.copy_(logits)  # float32/bf16 -> float64 is exact: the same values as .double()
+        return torch.softmax(x, -1, out=self.take("p", shape, logits.device))
+
+
+def score(kind: str, logits: Tensor, proposal: Tensor, noise: Tensor | None = None,
+          scratch: Scratch | None = None) -> Tensor:  # fmt: skip
     """Score (float64) of each position from its logits (..., V) and proposed token (...):
     ``confidence`` p(proposal), ``margin`` p₁ − p₂, ``neg_entropy`` −H, ``random`` the given
-    uniform ``noise``. Higher is committed first."""
+    uniform ``noise``. Higher is committed first. ``scratch``: compute the softmax in its
+    buffers (the same values; the result never aliases them)."""
     if kind == "random":
         if noise is None or noise.shape != proposal.shape:
             raise InvalidInputError("the random score needs uniform noise shaped like proposal")
         return noise.double()
     if kind == "neg_entropy":
         return -entropy(logits)
-    p = logits.double().softmax(-1)
+    p = logits.double().softmax(-1) if scratch is None else scratch.softmax64(logits)
     if kind == "confidence":
         return p.gather(-1, proposal.unsqueeze(-1)).squeeze(-1)
     if kind == "margin":

@@ -147,6 +147,7 @@ class _Run:
         self.edit = U.token_editing(tau, U.precomputed) if tau is not None and tau > 0 else None
         self.posting = zeros.bool()  # rows in their block's edit-only steps
         self.post = zeros.clone()  # edit-only steps taken in the current block
+        self.scratch = R.Scratch()  # the scores' softmax buffers, reused every step
 
     # ---- the loop -----------------------------------------------------------------------------
 
@@ -262,16 +263,16 @@ class _Run:
         ed = None if editable is None else editable[rows, cols]
         sl = cfg.eos.score_logits(lg, self.eos_ids)  # a copy only when EOS is deferred
         if ed is not None and kind == "confidence" and sl is lg:  # one score for both
-            conf = R.score(kind, lg, p)
+            conf = R.score(kind, lg, p, scratch=self.scratch)
             vals = torch.where(ed, conf, cfg.eos.defer_scores(conf, p, self.eos_ids))
         else:  # the masks' scores; the edits' confidences
             el = slice(None) if ed is None else ~ed
             nz = None if noise is None else noise[el]
             vals = torch.empty(p.shape, dtype=torch.float64, device=p.device)
-            vals[el] = cfg.eos.defer_scores(R.score(kind, sl[el], p[el], nz), p[el],
+            vals[el] = cfg.eos.defer_scores(R.score(kind, sl[el], p[el], nz, self.scratch), p[el],
                                             self.eos_ids)  # fmt: skip
             if ed is not None:
-                vals[ed] = R.score("confidence", lg[ed], p[ed])
+                vals[ed] = R.score("confidence", lg[ed], p[ed], scratch=self.scratch)
         sc[rows, cols] = vals
         return prop, sc
 
