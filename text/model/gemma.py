@@ -28,6 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from mdiff.errors import CheckpointError, InvalidInputError
+from mdiff.text.model.gemma_native import NativeDecoder, NativePlan
 
 __all__ = [
     "ARCHITECTURE",
@@ -69,7 +70,7 @@ class DiffusionGemmaLM(nn.Module):
     """A `DiffusionGemmaForBlockDiffusion` with its ids: ``vocab_size``, ``canvas_length``,
     ``pad_id``, ``bos_id``, ``eos_ids`` (generation config first, then the text config)."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, *, native: bool = True):
         super().__init__()
         config = getattr(model, "config", None)
         if config is None or not is_diffusion_gemma(config):
@@ -86,6 +87,10 @@ class DiffusionGemmaLM(nn.Module):
         eos = getattr(gen, "eos_token_id", None)
         eos = text.eos_token_id if eos is None else eos
         self.eos_ids = tuple(int(i) for i in ([] if eos is None else _as_list(eos)))
+        # the decoder as plain tensor code (`gemma_native`; same outputs), where supported
+        self.native = None
+        if native and NativeDecoder.unsupported(model) is None:
+            self.native = NativeDecoder(model)
 
     @property
     def spec(self):
@@ -137,13 +142,18 @@ class DiffusionGemmaLM(nn.Module):
             input_ids=ids, attention_mask=mask.bool(), cache=cache, position_ids=positions
         )
 
-    def decoder_mask(self, canvas: Tensor, mask: Tensor, cache) -> dict:
+    def decoder_mask(self, canvas: Tensor, mask: Tensor, cache, positions: Tensor | None = None):
         """The decoder's attention masks per layer kind for ``canvas`` (B, C) and the key mask
-        ``mask`` (B, cache + C), built once per canvas (as the model's ``generate`` does)."""
-        return self.model.model.decoder.create_diffusion_decoder_attention_mask(
+        ``mask`` (B, cache + C), built once per canvas (as the model's ``generate`` does).
+        With the canvas ``positions`` (B, C) and the native decoder: its `NativePlan` (masks,
+        rotary tables, key/value buffers) instead; `denoise` takes either."""
+        masks = self.model.model.decoder.create_diffusion_decoder_attention_mask(
             config=self.model.config, inputs_embeds=canvas[..., None], cache=cache,
             decoder_attention_mask=mask.bool(),
         )  # fmt: skip
+        if self.native is None or positions is None:
+            return masks
+        return self.native.plan(masks, positions, cache)
 
     @torch.no_grad()
     def denoise(self, canvas: Tensor, self_conditioning: Tensor | None, mask: Tensor,
@@ -160,7 +170,9 @@ class DiffusionGemmaLM(nn.Module):
             # the model's generate keeps them in the embeddings' dtype
             self_conditioning = self_conditioning.to(self.model.model.decoder.embed_tokens.weight)
         if torch.is_tensor(mask):
-            mask = self.decoder_mask(canvas, mask, cache)
+            mask = self.decoder_mask(canvas, mask, cache, positions)
+        if isinstance(mask, NativePlan):
+            return self.native(canvas, self_conditioning, mask)
         out = self.model(
             decoder_input_ids=canvas, self_conditioning_logits=self_conditioning,
             decoder_attention_mask=mask, cache=cache, decoder_position_ids=positions,

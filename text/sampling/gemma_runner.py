@@ -164,8 +164,8 @@ def denoise_canvas(lm, ctx: Context, st: GemmaSettings, gens, active: Tensor, *,
     if pinned is not None:
         canvas = torch.where(pinned.mask, pinned.ids, canvas)
     mask = torch.cat([ctx.mask, torch.ones(B, C, dtype=torch.bool, device=dev)], 1)
-    mask = lm.decoder_mask(canvas, mask, ctx.cache)  # once per canvas
     positions = ctx.pos[:, None] + torch.arange(C, device=dev)
+    mask = lm.decoder_mask(canvas, mask, ctx.cache, positions)  # once per canvas
     left = ctx.ids[:, -1]  # the last context token (prompts are left-padded)
     sc, argmax, raw = None, canvas.clone(), None
     done, steps = ~active, torch.zeros(B, dtype=torch.long, device=dev)
@@ -186,7 +186,7 @@ def denoise_canvas(lm, ctx: Context, st: GemmaSettings, gens, active: Tensor, *,
             new_argmax = _marked_argmax(lm, watermark, base, left, pinned)
         for b in run:
             draw[b] = torch.multinomial(probs[b], 1, generator=gens[b]).squeeze(-1)
-        ent = torch.distributions.Categorical(logits=proc).entropy()  # (B, C)
+        ent = _entropy(proc)  # (B, C)
         if pinned is not None:
             ent = ent.masked_fill(pinned.mask, torch.inf)
         srt, idx = torch.sort(ent, dim=-1)
@@ -220,6 +220,14 @@ def denoise_canvas(lm, ctx: Context, st: GemmaSettings, gens, active: Tensor, *,
         if bool(done.all()):
             break
     return argmax, steps, raw
+
+
+def _entropy(logits: Tensor) -> Tensor:
+    """``torch.distributions.Categorical(logits=logits).entropy()`` bit for bit (the same ops,
+    the model's ``generate`` uses it), without the distribution's argument validation."""
+    norm = logits - logits.logsumexp(dim=-1, keepdim=True)
+    p = torch.softmax(norm, dim=-1)
+    return -(torch.clamp(norm, min=torch.finfo(norm.dtype).min) * p).sum(-1)
 
 
 def _stable(history, argmax: Tensor, k: int):
