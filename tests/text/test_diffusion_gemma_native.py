@@ -62,3 +62,13 @@ def test_native_and_transformers_paths_generate_the_same_tokens():
     a = generate_gemma(native, [PROMPT, [BOS, 7]], **kw)
     b = generate_gemma(plain, [PROMPT, [BOS, 7]], **kw)
     assert torch.equal(a.sequences, b.sequences)
+
+
+def test_entropy_is_categoricals_bit_for_bit():
+    from mdiff.text.sampling.gemma_runner import _entropy
+
+    g = torch.Generator().manual_seed(1)
+    logits = 30 * torch.randn(2, 8, V, generator=g)
+    logits[0, :, 3] = -torch.inf  # a forbidden token (the EOS policies' -inf)
+    ref = torch.distributions.Categorical(logits=logits).entropy()
+    assert torch.equal(_entropy(logits.clone()), ref)

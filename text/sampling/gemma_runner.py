@@ -181,7 +181,7 @@ def denoise_canvas(lm, ctx: Context, st: GemmaSettings, gens, active: Tensor, *,
         proc = proc / temp
         probs = torch.softmax(proc, dim=-1, dtype=torch.float32)
         run = (~done).nonzero().squeeze(1).tolist()
-        draw, new_argmax = canvas.clone(), proc.argmax(-1)
+        draw, new_argmax = canvas.clone(), proc.max(-1).indices  # = argmax (first max)
         if watermark is not None:
             new_argmax = _marked_argmax(lm, watermark, base, left, pinned)
         for b in run:
@@ -227,7 +227,7 @@ def _entropy(logits: Tensor) -> Tensor:
     the model's ``generate`` uses it), without the distribution's argument validation."""
     norm = logits - logits.logsumexp(dim=-1, keepdim=True)
     p = torch.softmax(norm, dim=-1)
-    return -(torch.clamp(norm, min=torch.finfo(norm.dtype).min) * p).sum(-1)
+    return -norm.clamp_(min=torch.finfo(norm.dtype).min).mul_(p).sum(-1)  # in place: no copies
 
 
 def _stable(history, argmax: Tensor, k: int):
