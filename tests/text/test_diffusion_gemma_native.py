@@ -72,3 +72,21 @@ def test_entropy_is_categoricals_bit_for_bit():
     logits[0, :, 3] = -torch.inf  # a forbidden token (the EOS policies' -inf)
     ref = torch.distributions.Categorical(logits=logits).entropy()
     assert torch.equal(_entropy(logits.clone()), ref)
+
+
+def test_native_follows_weight_edits_and_lets_decoder_hooks_see_the_forward():
+    torch.set_num_threads(1)
+    lm = DiffusionGemmaLM(build(scale=3.0))
+    kw = dict(max_new_tokens=8, max_denoising_steps=4, seed=1)
+    with torch.no_grad():
+        lm.model.model.decoder.layers[0].mlp.gate_proj.weight.mul_(-2.0)  # a fused weight
+    ref = DiffusionGemmaLM(lm.model, native=False)
+    assert torch.equal(generate_gemma(lm, [PROMPT], **kw).sequences,
+                       generate_gemma(ref, [PROMPT], **kw).sequences)  # fmt: skip
+    seen = []
+    handle = lm.model.model.decoder.register_forward_pre_hook(lambda *_: seen.append(1))
+    try:
+        generate_gemma(lm, [PROMPT], **kw)
+    finally:
+        handle.remove()
+    assert len(seen) == 4  # one canvas, four steps, each through the hooked module

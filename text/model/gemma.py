@@ -88,9 +88,14 @@ class DiffusionGemmaLM(nn.Module):
         eos = text.eos_token_id if eos is None else eos
         self.eos_ids = tuple(int(i) for i in ([] if eos is None else _as_list(eos)))
         # the decoder as plain tensor code (`gemma_native`; same outputs), where supported
-        self.native = None
+        self.native, self._stamp = None, None
         if native and NativeDecoder.unsupported(model) is None:
-            self.native = NativeDecoder(model)
+            self.native, self._stamp = NativeDecoder(model), self._weights_stamp()
+
+    def _weights_stamp(self) -> tuple:
+        """Where and at which version every weight is: the native decoder's fused copies are
+        rebuilt when it changes (``.to(device)``, ``load_state_dict``, in-place edits)."""
+        return tuple((p.data_ptr(), p._version, p.device) for p in self.model.parameters())
 
     @property
     def spec(self):
@@ -153,6 +158,9 @@ class DiffusionGemmaLM(nn.Module):
         )  # fmt: skip
         if self.native is None or positions is None:
             return masks
+        stamp = self._weights_stamp()
+        if stamp != self._stamp:
+            self.native, self._stamp = NativeDecoder(self.model), stamp
         return self.native.plan(masks, positions, cache)
 
     @torch.no_grad()
@@ -172,12 +180,22 @@ class DiffusionGemmaLM(nn.Module):
         if torch.is_tensor(mask):
             mask = self.decoder_mask(canvas, mask, cache, positions)
         if isinstance(mask, NativePlan):
-            return self.native(canvas, self_conditioning, mask)
+            if not _hooked(self.model.model.decoder):
+                return self.native(canvas, self_conditioning, mask)
+            mask = mask.mapping  # hooks on the decoder (counters, probes) see its forward
         out = self.model(
             decoder_input_ids=canvas, self_conditioning_logits=self_conditioning,
             decoder_attention_mask=mask, cache=cache, decoder_position_ids=positions,
         )  # fmt: skip
         return out.logits
+
+
+def _hooked(module: nn.Module) -> bool:
+    """Whether ``module`` has forward (pre-)hooks, its own or global ones."""
+    from torch.nn.modules import module as m
+
+    return bool(module._forward_pre_hooks or module._forward_hooks
+                or m._global_forward_pre_hooks or m._global_forward_hooks)  # fmt: skip
 
 
 def _as_list(value) -> list:

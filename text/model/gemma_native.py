@@ -54,7 +54,10 @@ def _rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 class NativePlan:
     """Per canvas: rotary tables per layer type, per layer the attention mask and the key /
     value buffers (B, heads, T + C, D) whose first T slots hold the cache (heads repeated to the
-    query heads when a mask is given, as transformers' SDPA path does)."""
+    query heads when a mask is given, as transformers' SDPA path does); ``mapping``: the
+    decoder's own mask mapping (for a fallback to the transformers forward)."""
+
+    mapping: dict | None = None
 
     def __init__(self, rope: dict, masks: list, keys: list, values: list, start: int):
         self.rope, self.masks, self.keys, self.values, self.start = rope, masks, keys, values, start
@@ -147,7 +150,9 @@ class NativeDecoder:
             keys.append(kb)
             values.append(vb)
             layer_masks.append((mask, rep, t))
-        return NativePlan(rope, layer_masks, keys, values, start)
+        plan = NativePlan(rope, layer_masks, keys, values, start)
+        plan.mapping = masks
+        return plan
 
     def _attention(self, lay: dict, x: Tensor, plan: NativePlan, i: int) -> Tensor:
         b, c, _ = x.shape
