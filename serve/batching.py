@@ -21,6 +21,9 @@ runs its search first, then its chosen length again with the streamer (same resu
 (they restart; their streamed text is not repeated) — a closed stream frees its slot within
 one step. A batch that fails runs its jobs one by one, so one bad job fails only itself.
 
+A model with its own ``infill`` (DiffusionGemma's `GemmaCodeModel`: its own canvas and
+sampler) runs each job alone through that ``infill``, the SDK's call; its text is not streamed.
+
 Bounds: at most ``queue_size`` requests wait (`submit` raises `QueueFull` beyond: HTTP 429).
 """
 
@@ -36,6 +39,7 @@ import torch
 import mdiff.text.fim.infilling as F
 from mdiff.errors import InvalidInputError
 from mdiff.serve import compute
+from mdiff.text.pipeline import CodeModel
 from mdiff.text.sampling.heal import heal as heal_prefix
 from mdiff.text.sampling.heal import middle_text
 from mdiff.text.sampling.sampler import denoise
@@ -202,6 +206,10 @@ class Batcher:
     def _run(self, jobs: list[Job]) -> None:
         """Denoise every job's rows as one batch; resolve the finished jobs' futures."""
         cm, tok = self.cm, self.cm.tokenizer
+        if type(cm).infill is not CodeModel.infill:  # its own sampler (DiffusionGemma)
+            for j in jobs:
+                self._own_infill(j)
+            return
         heals = [heal_prefix(tok, F._lf(j.prefix), enabled=True) for j in jobs]
         inputs = [(h[0], j.suffix, F._lengths(j.length, j.candidates))
                   for h, j in zip(heals, jobs, strict=True)]  # fmt: skip
@@ -233,6 +241,25 @@ class Batcher:
         if again:
             with self._cond:
                 self._jobs.extendleft(reversed(again))
+
+    def _own_infill(self, job: Job) -> None:
+        """A job for a model with its own `infill` (not our sampler's canvas): run alone,
+        the same call as the SDK's; its text arrives whole at the end."""
+        auto = {"candidates": job.candidates} if job.length == "auto" else {}
+        done = self.cm.infill(job.prefix, job.suffix, job.length, seed=job.seed, **auto,
+                              **job.settings)  # fmt: skip
+        cut = visible(done.middles[0], job.stop, final=True)
+        stopped = cut != done.middles[0]
+        if stopped:  # sign what the client gets: the middle cut before its stop string
+            p, s = job.prefix, job.suffix
+            settings = done.stamped.record.extra.get("sampler_settings", {})
+            done = self.cm._finish(p + cut + s, [cut], [(len(p), len(p) + len(cut))],
+                                   p + "\0" + s, settings, done.nfe, done.tokens_per_forward,
+                                   edited=True, seed=job.seed)  # fmt: skip
+        fixed = isinstance(job.length, int)
+        done.finish_reason = "length" if fixed and not stopped else "stop"
+        self.stats["jobs"] += 1
+        job.future.set_result(done)
 
     def _scores(self, out, real, idx: list[int]) -> dict[int, float]:
         """Length-search scores of one job's rows (the score is batch-invariant)."""

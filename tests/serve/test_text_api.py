@@ -205,3 +205,23 @@ def test_ollama_generate_with_suffix_streams_ndjson(make_app, models):
             lines = [json.loads(line) for line in s.iter_lines() if line]
     assert "".join(x["response"] for x in lines) == want
     assert lines[-1]["done"] and not any(x["done"] for x in lines[:-1])
+
+
+def test_a_diffusion_gemma_folder_is_served_with_its_own_sampler(home, tmp_path):
+    # a model that brings its own infill (DiffusionGemma) runs each choice alone, as the SDK
+    from mdiff.text import CodeModel
+    from tests.text.test_diffusion_gemma_pipeline import build, char_tokenizer
+
+    build().save_pretrained(tmp_path / "dg")
+    char_tokenizer().save_pretrained(tmp_path / "dg")
+    cm = CodeModel.from_pretrained(tmp_path / "dg")
+    config = ServeConfig(home=str(home), text_model=str(tmp_path / "dg"))
+    models = Models(config)
+    models._text = cm
+    body = {"prompt": "def add(a, b):\n    return ", "suffix": "\n", "max_tokens": 8, "seed": 2,
+            "length": 8, "stop": ["\n\n"]}  # fmt: skip
+    want = cm.infill(body["prompt"], body["suffix"], 8, seed=2).middles[0]
+    with live_server(create_app(config, models=models)) as base:
+        r = httpx.post(base + "/v1/completions", json=body, timeout=120).json()
+    text = r["choices"][0]["text"]
+    assert text == want.split("\n\n")[0] and r["choices"][0]["mdiff"]["file_id"]
