@@ -25,14 +25,13 @@ from __future__ import annotations
 import argparse
 import inspect
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import best_times, command_line  # noqa: E402
+from common import best_times, best_wall_cpu, command_line  # noqa: E402
 from dlm_models import (  # noqa: E402
     Counter,
     MaskFree,
@@ -80,18 +79,6 @@ def table(rows: list[dict]) -> None:
         ok = ok if r["same"] else "NOT met (outputs differ)"
         cpu = f" (by CPU time {ref['cpu'] / r['cpu']:.2f}x)" if "cpu" in r else ""
         print(f"  goal >= {goal:.1f}x ({r['name'].strip()}): {ratio:.2f}x wall{cpu}, {ok}")
-
-
-def best_wall_cpu(fns: dict, reps: int) -> tuple[dict, dict]:
-    """Best wall and best process CPU time of ``reps`` runs per function, interleaved."""
-    wall, cpu = dict.fromkeys(fns, float("inf")), dict.fromkeys(fns, float("inf"))
-    for _ in range(reps):
-        for name, fn in fns.items():
-            w, c = time.perf_counter(), time.process_time()
-            fn()
-            cpu[name] = min(cpu[name], time.process_time() - c)
-            wall[name] = min(wall[name], time.perf_counter() - w)
-    return wall, cpu
 
 
 def timed(fn, device: str):

@@ -27,7 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import command_line  # noqa: E402
+from common import best_wall_cpu, command_line  # noqa: E402
 from dlm_models import Counter, gemma, source_state  # noqa: E402
 
 from mdiff.text.model.gemma import DiffusionGemmaLM  # noqa: E402
@@ -36,18 +36,6 @@ from mdiff.text.sampling.gemma_runner import Context, generate_gemma  # noqa: E4
 SIZE = dict(vocab=8192, hidden=256, layers=4, heads=4, kv_heads=2, head_dim=64,
             intermediate=1024, experts=8, top_k=2, moe_size=256)  # fmt: skip
 SEED, CANVAS, PROMPT = 3, 32, 32
-
-
-def best_wall_cpu(fns: dict, reps: int) -> tuple[dict, dict]:
-    """Best wall and best process CPU time of ``reps`` runs per function, interleaved."""
-    wall, cpu = dict.fromkeys(fns, float("inf")), dict.fromkeys(fns, float("inf"))
-    for _ in range(reps):
-        for name, fn in fns.items():
-            w, c = time.perf_counter(), time.process_time()
-            fn()
-            cpu[name] = min(cpu[name], time.process_time() - c)
-            wall[name] = min(wall[name], time.perf_counter() - w)
-    return wall, cpu
 
 
 class Calls:

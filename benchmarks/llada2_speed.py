@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 import types
 from pathlib import Path
 
@@ -31,22 +30,10 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import command_line  # noqa: E402
+from common import best_wall_cpu, command_line  # noqa: E402
 
 from mdiff.text.model.llada2 import LLaDA2Driver, llada2_generate  # noqa: E402
 from mdiff.text.model.spec import DenoiserSpec  # noqa: E402
-
-
-def _best(fns: dict, reps: int) -> tuple[dict, dict]:
-    """Best wall and best CPU time of ``reps`` runs per function, the functions interleaved."""
-    wall, cpu = dict.fromkeys(fns, float("inf")), dict.fromkeys(fns, float("inf"))
-    for _ in range(reps):
-        for name, fn in fns.items():
-            w, c = time.perf_counter(), time.process_time()
-            fn()
-            cpu[name] = min(cpu[name], time.process_time() - c)
-            wall[name] = min(wall[name], time.perf_counter() - w)
-    return wall, cpu
 
 
 class _PipelineModel(nn.Module):
@@ -117,7 +104,7 @@ def main() -> None:
             fed.clear()
             outs[name] = fn()
             nfe[name], tokens[name] = len(fed), sum(fed)
-        wall, cpu = _best(runs, a.reps)
+        wall, cpu = best_wall_cpu(runs, a.reps)
     ref = outs["LLaDA2Pipeline"]
     ref_cmp = torch.where(ref == mask_id, eos_id, ref)  # ours: EOS after an early stop
     print(f"Llama hidden {a.hidden}, {a.layers} layers, vocab {a.vocab}, float32, "

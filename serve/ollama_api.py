@@ -59,7 +59,6 @@ async def generate(request: Request):
     if isinstance(admitted, JSONResponse):
         return admitted
     model, req, batcher, jobs, queue = admitted
-    req.model_id = model
 
     def last(done, rest, extra) -> dict:
         return {"model": model, "created_at": _now(), "response": rest, "done": True,

@@ -111,6 +111,7 @@ async def _submit(request: Request, parse):
         return api_error(404, f"the model '{e}' is not served here (GET /v1/models)",
                          param="model", code="model_not_found")  # fmt: skip
     req = parse(body, request.app.state.config.limits)
+    req.model_id = model
     batcher = await asyncio.to_thread(text_service, request.app)
     jobs = req.jobs()
     if req.stream:
@@ -236,7 +237,6 @@ async def _events(request: Request, req, jobs, queue, chunk, final, frame=_sse):
 
 
 async def _openai_events(request, head, req, batcher, jobs, queue):
-    req.model_id = head["model"]
 
     def chunk(i, delta, draft):
         c = {"text": delta, "index": i, "logprobs": None, "finish_reason": None}
@@ -260,7 +260,6 @@ async def infill(request: Request):
     if isinstance(admitted, JSONResponse):
         return admitted
     model, req, batcher, jobs, queue = admitted
-    req.model_id = model
     if queue is not None:
 
         def chunk(i, delta, draft):

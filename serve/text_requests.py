@@ -45,6 +45,7 @@ class TextRequest:
     stream: bool = False
     drafts: bool = False
     echo: bool = False
+    model_id: str = ""  # the served model answering it (set on admission)
 
     def jobs(self) -> list[Job]:
         """One `Job` per choice, in answer order (prompt-major, as OpenAI indexes choices)."""
