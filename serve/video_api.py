@@ -104,6 +104,11 @@ class VideoService:
     def live(self) -> int:
         return sum(not j.done.is_set() for j in self.jobs.values())
 
+    def snapshot(self) -> list[VideoJob]:
+        """The jobs now known, safe to read while requests add and prune them."""
+        with self._lock:
+            return list(self.jobs.values())
+
     def start(self, body: dict) -> VideoJob:
         """Check `body`, admit it (or 429) and start its generation in a worker thread."""
         kwargs = parse_request(body, self.limits, self.models.config.video_model)
@@ -152,11 +157,11 @@ class VideoService:
 
     def finalize(self, timeout: float = 60.0) -> list[VideoJob]:
         """Stop every live generation and wait until its file is finalized and signed."""
-        for job in list(self.jobs.values()):
+        for job in self.snapshot():
             job.stop.set()
         for thread in list(self._threads.values()):
             thread.join(timeout)
-        return list(self.jobs.values())
+        return self.snapshot()
 
 
 class _Busy(Exception):

@@ -227,12 +227,12 @@ def test_shutdown_finalizes_and_signs_every_started_stream(make_app, home):
         for t in threads:
             t.start()
         deadline = time.monotonic() + 30
-        while not any(j.path.exists() for j in service(app).jobs.values()):
+        while not any(j.path.exists() for j in service(app).snapshot()):
             assert time.monotonic() < deadline
             time.sleep(0.02)
     for t in threads:
         t.join(30)
-    jobs = service(app).jobs.values()
+    jobs = service(app).snapshot()
     assert len(jobs) == 2 and all(j.done.is_set() for j in jobs)
     started = [j for j in jobs if j.path.exists()]
     assert started and all(j.status == "interrupted" for j in started)
