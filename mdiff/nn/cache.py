@@ -1,7 +1,9 @@
 """An explicit key/value cache for a stack of attention layers.
 
 The cache is an object the caller owns and passes in; modules keep no hidden state, so several
-caches can live side by side (e.g. one per prompt, or a clone for speculative steps).
+caches can live side by side (e.g. one per prompt, or a clone for speculative steps);
+`select(rows)` is a cache of some batch rows only (a step that runs only the rows still
+decoding).
 
 Per layer it holds committed keys and values of shape (B, Hk, L, D). Keys are stored *after*
 RoPE, so they stay valid whatever comes later. Reading and writing are separate:
@@ -183,6 +185,17 @@ class KVCache:
         other = KVCache(self.n_layers)
         other._kv = [None if kv is None else (kv[0].clone(), kv[1].clone()) for kv in self._kv]
         other._staged = [None if s is None else (s[0].clone(), s[1].clone()) for s in self._staged]
+        return other
+
+    def select(self, rows: Tensor) -> KVCache:
+        """A cache of the committed (k, v) of batch rows ``rows`` (1-D indices) only, for a
+        forward over those rows that reads the cache (its staged keys are then discarded)."""
+        if self.has_staged:
+            raise InvalidInputError("select() with staged keys: call commit() or discard() first")
+        other = KVCache(self.n_layers)
+        other._kv = [None if kv is None else (kv[0].index_select(0, rows),
+                                              kv[1].index_select(0, rows))
+                     for kv in self._kv]  # fmt: skip
         return other
 
     def _check_index(self, i: int) -> None:

@@ -16,8 +16,10 @@ import torch
 
 from mdiff.provenance import verify
 from mdiff.serve.app import Models, ServeConfig, create_app
+from mdiff.serve.batching import Batcher, Job
 from mdiff.serve.limits import Limits
 from mdiff.serve.text_api import text_service
+from mdiff.text.fim.infilling import infill
 from tests.serve.server import live_server
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -126,6 +128,27 @@ def test_concurrent_interleaved_requests_equal_their_solo_runs(make_app, models)
         s = dict(temperature=a["temperature"]) if a["temperature"] else {"temperature": 0.0}
         want = solo(models, a["prompt"], a["suffix"], a["max_tokens"], a["seed"], **s)
         assert r["choices"][0]["text"] == want.middles[0], (a, r)
+
+
+def test_one_batch_of_many_widths_scores_every_length_as_alone(models):
+    """Jobs of several canvas widths in one batch (long and short contexts, auto length): each
+    job's length-search scores, not only its answer, equal `infill` run alone."""
+    cm = models.text()
+    holes = [HOLES[0], (HOLES[4][0] * 3, HOLES[4][1]), HOLES[1], (HOLES[2][0] * 5, "\n")]
+    cands = (2, 4, 8, 16)
+    jobs = [Job(p, s, "auto", candidates=cands, seed=i, settings={"temperature": 0.0})
+            for i, (p, s) in enumerate(holes)]  # fmt: skip
+    batcher = Batcher(cm)
+    try:
+        batcher._run(jobs)  # one batch, on this thread
+    finally:
+        batcher.close()
+    assert batcher.stats["batches"] == 1
+    for i, ((p, s), j) in enumerate(zip(holes, jobs, strict=True)):
+        alone = infill(cm.model, cm.tokenizer, p, s, "auto", candidates=cands, seed=i,
+                       watermark=cm.watermark, temperature=0.0)  # fmt: skip
+        assert j.scores == alone.scores and len(alone.scores) == len(cands)
+        assert j.future.result().middles[0] == alone.middle
 
 
 @pytest.mark.parametrize(

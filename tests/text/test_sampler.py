@@ -6,6 +6,7 @@ import torch
 from transformers.generation.streamers import TextDiffusionStreamer
 
 from mdiff.errors import InvalidInputError
+from mdiff.nn.cache import KVCache
 from mdiff.provenance.watermark.text import TextWatermark
 from mdiff.record import GenerationRecord
 from mdiff.text.sampling.policies import EOSPolicy
@@ -231,6 +232,39 @@ def test_exact_cache_matches_recompute_and_is_batch_invariant():
     assert torch.equal(fill[0].sequences, fill[1].sequences) and max(fill[0].drift) < 1e-10
     assert fill[0].steps_per_block == [[3, 2]] * 2  # slot blocks 4..7 and 8..11
     assert fill[0].sequences.ne(MASK).all()
+
+
+def test_exact_cache_runs_only_stepping_rows_with_the_same_output(monkeypatch):
+    """Rows whose holes sit in different blocks and end at different steps: a step that
+    commits nothing runs only the rows still stepping, against their rows of the cache
+    (`KVCache.select`); the tokens equal the all-rows run and each row alone."""
+    model = TinyDenoiser(seed=6, attention="block_causal", block_size=4)
+    x = torch.tensor([[PAD, PAD, PAD, PAD, 5, 6, MASK, MASK, 8, 9, 10, 11],
+                      [PAD, 5, 6, 7, MASK, MASK, MASK, MASK, MASK, MASK, 12, 13],
+                      [4, 5, 6, 7, 8, 9, 10, 11, 12, MASK, 13, 14]])  # fmt: skip
+    am = x != PAD
+    cfg = GenerationConfig(temperature=1.0, seed=3, measure_drift=True)
+    fed = []
+    forward = model.forward
+
+    def counting(input_ids, *a, **k):
+        fed.append(input_ids.shape[0])
+        return forward(input_ids, *a, **k)
+
+    monkeypatch.setattr(model, "forward", counting)
+    some = denoise(model, x, am, cfg, cache="exact")
+    some_rows = sum(fed[::2])  # every other call is the drift's reference forward
+    assert max(some.drift) < 1e-10
+    fed.clear()
+    with monkeypatch.context() as m:
+        m.setattr(KVCache, "select", None)  # a cache that cannot hand out rows: all rows run
+        every = denoise(model, x, am, cfg, cache="exact")
+    assert torch.equal(some.sequences, every.sequences)
+    assert some_rows < sum(fed[::2]) == 3 * every.nfe
+    for b in range(3):
+        alone = denoise(model, x[b : b + 1], am[b : b + 1], cfg, cache="exact",
+                        generators=[torch.Generator().manual_seed(3 + b)])  # fmt: skip
+        assert torch.equal(alone.sequences[0], some.sequences[b])
 
 
 def test_approximate_caches_refresh_per_block_and_report_drift():

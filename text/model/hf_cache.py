@@ -133,6 +133,17 @@ class HFCache:
             self.ids, self.pos, self.real = self.ids[:, :n], self.pos[:, :n], self.real[:, :n]
         self.trim()
 
+    def select(self, rows: Tensor) -> HFCache:
+        """A cache of batch rows ``rows`` (1-D indices) only, for a forward that reads it."""
+        if self._staged is not None:
+            raise InvalidInputError("select() with staged keys: call commit() or discard() first")
+        other = HFCache()
+        other.kv = select_rows(self.kv, rows)
+        if self.ids is not None:
+            kept = (t.index_select(0, rows) for t in (self.ids, self.pos, self.real))
+            other.ids, other.pos, other.real = kept
+        return other
+
     def _map(self, fn) -> None:
         for layer in self.kv.layers:
             if getattr(layer, "is_initialized", False) and layer.keys is not None:
@@ -140,6 +151,17 @@ class HFCache:
 
     def __repr__(self) -> str:
         return f"HFCache(length={self.length}, staged={self.has_staged})"
+
+
+def select_rows(kv, rows: Tensor):
+    """A new `DynamicCache` holding batch rows ``rows`` of ``kv``'s keys and values."""
+    from transformers import DynamicCache
+
+    out = DynamicCache()
+    for i, layer in enumerate(kv.layers):
+        if getattr(layer, "is_initialized", False) and layer.keys is not None:
+            out.update(layer.keys.index_select(0, rows), layer.values.index_select(0, rows), i)
+    return out
 
 
 def cached_forward(adapter, input_ids: Tensor, attention_mask: Tensor | None,

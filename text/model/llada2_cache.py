@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from mdiff.errors import InvalidInputError
+from mdiff.text.model.hf_cache import select_rows
 
 __all__ = ["LLaDA2Cache"]
 
@@ -64,6 +65,16 @@ class LLaDA2Cache:
             raise InvalidInputError(f"cannot crop a cache of length {self.length} to {n}")
         self.pos, self.ok = (None, None) if n == 0 else (self.pos[:, :n], self.ok[:, :n])
         self._trim()
+
+    def select(self, rows: Tensor) -> LLaDA2Cache:
+        """A cache of batch rows ``rows`` (1-D indices) only, for a forward that reads it."""
+        if self._staged is not None:
+            raise InvalidInputError("select() with staged keys: call commit() or discard() first")
+        other = LLaDA2Cache()
+        other.kv = select_rows(self.kv, rows)
+        if self.pos is not None:
+            other.pos, other.ok = self.pos.index_select(0, rows), self.ok.index_select(0, rows)
+        return other
 
     def _trim(self) -> None:
         n = self.length

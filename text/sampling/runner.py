@@ -9,6 +9,8 @@ the canvas x (B, L) and counts one model forward. Cache modes:
             feeds [cache end, e): the first step of a block also carries the clean blocks
             finished since, which are committed (then the cache is cropped to s), so a finished
             block costs no extra forward. Exact, because block j never sees blocks > j.
+            The other steps of a block run only the rows still stepping in it, each against
+            its own rows of the cache (`cache.select`, when the cache has it).
     prefix  bidirectional (Fast-dLLM): at a block's first step a full forward fills the cache;
             it keeps [0, s), and later steps feed [s, L) against it. Approximate.
     dual    like prefix, but the cache keeps every position and a step feeds only [s, e),
@@ -79,19 +81,27 @@ class ModelRunner:
     def logits(self, x: Tensor, s: int, e: int, fresh: bool, rows: Tensor | None = None) -> Tensor:
         """Guided logits (B, e − s, V) for window [s, e); ``fresh`` = first step of a block.
 
-        ``rows`` (cache mode none only): run just these rows (the ones still stepping); the
-        others' logits are zeros. Rows are independent, so their logits do not change."""
+        ``rows``: the rows that need logits (the ones still stepping). Cache mode none runs
+        just these; exact runs just these against their rows of the cache (`select`) at a
+        step that commits nothing; the others' logits are zeros. Rows are independent, so
+        their logits do not change. The approximate modes run every row."""
         L = x.shape[1]
         self.nfe += 1
         approx = self.mode in ("prefix", "dual")
+        some = rows is not None and rows.numel() < x.shape[0]
         if self.mode == "none":
             end = e if self.upto else L  # block-causal: slots ≥ e are in later blocks, unseen
-            if rows is None or rows.numel() == x.shape[0]:
+            if not some:
                 return self._guide(self._call(x, 0, end, keep=s))[:, : e - s]
-            part = self._guide(self._call(x, 0, end, rows=rows, keep=s))[:, : e - s]
-            out = part.new_zeros((x.shape[0], *part.shape[1:]))
-            out[rows] = part
-            return out
+            return self._scatter(self._guide(self._call(x, 0, end, rows=rows, keep=s))[:, : e - s],
+                                 rows, x.shape[0])  # fmt: skip
+        if self.mode == "exact" and some and self._reads_only(s):
+            sel = torch.cat([rows, rows + x.shape[0]]) if self.guided else rows
+            out = self._call(x, s, e, self.cache.select(sel), rows=rows)
+            if self.drift is not None:
+                ref = self._call(x, 0, L, rows=rows)[:, s:e]  # not counted in nfe
+                self.drift.append(float((out.double() - ref.double()).abs().max()))
+            return self._scatter(self._guide(out), rows, x.shape[0])
         if approx and fresh:  # refresh: one full forward fills a new cache
             self.cache = self.model.new_cache()
             out = self._call(x, 0, L, self.cache)
@@ -122,6 +132,18 @@ class ModelRunner:
         return self._guide(out)
 
     # ---- helpers ------------------------------------------------------------------------------
+
+    def _reads_only(self, s: int) -> bool:
+        """An exact-mode step at window ``s`` commits nothing (the cache already ends at s) and
+        the cache can hand out some of its rows."""
+        c = self.cache
+        return c is not None and c.length == s and callable(getattr(c, "select", None))
+
+    @staticmethod
+    def _scatter(part: Tensor, rows: Tensor, B: int) -> Tensor:
+        out = part.new_zeros((B, *part.shape[1:]))
+        out[rows] = part
+        return out
 
     def _call(self, x: Tensor, start: int, end: int, cache=None, cache_at=None,
               rows: Tensor | None = None, keep: int = 0) -> Tensor:  # fmt: skip

@@ -160,7 +160,7 @@ class _Run:
             g = int(self.cur[active].min()) if self.sync else None
             stepping = active & (self.cur == g) if self.sync else active
             s, e = self._window(g, stepping)
-            rows = None if self.sync else stepping.nonzero().squeeze(1)  # finished rows rest
+            rows = stepping.nonzero().squeeze(1)  # the others rest (exact, none: not run)
             logits = self.runner.logits(self.x, s, e, fresh=g != self.last_block, rows=rows)
             self.last_block = g
             self._step(logits, s, e, stepping)
