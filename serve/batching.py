@@ -39,11 +39,12 @@ import torch
 import mdiff.text.fim.infilling as F
 from mdiff.errors import InvalidInputError
 from mdiff.serve import compute
+from mdiff.serve.text_sinks import DraftSink, Sink, visible
 from mdiff.text.pipeline import CodeModel
 from mdiff.text.sampling.heal import heal as heal_prefix
-from mdiff.text.sampling.heal import middle_text
 from mdiff.text.sampling.layout import pad_multiple
-from mdiff.text.sampling.sampler import denoise
+from mdiff.text.sampling.rows import compact, join, joinable, take, widen
+from mdiff.text.sampling.sampler import GenerationOutput, prepare
 from mdiff.text.sampling.token_bytes import token_view
 
 __all__ = ["Batcher", "Job", "QueueFull"]
@@ -96,16 +97,39 @@ class _Group:
         self.jobs, self.started = jobs, False
 
 
+@dataclass(eq=False)
+class _Member:
+    """A job in the running batch: its rows' (job, length, prefix tokens), healed tail and
+    solo canvas width; ``got`` holds its finished rows (they leave the batch at once), each
+    cut to its solo canvas: part index → (ids, real, generated, steps per block, tokens per
+    forward)."""
+
+    job: Job
+    parts: list
+    carry: str
+    width: int
+    got: dict = field(default_factory=dict)
+
+    @property
+    def rows(self) -> int:
+        """Its rows still in the batch (contiguous there, in part order)."""
+        return len(self.parts) - len(self.got)
+
+
 class Batcher:
     """The worker thread and its wait queue for one `CodeModel`."""
 
-    def __init__(self, code_model, *, queue_size: int = 32, max_rows: int = 64):
+    def __init__(self, code_model, *, queue_size: int = 32, max_rows: int = 64,
+                 max_width: int = 512):  # fmt: skip
         self.cm, self.queue_size, self.max_rows = code_model, queue_size, max_rows
+        self.max_width = max_width  # slots a running batch may widen to for a joining job
         self._jobs: deque[Job] = deque()
         self._cond = threading.Condition()
         self._waiting = 0  # requests not started yet
-        self.stats = {"batches": 0, "rows": 0, "jobs": 0, "cancelled": 0, "restarted": 0}
+        self.stats = {"batches": 0, "joined": 0, "rows": 0, "jobs": 0, "cancelled": 0,
+                      "restarted": 0}  # fmt: skip
         self.running = 0  # jobs in the batch being denoised
+        self._live: list[Job] = []  # the jobs the running batch has taken
         self._closed = False
         self._thread = threading.Thread(target=self._loop, name="mdiff-batcher", daemon=True)
         self._thread.start()
@@ -173,76 +197,214 @@ class Batcher:
 
     def _loop(self) -> None:
         while (batch := self._take()) is not None:
-            live = [j for j in batch if not j.cancel.is_set()]
-            for j in batch:
-                if j.cancel.is_set():
-                    self.stats["cancelled"] += 1
-                    j.future.set_exception(_Cancelled("cancelled"))
+            live = [j for j in batch if not self._gone(j)]
+            self._live = live
             try:
                 if live:
-                    compute.call(self._run, live)  # torch work: on the compute thread
-            except _Cancelled:
-                self._requeue(live)
-            except Exception as e:  # noqa: BLE001 — a failed batch retries its jobs alone
-                if len(live) > 1:
-                    self._requeue(live, solo=True)
-                elif not live[0].future.done():
-                    live[0].future.set_exception(e)
+                    compute.call(self._serve, live)  # torch work: on the compute thread
+            except Exception as e:  # noqa: BLE001 — a failed run retries its jobs alone
+                left = [j for j in self._live if not j.future.done()]
+                if len(left) > 1:
+                    self._requeue(left, solo=True)
+                elif left:
+                    left[0].future.set_exception(e)
             finally:
-                self.running = 0
+                self.running, self._live = 0, []
+
+    def _gone(self, job: Job) -> bool:
+        """A cancelled job: its future fails (the client has gone)."""
+        if not job.cancel.is_set():
+            return False
+        self.stats["cancelled"] += 1
+        if not job.future.done():
+            job.future.set_exception(_Cancelled("cancelled"))
+        return True
 
     def _requeue(self, jobs: list[Job], solo: bool = False) -> None:
         with self._cond:
             for j in reversed(jobs):
-                if j.future.done():
+                if j.future.done() or self._gone(j):
                     continue
-                if j.cancel.is_set():
-                    self.stats["cancelled"] += 1
-                    j.future.set_exception(_Cancelled("cancelled"))
-                else:
-                    self.stats["restarted"] += 1
-                    j.solo = j.solo or solo
-                    self._jobs.appendleft(j)
+                self.stats["restarted"] += 1
+                j.solo = j.solo or solo
+                self._jobs.appendleft(j)
 
-    def _run(self, jobs: list[Job]) -> None:
-        """Denoise every job's rows as one batch; resolve the finished jobs' futures."""
-        cm, tok = self.cm, self.cm.tokenizer
-        if type(cm).infill is not CodeModel.infill:  # its own sampler (DiffusionGemma)
+    def _serve(self, jobs: list[Job]) -> None:
+        """Denoise ``jobs`` as one running batch; between two steps, waiting jobs join it
+        (`_admit`), finished jobs leave it with their answers and cancelled ones are dropped."""
+        if type(self.cm).infill is not CodeModel.infill:  # its own sampler (DiffusionGemma)
             for j in jobs:
                 self._own_infill(j)
             return
+        run, members = self._prepare(jobs)
+        run.start(range(run.x.shape[0]))
+        self.stats["batches"] += 1
+        while run is not None:
+            run = self._keep(run, members, [not self._gone(m.job) for m in members])
+            if run is None:
+                break
+            self._admit(run, members)
+            self.running = len(members)
+            run.tick()
+            compute.yield_point()  # live video chunks waiting run first
+            run = self._retire(run, members)
+
+    def _prepare(self, jobs: list[Job], run=None):
+        """``jobs``' rows as a prepared sampler run (laid out as each is alone) and their
+        members. With a running batch ``run``: ending at `_edge` (whole blocks of left padding
+        more: the same answers); None if it cannot join."""
+        cm, tok = self.cm, self.cm.tokenizer
         heals = [heal_prefix(tok, F._lf(j.prefix), enabled=True) for j in jobs]
         inputs = [(h[0], j.suffix, F._lengths(j.length, j.candidates))
                   for h, j in zip(heals, jobs, strict=True)]  # fmt: skip
         c = F.fim_canvas(cm.model.spec, token_view(tok), inputs, heals, self.window() + 1)
-        parts, device = c.parts, next(cm.model.parameters()).device
-        x, real = c.x.to(device), c.real.to(device)
-        gens = [torch.Generator(device).manual_seed(jobs[k].seed) for k, _, _ in parts]
-        kind = _DraftSink if any(j.drafts and j.on_text is not None for j in jobs) else _Sink
-        sinks = [kind(jobs[k], tok, heals[k][1], start, n, self._any_cancelled, jobs)
-                 for k, n, start in parts]  # fmt: skip
-        out = denoise(cm.model, x, None if bool(real.all()) else real, None, generators=gens,
-                      watermark=cm.watermark, streamer=sinks,
-                      restrict=c.restrict, **jobs[0].settings)  # fmt: skip
-        self.stats["batches"] += 1
-        self.stats["rows"] += len(parts)
-        again = []
-        rows = [[r for r, p in enumerate(parts) if p[0] == k] for k in range(len(jobs))]
-        scores = self._scores(out, real, [idx for idx in rows if len(idx) > 1])
+        x, real, restrict = c.x, c.real, c.restrict
+        origin = None if run is None else run.lay.origin
+        if run is not None:  # whole blocks of left padding more: the same answers
+            extra = self._edge(run, x, real) - x.shape[1]
+            if extra < 0:
+                return None
+            spec = cm.model.spec
+            pad = spec.pad_id if spec.pad_id is not None else spec.mask_id  # as fim_canvas
+            x = torch.nn.functional.pad(x, (extra, 0), value=pad)
+            real = torch.nn.functional.pad(real, (extra, 0), value=False)
+            if restrict is not None:
+                restrict = (torch.where(restrict[0] >= 0, restrict[0] + extra, -1), restrict[1])
+        device = next(cm.model.parameters()).device
+        gens = [torch.Generator(device).manual_seed(jobs[k].seed) for k, _, _ in c.parts]
+        kind = DraftSink if any(j.drafts and j.on_text is not None for j in jobs) else Sink
+        sinks = [kind(jobs[k], tok, heals[k][1], start, n) for k, n, start in c.parts]
+        try:
+            run = prepare(cm.model, x.to(device), None if bool(real.all()) else real.to(device),
+                          None, generators=gens, watermark=cm.watermark, streamer=sinks,
+                          restrict=restrict, origin=origin, **jobs[0].settings)  # fmt: skip
+        except InvalidInputError:
+            if origin is None:
+                raise
+            return None  # a mask before the running batch's first block
+        m = pad_multiple(cm.model.spec)
+        members = []
         for k, j in enumerate(jobs):
-            idx = rows[k]
-            best = idx[0]
-            if len(idx) > 1:
-                best = max(idx, key=lambda r: scores[r])
-                j.scores = {parts[r][1]: scores[r] for r in idx}
-            if j.length == "auto" and j.on_text is not None:
-                j.length, j.chosen = parts[best][1], True  # stream it: same seed, same text
-                again.append(j)
-                continue
-            self._finish(j, out, best, parts[best][1], heals[k][1])
-        if again:
+            idx = [r for r, p in enumerate(c.parts) if p[0] == k]
+            width = -(-max(len(c.rows[r]) for r in idx) // m) * m  # its canvas alone
+            members.append(_Member(j, [c.parts[r] for r in idx], heals[k][1], width))
+        return run, members
+
+    def _edge(self, run, x, real) -> int:
+        """Where a job's canvas ``x`` (left-padded, its own width) ends in ``run`` (−1: it
+        cannot join): for a block-causal model, whole blocks right so its first mask lies in
+        the block the run steps next (never in its cache) — it steps with the rows there; for
+        another model, the run's width."""
+        spec, L = self.cm.model.spec, run.x.shape[1]
+        if spec.attention != "block_causal":
+            return L if x.shape[1] <= L else -1
+        cache, lay = run.runner.cache, run.lay
+        active = ~run.done
+        g = int(run.cur[active].min()) if bool(active.any()) else 0
+        target = max(
+            0 if cache is None else cache.length, lay.origin + max(g, 0) * lay.block_length
+        )
+        f = int(torch.where(real & (x == spec.mask_id), torch.arange(x.shape[1]), x.shape[1]).min())
+        bs = int(spec.block_size)
+        edge = -(-(x.shape[1] + max(target - f, 0)) // bs) * bs
+        return edge if edge <= max(self.max_width, L) else -1
+
+    def _admit(self, run, members: list[_Member]) -> None:
+        """Join the waiting jobs at the head of the queue that fit the running batch (same
+        settings, its width and origin, masks only where it has not cached, ``max_rows``);
+        the first that does not fit stops it, so no job waits behind later ones forever."""
+        key = members[0].job.key
+        while True:
             with self._cond:
-                self._jobs.extendleft(reversed(again))
+                j = self._jobs[0] if self._jobs else None
+            if j is None or j.solo or j.key != key:
+                return
+            if run.x.shape[0] + self._rows(j) > self.max_rows:
+                return
+            gone = j.cancel.is_set()
+            got = None if gone else self._prepare([j], run)
+            if got is not None:  # the same width: right padding (no change to any row)
+                widen(got[0], run.x.shape[1] - got[0].x.shape[1])
+                widen(run, got[0].x.shape[1] - run.x.shape[1])
+            if not gone and (got is None or joinable(run, got[0]) is not None):
+                return  # it does not fit: it waits for the next batch
+            with self._cond:
+                self._jobs.popleft()
+                if not j._group.started:
+                    j._group.started = True
+                    self._waiting -= 1
+            if gone:  # cancelled while it waited
+                self._gone(j)
+                continue
+            join(run, got[0])
+            members.extend(got[1])
+            self._live.append(j)
+            self.stats["joined"] += 1
+
+    def _keep(self, run, members: list[_Member], keep: list[bool]):
+        """The run without the rows of the members not kept (None when none is left)."""
+        if all(keep):
+            return run
+        rows, off = [], 0
+        for m, k in zip(members, keep, strict=True):
+            rows += list(range(off, off + m.rows)) if k else []
+            off += m.rows
+        members[:] = [m for m, k in zip(members, keep, strict=True) if k]
+        return take(run, rows) if rows else None
+
+    def _retire(self, run, members: list[_Member]):
+        """Take the finished rows out of the batch (kept, cut to their solo canvas, by their
+        member); answer the members whose rows are all out; the run of the others."""
+        if not bool(run.done.any()):
+            return run
+        rows = run.done.nonzero().squeeze(1).tolist()
+        sub = take(run, rows)
+        out, real = sub.finish(), sub.lay.real
+        at = {r: i for i, r in enumerate(rows)}
+        off = 0
+        for m in members:
+            live = [p for p in range(len(m.parts)) if p not in m.got]
+            for k, p in enumerate(live):
+                i = at.get(off + k)
+                if i is not None:
+                    e = int(real[i].nonzero().max()) + 1  # its canvas alone ends here
+                    cut = slice(e - m.width, e)
+                    m.got[p] = (out.sequences[i, cut], real[i, cut], out.generated[i, cut],
+                                out.steps_per_block[i], out.tokens_per_forward[i])  # fmt: skip
+            off += len(live)
+        done = [m for m in members if m.rows == 0]
+        members[:] = [m for m in members if m.rows]
+        scores = self._scores([m for m in done if len(m.parts) > 1])
+        for m in done:
+            self._complete(m, out, scores.get(m))
+        left = (~run.done).nonzero().squeeze(1).tolist()
+        if not left:
+            return None
+        run = take(run, left)
+        compact(run)  # the blocks only the finished rows needed
+        return run
+
+    def _complete(self, m: _Member, out, scores: list[float] | None) -> None:
+        """Answer member ``m`` (all its rows out); ``out``: the batch's last output (for its
+        counters and settings)."""
+        j, best = m.job, 0
+        self.stats["rows"] += len(m.parts)
+        if scores is not None:
+            best = max(range(len(scores)), key=lambda p: scores[p])
+            j.scores = {part[1]: sc for part, sc in zip(m.parts, scores, strict=True)}
+        n = m.parts[best][1]
+        if j.length == "auto" and j.on_text is not None:
+            j.length, j.chosen = n, True  # stream it: same seed, same text
+            with self._cond:
+                self._jobs.appendleft(j)
+            return
+        got = [m.got[p] for p in range(len(m.parts))]
+        mine = GenerationOutput(
+            sequences=torch.stack([g[0] for g in got]), generated=torch.stack([g[2] for g in got]),
+            tokens_per_forward=torch.stack([g[4] for g in got]), nfe=out.nfe,
+            steps_per_block=[g[3] for g in got], drift=None, settings=out.settings,
+        )  # fmt: skip
+        self._finish(j, mine, best, n, m.carry)
 
     def _own_infill(self, job: Job) -> None:
         """A job for a model with its own `infill` (not our sampler's canvas): run alone,
@@ -263,23 +425,20 @@ class Batcher:
         self.stats["jobs"] += 1
         job.future.set_result(done)
 
-    def _scores(self, out, real, jobs: list[list[int]]) -> dict[int, float]:
-        """Length-search scores of the rows of ``jobs`` (each a job's row indices): every
-        job's rows are cut to the width they have alone (whole blocks of left padding off),
-        and the jobs of one width are scored as one batch — each row sees exactly its solo
-        canvas, in far fewer forwards than one job at a time."""
-        spec, W = self.cm.model.spec, out.sequences.shape[1]
-        m = pad_multiple(spec)
-        widths: dict[int, list[int]] = {}
-        for idx in jobs:
-            w = -(-int(real[idx].sum(1).max()) // m) * m
-            widths.setdefault(w, []).extend(idx)
+    def _scores(self, members: list[_Member]) -> dict:
+        """Length-search scores of each member's rows (member → one score per part), on their
+        solo canvases; members of one width are scored as one batch — each row sees exactly
+        its solo canvas, in far fewer forwards than one job at a time."""
+        widths: dict[int, list[_Member]] = {}
+        for m in members:
+            widths.setdefault(m.width, []).append(m)
         scores = {}
-        for w, idx in widths.items():
-            cut = slice(W - w, W)
-            s = F._score(self.cm.model, out.sequences[idx, cut], real[idx, cut],
-                         out.generated[idx, cut], spec.mask_id)  # fmt: skip
-            scores.update({r: float(v) for r, v in zip(idx, s.tolist(), strict=True)})
+        for group in widths.values():
+            got = [m.got[p] for m in group for p in range(len(m.parts))]
+            seq, re, gen = (torch.stack([g[i] for g in got]) for i in (0, 1, 2))
+            s = F._score(self.cm.model, seq, re, gen, self.cm.model.spec.mask_id).tolist()
+            for m in group:
+                scores[m], s = s[: len(m.parts)], s[len(m.parts) :]
         return scores
 
     def _finish(self, job: Job, out, row: int, n: int, carry: str) -> None:
@@ -301,63 +460,3 @@ class Batcher:
         done.finish_reason = "length" if fixed and not stopped else "stop"
         self.stats["jobs"] += 1
         job.future.set_result(done)
-
-    def _any_cancelled(self, jobs) -> bool:
-        return any(j.cancel.is_set() for j in jobs)
-
-
-def visible(text: str, stops, *, final: bool) -> str:
-    """``text`` cut before its first stop string; while streaming (not ``final``), also
-    without a tail that could still grow into one."""
-    cuts = [i for i in (text.find(s) for s in stops if s) if i >= 0]
-    if cuts:
-        return text[: min(cuts)]
-    if final or not stops:
-        return text
-    hold = max(len(s) for s in stops) - 1
-    return text[: len(text) - hold] if hold else text
-
-
-class _Sink:
-    """A row's streamer: committed middle tokens → text deltas; drafts; cancellation."""
-
-    def __init__(self, job: Job, tokenizer, carry: str, start: int, n: int, stop, jobs):
-        self.job, self.tok, self.carry, self.start, self.n = job, tokenizer, carry, start, n
-        self.stop, self.jobs = stop, jobs
-        self.ids: list[int] = []
-        self.seen = 0  # real positions received so far
-        self.eol = F.line_ending(job.prefix + job.suffix)
-        self.live = job.on_text is not None and job.length != "auto"
-
-    def _text(self, ids) -> str:
-        text = middle_text(self.tok, ids, self.carry)
-        return text.replace("\n", self.eol) if self.eol != "\n" else text
-
-    def put(self, value) -> None:
-        compute.yield_point()  # every step: live video chunks waiting run first
-        if self.stop(self.jobs):
-            raise _Cancelled("a client went away")
-        tokens = torch.as_tensor(value).reshape(-1).tolist()
-        lo, hi = self.start - self.seen, self.start + self.n - self.seen
-        self.ids += tokens[max(lo, 0) : max(hi, 0)]
-        self.seen += len(tokens)
-        if self.live:
-            text = self._text(self.ids).rstrip("\ufffd")  # hold back a split character
-            text = visible(text, self.job.stop, final=False)
-            if text.startswith(self.job.sent) and len(text) > len(self.job.sent):
-                delta, self.job.sent = text[len(self.job.sent) :], text
-                self.job.on_text(delta, None)
-
-    def end(self) -> None:
-        pass
-
-
-class _DraftSink(_Sink):
-    """A `_Sink` that also sends the hole's draft every step (computed only when asked)."""
-
-    def put_draft(self, value, step: int | None = None) -> None:
-        if self.stop(self.jobs):
-            raise _Cancelled("a client went away")
-        if self.live:
-            ids = torch.as_tensor(value).reshape(-1).tolist()[self.start : self.start + self.n]
-            self.job.on_text("", self._text(ids))

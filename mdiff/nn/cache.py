@@ -198,6 +198,17 @@ class KVCache:
                      for kv in self._kv]  # fmt: skip
         return other
 
+    def cat(self, other: KVCache) -> KVCache:
+        """A cache whose batch rows are this cache's, then ``other``'s (same length)."""
+        if self.has_staged or other.has_staged or other.n_layers != self.n_layers:
+            raise InvalidInputError("cat() needs two caches of the same layers, nothing staged")
+        if other.length != self.length:
+            raise InvalidInputError(f"cat() of caches of {self.length} and {other.length} slots")
+        out = KVCache(self.n_layers)
+        out._kv = [None if a is None else (torch.cat([a[0], b[0]]), torch.cat([a[1], b[1]]))
+                   for a, b in zip(self._kv, other._kv, strict=True)]  # fmt: skip
+        return out
+
     def _check_index(self, i: int) -> None:
         if not 0 <= i < self.n_layers:
             raise InvalidInputError(f"layer index {i} out of range for {self.n_layers} layers")

@@ -556,5 +556,4 @@ def test_runner_runs_only_the_rows_still_stepping(guidance):
     part = runner().logits(x, 6, 10, fresh=True, rows=torch.tensor([0, 2]))
     halves = 2 if guidance != 1 else 1
     assert seen == [3 * halves, 2 * halves]  # the finished row 1 was not run
-    assert torch.allclose(part[[0, 2]], full[[0, 2]], atol=1e-12)
-    assert not part[1].any() and full[1].abs().sum() > 0
+    assert part.shape[0] == 2 and torch.allclose(part, full[[0, 2]], atol=1e-12)  # theirs only

@@ -121,11 +121,16 @@ def _score(model, x: Tensor, real: Tensor, gen: Tensor, mask_id: int) -> Tensor:
         order = torch.rand(cols.numel(), generator=torch.Generator().manual_seed(0))
         rank[b, cols] = order.argsort().argsort().to(x.device)
     n = gen.sum(1, keepdim=True)
+    cols = gen.any(0).nonzero()
+    k = int(cols[0]) if cols.numel() and getattr(model, "takes_logits_from", False) is True else 0
+    narrow = {"logits_from": k} if k else {}  # no head on the columns before every middle
     for r in _SCORE_RATES:
         hide = gen & (rank < torch.ceil(r * n))
-        logits = model(x.masked_fill(hide, mask_id), attention_mask=real, position_ids=pos)
-        logp = torch.log_softmax(logits.double(), -1).gather(-1, x[..., None])[..., 0]
-        total += (logp * hide).sum(1).cpu()
+        logits = model(x.masked_fill(hide, mask_id), attention_mask=real, position_ids=pos,
+                       **narrow)  # fmt: skip
+        at = hide[:, k:].nonzero(as_tuple=True)  # only the hidden positions' log-softmax
+        logp = torch.log_softmax(logits[at].double(), -1).gather(-1, x[:, k:][at][:, None])
+        total.index_add_(0, at[0].cpu(), logp[:, 0].cpu())
         count += hide.sum(1).cpu()
     return total / count.clamp_min(1)
 

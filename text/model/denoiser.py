@@ -138,6 +138,7 @@ class TextDenoiser(nn.Module, PretrainedMixin):
     their training log (`hub.with_legacy_fields`)."""
 
     config_class = TextDenoiserConfig
+    takes_logits_from = True  # forward(..., logits_from=k): the sampler's narrow windows
     legacy_log_fields = {"context": ("data", "seq_len"), "fim_order": ("data", "fim_order")}
 
     def __init__(self, config: TextDenoiserConfig):
@@ -177,12 +178,17 @@ class TextDenoiser(nn.Module, PretrainedMixin):
         position_ids: Tensor | None = None,
         cache: KVCache | None = None,
         cache_at: int | None = None,
+        logits_from: int = 0,
     ) -> Tensor:
         """input_ids (B, L) -> logits (B, L, V). attention_mask (B, Lk), True = real token, over
         the keys: Lcache + L, or Lcache with `cache_at`. position_ids (B, L), default the slots.
         cache_at=None stages the new keys (caller commits or discards); cache_at=s replaces
-        cached slots [s, s + L) for this call only."""
+        cached slots [s, s + L) for this call only. ``logits_from=k``: the logits of positions
+        k… only (B, L − k, V) — no head on the rest (e.g. clean blocks riding into the cache)."""
         b, n = self._check_ids(input_ids)
+        if isinstance(logits_from, bool) or not isinstance(logits_from, int) or not (
+                0 <= logits_from < n):  # fmt: skip
+            raise InvalidInputError(f"logits_from must be an int in [0, {n}), got {logits_from!r}")
         lc = 0 if cache is None else cache.length
         if cache_at is not None and (cache is None or not 0 <= cache_at <= lc - n):
             raise InvalidInputError(
@@ -211,7 +217,7 @@ class TextDenoiser(nn.Module, PretrainedMixin):
         for i, block in enumerate(self.blocks):
             layer = None if cache is None else cache.layer(i, at=cache_at)
             x = block(x, rope=rope, mask=mask, cache=layer)  # (B, L, D)
-        return self.head(self.norm(x))  # (B, L, V)
+        return self.head(self.norm(x[:, logits_from:]))  # (B, L − logits_from, V)
 
     def block_forward(
         self,

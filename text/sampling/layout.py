@@ -65,8 +65,11 @@ def check_canvas(x, attention_mask, spec) -> tuple[Tensor, Tensor]:
     return x, real.to(x.device)
 
 
-def layout(real: Tensor, masked: Tensor, spec, block_length: int | None) -> Layout:
-    """Positions and blocks of a checked canvas (see the module docstring)."""
+def layout(real: Tensor, masked: Tensor, spec, block_length: int | None,
+           origin: int | None = None) -> Layout:  # fmt: skip
+    """Positions and blocks of a checked canvas (see the module docstring). ``origin``
+    (block-causal): block 0's slot instead of the first mask's block — rows joining a running
+    batch (`sampling.rows`) take its origin; it must lie whole blocks before that one."""
     B, L = real.shape
     gen = real & masked
     slots = torch.arange(L, device=real.device).expand(B, L)
@@ -80,7 +83,10 @@ def layout(real: Tensor, masked: Tensor, spec, block_length: int | None) -> Layo
             )
         pos = (slots - (pads // bs * bs)[:, None]).clamp_min(0)
         first = int(torch.where(gen, slots, L).min()) if bool(gen.any()) else 0
-        origin = first // bs * bs
+        own = first // bs * bs
+        if origin is not None and (origin > own or (own - origin) % bl):
+            raise InvalidInputError(f"origin {origin} is not whole blocks before slot {own}")
+        origin = own if origin is None else origin
         blocks = torch.where(gen, torch.div(slots - origin, bl, rounding_mode="floor"), -1)
     else:
         pos = (real.long().cumsum(1) - 1).clamp_min(0)

@@ -81,27 +81,32 @@ class ModelRunner:
     def logits(self, x: Tensor, s: int, e: int, fresh: bool, rows: Tensor | None = None) -> Tensor:
         """Guided logits (B, e − s, V) for window [s, e); ``fresh`` = first step of a block.
 
-        ``rows``: the rows that need logits (the ones still stepping). Cache mode none runs
-        just these; exact runs just these against their rows of the cache (`select`) at a
-        step that commits nothing; the others' logits are zeros. Rows are independent, so
-        their logits do not change. The approximate modes run every row."""
+        ``rows``: the rows that need logits (the ones still stepping); the result is then
+        theirs only, (len(rows), e − s, V). Cache mode none runs just these; exact runs just
+        these against their rows of the cache (`select`) at a step that commits nothing. Rows
+        are independent, so their logits do not change. The approximate modes run every row."""
         L = x.shape[1]
         self.nfe += 1
-        approx = self.mode in ("prefix", "dual")
         some = rows is not None and rows.numel() < x.shape[0]
         if self.mode == "none":
             end = e if self.upto else L  # block-causal: slots ≥ e are in later blocks, unseen
-            if not some:
-                return self._guide(self._call(x, 0, end, keep=s))[:, : e - s]
-            return self._scatter(self._guide(self._call(x, 0, end, rows=rows, keep=s))[:, : e - s],
-                                 rows, x.shape[0])  # fmt: skip
+            return self._guide(self._call(x, 0, end, rows=rows if some else None, keep=s))[
+                :, : e - s
+            ]
         if self.mode == "exact" and some and self._reads_only(s):
             sel = torch.cat([rows, rows + x.shape[0]]) if self.guided else rows
             out = self._call(x, s, e, self.cache.select(sel), rows=rows)
             if self.drift is not None:
                 ref = self._call(x, 0, L, rows=rows)[:, s:e]  # not counted in nfe
                 self.drift.append(float((out.double() - ref.double()).abs().max()))
-            return self._scatter(self._guide(out), rows, x.shape[0])
+            return self._guide(out)
+        out = self._all(x, s, e, fresh)
+        return out[rows] if some else out
+
+    def _all(self, x: Tensor, s: int, e: int, fresh: bool) -> Tensor:
+        """Every row's guided logits of window [s, e) (the cached modes)."""
+        L = x.shape[1]
+        approx = self.mode in ("prefix", "dual")
         if approx and fresh:  # refresh: one full forward fills a new cache
             self.cache = self.model.new_cache()
             out = self._call(x, 0, L, self.cache)
@@ -138,12 +143,6 @@ class ModelRunner:
         the cache can hand out some of its rows."""
         c = self.cache
         return c is not None and c.length == s and callable(getattr(c, "select", None))
-
-    @staticmethod
-    def _scatter(part: Tensor, rows: Tensor, B: int) -> Tensor:
-        out = part.new_zeros((B, *part.shape[1:]))
-        out[rows] = part
-        return out
 
     def _call(self, x: Tensor, start: int, end: int, cache=None, cache_at=None,
               rows: Tensor | None = None, keep: int = 0) -> Tensor:  # fmt: skip

@@ -58,7 +58,7 @@ from mdiff.text.sampling.layout import Layout, canvas_from_prompts, check_canvas
 from mdiff.text.sampling.runner import ModelRunner, resolve_cache_mode
 from mdiff.text.sampling.stream import CommitFeed
 
-__all__ = ["GenerationConfig", "GenerationOutput", "denoise", "generate"]
+__all__ = ["GenerationConfig", "GenerationOutput", "denoise", "generate", "prepare"]
 
 LINEAR = PolynomialKappa(1.0)  # κ(t) = t: a block's clock is its revealed fraction
 
@@ -91,10 +91,22 @@ def denoise(model, x: Tensor, attention_mask: Tensor | None = None,
     ``restrict``: ``(positions (B,), allowed (B, V) bool)`` — row b's token at column
     ``positions[b]`` (−1: none) is drawn only from ``allowed[b]`` (token healing, `heal.py`).
     """
+    run = prepare(model, x, attention_mask, config, generators=generators, streamer=streamer,
+                  watermark=watermark, restrict=restrict, **overrides)  # fmt: skip
+    out, tokens = run.run()
+    return run.result(out, tokens)
+
+
+def prepare(model, x: Tensor, attention_mask: Tensor | None = None,
+            config: GenerationConfig | None = None, *, generators=None, streamer=None,
+            watermark=None, restrict=None, origin: int | None = None,
+            **overrides) -> _Run:  # fmt: skip
+    """`denoise`'s loop state, not run yet (``run.run()``; or step by step, rows joining and
+    leaving, in `mdiff.text.sampling.rows`). ``origin``: `layout`'s."""
     cfg = resolve_config(config, overrides)
     spec = _spec_of(model)
     x, real = check_canvas(x, attention_mask, spec)
-    lay = layout(real, x == spec.mask_id, spec, cfg.block_length)
+    lay = layout(real, x == spec.mask_id, spec, cfg.block_length, origin)
     mode = resolve_cache_mode(cfg.cache, spec, model)
     gens, seed = row_generators(cfg, generators, x.shape[0], x.device)
     eos_ids = cfg.eos.ids(spec.eos_ids)
@@ -104,13 +116,9 @@ def denoise(model, x: Tensor, attention_mask: Tensor | None = None,
                                                     cfg.eos.truncate)  # fmt: skip
     run = _Run(spec, cfg, x.clone(), lay, runner, gens, watermark, feed, mode != "none",
                check_restriction(restrict, x))  # fmt: skip
-    out, tokens = run.run()
-    settings = {**cfg.to_dict(), "cache": mode, "seed": seed, "watermarked": watermark is not None}
-    return GenerationOutput(
-        sequences=out, generated=lay.gen, nfe=runner.nfe, drift=runner.drift, settings=settings,
-        tokens_per_forward=tokens.double() / run.forwards.clamp_min(1).double(),
-        steps_per_block=run.per_block,
-    )  # fmt: skip
+    run.settings = {**cfg.to_dict(), "cache": mode, "seed": seed,
+                    "watermarked": watermark is not None}  # fmt: skip
+    return run
 
 
 class _Run:
@@ -152,19 +160,42 @@ class _Run:
     # ---- the loop -----------------------------------------------------------------------------
 
     def run(self) -> tuple[Tensor, Tensor]:
-        self._enter(range(self.x.shape[0]))
+        self.start(range(self.x.shape[0]))
+        while self.tick():
+            pass
+        return self._output()
+
+    def start(self, rows) -> None:
+        """Enter ``rows`` (new rows) into their first block; stream their prompts."""
+        self._enter(list(rows))
         if self.feed is not None:
             self.feed.commit(self.x, self._final())
-        while not bool(self.done.all()):
-            active = ~self.done
-            g = int(self.cur[active].min()) if self.sync else None
-            stepping = active & (self.cur == g) if self.sync else active
-            s, e = self._window(g, stepping)
-            rows = stepping.nonzero().squeeze(1)  # the others rest (exact, none: not run)
-            logits = self.runner.logits(self.x, s, e, fresh=g != self.last_block, rows=rows)
-            self.last_block = g
-            self._step(logits, s, e, stepping)
-        return self._output()
+
+    def tick(self) -> bool:
+        """One denoising step of the rows whose turn it is; False when every row is done."""
+        if bool(self.done.all()):
+            return False
+        active = ~self.done
+        g = int(self.cur[active].min()) if self.sync else None
+        stepping = active & (self.cur == g) if self.sync else active
+        s, e = self._window(g, stepping)
+        rows = stepping.nonzero().squeeze(1)  # the others rest (exact, none: not run)
+        logits = self.runner.logits(self.x, s, e, fresh=g != self.last_block, rows=rows)
+        self.last_block = g
+        self._step(logits, s, e, stepping)
+        return True
+
+    def finish(self) -> GenerationOutput:
+        """The output of every row (finished ones; `rows.take` picks them); ends their streams."""
+        return self.result(*self._output())
+
+    def result(self, out: Tensor, tokens: Tensor) -> GenerationOutput:
+        """The `GenerationOutput` of `_output`'s ``(sequences, kept tokens)``."""
+        return GenerationOutput(
+            sequences=out, generated=self.lay.gen, nfe=self.runner.nfe, drift=self.runner.drift,
+            settings=self.settings, steps_per_block=self.per_block,
+            tokens_per_forward=tokens.double() / self.forwards.clamp_min(1).double(),
+        )  # fmt: skip
 
     def _window(self, g, stepping: Tensor) -> tuple[int, int]:
         L, bl, o = self.x.shape[1], self.lay.block_length, self.lay.origin
@@ -181,41 +212,52 @@ class _Run:
         return int(cols.min()), int(cols.max()) + 1
 
     def _step(self, logits: Tensor, s: int, e: int, stepping: Tensor) -> None:
-        xw = self.x[:, s:e]
-        blocks = self.lay.blocks[:, s:e]
-        cur = self.cur[:, None]
+        """One step of the ``stepping`` rows; ``logits`` are theirs (R, e − s, V). All the
+        work below is on those rows only (``idx``: all rows, or their indices)."""
+        B = self.x.shape[0]
+        rows = stepping.nonzero().squeeze(1)
+        idx = slice(None) if rows.numel() == B else rows
+        gens = self.gens if self.gens is None or rows.numel() == B else [
+            self.gens[r] for r in rows.tolist()]  # fmt: skip
+        xw = self.x[idx, s:e]
+        blocks = self.lay.blocks[idx, s:e]
+        cur = self.cur[idx, None]
         # literal LLaDA: a [MASK] committed in an earlier block stays open
-        in_block = self.lay.gen[:, s:e] & ((blocks <= cur) if self.literal else (blocks == cur))
-        in_block &= stepping[:, None]
+        in_block = self.lay.gen[idx, s:e] & ((blocks <= cur) if self.literal else (blocks == cur))
         masked = xw == self.mask_id
-        proc = self._process(logits, s, e)
+        proc = self._process(logits, s, e, idx)
         prop = proc.max(-1).indices  # = argmax (the first maximum), a faster kernel on CPU
         editable = None if self.edit is None else in_block & ~masked
         if editable is not None and self.greedy and self.remask is None:
             editable &= prop != xw  # only a new argmax can be an edit: score just those
-        prop, sc = self._propose(proc, in_block & masked, editable, prop)
-        policy, last, t, t_next = self._plan()
-        state = U.UnmaskState(xw, in_block & masked, proc, prop, self.gens, t, t_next, LINEAR,
+        prop, sc = self._propose(proc, in_block & masked, editable, prop, gens)
+        policy, last, t, t_next = self._plan(idx)
+        state = U.UnmaskState(xw, in_block & masked, proc, prop, gens, t, t_next, LINEAR,
                               scores=sc, decoded=in_block & ~masked, editable=editable)  # fmt: skip
         new = U.unmask_step(state, self.mask_id, policy, self.remask, last, self.edit)
-        changed = new != xw
-        self.x[:, s:e] = new
+        changed = torch.zeros((B, e - s), dtype=torch.bool, device=new.device)
+        changed[idx] = new != xw
+        self.x[idx, s:e] = new
         self.forwards += stepping.long()
         if self.feed is not None and self.feed.wants_drafts:
             canvas = self.x.clone()
-            still = (new == self.mask_id) & self.lay.real[:, s:e]
-            canvas[:, s:e] = torch.where(still, proc.argmax(-1), new)
+            still = (new == self.mask_id) & self.lay.real[idx, s:e]
+            canvas[idx, s:e] = torch.where(still, proc.argmax(-1), new)
             self.feed.draft(canvas, self.n_steps)
         self.n_steps += 1
-        edited = None if state.edited is None else state.edited.any(1)
+        edited = None
+        if state.edited is not None:
+            edited = torch.zeros(B, dtype=torch.bool, device=new.device)
+            edited[idx] = state.edited.any(1)
         self._advance(stepping, changed, s, edited)
         if self.feed is not None:
             self.feed.commit(self.x, self._final())
 
     # ---- one step's parts ---------------------------------------------------------------------
 
-    def _process(self, logits: Tensor, s: int, e: int) -> Tensor:
-        """Logits proposals are drawn from: no [MASK], EOS policy, watermark bias, `restrict`."""
+    def _process(self, logits: Tensor, s: int, e: int, idx=slice(None)) -> Tensor:
+        """Logits proposals are drawn from: no [MASK], EOS policy, watermark bias, `restrict`
+        (of rows ``idx``, whose logits these are)."""
         logits = logits.clone()
         if not self.literal:
             logits[..., self.mask_id] = -torch.inf
@@ -223,11 +265,11 @@ class _Run:
         if self.watermark is not None:
             L = self.x.shape[1]
             lo, hi = max(s - 1, 0), min(e + 1, L)  # one neighbour of context on each side
-            ctx = torch.where(self.lay.real[:, lo:hi], self.x[:, lo:hi], self.mask_id)
+            ctx = torch.where(self.lay.real[idx, lo:hi], self.x[idx, lo:hi], self.mask_id)
             padded = F.pad(logits, (0, 0, s - lo, hi - e))
             logits = self.watermark.bias(padded, ctx, self.mask_id)[:, s - lo : s - lo + e - s]
         if self.restrict is not None:
-            pos, allowed = self.restrict
+            pos, allowed = self.restrict[0][idx], self.restrict[1][idx]
             rows = ((pos >= s) & (pos < e)).nonzero()[:, 0]
             cols = pos[rows] - s
             keep = fit_vocab(allowed[rows], logits.shape[-1])
@@ -235,7 +277,7 @@ class _Run:
         return logits
 
     def _propose(self, proc: Tensor, eligible: Tensor, editable: Tensor | None = None,
-                 prop: Tensor | None = None) -> tuple[Tensor, Tensor]:  # fmt: skip
+                 prop: Tensor | None = None, gens=None) -> tuple[Tensor, Tensor]:  # fmt: skip
         """Proposals (B, W) and scores (float64, −inf where neither eligible nor editable): the
         configured score, or −entropy for the entropy schedule, both with EOS deferred; at
         ``editable`` (committed) positions the confidence an edit is judged by. ``prop``: the
@@ -254,7 +296,7 @@ class _Run:
         if self.greedy:
             p, noise = prop[rows, cols], None  # top-k keeps every maximum: the same argmax
         else:
-            p, noise = U.propose_rows(lg, cand.sum(1).tolist(), self.gens, cfg.temperature,
+            p, noise = U.propose_rows(lg, cand.sum(1).tolist(), gens, cfg.temperature,
                                       noise=cfg.score == "random")  # fmt: skip
         if not self.literal and bool((p == self.mask_id).any()):
             raise InvalidInputError("the model gives no finite logit except [MASK] at a position")
@@ -276,31 +318,32 @@ class _Run:
         sc[rows, cols] = vals
         return prop, sc
 
-    def _plan(self) -> tuple[U.Policy, bool | Tensor, Tensor | None, Tensor | None]:
-        """This step's selection policy, the rows at their block's last step, and the step's
-        clock ``t``, ``t_next`` (B,): the block's revealed fraction before and after the step
-        (κ(t) = t), which ReMDM's σ reads. Fixed schedules commit the masks planned for the
-        step (plus as many as ReMDM reopened); threshold and entropy take what their rule
-        accepts."""
+    def _plan(self, idx=slice(None)) -> tuple[U.Policy, bool | Tensor, Tensor | None,
+                                              Tensor | None]:  # fmt: skip
+        """This step's selection policy for rows ``idx``, those at their block's last step,
+        and the step's clock ``t``, ``t_next`` (R,): the block's revealed fraction before and
+        after the step (κ(t) = t), which ReMDM's σ reads. Fixed schedules commit the masks
+        planned for the step (plus as many as ReMDM reopened); threshold and entropy take what
+        their rule accepts."""
         cfg = self.cfg
         if cfg.schedule == "threshold":
             return U.threshold(cfg.threshold, U.precomputed), False, None, None
         if cfg.schedule == "entropy":
             return U.entropy_bound(cfg.entropy_bound, U.precomputed), False, None, None
-        k = self.step.clamp(max=self.left.shape[1] - 1)
-        after = self.left.gather(1, k[:, None]).squeeze(1)  # planned masks after this step
-        before = torch.where(k > 0, self.left.gather(1, (k - 1).clamp_min(0)[:, None])[:, 0],
-                             self.size)  # fmt: skip
+        step, left, size, spb = self.step[idx], self.left[idx], self.size[idx], self.spb[idx]
+        k = step.clamp(max=left.shape[1] - 1)
+        after = left.gather(1, k[:, None]).squeeze(1)  # planned masks after this step
+        before = torch.where(k > 0, left.gather(1, (k - 1).clamp_min(0)[:, None])[:, 0], size)
         if cfg.schedule == "llada2":  # the step's share of the block, or all above threshold
-            n = torch.where(self.step < self.spb, before - after, 0)
+            n = torch.where(step < spb, before - after, 0)
             policy = U.threshold_floor(lambda state: n, cfg.threshold, U.precomputed)
-            return policy, self.step >= self.spb - 1, None, None
-        size = self.size.clamp_min(1).double()
+            return policy, step >= spb - 1, None, None
+        size = size.clamp_min(1).double()
         if self.literal:  # the step's share, [MASK] commits included; nothing forced at the end
             policy = U.ranked(lambda state: before - after, U.precomputed)
             return policy, False, (size - before) / size, (size - after) / size
         policy = U.ranked(lambda state: state.masked.sum(1) - after, U.precomputed)
-        return policy, self.step >= self.spb - 1, (size - before) / size, (size - after) / size
+        return policy, step >= spb - 1, (size - before) / size, (size - after) / size
 
     # ---- bookkeeping --------------------------------------------------------------------------
 

@@ -21,6 +21,7 @@ its block is finished).
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 
 import torch
@@ -91,7 +92,21 @@ class CommitFeed:
         self.truncate = bool(truncate) and len(eos_ids) > 0
         self.ptr = [0] * len(self.sinks)
         self.cut = [False] * len(self.sinks)
-        self.started = False
+        self.started = [False] * len(self.sinks)
+
+    def take(self, rows: list[int]) -> CommitFeed:
+        """The feed of ``rows`` only (same streamers, same progress)."""
+        other = copy.copy(self)
+        for name in ("sinks", "positions", "ptr", "cut", "started"):
+            setattr(other, name, [getattr(self, name)[b] for b in rows])
+        other.generated = self.generated[rows]
+        return other
+
+    def extend(self, other: CommitFeed) -> None:
+        """Append the rows of ``other`` (a feed over a canvas of the same width)."""
+        for name in ("sinks", "positions", "ptr", "cut", "started"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.generated = torch.cat([self.generated, other.generated])
 
     def commit(self, x: Tensor, final: Tensor) -> None:
         """Emit, per row, the final tokens right of what was already emitted."""
@@ -112,9 +127,9 @@ class CommitFeed:
                         after = torch.arange(len(pos)) > hit[0, 0]
                         keep = ~(gen & after)
                         self.cut[b] = True
-            if keep.any() or not self.started:
+            if keep.any() or not self.started[b]:
                 sink.put(tokens[keep][None])
-        self.started = True
+            self.started[b] = True
 
     def draft(self, canvas: Tensor, step: int) -> None:
         canvas = canvas.cpu()
