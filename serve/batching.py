@@ -1,25 +1,33 @@
-"""Dynamic batching of FIM requests that never changes an answer.
+"""Continuous batching of FIM requests that never changes an answer.
 
 `Batcher(code_model)` owns one worker thread. `submit(jobs)` queues a request's `Job` s (one per
-choice: prefix, suffix, length, seed, sampler settings) and returns at once; the worker takes
-the oldest waiting job and every waiting job with the same sampler settings (temperature,
-top_p), up to ``max_rows`` canvas rows, and denoises them as one left-padded batch. Requests
-that arrive while a batch runs join the next one (batching at batch boundaries).
+choice: prefix, suffix, length, seed, sampler settings) and returns at once. The worker starts
+a running batch with the oldest waiting job and every waiting job of the same sampler settings
+(temperature, top_p), up to ``max_rows`` canvas rows; then, between two sampler steps:
+
+- waiting jobs at the head of the queue join it (`_admit`: same settings, room in
+  ``max_rows``, canvas within ``max_width``; the first that cannot stops admission, so no job
+  waits behind later ones forever) — continuous batching at step boundaries;
+- each row that is done leaves at once, and a job whose rows are all out is answered (its
+  length search scored then, on its solo canvases, together with the other jobs finishing);
+- cancelled jobs leave (a closed stream frees its rows within one step).
+
+Rows step apart: with the exact cache each row keeps its own cache length
+(`mdiff.text.sampling.ragged`), so every row steps in its own block at every tick and a row that
+joins never makes the others wait (`mdiff.text.sampling.rows`: join, take, widen, compact).
 
 Why answers do not change: each job is laid out exactly as `mdiff.text.fim.infilling.infill`
-lays out a single input (token healing, context fitting, its candidate rows), every row of a
-job draws from its own generator seeded with the job's seed (as ``infill`` does for input 0),
-and the sampler is batch-invariant (exact cache, per-row generators and schedules). The
-auto-length search scores each job on its own rows, re-padded to the width it has alone, so
-the score masks and forwards are those of the solo run. A job's text therefore equals
-``CodeModel.infill(prefix, suffix, length, seed=seed, ...)`` run alone (tested).
+lays out a single input (token healing, context fitting, its candidate rows; whole blocks of
+padding more on either side change nothing for a block-causal model), every row draws from its
+own generator seeded with the job's seed (as ``infill`` does for input 0), a row's steps and
+keys are its own, and the length search scores each job's rows cut to its solo canvas. A job's
+text therefore equals ``CodeModel.infill(prefix, suffix, length, seed=seed, ...)`` run alone
+(tested with interleaved arrivals).
 
 Streaming: a job with ``on_text(delta, draft)`` gets committed text as the sampler finalises
 it (never retracted) and, every step, the current draft of its hole. A streamed auto-length job
-runs its search first, then its chosen length again with the streamer (same result). Setting
-``job.cancel`` stops a batch at its next step; the batch's other jobs are queued again in front
-(they restart; their streamed text is not repeated) — a closed stream frees its slot within
-one step. A batch that fails runs its jobs one by one, so one bad job fails only itself.
+runs its search first, then its chosen length again with the streamer (same result). A running
+batch that fails runs its jobs one by one, so one bad job fails only itself.
 
 A model with its own ``infill`` (DiffusionGemma's `GemmaCodeModel`: its own canvas and
 sampler) runs each job alone through that ``infill``, the SDK's call; its text is not streamed.
@@ -43,7 +51,7 @@ from mdiff.serve.text_sinks import DraftSink, Sink, visible
 from mdiff.text.pipeline import CodeModel
 from mdiff.text.sampling.heal import heal as heal_prefix
 from mdiff.text.sampling.layout import pad_multiple
-from mdiff.text.sampling.rows import compact, join, joinable, take, widen
+from mdiff.text.sampling.rows import compact, join, joinable, rebase, take, widen
 from mdiff.text.sampling.sampler import GenerationOutput, prepare
 from mdiff.text.sampling.token_bytes import token_view
 
@@ -229,6 +237,7 @@ class Batcher:
                 j.solo = j.solo or solo
                 self._jobs.appendleft(j)
 
+    @torch.no_grad()
     def _serve(self, jobs: list[Job]) -> None:
         """Denoise ``jobs`` as one running batch; between two steps, waiting jobs join it
         (`_admit`), finished jobs leave it with their answers and cancelled ones are dropped."""
@@ -270,6 +279,10 @@ class Batcher:
             real = torch.nn.functional.pad(real, (extra, 0), value=False)
             if restrict is not None:
                 restrict = (torch.where(restrict[0] >= 0, restrict[0] + extra, -1), restrict[1])
+        if run is not None:  # its own first block, if before the run's (`rows.rebase`)
+            spec, slots = cm.model.spec, torch.arange(x.shape[1])
+            first = int(torch.where(real & (x == spec.mask_id), slots, x.shape[1]).min())
+            origin = min(origin, first // int(spec.block_size or 1) * int(spec.block_size or 1))
         device = next(cm.model.parameters()).device
         gens = [torch.Generator(device).manual_seed(jobs[k].seed) for k, _, _ in c.parts]
         kind = DraftSink if any(j.drafts and j.on_text is not None for j in jobs) else Sink
@@ -277,7 +290,8 @@ class Batcher:
         try:
             run = prepare(cm.model, x.to(device), None if bool(real.all()) else real.to(device),
                           None, generators=gens, watermark=cm.watermark, streamer=sinks,
-                          restrict=restrict, origin=origin, **jobs[0].settings)  # fmt: skip
+                          restrict=restrict, origin=origin, rows_apart=True,
+                          **jobs[0].settings)  # fmt: skip
         except InvalidInputError:
             if origin is None:
                 raise
@@ -298,6 +312,8 @@ class Batcher:
         spec, L = self.cm.model.spec, run.x.shape[1]
         if spec.attention != "block_causal":
             return L if x.shape[1] <= L else -1
+        if run.runner.ragged is not None:  # a cache length per row: it joins where it is
+            return max(L, x.shape[1]) if x.shape[1] <= max(self.max_width, L) else -1
         cache, lay = run.runner.cache, run.lay
         active = ~run.done
         g = int(run.cur[active].min()) if bool(active.any()) else 0
@@ -323,9 +339,11 @@ class Batcher:
                 return
             gone = j.cancel.is_set()
             got = None if gone else self._prepare([j], run)
-            if got is not None:  # the same width: right padding (no change to any row)
+            if got is not None:  # the same width (right padding) and block origin
                 widen(got[0], run.x.shape[1] - got[0].x.shape[1])
                 widen(run, got[0].x.shape[1] - run.x.shape[1])
+                if got[0].lay.origin < run.lay.origin and run.runner.ragged is not None:
+                    rebase(run, got[0].lay.origin)
             if not gone and (got is None or joinable(run, got[0]) is not None):
                 return  # it does not fit: it waits for the next batch
             with self._cond:

@@ -32,22 +32,26 @@ def alone(model, x, real, cfg, seed):
     return denoise(model, x[None], real[None], cfg, generators=[gen])
 
 
-@pytest.mark.parametrize("cache", ["exact", "none"])
+MODES = [("exact", False), ("none", False), ("exact", True)]  # (cache, rows_apart)
+
+
+@pytest.mark.parametrize(("cache", "apart"), MODES)
 @pytest.mark.parametrize(
     "kwargs",
     [dict(), dict(temperature=1.0), dict(temperature=1.0, schedule="threshold", threshold=0.4)],
 )
-def test_rows_joining_and_leaving_keep_their_solo_tokens(cache, kwargs):
+def test_rows_joining_and_leaving_keep_their_solo_tokens(cache, apart, kwargs):
     model = TinyDenoiser(seed=7, attention="block_causal", block_size=4)
     cfg = GenerationConfig(cache=cache, **kwargs)
     gens = lambda *seeds: [torch.Generator().manual_seed(s) for s in seeds]  # noqa: E731
     feeds = TokenCollector.for_batch(4)
-    run = prepare(model, *A, cfg, generators=gens(10, 11), streamer=feeds[:2])
+    run = prepare(model, *A, cfg, generators=gens(10, 11), streamer=feeds[:2], rows_apart=apart)
+    assert (run.runner.ragged is not None) == apart
     run.start(range(2))
     for _ in range(3):
         assert run.tick()
     new = prepare(model, *B, cfg, generators=gens(12, 13), streamer=feeds[2:],
-                  origin=run.lay.origin)  # fmt: skip
+                  origin=run.lay.origin, rows_apart=apart)  # fmt: skip
     assert joinable(run, new) is None
     join(run, new)
     outs = {}
@@ -87,20 +91,21 @@ def test_a_row_with_a_mask_in_the_cached_slots_cannot_join():
     assert "width" in joinable(run, wide)
 
 
-@pytest.mark.parametrize("cache", ["exact", "none"])
-def test_a_widened_batch_takes_the_row_further_right_and_compacts_after(cache):
+@pytest.mark.parametrize(("cache", "apart"), MODES)
+def test_a_widened_batch_takes_the_row_further_right_and_compacts_after(cache, apart):
     """The row whose hole lies in the cached slots joins 2 blocks further right (`widen`);
     once the first rows leave, the all-padding blocks go (`compact`); tokens stay solo."""
     model = TinyDenoiser(seed=8, attention="block_causal", block_size=4)
     cfg = GenerationConfig(cache=cache, temperature=1.0)
-    run = prepare(model, *A, cfg, generators=[torch.Generator().manual_seed(s) for s in (1, 2)])
+    run = prepare(model, *A, cfg, generators=[torch.Generator().manual_seed(s) for s in (1, 2)],
+                  rows_apart=apart)  # fmt: skip
     run.start(range(2))
     for _ in range(5):
         run.tick()
     early = torch.tensor([[PAD, PAD, PAD, PAD, 5, M, M, 6, 7, 8, 9, 10, 11, 12, 13, 14]])
     wide = torch.cat([torch.full((1, 8), PAD), early], 1)  # the same row, 2 blocks of pad more
     new = prepare(model, wide, wide != PAD, cfg, generators=[torch.Generator().manual_seed(3)],
-                  origin=run.lay.origin)  # fmt: skip
+                  origin=run.lay.origin, rows_apart=apart)  # fmt: skip
     assert "width" in joinable(run, new)
     widen(run, 8)
     assert joinable(run, new) is None

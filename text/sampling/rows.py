@@ -29,7 +29,7 @@ from dataclasses import replace
 import torch
 import torch.nn.functional as F
 
-__all__ = ["compact", "join", "joinable", "take", "widen"]
+__all__ = ["compact", "join", "joinable", "rebase", "take", "widen"]
 
 _PER_ROW = ("x", "spb", "cur", "step", "size", "done", "forwards", "auto", "posting", "post")
 _LAYOUT = ("real", "gen", "blocks", "n_blocks", "first_block")
@@ -45,6 +45,10 @@ def joinable(run, new) -> str | None:
         return "another canvas width or block origin"
     if new.lay.block_length != run.lay.block_length:
         return "another block length"
+    if (new.runner.ragged is None) != (run.runner.ragged is None):
+        return "another cache layout"
+    if run.runner.ragged is not None:
+        return None  # every row has its own cache length: any row joins
     c = 0 if run.runner.cache is None else run.runner.cache.length
     if c and bool(new.lay.gen[:, :c].any()):
         return "a mask inside the slots the running rows have cached"
@@ -53,12 +57,15 @@ def joinable(run, new) -> str | None:
     return None
 
 
+@torch.no_grad()
 def join(run, new) -> None:
     """Append the rows of `new` (`joinable`) to `run` and start them."""
     reason = joinable(run, new)
     if reason is not None:
         raise ValueError(f"cannot join: {reason}")
     B, n = run.x.shape[0], new.x.shape[0]
+    if run.runner.ragged is not None:  # a length per row: the new rows start with none
+        run.runner.ragged.extend(new.runner.ragged)
     c = 0 if run.runner.cache is None else run.runner.cache.length
     if c:  # the joining rows' clean slots [0, c): their keys, as alone on their way there
         cache = run.runner.model.new_cache()
@@ -101,6 +108,8 @@ def widen(run, k: int) -> None:
                       blocks=right(lay.blocks, -1), positions=right(pos, 0))  # fmt: skip
     r = run.runner
     r.real, r.positions, r.fixed = run.lay.real, run.lay.positions, right(r.fixed, False)
+    if r.ragged is not None:
+        r.ragged.pad_right(k)
     if run.feed is not None:
         run.feed.generated = right(run.feed.generated, False)
 
@@ -111,14 +120,17 @@ def compact(run) -> None:
     bs = int(run.spec.block_size or 0)
     if run.spec.attention != "block_causal" or not bs or run.x.shape[0] == 0:
         return
-    cache = run.runner.cache
-    c = 0 if cache is None else cache.length
+    cache, ragged = run.runner.cache, run.runner.ragged
+    c = run.x.shape[1] if ragged is not None else 0 if cache is None else cache.length
     slots = torch.arange(run.x.shape[1], device=run.x.device)
     first = int(torch.where(run.lay.real, slots, run.x.shape[1]).min())
     k = min(first, run.lay.origin, c) // bs * bs
-    if k == 0 or not callable(getattr(cache, "evict", None)):
+    if k == 0 or (ragged is None and not callable(getattr(cache, "evict", None))):
         return
-    cache.evict(0, k)
+    if ragged is not None:
+        ragged.drop_front(k)  # padding in every row: never a key
+    else:
+        cache.evict(0, k)
     run.x, run.auto = run.x[:, k:], run.auto[:, k:]
     lay = run.lay
     cols = {f: getattr(lay, f)[:, k:] for f in ("real", "gen", "blocks")}
@@ -131,6 +143,21 @@ def compact(run) -> None:
     if run.restrict is not None:
         pos = run.restrict[0]
         run.restrict = (torch.where(pos >= 0, pos - k, -1), run.restrict[1])
+
+
+def rebase(run, origin: int) -> None:
+    """Move block 0 of `run` to slot ``origin`` (whole blocks before its own), so a row whose
+    hole starts before every running row's can join; the rows' blocks are renumbered."""
+    k, rem = divmod(run.lay.origin - origin, run.lay.block_length)
+    if k < 0 or rem:
+        raise ValueError(f"origin {origin} is not whole blocks before {run.lay.origin}")
+    if k == 0:
+        return
+    lay = run.lay
+    blocks = torch.where(lay.blocks >= 0, lay.blocks + k, -1)
+    run.lay = replace(lay, blocks=blocks, n_blocks=lay.n_blocks + k,
+                      first_block=lay.first_block + k, origin=origin)  # fmt: skip
+    run.cur = run.cur + k
 
 
 def take(run, rows):
@@ -149,6 +176,7 @@ def take(run, rows):
     r.real = None if r.real is None else r.real[rows]
     r.positions, r.fixed = pos, r.fixed[rows]
     r.cache = None if r.cache is None else r.cache.select(rows)
+    r.ragged = None if r.ragged is None else r.ragged.take(rows)
     out.feed = None if run.feed is None else run.feed.take(idx)
     if run.restrict is not None:
         out.restrict = (run.restrict[0][rows], run.restrict[1][rows])

@@ -75,6 +75,7 @@ class ModelRunner:
         self.positions, self.fixed = positions, fixed
         self.w, self.method, self.guided = float(guidance), guidance_method, guidance != 1
         self.cache = None
+        self.ragged = None  # a RaggedCache: exact, a length per row (`prepare(rows_apart=True)`)
         self.nfe = 0
         self.drift: list[float] | None = [] if measure_drift else None
 
@@ -102,6 +103,12 @@ class ModelRunner:
             return self._guide(out)
         out = self._all(x, s, e, fresh)
         return out[rows] if some else out
+
+    def rows_apart(self, x: Tensor, starts: Tensor, width: int, rows: Tensor) -> Tensor:
+        """Logits (R, width, V) of each of ``rows`` at its own window [starts, starts + width)
+        (`sampling.ragged`); one forward per ride-along length, counted as one step."""
+        self.nfe += 1
+        return self.ragged.logits(x, self.real, self.positions, starts, width, rows, self.narrow)
 
     def _all(self, x: Tensor, s: int, e: int, fresh: bool) -> Tensor:
         """Every row's guided logits of window [s, e) (the cached modes)."""

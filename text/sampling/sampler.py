@@ -55,6 +55,7 @@ from mdiff.text.sampling.generation import (
 )
 from mdiff.text.sampling.heal import check_restriction, fit_vocab
 from mdiff.text.sampling.layout import Layout, canvas_from_prompts, check_canvas, layout
+from mdiff.text.sampling.ragged import RaggedCache
 from mdiff.text.sampling.runner import ModelRunner, resolve_cache_mode
 from mdiff.text.sampling.stream import CommitFeed
 
@@ -99,10 +100,12 @@ def denoise(model, x: Tensor, attention_mask: Tensor | None = None,
 
 def prepare(model, x: Tensor, attention_mask: Tensor | None = None,
             config: GenerationConfig | None = None, *, generators=None, streamer=None,
-            watermark=None, restrict=None, origin: int | None = None,
+            watermark=None, restrict=None, origin: int | None = None, rows_apart: bool = False,
             **overrides) -> _Run:  # fmt: skip
     """`denoise`'s loop state, not run yet (``run.run()``; or step by step, rows joining and
-    leaving, in `mdiff.text.sampling.rows`). ``origin``: `layout`'s."""
+    leaving, in `mdiff.text.sampling.rows`). ``origin``: `layout`'s. ``rows_apart``: with the
+    exact cache, every row steps in its own block each tick (`sampling.ragged`) instead of
+    block by block in lock-step — where the model, settings and canvas allow it."""
     cfg = resolve_config(config, overrides)
     spec = _spec_of(model)
     x, real = check_canvas(x, attention_mask, spec)
@@ -114,7 +117,13 @@ def prepare(model, x: Tensor, attention_mask: Tensor | None = None,
                          cfg.guidance_method, cfg.measure_drift)  # fmt: skip
     feed = None if streamer is None else CommitFeed(streamer, real, lay.gen, eos_ids,
                                                     cfg.eos.truncate)  # fmt: skip
-    run = _Run(spec, cfg, x.clone(), lay, runner, gens, watermark, feed, mode != "none",
+    bs = int(spec.block_size or 0)
+    if rows_apart and mode == "exact" and cfg.guidance == 1 and not cfg.measure_drift and (
+            not cfg.allow_mask_token and lay.block_length == bs and x.shape[1] % bs == 0
+            and RaggedCache.supports(model)):  # fmt: skip
+        runner.ragged = RaggedCache(model, real, bs)
+    run = _Run(spec, cfg, x.clone(), lay, runner, gens, watermark, feed,
+               mode != "none" and runner.ragged is None,
                check_restriction(restrict, x))  # fmt: skip
     run.settings = {**cfg.to_dict(), "cache": mode, "seed": seed,
                     "watermarked": watermark is not None}  # fmt: skip
@@ -171,18 +180,26 @@ class _Run:
         if self.feed is not None:
             self.feed.commit(self.x, self._final())
 
+    @torch.no_grad()
     def tick(self) -> bool:
         """One denoising step of the rows whose turn it is; False when every row is done."""
         if bool(self.done.all()):
             return False
         active = ~self.done
+        if self.runner.ragged is not None:  # every row in its own block
+            rows, bl = active.nonzero().squeeze(1), self.lay.block_length
+            starts = self.lay.origin + self.cur[rows] * bl
+            logits = self.runner.rows_apart(self.x, starts, bl, rows)
+            self._step(logits, starts[:, None] + torch.arange(bl, device=starts.device), active)
+            return True
         g = int(self.cur[active].min()) if self.sync else None
         stepping = active & (self.cur == g) if self.sync else active
         s, e = self._window(g, stepping)
         rows = stepping.nonzero().squeeze(1)  # the others rest (exact, none: not run)
         logits = self.runner.logits(self.x, s, e, fresh=g != self.last_block, rows=rows)
         self.last_block = g
-        self._step(logits, s, e, stepping)
+        cols = torch.arange(s, e, device=self.x.device).expand(rows.numel(), e - s)
+        self._step(logits, cols, stepping)
         return True
 
     def finish(self) -> GenerationOutput:
@@ -211,21 +228,24 @@ class _Run:
         cols = ((self.lay.blocks == g) & stepping[:, None]).any(0).nonzero().squeeze(1)
         return int(cols.min()), int(cols.max()) + 1
 
-    def _step(self, logits: Tensor, s: int, e: int, stepping: Tensor) -> None:
-        """One step of the ``stepping`` rows; ``logits`` are theirs (R, e − s, V). All the
-        work below is on those rows only (``idx``: all rows, or their indices)."""
+    def _step(self, logits: Tensor, cols: Tensor, stepping: Tensor) -> None:
+        """One step of the ``stepping`` rows; ``logits`` (R, W, V) are theirs at their window
+        columns ``cols`` (R, W) (one window for all, or each row's own block). All the work
+        below is on those rows only (``idx``: all rows, or their indices)."""
         B = self.x.shape[0]
         rows = stepping.nonzero().squeeze(1)
         idx = slice(None) if rows.numel() == B else rows
         gens = self.gens if self.gens is None or rows.numel() == B else [
             self.gens[r] for r in rows.tolist()]  # fmt: skip
-        xw = self.x[idx, s:e]
-        blocks = self.lay.blocks[idx, s:e]
+        x_r = self.x[idx]
+        xw = x_r.gather(1, cols)
+        blocks = self.lay.blocks[idx].gather(1, cols)
         cur = self.cur[idx, None]
         # literal LLaDA: a [MASK] committed in an earlier block stays open
-        in_block = self.lay.gen[idx, s:e] & ((blocks <= cur) if self.literal else (blocks == cur))
+        gen = self.lay.gen[idx].gather(1, cols)
+        in_block = gen & ((blocks <= cur) if self.literal else (blocks == cur))
         masked = xw == self.mask_id
-        proc = self._process(logits, s, e, idx)
+        proc = self._process(logits, cols, idx)
         prop = proc.max(-1).indices  # = argmax (the first maximum), a faster kernel on CPU
         editable = None if self.edit is None else in_block & ~masked
         if editable is not None and self.greedy and self.remask is None:
@@ -235,45 +255,49 @@ class _Run:
         state = U.UnmaskState(xw, in_block & masked, proc, prop, gens, t, t_next, LINEAR,
                               scores=sc, decoded=in_block & ~masked, editable=editable)  # fmt: skip
         new = U.unmask_step(state, self.mask_id, policy, self.remask, last, self.edit)
-        changed = torch.zeros((B, e - s), dtype=torch.bool, device=new.device)
-        changed[idx] = new != xw
-        self.x[idx, s:e] = new
+        changed = torch.zeros_like(self.x, dtype=torch.bool)
+        changed[idx] = changed[idx].scatter(1, cols, new != xw)
+        self.x[idx] = x_r.scatter(1, cols, new)
         self.forwards += stepping.long()
         if self.feed is not None and self.feed.wants_drafts:
             canvas = self.x.clone()
-            still = (new == self.mask_id) & self.lay.real[idx, s:e]
-            canvas[idx, s:e] = torch.where(still, proc.argmax(-1), new)
+            still = (new == self.mask_id) & self.lay.real[idx].gather(1, cols)
+            canvas[idx] = canvas[idx].scatter(1, cols, torch.where(still, proc.argmax(-1), new))
             self.feed.draft(canvas, self.n_steps)
         self.n_steps += 1
         edited = None
         if state.edited is not None:
             edited = torch.zeros(B, dtype=torch.bool, device=new.device)
             edited[idx] = state.edited.any(1)
-        self._advance(stepping, changed, s, edited)
+        self._advance(stepping, changed, 0, edited)
         if self.feed is not None:
             self.feed.commit(self.x, self._final())
 
     # ---- one step's parts ---------------------------------------------------------------------
 
-    def _process(self, logits: Tensor, s: int, e: int, idx=slice(None)) -> Tensor:
+    def _process(self, logits: Tensor, cols: Tensor, idx=slice(None)) -> Tensor:
         """Logits proposals are drawn from: no [MASK], EOS policy, watermark bias, `restrict`
-        (of rows ``idx``, whose logits these are)."""
+        (of rows ``idx``, whose logits these are, at columns ``cols``)."""
         logits = logits.clone()
         if not self.literal:
             logits[..., self.mask_id] = -torch.inf
         logits = self.cfg.eos.process(logits, self.eos_ids)
-        if self.watermark is not None:
+        if self.watermark is not None:  # one neighbour of context on each side
             L = self.x.shape[1]
-            lo, hi = max(s - 1, 0), min(e + 1, L)  # one neighbour of context on each side
-            ctx = torch.where(self.lay.real[idx, lo:hi], self.x[idx, lo:hi], self.mask_id)
-            padded = F.pad(logits, (0, 0, s - lo, hi - e))
-            logits = self.watermark.bias(padded, ctx, self.mask_id)[:, s - lo : s - lo + e - s]
+            around = torch.cat([cols[:, :1] - 1, cols, cols[:, -1:] + 1], 1)
+            inside = (around >= 0) & (around < L)
+            at = around.clamp(0, L - 1)
+            real = self.lay.real[idx].gather(1, at) & inside
+            ctx = torch.where(real, self.x[idx].gather(1, at), self.mask_id)
+            padded = F.pad(logits, (0, 0, 1, 1))
+            logits = self.watermark.bias(padded, ctx, self.mask_id)[:, 1:-1]
         if self.restrict is not None:
             pos, allowed = self.restrict[0][idx], self.restrict[1][idx]
-            rows = ((pos >= s) & (pos < e)).nonzero()[:, 0]
-            cols = pos[rows] - s
+            j = pos - cols[:, 0]  # windows are contiguous columns
+            rows = ((pos >= 0) & (j >= 0) & (j < cols.shape[1])).nonzero()[:, 0]
+            at = j[rows]
             keep = fit_vocab(allowed[rows], logits.shape[-1])
-            logits[rows, cols] = logits[rows, cols].masked_fill(~keep, -torch.inf)
+            logits[rows, at] = logits[rows, at].masked_fill(~keep, -torch.inf)
         return logits
 
     def _propose(self, proc: Tensor, eligible: Tensor, editable: Tensor | None = None,
