@@ -2,12 +2,13 @@
 cycles, overload. The server is a real `mdiff serve` subprocess; clients are threads here.
 
 Run:  OMP_NUM_THREADS=2 .venv/bin/python benchmarks/serve_load.py [--parts fim mixed cycles
-          overload] [--requests 32] [--max-tokens 16] [--cycles 50]
+          overload] [--requests 32] [--max-tokens 16] [--gap 0.15] [--cycles 50]
 
 fim: the same ``--requests`` FIM requests (distinct holes and seeds) served one by one, then all
 at once; throughput ratio (goal ≥ 3×), p50/p99 latency of the concurrent ones, every answer
-equal to its one-by-one answer, errors. mixed: 4 concurrent video streams (64², 33 frames) plus
-16 FIM requests; all complete, every stored video verifies (C2PA trusted, watermark detected),
+equal to its one-by-one answer, errors; then arriving ``--gap`` seconds apart on average (they
+join the running batch): latency, identity. mixed: 4 concurrent video streams (64², 33 frames)
+plus 16 FIM requests; all complete, every stored video verifies (C2PA trusted, watermark detected),
 time to first fMP4 fragment per stream. cycles: connect, read the first event, disconnect —
 ``--cycles`` times, alternating a text stream and a video stream; the server's RSS and open file
 descriptors before, half-way and after (drift). overload: 4× the queue's size at once against a
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -102,6 +104,11 @@ def concurrently(fns) -> list:
     return out
 
 
+def text(response) -> str | None:
+    """The first choice's text of a ``post`` result."""
+    return response[1].get("choices", [{}])[0].get("text")
+
+
 def pct(values, q: float) -> float:
     v = sorted(values)
     return v[min(len(v) - 1, round(q * (len(v) - 1)))]
@@ -118,11 +125,17 @@ def part_fim(a) -> None:
         t = time.perf_counter()
         together = concurrently([lambda b=b: post(srv.url, b) for b in bodies])
         t_conc = time.perf_counter() - t
+        if a.gap:  # arrivals spread out: they join the running batch between its steps
+            rng = random.Random(0)
+            waits = [sum(rng.expovariate(1 / a.gap) for _ in range(i)) for i in range(len(bodies))]
+            t = time.perf_counter()
+            spread = concurrently([lambda b=b, w=w: (time.sleep(w), post(srv.url, b))[1]
+                                   for b, w in zip(bodies, waits, strict=True)])  # fmt: skip
+            t_spread = time.perf_counter() - t
     finally:
         srv.close()
     errors = sum(code != 200 for code, _, _ in alone + together)
-    same = sum(x[1].get("choices", [{}])[0].get("text") == y[1].get("choices", [{}])[0].get("text")
-               for x, y in zip(alone, together, strict=True))  # fmt: skip
+    same = sum(text(x) == text(y) for x, y in zip(alone, together, strict=True))
     lat = [s for _, _, s in together]
     mode = f"length {LENGTH}" if LENGTH else f"auto length, max_tokens {a.max_tokens}"
     print(f"fim: {a.requests} requests, {mode}: one by one {t_seq:.2f} s "
@@ -130,6 +143,13 @@ def part_fim(a) -> None:
           f"({a.requests / t_conc:.2f} req/s): throughput {t_seq / t_conc:.2f}x (goal >= 3x); "
           f"latency p50 {pct(lat, 0.5):.2f} s p99 {pct(lat, 0.99):.2f} s; identical "
           f"{same}/{a.requests}; errors {errors}")  # fmt: skip
+    if a.gap:
+        lat_s, solo = [x for _, _, x in spread], [x for _, _, x in alone]
+        same = sum(text(x) == text(y) for x, y in zip(alone, spread, strict=True))
+        print(f"arrivals every {a.gap:.2f} s on average: all done in {t_spread:.2f} s; latency "
+              f"p50 {pct(lat_s, 0.5):.2f} s p99 {pct(lat_s, 0.99):.2f} s (alone: p50 "
+              f"{pct(solo, 0.5):.2f} s); identical {same}/{a.requests}; "
+              f"errors {sum(c != 200 for c, _, _ in spread)}")  # fmt: skip
 
 
 def video_stream(url: str, body: dict) -> tuple[str, float, int]:
@@ -226,6 +246,9 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=16)
     ap.add_argument("--cycles", type=int, default=50)
     ap.add_argument("--length", type=int, help="fixed hole length (default: the auto search)")
+    ap.add_argument("--gap", type=float, default=0.15,
+                    help="fim: then the requests again, arriving this many seconds apart on "
+                         "average (exponential gaps; 0: skip)")  # fmt: skip
     a = ap.parse_args()
     global LENGTH
     LENGTH = a.length
