@@ -5,9 +5,13 @@ choice: prefix, suffix, length, seed, sampler settings) and returns at once. The
 a running batch with the oldest waiting job and every waiting job of the same sampler settings
 (temperature, top_p), up to ``max_rows`` canvas rows; then, between two sampler steps:
 
-- waiting jobs at the head of the queue join it (`_admit`: same settings, room in
-  ``max_rows``, canvas within ``max_width``; the first that cannot stops admission, so no job
-  waits behind later ones forever) — continuous batching at step boundaries;
+- waiting jobs at the head of the queue join it (`_admit`: same settings, at most
+  ``join_rows`` rows with them, canvas within ``max_width``; the first that cannot stops
+  admission, so no job waits behind later ones forever) — continuous batching at step
+  boundaries. Measured on 2 cores (`benchmarks/batcher_speed.py`): a step of 4 rows costs
+  11 ms, of 8 rows 15, of 16 rows 24, of 64 rows 81 — joining a small batch is nearly free, a
+  big one only shares the cores out (processor sharing, which for similar jobs has higher
+  latency than running them batch after batch);
 - each row that is done leaves at once, and a job whose rows are all out is answered (its
   length search scored then, on its solo canvases, together with the other jobs finishing);
 - cancelled jobs leave (a closed stream frees its rows within one step).
@@ -128,8 +132,12 @@ class Batcher:
     """The worker thread and its wait queue for one `CodeModel`."""
 
     def __init__(self, code_model, *, queue_size: int = 32, max_rows: int = 64,
-                 max_width: int = 512):  # fmt: skip
+                 max_width: int = 512, join_rows: int = 16):  # fmt: skip
         self.cm, self.queue_size, self.max_rows = code_model, queue_size, max_rows
+        # a running batch takes arrivals while it has at most join_rows rows with them (a
+        # step of a few rows costs little more than of one; beyond, a joiner only slows the
+        # others down on a CPU); 0: arrivals wait for the next batch
+        self.join_rows = join_rows
         self.max_width = max_width  # slots a running batch may widen to for a joining job
         self._jobs: deque[Job] = deque()
         self._cond = threading.Condition()
@@ -335,7 +343,7 @@ class Batcher:
                 j = self._jobs[0] if self._jobs else None
             if j is None or j.solo or j.key != key:
                 return
-            if run.x.shape[0] + self._rows(j) > self.max_rows:
+            if run.x.shape[0] + self._rows(j) > min(self.max_rows, self.join_rows):
                 return
             gone = j.cancel.is_set()
             got = None if gone else self._prepare([j], run)

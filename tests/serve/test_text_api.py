@@ -153,6 +153,30 @@ def test_one_batch_of_many_widths_scores_every_length_as_alone(models):
         assert j.future.result().middles[0] == alone.middle
 
 
+def test_a_request_arriving_mid_batch_joins_it_with_its_solo_answer(models):
+    """Continuous batching: a job submitted while a batch runs (from the first job's stream,
+    i.e. between two of its steps) joins that batch; both answers equal their solo runs."""
+    cm = models.text()
+    late = Job(*HOLES[3], 8, seed=5, settings={"temperature": 0.8})
+    batcher = Batcher(cm)
+    futures = []
+
+    def on_text(delta, draft):
+        if not futures:
+            futures.extend(batcher.submit([late]))
+
+    first = Job(*HOLES[1], 12, seed=2, settings={"temperature": 0.8}, on_text=on_text)
+    try:
+        got = batcher.submit([first])[0].result(timeout=120).middles[0]
+        got_late = futures[0].result(timeout=120).middles[0]
+    finally:
+        batcher.close()
+    assert batcher.stats["joined"] == 1 and batcher.stats["batches"] == 1, batcher.stats
+    for job, text in ((first, got), (late, got_late)):
+        alone = cm.infill(job.prefix, job.suffix, job.length, seed=job.seed, temperature=0.8)
+        assert text == alone.middles[0]
+
+
 @pytest.mark.parametrize(
     ("body", "status", "needle"),
     [({"prompt": "x", "max_tokens": 0}, 400, "max_tokens"),
