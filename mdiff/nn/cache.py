@@ -198,6 +198,18 @@ class KVCache:
                      for kv in self._kv]  # fmt: skip
         return other
 
+    @classmethod
+    def of(cls, kv: list[tuple[Tensor, Tensor]]) -> KVCache:
+        """A cache holding the committed (k, v) of each layer, each (B, Hk, L, D)."""
+        out = cls(len(kv))
+        out._kv = [(k, v) for k, v in kv]
+        return out
+
+    def staged(self, i: int) -> tuple[Tensor, Tensor] | None:
+        """Layer i's staged (k, v) (the last forward's new keys), or None."""
+        self._check_index(i)
+        return self._staged[i]
+
     def cat(self, other: KVCache) -> KVCache:
         """A cache whose batch rows are this cache's, then ``other``'s (same length)."""
         if self.has_staged or other.has_staged or other.n_layers != self.n_layers:

@@ -86,9 +86,8 @@ class RaggedCache:
         C = int(cg.max()) if self.kv is not None else 0  # none yet: only padding before
         cached = torch.arange(C, device=dev)[None] < cg[:, None]
         keys = torch.cat([cached & ok[g, :C], fed & ok[g].gather(1, at)], 1)
-        tmp = KVCache(self.n_layers)
-        if C:
-            tmp._kv = [(k[g, :, :C], v[g, :, :C]) for k, v in self.kv]
+        tmp = KVCache.of([(k[g, :, :C], v[g, :, :C]) for k, v in self.kv]) if C else KVCache(
+            self.n_layers)  # fmt: skip
         kw = {"logits_from": rmax} if rmax and narrow else {}
         lg = self.model(ids, attention_mask=keys, position_ids=pos, cache=tmp, **kw)
         lg = lg if kw else lg[:, rmax:]
@@ -99,7 +98,7 @@ class RaggedCache:
 
     def _commit(self, tmp: KVCache, g: Tensor, cols: Tensor, fed: Tensor, L: int) -> None:
         """Write the ride-along keys of rows ``g`` (new keys ``fed`` (G, r)) at ``cols``."""
-        staged = tmp._staged
+        staged = [tmp.staged(i) for i in range(tmp.n_layers)]
         if self.kv is None:
             self.kv = [tuple(t.new_zeros((self.c.numel(), t.shape[1], L, t.shape[3]))
                              for t in kv) for kv in staged]  # fmt: skip
