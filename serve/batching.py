@@ -275,22 +275,12 @@ class Batcher:
         inputs = [(h[0], j.suffix, F._lengths(j.length, j.candidates))
                   for h, j in zip(heals, jobs, strict=True)]  # fmt: skip
         c = F.fim_canvas(cm.model.spec, token_view(tok), inputs, heals, self.window() + 1)
-        x, real, restrict = c.x, c.real, c.restrict
-        origin = None if run is None else run.lay.origin
-        if run is not None:  # whole blocks of left padding more: the same answers
-            extra = self._edge(run, x, real) - x.shape[1]
-            if extra < 0:
+        x, real, restrict, origin = c.x, c.real, c.restrict, None
+        if run is not None:
+            placed = self._place(run, x, real, restrict)
+            if placed is None:
                 return None
-            spec = cm.model.spec
-            pad = spec.pad_id if spec.pad_id is not None else spec.mask_id  # as fim_canvas
-            x = torch.nn.functional.pad(x, (extra, 0), value=pad)
-            real = torch.nn.functional.pad(real, (extra, 0), value=False)
-            if restrict is not None:
-                restrict = (torch.where(restrict[0] >= 0, restrict[0] + extra, -1), restrict[1])
-        if run is not None:  # its own first block, if before the run's (`rows.rebase`)
-            spec, slots = cm.model.spec, torch.arange(x.shape[1])
-            first = int(torch.where(real & (x == spec.mask_id), slots, x.shape[1]).min())
-            origin = min(origin, first // int(spec.block_size or 1) * int(spec.block_size or 1))
+            x, real, restrict, origin = placed
         device = next(cm.model.parameters()).device
         gens = [torch.Generator(device).manual_seed(jobs[k].seed) for k, _, _ in c.parts]
         kind = DraftSink if any(j.drafts and j.on_text is not None for j in jobs) else Sink
@@ -312,6 +302,22 @@ class Batcher:
             members.append(_Member(j, [c.parts[r] for r in idx], heals[k][1], width))
         return run, members
 
+    def _place(self, run, x, real, restrict):
+        """A job's canvas placed for ``run``: left-padded by whole blocks to end at `_edge`
+        (the same answers), and the block origin it joins with (its own first block when
+        that lies before the run's: `rows.rebase`); None if it cannot join."""
+        extra = self._edge(run, x, real) - x.shape[1]
+        if extra < 0:
+            return None
+        spec = self.cm.model.spec
+        pad = spec.pad_id if spec.pad_id is not None else spec.mask_id  # as fim_canvas
+        x = torch.nn.functional.pad(x, (extra, 0), value=pad)
+        real = torch.nn.functional.pad(real, (extra, 0), value=False)
+        if restrict is not None:
+            restrict = (torch.where(restrict[0] >= 0, restrict[0] + extra, -1), restrict[1])
+        bs = int(spec.block_size or 1)
+        return x, real, restrict, min(run.lay.origin, _first_mask(x, real, spec) // bs * bs)
+
     def _edge(self, run, x, real) -> int:
         """Where a job's canvas ``x`` (left-padded, its own width) ends in ``run`` (−1: it
         cannot join): for a block-causal model, whole blocks right so its first mask lies in
@@ -328,7 +334,7 @@ class Batcher:
         target = max(
             0 if cache is None else cache.length, lay.origin + max(g, 0) * lay.block_length
         )
-        f = int(torch.where(real & (x == spec.mask_id), torch.arange(x.shape[1]), x.shape[1]).min())
+        f = _first_mask(x, real, spec)
         bs = int(spec.block_size)
         edge = -(-(x.shape[1] + max(target - f, 0)) // bs) * bs
         return edge if edge <= max(self.max_width, L) else -1
@@ -486,3 +492,9 @@ class Batcher:
         done.finish_reason = "length" if fixed and not stopped else "stop"
         self.stats["jobs"] += 1
         job.future.set_result(done)
+
+
+def _first_mask(x, real, spec) -> int:
+    """The first slot to fill in a canvas (its width when none)."""
+    slots = torch.arange(x.shape[1], device=x.device)
+    return int(torch.where(real & (x == spec.mask_id), slots, x.shape[1]).min())

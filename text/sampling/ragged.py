@@ -54,7 +54,6 @@ class RaggedCache:
         At most three forwards: the rows with nothing to ride along, those with up to one
         block and those with more (rows that just joined). Within a forward, a row with less
         to ride along than the longest is fed dummy tokens first, masked out as keys."""
-        B, L = x.shape
         ride = starts - self.c[rows]
         out: Tensor | None = None
         for sel in (ride == 0, (ride > 0) & (ride <= width), ride > width):

@@ -7,6 +7,7 @@ A server keeps one `prepare` d run going and, between two of its steps (``run.ti
     out = take(run, rows).finish()  # the GenerationOutput of finished rows …
     run = take(run, others)       # … and the run without them
     widen(run, k) / compact(run)  # right padding for a row to join; drop all-padding blocks
+    rebase(run, origin)           # block 0 earlier, for a row whose hole starts before
 
 Why a row's tokens do not change. A row's steps, schedule and randomness are its own (its
 generator, its block, its step in the block; `sampler`), and the exact cache and the uncached
@@ -15,7 +16,9 @@ it is alone: the same canvas width (whole blocks of extra left padding change no
 block-causal model) and the running batch's block origin (`layout`'s ``origin``, whole blocks
 before its own). With the exact cache the running rows hold keys for slots [0, c); a joining
 row's slots there must be clean (its first mask at c or later), and one forward over them fills
-its rows of the cache — the keys it would have committed on its way there alone.
+its rows of the cache — the keys it would have committed on its way there alone. With a cache
+length per row (`prepare(rows_apart=True)`, `sampling.ragged`) a joining row needs none of
+that: it starts with nothing cached and rides its own prompt in at its first step.
 
 Only the batch-invariant modes join: cache ``exact`` or ``none``, no guidance (the guided
 halves share one cache).
