@@ -185,9 +185,12 @@ class TextWatermark:
             else:
                 V, step = self.vocab_size, max(1, _CHUNK // self.vocab_size)
                 cur = torch.arange(V, device=device)
-                self._tables[key] = torch.cat([self.green(torch.arange(p, min(p + step, V),
-                                                                       device=device)[:, None],
-                                                          cur) for p in range(-1, V, step)])
+                self._tables[key] = torch.cat(
+                    [
+                        self.green(torch.arange(p, min(p + step, V), device=device)[:, None], cur)
+                        for p in range(-1, V, step)
+                    ]
+                )
         return self._tables[key]
 
     # ---- embedding -----------------------------------------------------------------------------

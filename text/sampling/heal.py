@@ -82,12 +82,15 @@ def first_token_mask(tokenizer, carry: str) -> Tensor | None:
     """(V,) bool: the tokens whose text (bytes, for a byte-level tokenizer) starts with
     `carry`. None when no token is longer than the carry and starts with it: then nothing could
     cross the boundary, and healing is moot (a character-level tokenizer is never healed)."""
-    table = token_view(tokenizer).table
-    if table is not None:
+    view = token_view(tokenizer)
+    if view.table is not None:
         head = carry.encode("utf-8")
-        hits = [t is not None and t.startswith(head) for t in table]
-        longer = any(h and len(t) > len(head) for h, t in zip(hits, table, strict=True))
-        return torch.tensor(hits) if longer else None
+        hits = view.starting_with(head)
+        if not any(len(view.table[i]) > len(head) for i in hits):
+            return None
+        allowed = torch.zeros(len(view.table), dtype=torch.bool)
+        allowed[hits] = True
+        return allowed
     texts = _token_texts(tokenizer)
     if not any(len(t) > len(carry) and t.startswith(carry) for t in texts):
         return None

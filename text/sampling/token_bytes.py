@@ -21,9 +21,10 @@ skip_special_tokens=...)`` is used as it is.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 __all__ = ["TokenView", "byte_decoder", "token_view"]
 
@@ -48,6 +49,19 @@ class TokenView:
     special: frozenset[int]
     mask_id: int | None
     table: list[bytes | None] | None  # per id; None: not byte-level
+    _sorted: tuple[list[bytes], list[int]] | None = field(default=None, repr=False)
+
+    def starting_with(self, head: bytes) -> list[int]:
+        """The ids whose bytes start with ``head`` (byte-level only), shortest first: a range
+        of the tokens sorted by their bytes, found by bisection."""
+        if self._sorted is None:
+            pairs = sorted((b, i) for i, b in enumerate(self.table) if b is not None)
+            self._sorted = ([b for b, _ in pairs], [i for _, i in pairs])
+        keys, ids = self._sorted
+        above = head.rstrip(b"\xff")  # the least bytes after every string starting with head
+        above = above[:-1] + bytes([above[-1] + 1]) if above else None
+        lo = bisect.bisect_left(keys, head)
+        return ids[lo : len(keys) if above is None else bisect.bisect_left(keys, above)]
 
     def encode(self, text: str) -> list[int]:
         """Ids of `text`, no special token added or recognised."""
