@@ -6,7 +6,8 @@
 ``{"error": {"message", "type", "param", "code"}}``: `mdiff.errors.InvalidInputError` → 400,
 `CheckpointError` → 500 naming the model, an unknown route → 404, a missing or wrong bearer key
 → 401 (only when `api_key` is set; `/` and the static page stay open so a browser can load it,
-and its calls send the key).
+and its calls send the key); a WebSocket without it (header, or ``?api_key=`` as browsers must)
+is refused at the handshake (close code 1008).
 """
 
 from __future__ import annotations
@@ -18,9 +19,11 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import HTTPConnection
+from starlette.websockets import WebSocketClose
 
 from mdiff.errors import CheckpointError, InvalidInputError, MdiffError
 from mdiff.serve.limits import Limits
@@ -82,7 +85,7 @@ def api_error(status: int, message: str, kind: str = "invalid_request_error", *,
     return JSONResponse(body, status_code=status, headers=headers)
 
 
-def _authorised(request: Request, key: str | None) -> bool:
+def _authorised(request: HTTPConnection, key: str | None) -> bool:
     if key is None:
         return True
     path = request.url.path
@@ -93,6 +96,28 @@ def _authorised(request: Request, key: str | None) -> bool:
         got = "Bearer " + request.query_params.get("api_key", "")
     scheme, _, token = got.partition(" ")
     return scheme.lower() == "bearer" and hmac.compare_digest(token.encode(), key.encode())
+
+
+class _BearerAuth:
+    """A missing or wrong key: 401 over HTTP, a refused WebSocket handshake (close 1008).
+
+    Plain ASGI, so it sees WebSockets too (``@app.middleware("http")`` does not) and adds no
+    task or body stream per request as Starlette's ``BaseHTTPMiddleware`` does."""
+
+    def __init__(self, app, key: str):
+        self.app, self.key = app, key
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] in ("http", "websocket") and not _authorised(HTTPConnection(scope),
+                                                                      self.key):  # fmt: skip
+            if scope["type"] == "websocket":
+                refuse = WebSocketClose(code=1008, reason="missing or wrong API key")
+            else:
+                refuse = api_error(401, "missing or wrong API key (Authorization: Bearer …)",
+                                   "authentication_error", code="invalid_api_key",
+                                   headers={"WWW-Authenticate": "Bearer"})  # fmt: skip
+            return await refuse(scope, receive, send)
+        await self.app(scope, receive, send)
 
 
 def create_app(config: ServeConfig | None = None, *, models: Models | None = None) -> FastAPI:
@@ -111,13 +136,8 @@ def create_app(config: ServeConfig | None = None, *, models: Models | None = Non
     app = FastAPI(title="mdiff", docs_url=None, redoc_url=None, lifespan=_lifespan)
     app.state.config, app.state.models = config, models or Models(config)
 
-    @app.middleware("http")
-    async def _auth(request: Request, call_next):
-        if not _authorised(request, config.api_key):
-            return api_error(401, "missing or wrong API key (Authorization: Bearer …)",
-                             "authentication_error", code="invalid_api_key",
-                             headers={"WWW-Authenticate": "Bearer"})  # fmt: skip
-        return await call_next(request)
+    if config.api_key is not None:
+        app.add_middleware(_BearerAuth, key=config.api_key)
 
     @app.exception_handler(InvalidInputError)
     async def _invalid(_request, exc):

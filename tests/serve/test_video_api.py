@@ -190,6 +190,20 @@ def test_bad_video_requests_are_400_with_a_clear_message(make_app, body, needle)
     assert service(app).live() == 0  # nothing started
 
 
+def test_with_an_api_key_the_websocket_needs_it_too(models, home):
+    from starlette.websockets import WebSocketDisconnect
+
+    app = create_app(ServeConfig(home=str(home), api_key="k-ws"), models=models)
+    with TestClient(app) as c:
+        for url in ("/v1/realtime/video", "/v1/realtime/video?api_key=wrong"):
+            with pytest.raises(WebSocketDisconnect) as refused, c.websocket_connect(url):
+                pass
+            assert refused.value.code == 1008
+        with c.websocket_connect("/v1/realtime/video?api_key=k-ws") as ws:  # as the page does
+            ws.send_json({"type": "hello"})
+            assert "start" in ws.receive_json()["error"]["message"]
+
+
 def test_unknown_video_is_404(make_app):
     r = TestClient(make_app()).get("/v1/videos/nope")
     assert r.status_code == 404 and "nope" in r.json()["error"]["message"]
