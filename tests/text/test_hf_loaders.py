@@ -135,13 +135,13 @@ def test_unknown_or_autoregressive_folders_say_how_to_pass_a_spec(tmp_path):
         loaders.load_transformers(odd)
     with pytest.raises(CheckpointError, match="config.json"):
         loaders.load_transformers(tmp_path / "missing")
-    llada = save(
+    llada = save(  # LLaDA's model_type over Llama's weight names: not LLaDA's layout
         tmp_path,
         "llada-remote",
         llama(),
         edit=lambda c: c.update(model_type="llada", architectures=["LLaDAModelLM"]),
     )
-    with pytest.raises(CheckpointError, match="remote code"):
+    with pytest.raises(CheckpointError, match="LLaDA config.json lacks.*d_model"):
         loaders.load_transformers(llada)
 
 

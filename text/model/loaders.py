@@ -16,8 +16,11 @@ and pad ids from the tokenizer, else the config; the vocabulary from the model's
   DiffuCoder) are AR-initialised → `dream_spec`;
 - a masked LM (BERT, ModernBERT, RoBERTa, XLM-R, …) → `from_masked_lm`.
 
-Anything else (an AR model without a mask token, LLaDA's own remote-code layout, an unknown
-architecture) is a `CheckpointError` saying to pass ``spec=DenoiserSpec(...)``. Weights are
+- LLaDA's own layout (``model_type`` "llada", ``LLaDAModelLM``, remote code in the folder):
+  its weights read into a Llama (`mdiff.text.model.llada_native`) → `llada_spec`;
+
+Anything else (an AR model without a mask token, an unknown architecture) is a
+`CheckpointError` saying to pass ``spec=DenoiserSpec(...)``. Weights are
 read from safetensors only (never unpickled) and no remote code runs.
 
 A loader is ``fn(path, **kwargs)`` returning a `Loaded`, ``(model, tokenizer)`` or ``model``:
@@ -102,7 +105,8 @@ def load_transformers(path: str | Path, *, spec: DenoiserSpec | None = None, dev
         adapter = HFAdapter(model, spec)
     s = adapter.spec
     shift = ", logits shift 1" if s.logits_shift else ""
-    summary = (f"{path}: {model_type} architecture, spec {name} (mask {s.mask_id}, "
+    layout = " (LLaDA's own layout, read as Llama)" if kind == "llada-native" else ""
+    summary = (f"{path}: {model_type} architecture{layout}, spec {name} (mask {s.mask_id}, "
                f"{s.attention}{shift})")  # fmt: skip
     return Loaded(adapter, HFTokenizer(tok, s.vocab_size), summary)
 
@@ -147,12 +151,8 @@ def _choose(cfg: dict, spec: DenoiserSpec | None) -> tuple[str, str]:
     archs = " ".join(str(a) for a in cfg.get("architectures") or [])
     if mt == "dream" or "Dream" in archs:
         return "dream", "dream" if spec is None else "given"
-    if mt == "llada" or "LLaDA" in archs:
-        raise CheckpointError(
-            f"LLaDA's own folder layout ({archs or mt}) runs only with its remote code, which "
-            "mdiff does not execute: use a Llama-architecture copy of the weights, or load the "
-            f"model yourself and wrap it with HFAdapter(model, llada_spec(...))"
-        )
+    if mt == "llada" or "LLaDAModelLM" in archs:  # its own layout, read as a Llama
+        return "llada-native", "llada" if spec is None else "given"
     if mt in MASKED and not (mt in CAUSAL and ("ForCausalLM" in archs or cfg.get("is_decoder"))):
         return "masked-lm", "masked-lm" if spec is None else "given"
     if mt in CAUSAL:
@@ -179,6 +179,10 @@ def _spec(name: str, vocab: int, cfg: dict, tok) -> DenoiserSpec:
 def _mask_id(cfg: dict, tok) -> int | None:
     mask = getattr(tok, "mask_token_id", None)
     mask = cfg.get("mask_token_id") if mask is None else mask
+    if mask is None and cfg.get("model_type") == "llada":  # LLaDA-8B's, if its vocabulary
+        from mdiff.text.model.llada_native import LLADA_MASK_ID, LLADA_VOCAB
+
+        mask = LLADA_MASK_ID if cfg.get("embedding_size") == LLADA_VOCAB else None
     return None if mask is None else int(mask)
 
 
@@ -216,18 +220,32 @@ def _read_config(path: Path, quiet: bool = False) -> dict | None:
 
 def _tokenizer(path: Path):
     from transformers import AutoTokenizer
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+    from transformers.utils import logging as hf_logging
 
+    # a model type transformers does not know (llada, Dream): its config is read as a plain
+    # one, with a warning that the model "may yield errors" — not so for the tokenizer
+    known = (_read_config(path, quiet=True) or {}).get("model_type") in CONFIG_MAPPING_NAMES
+    level = hf_logging.get_verbosity()
+    if not known:
+        hf_logging.set_verbosity_error()
     try:
         return AutoTokenizer.from_pretrained(str(path), local_files_only=True,
                                              trust_remote_code=False)  # fmt: skip
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise CheckpointError(f"{path}: cannot load its tokenizer ({e})") from None
+    finally:
+        hf_logging.set_verbosity(level)
 
 
 def _load_model(path: Path, cfg: dict, kind: str, device):
     import transformers as T
 
     kw: dict[str, Any] = dict(local_files_only=True, trust_remote_code=False, use_safetensors=True)
+    if kind == "llada-native":
+        from mdiff.text.model.llada_native import load_llada_native
+
+        return load_llada_native(path, cfg, device)
     try:
         if kind == "dream":  # Dream's weights use Qwen2's layout and names
             fields = {k: v for k, v in cfg.items() if k not in ("model_type", "architectures",
