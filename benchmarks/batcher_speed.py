@@ -1,6 +1,6 @@
 """The server's text batcher in-process (issue 30): 32 FIM requests one by one vs all at once,
 and arriving spread out with continuous batching (joins into a running batch of up to
-``join_rows`` rows: the server's 16, and 64) vs batching at batch boundaries only
+``join_rows`` rows: the server's 64, and 16) vs batching at batch boundaries only
 (``join_rows=0``, the anchor); every answer equal to its one-by-one answer.
 
 No HTTP and no client threads on the cores: the figure of the batching itself (`serve_load.py`
@@ -59,10 +59,10 @@ def main() -> None:
     a = ap.parse_args()
     print(command_line())
     cm = compute.call(CodeModel.from_pretrained, "code-tiny-block")  # torch on one thread
-    batchers = {n: Batcher(cm, queue_size=10_000, join_rows=n) for n in (16, 64, 0)}
+    batchers = {n: Batcher(cm, queue_size=10_000, join_rows=n) for n in (64, 16, 0)}
     for b in batchers.values():
         b.submit([Job(*HOLES[0], 4)])[0].result()  # warm-up
-    b = batchers[16]
+    b = batchers[64]
     t = time.perf_counter()
     alone = [b.submit([j])[0].result().middles[0] for j in jobs(a)]
     t_seq = time.perf_counter() - t

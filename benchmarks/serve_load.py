@@ -76,6 +76,9 @@ class Server:
 
 
 LENGTH = None  # --length: every FIM request asks for exactly this many tokens
+# One keep-alive client for every request, as an editor plugin keeps its connection: a new
+# httpx client per request costs ~28 ms of client CPU (its TLS context), on the server's cores.
+CLIENT = httpx.Client(limits=httpx.Limits(max_connections=128, max_keepalive_connections=128))
 
 
 def fim_body(i: int, max_tokens: int) -> dict:
@@ -86,7 +89,7 @@ def fim_body(i: int, max_tokens: int) -> dict:
 
 def post(url: str, body: dict, timeout: float = 600) -> tuple[int, dict, float]:
     t = time.perf_counter()
-    r = httpx.post(url + "/v1/completions", json=body, timeout=timeout)
+    r = CLIENT.post(url + "/v1/completions", json=body, timeout=timeout)
     return r.status_code, r.json(), time.perf_counter() - t
 
 

@@ -10,8 +10,10 @@ a running batch with the oldest waiting job and every waiting job of the same sa
   admission, so no job waits behind later ones forever) — continuous batching at step
   boundaries. Measured on 2 cores (`benchmarks/batcher_speed.py`): a step of 4 rows costs
   11 ms, of 8 rows 15, of 16 rows 24, of 64 rows 81 — joining a small batch is nearly free, a
-  big one only shares the cores out (processor sharing, which for similar jobs has higher
-  latency than running them batch after batch);
+  big one shares the cores out (for jobs of one size that is later on average than one batch
+  after another, but a burst of requests — 32 over HTTP arrive within ~70 ms — then runs as
+  one batch instead of a first one of whatever had arrived); ``join_rows`` (default
+  ``max_rows``) bounds it;
 - each row that is done leaves at once, and a job whose rows are all out is answered (its
   length search scored then, on its solo canvases, together with the other jobs finishing);
 - cancelled jobs leave (a closed stream frees its rows within one step).
@@ -41,7 +43,9 @@ Bounds: at most ``queue_size`` requests wait (`submit` raises `QueueFull` beyond
 
 from __future__ import annotations
 
+import atexit
 import threading
+import weakref
 from collections import deque
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -128,15 +132,25 @@ class _Member:
         return len(self.parts) - len(self.got)
 
 
+_LIVE: weakref.WeakSet = weakref.WeakSet()
+
+
+@atexit.register
+def _close_all() -> None:
+    """At exit, end every worker thread: one still waiting on its queue when the interpreter
+    finalizes aborts the process (``terminate called without an active exception``, exit 134)."""
+    for batcher in list(_LIVE):
+        batcher.close(wait=5.0)
+
+
 class Batcher:
     """The worker thread and its wait queue for one `CodeModel`."""
 
     def __init__(self, code_model, *, queue_size: int = 32, max_rows: int = 64,
-                 max_width: int = 512, join_rows: int = 16):  # fmt: skip
+                 max_width: int = 512, join_rows: int = 64):  # fmt: skip
         self.cm, self.queue_size, self.max_rows = code_model, queue_size, max_rows
-        # a running batch takes arrivals while it has at most join_rows rows with them (a
-        # step of a few rows costs little more than of one; beyond, a joiner only slows the
-        # others down on a CPU); 0: arrivals wait for the next batch
+        # a running batch takes arrivals while it has at most join_rows rows with them (see
+        # the module doc); 0: arrivals wait for the next batch
         self.join_rows = join_rows
         self.max_width = max_width  # slots a running batch may widen to for a joining job
         self._jobs: deque[Job] = deque()
@@ -149,6 +163,7 @@ class Batcher:
         self._closed = False
         self._thread = threading.Thread(target=self._loop, name="mdiff-batcher", daemon=True)
         self._thread.start()
+        _LIVE.add(self)
 
     # ------------------------------------------------------------------ client side
 
@@ -179,10 +194,14 @@ class Batcher:
         with self._cond:
             return self._waiting
 
-    def close(self) -> None:
+    def close(self, wait: float = 0.0) -> None:
+        """Stop taking jobs (queued ones are not started); ``wait``: seconds to let the worker
+        finish its running batch and exit."""
         with self._cond:
             self._closed = True
             self._cond.notify()
+        if wait > 0 and self._thread is not threading.current_thread():
+            self._thread.join(wait)
 
     # ------------------------------------------------------------------ worker side
 

@@ -274,3 +274,19 @@ def test_a_diffusion_gemma_folder_is_served_with_its_own_sampler(home, tmp_path)
         r = httpx.post(base + "/v1/completions", json=body, timeout=120).json()
     text = r["choices"][0]["text"]
     assert text == want.split("\n\n")[0] and r["choices"][0]["mdiff"]["file_id"]
+
+
+def test_a_program_that_leaves_a_batcher_running_exits_cleanly(tmp_path):
+    """Its worker thread still waiting at exit aborted the process (exit 134) before."""
+    import subprocess
+    import sys
+
+    script = ("from mdiff.serve.batching import Batcher, Job\n"
+              "from mdiff.text.pipeline import CodeModel\n"
+              "b = Batcher(CodeModel.from_pretrained('code-tiny-block'))\n"
+              "done = b.submit([Job('x = ', '\\n', 2)])[0].result()\n"
+              "print(done.middles[0] is not None)\n")  # fmt: skip
+    env = {**os.environ, "MDIFF_HOME": str(tmp_path), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          env=env, timeout=120)  # fmt: skip
+    assert done.returncode == 0 and done.stdout.strip() == "True", done.stderr[-500:]
