@@ -43,6 +43,7 @@ class ServeConfig:
     port: int = 8000
     video_model: str = "shapes-t2v"
     text_model: str = "code-tiny-block"
+    trust_remote_code: bool = False  # let a text model folder run its own code (LLaDA 2)
     api_key: str | None = None
     limits: Limits = field(default_factory=Limits)
     home: str | None = None  # the provenance home (keys, identity); None: mdiff's default
@@ -63,7 +64,11 @@ class Models:
                 from mdiff.serve import compute
                 from mdiff.text import CodeModel
 
-                self._text = compute.call(CodeModel.from_pretrained, self.config.text_model)
+                self._text = compute.call(
+                    CodeModel.from_pretrained,
+                    self.config.text_model,
+                    trust_remote_code=self.config.trust_remote_code,
+                )
             return self._text
 
     def video(self):

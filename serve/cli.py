@@ -17,6 +17,8 @@ def _arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--video-model", default="shapes-t2v", help="a built-in name or a folder")
     p.add_argument("--text-model", default="code-tiny-block", help="a built-in name or a folder")
+    p.add_argument("--trust-remote-code", action="store_true", help="let a --text-model folder "
+                   "whose model is code in the folder (LLaDA 2) run that code")  # fmt: skip
     p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY'")
     p.add_argument("--queue-size", type=int, default=32,
                    help="requests that may wait per model before 429 (default 32)")  # fmt: skip
@@ -37,6 +39,7 @@ def run_serve(args: argparse.Namespace) -> int:
     limits = Limits(queue_size=args.queue_size, max_tokens=args.max_tokens)
     config = ServeConfig(host=args.host, port=args.port, video_model=args.video_model,
                          text_model=args.text_model, api_key=args.api_key,
+                         trust_remote_code=args.trust_remote_code,
                          limits=limits)  # fmt: skip
     uvicorn.run(create_app(config), host=args.host, port=args.port, log_level="info")
     return 0

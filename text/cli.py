@@ -75,6 +75,8 @@ def _complete(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stream", action="store_true", help="show committed text and drafts live")
     p.add_argument("--model", default="code-tiny", help="built-in name or model folder (ours, "
                    "or a transformers folder: spec picked from its config)")  # fmt: skip
+    p.add_argument("--trust-remote-code", action="store_true", help="let a model folder whose "
+                   "model is code in the folder (LLaDA 2) run that code")  # fmt: skip
     p.add_argument("--length", default="auto", help="tokens per hole (within the model's "
                    "window), or auto (default)")  # fmt: skip
     p.add_argument("--schedule", default="equal", help="equal|dream|cosine|threshold|entropy")
@@ -86,6 +88,8 @@ def _complete(p: argparse.ArgumentParser) -> None:
 
 def _eval_fim(f: argparse.ArgumentParser) -> None:
     f.add_argument("--model", default="code-tiny", help="built-in name or model folder")
+    f.add_argument("--trust-remote-code", action="store_true", help="let a model folder whose "
+                   "model is code in the folder (LLaDA 2) run that code")  # fmt: skip
     f.add_argument("--ar", metavar="MODEL", help="also score this autoregressive FIM baseline")
     src = f.add_mutually_exclusive_group()
     src.add_argument("--corpus", help="folder of sources whose held-out split is used "
@@ -176,7 +180,8 @@ def run_complete(args: argparse.Namespace) -> int:
     elif MARKER not in text:
         raise InvalidInputError(f"{src} has no {MARKER} marker; add one or pass --line N")
     out = _output(args, src)
-    cm = CodeModel.from_pretrained(args.model, stamper=Stamper(home=args.home))
+    cm = CodeModel.from_pretrained(args.model, stamper=Stamper(home=args.home),
+                                   trust_remote_code=args.trust_remote_code)  # fmt: skip
     if cm.summary:  # a transformers folder: say which spec was chosen
         print(f"mdiff: model {cm.summary}", file=sys.stderr)
     start = time.perf_counter()
@@ -296,7 +301,7 @@ def run_eval_fim(args: argparse.Namespace) -> int:
     tasks = make_tasks(files, args.kind, args.n, args.seed)
     if not tasks:
         raise InvalidInputError(f"no {args.kind}-line tasks could be cut from {root}")
-    cm = CodeModel.from_pretrained(args.model)
+    cm = CodeModel.from_pretrained(args.model, trust_remote_code=args.trust_remote_code)
     heal = not args.no_heal
     bar = tqdm(total=len(tasks) * len(modes), desc="fim", file=sys.stderr, leave=False)
     report = {"model": args.model, "kind": args.kind, "tasks": len(tasks),

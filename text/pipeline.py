@@ -99,10 +99,12 @@ class CodeModel:
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike = "code-tiny", *, device=None,
-                        stamper=None, spec=None) -> CodeModel:  # fmt: skip
+                        stamper=None, spec=None,
+                        trust_remote_code: bool = False) -> CodeModel:  # fmt: skip
         """A built-in name, one of our folders, or a transformers folder (its spec picked from
         its config, or ``spec``; `mdiff.text.model.loaders`; the choice is logged and kept
-        in ``summary``)."""
+        in ``summary``). ``trust_remote_code``: let a folder whose model exists only as code
+        in the folder (LLaDA 2's ``LLaDA2MoeModelLM``) run that code."""
         if not isinstance(name_or_path, str | os.PathLike):
             kind = type(name_or_path).__name__
             raise InvalidInputError(f"a model is a built-in name or a folder, got {kind}")
@@ -110,7 +112,8 @@ class CodeModel:
         from mdiff.text.model import loaders
 
         if spec is not None or loaders.is_transformers_folder(directory):
-            loaded = loaders.load_transformers(directory, spec=spec, device=device)
+            extra = {"trust_remote_code": True} if trust_remote_code else {}
+            loaded = loaders.load_transformers(directory, spec=spec, device=device, **extra)
             factory = getattr(loaded.model, "code_model_class", None)  # e.g. DiffusionGemma
             cls = factory() if callable(factory) else cls
             cm = cls(loaded.model, loaded.tokenizer, str(directory), stamper=stamper,

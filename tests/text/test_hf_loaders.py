@@ -213,3 +213,26 @@ def test_cli_refuses_a_folder_it_cannot_run_in_one_line(tmp_path, home, capsys):
     code = cli.main(["--home", str(home), "complete", str(src), "--model", str(folder)])
     err = capsys.readouterr().err
     assert code == cli.EXIT_ERROR and "no mask token" in err and err.count("\n") == 1
+
+
+@torch.no_grad()
+def test_trust_remote_code_reaches_the_folder_loader_from_sdk_and_cli(tmp_path, home, monkeypatch):
+    seen = []
+
+    def load_llada2(path, **kw):  # stands in for LLaDA 2's loader (its class is remote code)
+        seen.append(kw)
+        return HFAdapter(llama().eval(), llada_spec(V, MASK, (EOS,), PAD)), tokenizer()
+
+    fake = types.ModuleType("mdiff.text.model.llada2")
+    fake.load_llada2 = load_llada2
+    monkeypatch.setitem(sys.modules, "mdiff.text.model.llada2", fake)
+    folder = save(tmp_path, "l2", llama(), edit=lambda c: c.update(model_type="llada2_moe"))
+    CodeModel.from_pretrained(folder)
+    CodeModel.from_pretrained(folder, trust_remote_code=True)
+    src = tmp_path / "todo.py"
+    src.write_text("y = <FILL>\n", encoding="utf-8")
+    argv = ["--home", str(home), "complete", str(src), "--model", str(folder), "--length", "2"]
+    assert cli.main([*argv, "--trust-remote-code"]) == 0
+    assert seen == [{}, {"trust_remote_code": True}, {"trust_remote_code": True}]
+    plain = save(tmp_path, "plain", llama())  # transformers' own class: the flag changes nothing
+    assert CodeModel.from_pretrained(plain, trust_remote_code=True).model.spec.mask_id == MASK

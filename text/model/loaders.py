@@ -91,6 +91,7 @@ def load_transformers(path: str | Path, *, spec: DenoiserSpec | None = None, dev
         for match, fn in _REGISTRY:
             if match(cfg):
                 return _registered(fn, path, cfg, device, kwargs)
+    kwargs.pop("trust_remote_code", None)  # these classes are transformers' own: no code runs
     kind, name = _choose(cfg, spec)
     tok = _tokenizer(path)
     if spec is None and kind == "causal" and _mask_id(cfg, tok) is None:
