@@ -116,8 +116,9 @@ class CodeModel:
             loaded = loaders.load_transformers(directory, spec=spec, device=device, **extra)
             factory = getattr(loaded.model, "code_model_class", None)  # e.g. DiffusionGemma
             cls = factory() if callable(factory) else cls
+            weights = (loaders.pipeline_parts(directory) or (directory,))[0]
             cm = cls(loaded.model, loaded.tokenizer, str(directory), stamper=stamper,
-                     weights_sha256=hub.weights_sha256(directory))  # fmt: skip
+                     weights_sha256=hub.weights_sha256(weights))  # fmt: skip
             cm.summary = loaded.summary
             logging.getLogger("mdiff").info("model %s", loaded.summary)
             return cm

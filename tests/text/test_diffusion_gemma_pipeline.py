@@ -121,3 +121,20 @@ def test_mdiff_complete_streams_a_gemma_fill(folder, home, tmp_path, capsys):
     assert cli.main([*argv, "--length", "3", "--stream"]) == 0
     captured = capsys.readouterr()
     assert captured.out == printed and "step 1" in captured.err  # streaming changes nothing
+
+
+def test_a_diffusers_pipeline_folder_loads_as_its_model_and_tokenizer(tmp_path, cm, home):
+    """``DiffusionGemmaPipeline.save_pretrained``: model/, processor/ (the tokenizer),
+    scheduler/ and model_index.json — the same model, the same answers."""
+    import diffusers
+
+    sched, path = diffusers.BlockRefinementScheduler(), tmp_path / "pipe"
+    diffusers.DiffusionGemmaPipeline(model=build(), scheduler=sched,
+                                     processor=char_tokenizer()).save_pretrained(path)  # fmt: skip
+    assert loaders.pipeline_parts(path) == (path / "model", path / "processor")
+    from_pipe = CodeModel.from_pretrained(path)
+    assert type(from_pipe) is GemmaCodeModel and from_pipe.weights_sha256 == cm.weights_sha256
+    prefix, suffix = "def add(a, b):\n    return ", "\n"
+    assert from_pipe.infill(prefix, suffix, 6, seed=1, steps=4).text == cm.infill(
+        prefix, suffix, 6, seed=1, steps=4).text  # fmt: skip
+    assert loaders.pipeline_parts(tmp_path) is None  # not a pipeline folder

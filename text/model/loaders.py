@@ -19,6 +19,10 @@ and pad ids from the tokenizer, else the config; the vocabulary from the model's
 - LLaDA's own layout (``model_type`` "llada", ``LLaDAModelLM``, remote code in the folder):
   its weights read into a Llama (`mdiff.text.model.llada_native`) → `llada_spec`;
 
+A diffusers text pipeline's folder (``DiffusionGemmaPipeline`` / ``LLaDA2Pipeline``
+``save_pretrained``: ``model_index.json``, ``model/``, ``tokenizer/`` or ``processor/``) loads
+as its ``model/`` folder with that tokenizer (`pipeline_parts`).
+
 Anything else (an AR model without a mask token, an unknown architecture) is a
 `CheckpointError` saying to pass ``spec=DenoiserSpec(...)``. Weights are
 read from safetensors only (never unpickled) and no remote code runs.
@@ -31,6 +35,7 @@ A loader is ``fn(path, **kwargs)`` returning a `Loaded`, ``(model, tokenizer)`` 
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import json
 from collections.abc import Callable
@@ -77,23 +82,48 @@ register_loader(lambda cfg: str(cfg.get("model_type", "")).startswith("llada2"),
 
 
 def is_transformers_folder(path: str | Path) -> bool:
-    return _read_config(Path(path), quiet=True) is not None
+    """A transformers folder, or a diffusers text pipeline folder holding one (`pipeline_parts`)."""
+    path = Path(path)
+    parts = pipeline_parts(path)
+    return _read_config(parts[0] if parts else path, quiet=True) is not None
+
+
+def pipeline_parts(path: str | Path) -> tuple[Path, Path] | None:
+    """A diffusers text pipeline's folder (``save_pretrained`` of `DiffusionGemmaPipeline`,
+    `LLaDA2Pipeline`, …: ``model_index.json`` naming a ``model`` with a transformers
+    ``config.json``): the folders of
+    its model and of its tokenizer (component ``tokenizer``, else ``processor``, else the
+    model's own); None for any other folder."""
+    path = Path(path)
+    try:
+        index = json.loads((path / "model_index.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    model = index.get("model") if isinstance(index, dict) else None
+    if not isinstance(model, list) or not (path / "model" / "config.json").is_file():
+        return None  # (its library is named by module: "transformers", "diffusion_gemma", …)
+    tok = next((path / c for c in ("tokenizer", "processor") if isinstance(index.get(c), list)
+                and (path / c).is_dir()), path / "model")  # fmt: skip
+    return path / "model", tok
 
 
 def load_transformers(path: str | Path, *, spec: DenoiserSpec | None = None, device=None,
                       **kwargs) -> Loaded:  # fmt: skip
     """The folder's model behind `HFAdapter` (or a registered loader's model), its tokenizer
     and a one-line summary of the choice (see the module doc)."""
-    path = Path(path)
+    path, tok_path = Path(path), None
+    parts = pipeline_parts(path)
+    if parts is not None:  # a diffusers pipeline folder: its model, its tokenizer
+        path, tok_path = parts
     cfg = _read_config(path)
     model_type = str(cfg.get("model_type", "?"))
     if spec is None:
         for match, fn in _REGISTRY:
             if match(cfg):
-                return _registered(fn, path, cfg, device, kwargs)
+                return _registered(fn, path, cfg, device, kwargs, tok_path or path)
     kwargs.pop("trust_remote_code", None)  # these classes are transformers' own: no code runs
     kind, name = _choose(cfg, spec)
-    tok = _tokenizer(path)
+    tok = _tokenizer(tok_path or path)
     if spec is None and kind == "causal" and _mask_id(cfg, tok) is None:
         raise CheckpointError(
             f"{model_type}: an autoregressive model with no mask token is not a diffusion LM; {HOW}"
@@ -261,7 +291,7 @@ def _load_model(path: Path, cfg: dict, kind: str, device):
     return model.to(device).eval() if device is not None else model.eval()
 
 
-def _registered(fn, path: Path, cfg: dict, device, kwargs) -> Loaded:
+def _registered(fn, path: Path, cfg: dict, device, kwargs, tok_path: Path) -> Loaded:
     """Run a registered loader (importing it first when named by a string)."""
     label = fn if isinstance(fn, str) else getattr(fn, "__name__", repr(fn))
     if isinstance(fn, str):
@@ -277,13 +307,16 @@ def _registered(fn, path: Path, cfg: dict, device, kwargs) -> Loaded:
         kwargs = {**kwargs, "device": device}
     out = fn(path, **kwargs)
     if isinstance(out, Loaded):
+        if out.tokenizer is None and tok_path != path:  # the pipeline's own tokenizer folder
+            vocab = getattr(out.model, "vocab_size", None) or out.model.spec.vocab_size
+            out = dataclasses.replace(out, tokenizer=HFTokenizer(_tokenizer(tok_path), vocab))
         return out
     model, tok = out if isinstance(out, tuple) and len(out) == 2 else (out, None)
     spec = getattr(model, "spec", None)
     if not isinstance(spec, DenoiserSpec):
         raise CheckpointError(f"{label} returned a model without a DenoiserSpec .spec")
     if tok is None:
-        tok = _tokenizer(path)
+        tok = _tokenizer(tok_path)
     if not isinstance(tok, HFTokenizer) and not hasattr(tok, "special_ids"):
         tok = HFTokenizer(tok, spec.vocab_size)
     shift = ", logits shift 1" if spec.logits_shift else ""
