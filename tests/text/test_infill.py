@@ -110,3 +110,33 @@ def test_bad_inputs():
         fill(model, TOK, "no marker here")
     with pytest.raises(InvalidInputError, match="does not fit"):
         infill(model, TOK, "a", "b", 500)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("seed", range(3))
+def test_the_length_score_reads_the_blocks_before_every_middle_from_a_cache(seed, monkeypatch):
+    """Every rate's forward sees the same blocks before a row's middle (block-causal): they are
+    computed once; the scores equal those of full-canvas forwards, and a row's cached prefix
+    is its own (the same alone or in a batch)."""
+    import mdiff.text.fim.infilling as F
+
+    model = random_model(5 + seed, attention="block_causal", block_size=4)
+    prefix = "import os\nimport sys\n\ndef main(argv):\n    path = os.path.join(argv[1], "
+    canvas = F.fim_canvas(model.spec, F.token_view(TOK), [(prefix, ")\n", [2, 5, 9])],
+                          [(prefix, "", None)], 128)  # fmt: skip
+    x, real = canvas.x, canvas.real
+    gen = x == model.spec.mask_id
+    fill = torch.randint(8, V, x.shape, generator=torch.Generator().manual_seed(seed))
+    x = torch.where(gen, fill, x)
+    groups = F._prefix_groups(model, gen, real)
+    assert all(k0 > 0 for _, k0 in groups) and sum(len(r) for r, _ in groups) == 3
+    cached = F._score(model, x, real, gen, model.spec.mask_id)
+    for rows, _ in groups:  # each group alone: the same scores
+        alone = F._score(model, x[rows], real[rows], gen[rows], model.spec.mask_id)
+        assert torch.equal(alone, cached[rows])
+    monkeypatch.setattr(F, "_prefix_groups", lambda m, g, r: [(torch.arange(len(g)), 0)])
+    plain = F._score(model, x, real, gen, model.spec.mask_id)
+    torch.testing.assert_close(cached, plain, rtol=1e-9, atol=1e-6)
+    monkeypatch.undo()
+    bidir = random_model(5)  # no blocks: nothing to cache
+    assert [k0 for _, k0 in F._prefix_groups(bidir, gen, real)] == [0]

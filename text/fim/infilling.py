@@ -50,6 +50,7 @@ import torch
 from torch import Tensor
 
 from mdiff.errors import InvalidInputError
+from mdiff.nn.cache import KVCache
 from mdiff.record import check_seed
 from mdiff.text.sampling.heal import heal as heal_prefix
 from mdiff.text.sampling.heal import middle_text
@@ -111,7 +112,12 @@ def _score(model, x: Tensor, real: Tensor, gen: Tensor, mask_id: int) -> Tensor:
     """Mean log-likelihood per middle token (B,): the middle re-masked at fixed rates (the
     first ⌈r·n⌉ middle tokens of a fixed permutation of the row's own middle, the same in any
     batch), log p of the masked tokens. Positions are the sampler's (`layout`), so the score
-    sees the canvas as the sampler did."""
+    sees the canvas as the sampler did.
+
+    For a block-causal model with our `KVCache` the whole blocks before a row's middle see
+    nothing after them, so they are computed once, not once per rate (`_prefix_cache`); rows
+    are grouped by that prefix, a property of the row alone, so a row's score is the same in
+    any batch."""
     pos = layout(real, gen, model.spec, None).positions
     total = torch.zeros(x.shape[0], dtype=torch.float64)
     count = torch.zeros(x.shape[0], dtype=torch.float64)
@@ -120,19 +126,58 @@ def _score(model, x: Tensor, real: Tensor, gen: Tensor, mask_id: int) -> Tensor:
         cols = gen[b].nonzero().squeeze(1)
         order = torch.rand(cols.numel(), generator=torch.Generator().manual_seed(0))
         rank[b, cols] = order.argsort().argsort().to(x.device)
+    for rows, k0 in _prefix_groups(model, gen, real):
+        part = [None if t is None else t[rows] for t in (x, real, pos)]
+        got, hidden = _rates(model, *part, gen[rows], rank[rows], mask_id, k0)
+        total[rows.cpu()], count[rows.cpu()] = got, hidden
+    return total / count.clamp_min(1)
+
+
+def _rates(model, x, real, pos, gen, rank, mask_id: int, k0: int) -> tuple[Tensor, Tensor]:
+    """(sum of log p over the hidden tokens, their count) per row, over `_SCORE_RATES`; the
+    first ``k0`` columns read from a cache when ``k0 > 0``."""
+    total = torch.zeros(x.shape[0], dtype=torch.float64)
+    count = torch.zeros(x.shape[0], dtype=torch.float64)
     n = gen.sum(1, keepdim=True)
     cols = gen.any(0).nonzero()
     k = int(cols[0]) if cols.numel() and getattr(model, "takes_logits_from", False) is True else 0
-    narrow = {"logits_from": k} if k else {}  # no head on the columns before every middle
+    cache = _prefix_cache(model, x, real, pos, k0) if k0 else None
     for r in _SCORE_RATES:
         hide = gen & (rank < torch.ceil(r * n))
-        logits = model(x.masked_fill(hide, mask_id), attention_mask=real, position_ids=pos,
-                       **narrow)  # fmt: skip
+        xr = x.masked_fill(hide, mask_id)
+        if cache is None:  # no head on the columns before every middle
+            logits = model(xr, attention_mask=real, position_ids=pos,
+                           **({"logits_from": k} if k else {}))  # fmt: skip
+        else:
+            logits = model(xr[:, k0:], attention_mask=real, cache=cache, logits_from=k - k0,
+                           position_ids=None if pos is None else pos[:, k0:])  # fmt: skip
+            cache.discard()
         at = hide[:, k:].nonzero(as_tuple=True)  # only the hidden positions' log-softmax
         logp = torch.log_softmax(logits[at].double(), -1).gather(-1, x[:, k:][at][:, None])
         total.index_add_(0, at[0].cpu(), logp[:, 0].cpu())
         count += hide.sum(1).cpu()
-    return total / count.clamp_min(1)
+    return total, count
+
+
+def _prefix_groups(model, gen: Tensor, real: Tensor | None) -> list[tuple[Tensor, int]]:
+    """Rows grouped by ``k0``, the whole blocks before the row's first middle token that a
+    cache can hold (0: none — not a block-causal model with our `KVCache`, or no such block)."""
+    spec, new = model.spec, getattr(model, "new_cache", None)
+    cacheable = (spec.attention == "block_causal" and bool(spec.block_size) and callable(new)
+                 and getattr(model, "takes_logits_from", False) is True and real is not None
+                 and isinstance(new(), KVCache))  # fmt: skip
+    first = torch.where(gen.any(1), gen.int().argmax(1), 0)
+    k0 = first // spec.block_size * spec.block_size if cacheable else torch.zeros_like(first)
+    return [((k0 == v).nonzero().squeeze(1), int(v)) for v in torch.unique(k0)]
+
+
+def _prefix_cache(model, x: Tensor, real: Tensor, pos: Tensor | None, k0: int) -> KVCache:
+    """The keys of columns [0, k0) — whole blocks before every row's middle — in a cache."""
+    cache = model.new_cache()
+    model(x[:, :k0], attention_mask=real[:, :k0], cache=cache, logits_from=k0 - 1,
+          position_ids=None if pos is None else pos[:, :k0])  # fmt: skip
+    cache.commit()
+    return cache
 
 
 def infill(model, tokenizer, prefix: str | list[str], suffix: str | list[str],
