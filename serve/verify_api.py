@@ -257,7 +257,7 @@ def _artifact(request: Request, file_id: str):
     return art, None
 
 
-@router.get("/v1/files/{file_id}")
+@router.api_route("/v1/files/{file_id}", methods=["GET", "HEAD"])
 def download(request: Request, file_id: str):
     """The stored signed file (a completion's text, ...)."""
     art, missing = _artifact(request, file_id)
@@ -271,7 +271,7 @@ def download(request: Request, file_id: str):
     return _send(art.path, media_type, f"{art.id}{suffix}")
 
 
-@router.get("/v1/files/{file_id}/c2pa")
+@router.api_route("/v1/files/{file_id}/c2pa", methods=["GET", "HEAD"])
 def download_sidecar(request: Request, file_id: str):
     """The stored file's ``.c2pa`` manifest (404 when its manifest is embedded instead)."""
     art, missing = _artifact(request, file_id)

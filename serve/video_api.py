@@ -343,7 +343,7 @@ def create_video(request: Request, body: dict):
     return StreamingResponse(stream(), media_type="video/mp4", headers=headers)
 
 
-@router.get("/v1/videos/{video_id}")
+@router.api_route("/v1/videos/{video_id}", methods=["GET", "HEAD"])  # Range: 206
 def get_video(request: Request, video_id: str):
     """The signed MP4 once finished (completed or interrupted); 202 + status before."""
     job = service(request.app).jobs.get(video_id)

@@ -80,6 +80,8 @@ def test_openai_client_completes_streams_and_lists_models(make_app, models, home
         extra = r.choices[0].model_extra["mdiff"]
         signed = httpx.get(base + extra["file_url"])
         side = httpx.get(base + extra["c2pa_url"])
+        head = httpx.head(base + extra["c2pa_url"])
+    assert head.status_code == 200 and int(head.headers["content-length"]) == len(side.content)
     if signed.status_code == 404:  # the download routes live in verify_api
         pytest.skip("GET /v1/files/{id} is not served")
     (tmp_path / "c.txt").write_bytes(signed.content)

@@ -78,6 +78,11 @@ def test_live_stream_arrives_early_plays_is_watermarked_and_the_stored_file_veri
                 parts.append(part)
         total = time.monotonic() - start
         stored = wait_file(base, vid)
+        head = c.head(f"/v1/videos/{vid}")  # players probe, then seek with ranges
+        part = c.get(f"/v1/videos/{vid}", headers={"Range": "bytes=100-199"})
+    assert head.status_code == 200 and head.content == b""
+    assert int(head.headers["content-length"]) == len(stored.content)
+    assert part.status_code == 206 and part.content == stored.content[100:200]
     assert first < total
     live = b"".join(parts)
     assert live[4:8] == b"ftyp" and len(parts) > 3
