@@ -54,13 +54,14 @@ import torch
 
 import mdiff.text.fim.infilling as F
 from mdiff.errors import InvalidInputError
+from mdiff.serve import batch_answers as answers
 from mdiff.serve import compute
-from mdiff.serve.text_sinks import DraftSink, Sink, visible
+from mdiff.serve.text_sinks import DraftSink, Sink
 from mdiff.text.pipeline import CodeModel
 from mdiff.text.sampling.heal import heal as heal_prefix
 from mdiff.text.sampling.layout import pad_multiple
 from mdiff.text.sampling.rows import compact, join, joinable, rebase, take, widen
-from mdiff.text.sampling.sampler import GenerationOutput, prepare
+from mdiff.text.sampling.sampler import prepare
 from mdiff.text.sampling.token_bytes import token_view
 
 __all__ = ["Batcher", "Job", "QueueFull"]
@@ -425,7 +426,7 @@ class Batcher:
             off += len(live)
         done = [m for m in members if m.rows == 0]
         members[:] = [m for m in members if m.rows]
-        scores = self._scores([m for m in done if len(m.parts) > 1])
+        scores = answers.scores(self.cm, [m for m in done if len(m.parts) > 1])
         for m in done:
             self._complete(m, out, scores.get(m))
         left = (~run.done).nonzero().squeeze(1).tolist()
@@ -449,66 +450,12 @@ class Batcher:
             with self._cond:
                 self._jobs.appendleft(j)
             return
-        got = [m.got[p] for p in range(len(m.parts))]
-        mine = GenerationOutput(
-            sequences=torch.stack([g[0] for g in got]), generated=torch.stack([g[2] for g in got]),
-            tokens_per_forward=torch.stack([g[4] for g in got]), nfe=out.nfe,
-            steps_per_block=[g[3] for g in got], drift=None, settings=out.settings,
-        )  # fmt: skip
-        self._finish(j, mine, best, n, m.carry)
+        self._answer(j, answers.answer(self.cm, j, answers.output(m, out), best, n, m.carry))
 
     def _own_infill(self, job: Job) -> None:
-        """A job for a model with its own `infill` (not our sampler's canvas): run alone,
-        the same call as the SDK's; its text arrives whole at the end."""
-        auto = {"candidates": job.candidates} if job.length == "auto" else {}
-        done = self.cm.infill(job.prefix, job.suffix, job.length, seed=job.seed, **auto,
-                              **job.settings)  # fmt: skip
-        cut = visible(done.middles[0], job.stop, final=True)
-        stopped = cut != done.middles[0]
-        if stopped:  # sign what the client gets: the middle cut before its stop string
-            p, s = job.prefix, job.suffix
-            settings = done.stamped.record.extra.get("sampler_settings", {})
-            done = self.cm._finish(p + cut + s, [cut], [(len(p), len(p) + len(cut))],
-                                   p + "\0" + s, settings, done.nfe, done.tokens_per_forward,
-                                   edited=True, seed=job.seed)  # fmt: skip
-        fixed = isinstance(job.length, int)
-        done.finish_reason = "length" if fixed and not stopped else "stop"
-        self.stats["jobs"] += 1
-        job.future.set_result(done)
+        self._answer(job, answers.own_infill(self.cm, job))
 
-    def _scores(self, members: list[_Member]) -> dict:
-        """Length-search scores of each member's rows (member → one score per part), on their
-        solo canvases; members of one width are scored as one batch — each row sees exactly
-        its solo canvas, in far fewer forwards than one job at a time."""
-        widths: dict[int, list[_Member]] = {}
-        for m in members:
-            widths.setdefault(m.width, []).append(m)
-        scores = {}
-        for group in widths.values():
-            got = [m.got[p] for m in group for p in range(len(m.parts))]
-            seq, re, gen = (torch.stack([g[i] for g in got]) for i in (0, 1, 2))
-            s = F._score(self.cm.model, seq, re, gen, self.cm.model.spec.mask_id).tolist()
-            for m in group:
-                scores[m], s = s[: len(m.parts)], s[len(m.parts) :]
-        return scores
-
-    def _finish(self, job: Job, out, row: int, n: int, carry: str) -> None:
-        r = F._result(out, row, n, job.prefix, job.suffix, self.cm.tokenizer, job.scores, carry)
-        r = F._with_line_ending(r, F.line_ending(job.prefix + job.suffix), job.prefix,
-                                job.suffix)  # fmt: skip
-        cut = visible(r.middle, job.stop, final=True)
-        stopped = cut != r.middle
-        if stopped:
-            r.middle, r.text = cut, job.prefix + cut + job.suffix
-            r.span = (len(job.prefix), len(job.prefix) + len(cut))
-        steps = sum(out.steps_per_block[row])
-        source = job.source if job.source is not None else job.prefix + "\0" + job.suffix
-        done = self.cm._finish(r.text, [r.middle], [r.span], source, r.settings, steps,
-                               r.tokens_per_forward, edited=job.source is None,
-                               seed=job.seed)  # fmt: skip
-        done.length = n
-        fixed = isinstance(job.length, int) and not job.chosen  # the caller's own length
-        done.finish_reason = "length" if fixed and not stopped else "stop"
+    def _answer(self, job: Job, done) -> None:
         self.stats["jobs"] += 1
         job.future.set_result(done)
 
