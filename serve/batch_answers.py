@@ -17,16 +17,17 @@ from mdiff.serve.text_sinks import visible
 from mdiff.text.sampling.sampler import GenerationOutput
 
 if TYPE_CHECKING:
-    from mdiff.serve.batching import Job, _Member
+    from mdiff.serve.batch_layout import Member
+    from mdiff.serve.batching import Job
 
 __all__ = ["answer", "output", "own_infill", "scores"]
 
 
-def scores(cm, members: list[_Member]) -> dict:
+def scores(cm, members: list[Member]) -> dict:
     """Length-search scores of each member's rows (member → one score per part), on their
     solo canvases; members of one width are scored as one batch — each row sees exactly its
     solo canvas, in far fewer forwards than one job at a time."""
-    widths: dict[int, list[_Member]] = {}
+    widths: dict[int, list[Member]] = {}
     for m in members:
         widths.setdefault(m.width, []).append(m)
     out = {}
@@ -39,7 +40,7 @@ def scores(cm, members: list[_Member]) -> dict:
     return out
 
 
-def output(m: _Member, last: GenerationOutput) -> GenerationOutput:
+def output(m: Member, last: GenerationOutput) -> GenerationOutput:
     """Member ``m``'s rows (all out of the batch) as one output; ``last``: the batch's last
     output, for its counters and settings."""
     got = [m.got[p] for p in range(len(m.parts))]

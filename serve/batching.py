@@ -55,14 +55,11 @@ import torch
 import mdiff.text.fim.infilling as F
 from mdiff.errors import InvalidInputError
 from mdiff.serve import batch_answers as answers
+from mdiff.serve import batch_layout as layout
 from mdiff.serve import compute
-from mdiff.serve.text_sinks import DraftSink, Sink
+from mdiff.serve.batch_layout import Member
 from mdiff.text.pipeline import CodeModel
-from mdiff.text.sampling.heal import heal as heal_prefix
-from mdiff.text.sampling.layout import pad_multiple
 from mdiff.text.sampling.rows import compact, join, joinable, rebase, take, widen
-from mdiff.text.sampling.sampler import prepare
-from mdiff.text.sampling.token_bytes import token_view
 
 __all__ = ["Batcher", "Job", "QueueFull"]
 
@@ -112,25 +109,6 @@ class Job:
 class _Group:
     def __init__(self, jobs):
         self.jobs, self.started = jobs, False
-
-
-@dataclass(eq=False)
-class _Member:
-    """A job in the running batch: its rows' (job, length, prefix tokens), healed tail and
-    solo canvas width; ``got`` holds its finished rows (they leave the batch at once), each
-    cut to its solo canvas: part index → (ids, real, generated, steps per block, tokens per
-    forward)."""
-
-    job: Job
-    parts: list
-    carry: str
-    width: int
-    got: dict = field(default_factory=dict)
-
-    @property
-    def rows(self) -> int:
-        """Its rows still in the batch (contiguous there, in part order)."""
-        return len(self.parts) - len(self.got)
 
 
 _LIVE: weakref.WeakSet = weakref.WeakSet()
@@ -287,79 +265,9 @@ class Batcher:
             run = self._retire(run, members)
 
     def _prepare(self, jobs: list[Job], run=None):
-        """``jobs``' rows as a prepared sampler run (laid out as each is alone) and their
-        members. With a running batch ``run``: ending at `_edge` (whole blocks of left padding
-        more: the same answers); None if it cannot join."""
-        cm, tok = self.cm, self.cm.tokenizer
-        heals = [heal_prefix(tok, F._lf(j.prefix), enabled=True) for j in jobs]
-        inputs = [(h[0], j.suffix, F._lengths(j.length, j.candidates))
-                  for h, j in zip(heals, jobs, strict=True)]  # fmt: skip
-        c = F.fim_canvas(cm.model.spec, token_view(tok), inputs, heals, self.window() + 1)
-        x, real, restrict, origin = c.x, c.real, c.restrict, None
-        if run is not None:
-            placed = self._place(run, x, real, restrict)
-            if placed is None:
-                return None
-            x, real, restrict, origin = placed
-        device = next(cm.model.parameters()).device
-        gens = [torch.Generator(device).manual_seed(jobs[k].seed) for k, _, _ in c.parts]
-        kind = DraftSink if any(j.drafts and j.on_text is not None for j in jobs) else Sink
-        sinks = [kind(jobs[k], tok, heals[k][1], start, n) for k, n, start in c.parts]
-        try:
-            run = prepare(cm.model, x.to(device), None if bool(real.all()) else real.to(device),
-                          None, generators=gens, watermark=cm.watermark, streamer=sinks,
-                          restrict=restrict, origin=origin, rows_apart=True,
-                          **jobs[0].settings)  # fmt: skip
-        except InvalidInputError:
-            if origin is None:
-                raise
-            return None  # a mask before the running batch's first block
-        m = pad_multiple(cm.model.spec)
-        members = []
-        for k, j in enumerate(jobs):
-            idx = [r for r, p in enumerate(c.parts) if p[0] == k]
-            width = -(-max(len(c.rows[r]) for r in idx) // m) * m  # its canvas alone
-            members.append(_Member(j, [c.parts[r] for r in idx], heals[k][1], width))
-        return run, members
+        return layout.prepare_jobs(self.cm, jobs, self.window() + 1, self.max_width, run)
 
-    def _place(self, run, x, real, restrict):
-        """A job's canvas placed for ``run``: left-padded by whole blocks to end at `_edge`
-        (the same answers), and the block origin it joins with (its own first block when
-        that lies before the run's: `rows.rebase`); None if it cannot join."""
-        extra = self._edge(run, x, real) - x.shape[1]
-        if extra < 0:
-            return None
-        spec = self.cm.model.spec
-        pad = spec.pad_id if spec.pad_id is not None else spec.mask_id  # as fim_canvas
-        x = torch.nn.functional.pad(x, (extra, 0), value=pad)
-        real = torch.nn.functional.pad(real, (extra, 0), value=False)
-        if restrict is not None:
-            restrict = (torch.where(restrict[0] >= 0, restrict[0] + extra, -1), restrict[1])
-        bs = int(spec.block_size or 1)
-        return x, real, restrict, min(run.lay.origin, _first_mask(x, real, spec) // bs * bs)
-
-    def _edge(self, run, x, real) -> int:
-        """Where a job's canvas ``x`` (left-padded, its own width) ends in ``run`` (−1: it
-        cannot join): for a block-causal model, whole blocks right so its first mask lies in
-        the block the run steps next (never in its cache) — it steps with the rows there; for
-        another model, the run's width."""
-        spec, L = self.cm.model.spec, run.x.shape[1]
-        if spec.attention != "block_causal":
-            return L if x.shape[1] <= L else -1
-        if run.runner.ragged is not None:  # a cache length per row: it joins where it is
-            return max(L, x.shape[1]) if x.shape[1] <= max(self.max_width, L) else -1
-        cache, lay = run.runner.cache, run.lay
-        active = ~run.done
-        g = int(run.cur[active].min()) if bool(active.any()) else 0
-        target = max(
-            0 if cache is None else cache.length, lay.origin + max(g, 0) * lay.block_length
-        )
-        f = _first_mask(x, real, spec)
-        bs = int(spec.block_size)
-        edge = -(-(x.shape[1] + max(target - f, 0)) // bs) * bs
-        return edge if edge <= max(self.max_width, L) else -1
-
-    def _admit(self, run, members: list[_Member]) -> None:
+    def _admit(self, run, members: list[Member]) -> None:
         """Join the waiting jobs at the head of the queue that fit the running batch (same
         settings, its width and origin, masks only where it has not cached, ``max_rows``);
         the first that does not fit stops it, so no job waits behind later ones forever."""
@@ -393,7 +301,7 @@ class Batcher:
             self._live.append(j)
             self.stats["joined"] += 1
 
-    def _keep(self, run, members: list[_Member], keep: list[bool]):
+    def _keep(self, run, members: list[Member], keep: list[bool]):
         """The run without the rows of the members not kept (None when none is left)."""
         if all(keep):
             return run
@@ -404,7 +312,7 @@ class Batcher:
         members[:] = [m for m, k in zip(members, keep, strict=True) if k]
         return take(run, rows) if rows else None
 
-    def _retire(self, run, members: list[_Member]):
+    def _retire(self, run, members: list[Member]):
         """Take the finished rows out of the batch (kept, cut to their solo canvas, by their
         member); answer the members whose rows are all out; the run of the others."""
         if not bool(run.done.any()):
@@ -436,7 +344,7 @@ class Batcher:
         compact(run)  # the blocks only the finished rows needed
         return run
 
-    def _complete(self, m: _Member, out, scores: list[float] | None) -> None:
+    def _complete(self, m: Member, out, scores: list[float] | None) -> None:
         """Answer member ``m`` (all its rows out); ``out``: the batch's last output (for its
         counters and settings)."""
         j, best = m.job, 0
@@ -458,9 +366,3 @@ class Batcher:
     def _answer(self, job: Job, done) -> None:
         self.stats["jobs"] += 1
         job.future.set_result(done)
-
-
-def _first_mask(x, real, spec) -> int:
-    """The first slot to fill in a canvas (its width when none)."""
-    slots = torch.arange(x.shape[1], device=x.device)
-    return int(torch.where(real & (x == spec.mask_id), slots, x.shape[1]).min())
