@@ -14,10 +14,9 @@ and pad ids from the tokenizer, else the config; the vocabulary from the model's
 - a decoder architecture (Llama, Qwen2, Mistral, …) with a mask token: LLaDA-style
   (`llada_spec`: no shift, bidirectional), except the Qwen2 family, whose diffusion LMs (Dream,
   DiffuCoder) are AR-initialised → `dream_spec`;
-- a masked LM (BERT, ModernBERT, RoBERTa, XLM-R, …) → `from_masked_lm`.
-
 - LLaDA's own layout (``model_type`` "llada", ``LLaDAModelLM``, remote code in the folder):
   its weights read into a Llama (`mdiff.text.model.llada_native`) → `llada_spec`;
+- a masked LM (BERT, ModernBERT, RoBERTa, XLM-R, …) → `from_masked_lm`.
 
 A diffusers text pipeline's folder (``DiffusionGemmaPipeline`` / ``LLaDA2Pipeline``
 ``save_pretrained``: ``model_index.json``, ``model/``, ``tokenizer/`` or ``processor/``) loads
@@ -25,7 +24,8 @@ as its ``model/`` folder with that tokenizer (`pipeline_parts`).
 
 Anything else (an AR model without a mask token, an unknown architecture) is a
 `CheckpointError` saying to pass ``spec=DenoiserSpec(...)``. Weights are
-read from safetensors only (never unpickled) and no remote code runs.
+read from safetensors only (never unpickled) and no remote code runs, unless the caller passes
+``trust_remote_code=True`` to a registered loader that needs it (LLaDA 2).
 
 A loader is ``fn(path, **kwargs)`` returning a `Loaded`, ``(model, tokenizer)`` or ``model``:
 ``model`` exposes a `DenoiserSpec` as ``.spec``; no tokenizer (None) loads the folder's own with
@@ -91,9 +91,8 @@ def is_transformers_folder(path: str | Path) -> bool:
 def pipeline_parts(path: str | Path) -> tuple[Path, Path] | None:
     """A diffusers text pipeline's folder (``save_pretrained`` of `DiffusionGemmaPipeline`,
     `LLaDA2Pipeline`, …: ``model_index.json`` naming a ``model`` with a transformers
-    ``config.json``): the folders of
-    its model and of its tokenizer (component ``tokenizer``, else ``processor``, else the
-    model's own); None for any other folder."""
+    ``config.json``): the folders of its model and of its tokenizer (component
+    ``tokenizer``, else ``processor``, else the model's own); None for any other folder."""
     path = Path(path)
     try:
         index = json.loads((path / "model_index.json").read_text(encoding="utf-8"))

@@ -52,7 +52,7 @@ class TokenView:
     _sorted: tuple[list[bytes], list[int]] | None = field(default=None, repr=False)
 
     def starting_with(self, head: bytes) -> list[int]:
-        """The ids whose bytes start with ``head`` (byte-level only), shortest first: a range
+        """The ids whose bytes start with ``head`` (byte-level only), in byte order: a range
         of the tokens sorted by their bytes, found by bisection."""
         if self._sorted is None:
             pairs = sorted((b, i) for i, b in enumerate(self.table) if b is not None)
