@@ -278,6 +278,36 @@ def test_a_diffusion_gemma_folder_is_served_with_its_own_sampler(home, tmp_path)
     assert text == want.split("\n\n")[0] and r["choices"][0]["mdiff"]["file_id"]
 
 
+def test_a_llada_folder_is_served_batched_with_the_sdks_answers(home, tmp_path):
+    # LLaDA's own layout read as a Llama (bidirectional, a transformers cache): concurrent
+    # requests batched, fixed and automatic lengths, each the SDK's answer alone
+    from mdiff.text import CodeModel
+    from tests.text.test_llada_native import folder
+
+    path = folder(tmp_path)
+    cm = CodeModel.from_pretrained(path)
+    config = ServeConfig(home=str(home), text_model=str(path))
+    models = Models(config)
+    models._text = cm
+    asks = [{"prompt": "x = ", "suffix": " + 1", "max_tokens": 6, "seed": i, **extra}
+            for i, extra in enumerate([{"length": 3}, {}, {"length": 5}, {}])]  # fmt: skip
+    want = [cm.infill(a["prompt"], a["suffix"], a.get("length", "auto"), seed=a["seed"],
+                      **({} if "length" in a else {"candidates": (2, 3, 4, 6)})).middles[0]
+            for a in asks]  # fmt: skip
+    got = [None] * len(asks)
+    with live_server(create_app(config, models=models)) as base:
+
+        def ask(i):
+            got[i] = httpx.post(base + "/v1/completions", json=asks[i], timeout=120).json()
+
+        threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(asks))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert [g["choices"][0]["text"] for g in got] == want
+
+
 def test_a_program_that_leaves_a_batcher_running_exits_cleanly(tmp_path):
     """Its worker thread still waiting at exit aborted the process (exit 134) before."""
     import subprocess
