@@ -11,7 +11,8 @@ suffix for infilling. A step, for every row that is decoding:
       → optional token editing (``editing_threshold``) → commit
 
 The schedules, scores, selection rules, ReMDM and top-k / top-p are the core's
-(`mdiff.unmask_rules`, `mdiff.unmasking`); this module plans them per row and per block.
+(`mdiff.unmask_rules`, `mdiff.unmasking`); this module plans them per row and per block (the
+step's logits processing, proposals and policy: `mdiff.text.sampling.step_parts`).
 
 Blocks. Bidirectional model: block k of a row is its masked positions of rank
 ``k·block_length …`` — LLaDA's semi-AR blocks when the masks sit at the end (a full forward
@@ -39,7 +40,6 @@ batch. The approximate caches run blocks in lock-step and share windows across r
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from mdiff import unmask_rules as R
@@ -47,13 +47,14 @@ from mdiff import unmasking as U
 from mdiff.errors import InvalidInputError
 from mdiff.schedules import PolynomialKappa
 from mdiff.text.model.spec import DenoiserSpec
+from mdiff.text.sampling import step_parts as parts
 from mdiff.text.sampling.generation import (
     GenerationConfig,
     GenerationOutput,
     resolve_config,
     row_generators,
 )
-from mdiff.text.sampling.heal import check_restriction, fit_vocab
+from mdiff.text.sampling.heal import check_restriction
 from mdiff.text.sampling.layout import Layout, canvas_from_prompts, check_canvas, layout
 from mdiff.text.sampling.ragged import RaggedCache
 from mdiff.text.sampling.runner import ModelRunner, resolve_cache_mode
@@ -245,13 +246,13 @@ class _Run:
         gen = self.lay.gen[idx].gather(1, cols)
         in_block = gen & ((blocks <= cur) if self.literal else (blocks == cur))
         masked = xw == self.mask_id
-        proc = self._process(logits, cols, idx)
+        proc = parts.process(self, logits, cols, idx)
         prop = proc.max(-1).indices  # = argmax (the first maximum), a faster kernel on CPU
         editable = None if self.edit is None else in_block & ~masked
         if editable is not None and self.greedy and self.remask is None:
             editable &= prop != xw  # only a new argmax can be an edit: score just those
-        prop, sc = self._propose(proc, in_block & masked, editable, prop, gens)
-        policy, last, t, t_next = self._plan(idx)
+        prop, sc = parts.propose(self, proc, in_block & masked, editable, prop, gens)
+        policy, last, t, t_next = parts.plan(self, idx)
         state = U.UnmaskState(xw, in_block & masked, proc, prop, gens, t, t_next, LINEAR,
                               scores=sc, decoded=in_block & ~masked, editable=editable)  # fmt: skip
         new = U.unmask_step(state, self.mask_id, policy, self.remask, last, self.edit)
@@ -272,102 +273,6 @@ class _Run:
         self._advance(stepping, changed, 0, edited)
         if self.feed is not None:
             self.feed.commit(self.x, self._final())
-
-    # ---- one step's parts ---------------------------------------------------------------------
-
-    def _process(self, logits: Tensor, cols: Tensor, idx=slice(None)) -> Tensor:
-        """Logits proposals are drawn from: no [MASK], EOS policy, watermark bias, `restrict`
-        (of rows ``idx``, whose logits these are, at columns ``cols``)."""
-        logits = logits.clone()
-        if not self.literal:
-            logits[..., self.mask_id] = -torch.inf
-        logits = self.cfg.eos.process(logits, self.eos_ids)
-        if self.watermark is not None:  # one neighbour of context on each side
-            L = self.x.shape[1]
-            around = torch.cat([cols[:, :1] - 1, cols, cols[:, -1:] + 1], 1)
-            inside = (around >= 0) & (around < L)
-            at = around.clamp(0, L - 1)
-            real = self.lay.real[idx].gather(1, at) & inside
-            ctx = torch.where(real, self.x[idx].gather(1, at), self.mask_id)
-            padded = F.pad(logits, (0, 0, 1, 1))
-            logits = self.watermark.bias(padded, ctx, self.mask_id)[:, 1:-1]
-        if self.restrict is not None:
-            pos, allowed = self.restrict[0][idx], self.restrict[1][idx]
-            j = pos - cols[:, 0]  # windows are contiguous columns
-            rows = ((pos >= 0) & (j >= 0) & (j < cols.shape[1])).nonzero()[:, 0]
-            at = j[rows]
-            keep = fit_vocab(allowed[rows], logits.shape[-1])
-            logits[rows, at] = logits[rows, at].masked_fill(~keep, -torch.inf)
-        return logits
-
-    def _propose(self, proc: Tensor, eligible: Tensor, editable: Tensor | None = None,
-                 prop: Tensor | None = None, gens=None) -> tuple[Tensor, Tensor]:  # fmt: skip
-        """Proposals (B, W) and scores (float64, −inf where neither eligible nor editable): the
-        configured score, or −entropy for the entropy schedule, both with EOS deferred; at
-        ``editable`` (committed) positions the confidence an edit is judged by. ``prop``: the
-        argmax of ``proc`` if already taken."""
-        cfg = self.cfg
-        prop = proc.argmax(-1) if prop is None else prop.clone()
-        sc = torch.full(prop.shape, -torch.inf, dtype=torch.float64, device=prop.device)
-        cand = eligible if editable is None else eligible | editable
-        rows, cols = cand.nonzero(as_tuple=True)
-        if rows.numel() == 0:
-            return prop, sc
-        flat = proc.reshape(-1, proc.shape[-1])  # (B·W, V); rows, cols in row-major order
-        if rows.numel() < flat.shape[0]:  # else every position: the whole window, no copy
-            flat = flat.index_select(0, rows * proc.shape[1] + cols)
-        lg = R.filter_logits(flat, cfg.top_k, cfg.top_p)  # (N, V)
-        if self.greedy:
-            p, noise = prop[rows, cols], None  # top-k keeps every maximum: the same argmax
-        else:
-            p, noise = U.propose_rows(lg, cand.sum(1).tolist(), gens, cfg.temperature,
-                                      noise=cfg.score == "random")  # fmt: skip
-        if not self.literal and bool((p == self.mask_id).any()):
-            raise InvalidInputError("the model gives no finite logit except [MASK] at a position")
-        prop[rows, cols] = p
-        kind = "neg_entropy" if cfg.schedule == "entropy" else cfg.score
-        ed = None if editable is None else editable[rows, cols]
-        sl = cfg.eos.score_logits(lg, self.eos_ids)  # a copy only when EOS is deferred
-        if ed is not None and kind == "confidence" and sl is lg:  # one score for both
-            conf = R.score(kind, lg, p, scratch=self.scratch)
-            vals = torch.where(ed, conf, cfg.eos.defer_scores(conf, p, self.eos_ids))
-        else:  # the masks' scores; the edits' confidences
-            el = slice(None) if ed is None else ~ed
-            nz = None if noise is None else noise[el]
-            vals = torch.empty(p.shape, dtype=torch.float64, device=p.device)
-            vals[el] = cfg.eos.defer_scores(R.score(kind, sl[el], p[el], nz, self.scratch), p[el],
-                                            self.eos_ids)  # fmt: skip
-            if ed is not None:
-                vals[ed] = R.score("confidence", lg[ed], p[ed], scratch=self.scratch)
-        sc[rows, cols] = vals
-        return prop, sc
-
-    def _plan(self, idx=slice(None)) -> tuple[U.Policy, bool | Tensor, Tensor | None,
-                                              Tensor | None]:  # fmt: skip
-        """This step's selection policy for rows ``idx``, those at their block's last step,
-        and the step's clock ``t``, ``t_next`` (R,): the block's revealed fraction before and
-        after the step (κ(t) = t), which ReMDM's σ reads. Fixed schedules commit the masks
-        planned for the step (plus as many as ReMDM reopened); threshold and entropy take what
-        their rule accepts."""
-        cfg = self.cfg
-        if cfg.schedule == "threshold":
-            return U.threshold(cfg.threshold, U.precomputed), False, None, None
-        if cfg.schedule == "entropy":
-            return U.entropy_bound(cfg.entropy_bound, U.precomputed), False, None, None
-        step, left, size, spb = self.step[idx], self.left[idx], self.size[idx], self.spb[idx]
-        k = step.clamp(max=left.shape[1] - 1)
-        after = left.gather(1, k[:, None]).squeeze(1)  # planned masks after this step
-        before = torch.where(k > 0, left.gather(1, (k - 1).clamp_min(0)[:, None])[:, 0], size)
-        if cfg.schedule == "llada2":  # the step's share of the block, or all above threshold
-            n = torch.where(step < spb, before - after, 0)
-            policy = U.threshold_floor(lambda state: n, cfg.threshold, U.precomputed)
-            return policy, step >= spb - 1, None, None
-        size = size.clamp_min(1).double()
-        if self.literal:  # the step's share, [MASK] commits included; nothing forced at the end
-            policy = U.ranked(lambda state: before - after, U.precomputed)
-            return policy, False, (size - before) / size, (size - after) / size
-        policy = U.ranked(lambda state: state.masked.sum(1) - after, U.precomputed)
-        return policy, step >= spb - 1, (size - before) / size, (size - after) / size
 
     # ---- bookkeeping --------------------------------------------------------------------------
 
