@@ -1,8 +1,9 @@
 """The ASGI app: configuration, the models it serves, bearer-key auth and OpenAI-style errors.
 
-`create_app(config)` builds one FastAPI app. Models load lazily, once, on first use
+`create_app(config)` builds one FastAPI app. Models load once, on first use
 (`Models.text()` / `Models.video()`), so the app starts at once and a test can hand in its own
-(`create_app(config, models=...)`). Every error leaves as OpenAI's JSON shape,
+(`create_app(config, models=...)`); with ``preload`` (`mdiff serve`'s default) a background
+thread loads and warms both at start (`Models.warm`). Every error leaves as OpenAI's JSON shape,
 ``{"error": {"message", "type", "param", "code"}}``: `mdiff.errors.InvalidInputError` → 400,
 `CheckpointError` → 500 naming the model, an unknown route → 404, a missing or wrong bearer key
 → 401 (only when `api_key` is set; `/` and the static page stay open so a browser can load it,
@@ -15,7 +16,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import logging
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,6 +50,7 @@ class ServeConfig:
     api_key: str | None = None
     limits: Limits = field(default_factory=Limits)
     home: str | None = None  # the provenance home (keys, identity); None: mdiff's default
+    preload: bool = False  # load and warm the models in the background at start (`mdiff serve`)
 
 
 class Models:
@@ -70,6 +74,22 @@ class Models:
                     trust_remote_code=self.config.trust_remote_code,
                 )
             return self._text
+
+    def warm(self) -> None:
+        """Load both models and fill one 2-token hole, so that the first request waits neither
+        for loading nor for first-run set-up (the watermark table, kernels). A failure is only
+        logged: the first request that needs the model reports it."""
+        from mdiff.serve import compute
+
+        log, start = logging.getLogger("uvicorn.error"), time.perf_counter()
+        try:
+            cm = self.text()
+            compute.call(cm.infill, "x = ", "\n", 2)
+            self.video()
+        except Exception as e:  # noqa: BLE001 — reported again by the request that needs it
+            log.warning("mdiff: preloading the models failed: %s", " ".join(str(e).split()))
+            return
+        log.info("mdiff: models ready in %.1f s", time.perf_counter() - start)
 
     def video(self):
         """The video pipeline (`mdiff.video.VideoPipeline`)."""
@@ -135,6 +155,9 @@ def create_app(config: ServeConfig | None = None, *, models: Models | None = Non
 
     @contextlib.asynccontextmanager
     async def _lifespan(_app):
+        if config.preload:  # the app answers at once; the models get ready meanwhile
+            threading.Thread(target=app.state.models.warm, name="mdiff-preload",
+                             daemon=True).start()  # fmt: skip
         yield
         await asyncio.to_thread(video_api.finalize_all)  # shutdown/SIGTERM: sign live streams
 

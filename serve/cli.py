@@ -23,6 +23,8 @@ def _arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--queue-size", type=int, default=32,
                    help="requests that may wait per model before 429 (default 32)")  # fmt: skip
     p.add_argument("--max-tokens", type=int, default=512, help="bound on a completion's tokens")
+    p.add_argument("--no-preload", action="store_true", help="load each model at its first "
+                   "request (default: load and warm both in the background at start)")  # fmt: skip
 
 
 def run_serve(args: argparse.Namespace) -> int:
@@ -39,7 +41,7 @@ def run_serve(args: argparse.Namespace) -> int:
     limits = Limits(queue_size=args.queue_size, max_tokens=args.max_tokens)
     config = ServeConfig(host=args.host, port=args.port, video_model=args.video_model,
                          text_model=args.text_model, api_key=args.api_key,
-                         trust_remote_code=args.trust_remote_code,
+                         trust_remote_code=args.trust_remote_code, preload=not args.no_preload,
                          limits=limits)  # fmt: skip
     uvicorn.run(create_app(config), host=args.host, port=args.port, log_level="info")
     return 0

@@ -283,3 +283,16 @@ def test_finished_videos_are_bounded(make_app, monkeypatch):
     kept = [j for j in jobs if j.id in svc.jobs]
     assert kept == jobs[2:] and all(j.path.exists() for j in kept)
     assert not any(j.path.exists() for j in jobs[:2])  # their files are gone too
+
+
+def test_preload_readies_both_models_without_a_request(home):
+    config = ServeConfig(home=str(home), preload=True)
+    models = Models(config)
+    with TestClient(create_app(config, models=models)):
+        deadline = time.monotonic() + 120
+        while (models._text is None or models._video is None) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert models._text is not None and models._video is not None
+    broken = Models(ServeConfig(home=str(home), text_model="no-such-model"))
+    broken.warm()  # logged, not raised: the first request reports it
+    assert broken._text is None
