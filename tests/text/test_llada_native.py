@@ -163,3 +163,6 @@ def test_block_groups_are_numbered_as_layers():
              "model.transformer.block_groups.1.1.ff_out.weight"]  # fmt: skip
     got = list(llama_names(names, group_size=2).values())
     assert got == ["model.layers.2.self_attn.q_proj.weight", "model.layers.3.mlp.down_proj.weight"]
+    bare = llama_names(["transformer.wte.weight", "transformer.blocks.0.attn_out.weight"])
+    want = ["model.embed_tokens.weight", "model.layers.0.self_attn.o_proj.weight"]
+    assert list(bare.values()) == want  # LLaDAModel's own state dict (no "model." prefix)

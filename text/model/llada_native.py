@@ -86,7 +86,8 @@ def llama_names(names, group_size: int = 1) -> dict[str, str]:
     place."""
     out = {}
     for name in names:
-        rest = name.removeprefix("model.transformer.")
+        # LLaDAModelLM's names ("model.transformer.…"), or LLaDAModel's ("transformer.…")
+        rest = name.removeprefix("model.").removeprefix("transformer.")
         m = re.fullmatch(r"(?:blocks\.(\d+)|block_groups\.(\d+)\.(\d+))\.(\w+)\.weight", rest)
         if m and m[4] in _BLOCK:
             layer = int(m[1]) if m[1] is not None else int(m[2]) * group_size + int(m[3])
