@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from mdiff.errors import InvalidInputError
 from mdiff.text.sampling.rows import compact, join, joinable, take, widen
 from mdiff.text.sampling.sampler import GenerationConfig, denoise, prepare
 from mdiff.text.sampling.stream import TokenCollector
@@ -85,7 +86,7 @@ def test_a_row_with_a_mask_in_the_cached_slots_cannot_join():
     early = canvas([PAD, PAD, PAD, PAD, 5, M, M, 6, 7, 8, 9, 10, 11, 12, 13, 14])
     new = prepare(model, *early, cfg, origin=run.lay.origin)
     assert "cached" in joinable(run, new)
-    with pytest.raises(ValueError, match="cached"):
+    with pytest.raises(InvalidInputError, match="cached"):
         join(run, new)
     wide = prepare(model, torch.full((1, 20), 5), None, cfg)
     assert "width" in joinable(run, wide)

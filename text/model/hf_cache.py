@@ -135,14 +135,7 @@ class HFCache:
 
     def select(self, rows: Tensor) -> HFCache:
         """A cache of batch rows ``rows`` (1-D indices) only, for a forward that reads it."""
-        if self._staged is not None:
-            raise InvalidInputError("select() with staged keys: call commit() or discard() first")
-        other = HFCache()
-        other.kv = select_rows(self.kv, rows)
-        if self.ids is not None:
-            kept = (t.index_select(0, rows) for t in (self.ids, self.pos, self.real))
-            other.ids, other.pos, other.real = kept
-        return other
+        return select_rows(self, rows, ("ids", "pos", "real"))
 
     def _map(self, fn) -> None:
         for layer in self.kv.layers:
@@ -153,15 +146,23 @@ class HFCache:
         return f"HFCache(length={self.length}, staged={self.has_staged})"
 
 
-def select_rows(kv, rows: Tensor):
-    """A new `DynamicCache` holding batch rows ``rows`` of ``kv``'s keys and values."""
+def select_rows(cache, rows: Tensor, fields: tuple[str, ...]):
+    """A new cache of ``cache``'s type holding batch rows ``rows`` (1-D indices): its keys and
+    values (a `DynamicCache` in ``.kv``) and its per-row tensors ``fields`` (None stays None)."""
     from transformers import DynamicCache
 
-    out = DynamicCache()
-    for i, layer in enumerate(kv.layers):
+    if cache._staged is not None:
+        raise InvalidInputError("select() with staged keys: call commit() or discard() first")
+    other = type(cache)()
+    other.kv = DynamicCache()
+    for i, layer in enumerate(cache.kv.layers):
         if getattr(layer, "is_initialized", False) and layer.keys is not None:
-            out.update(layer.keys.index_select(0, rows), layer.values.index_select(0, rows), i)
-    return out
+            k, v = layer.keys.index_select(0, rows), layer.values.index_select(0, rows)
+            other.kv.update(k, v, i)
+    for name in fields:
+        t = getattr(cache, name)
+        setattr(other, name, None if t is None else t.index_select(0, rows))
+    return other
 
 
 def cached_forward(adapter, input_ids: Tensor, attention_mask: Tensor | None,

@@ -68,13 +68,7 @@ class LLaDA2Cache:
 
     def select(self, rows: Tensor) -> LLaDA2Cache:
         """A cache of batch rows ``rows`` (1-D indices) only, for a forward that reads it."""
-        if self._staged is not None:
-            raise InvalidInputError("select() with staged keys: call commit() or discard() first")
-        other = LLaDA2Cache()
-        other.kv = select_rows(self.kv, rows)
-        if self.pos is not None:
-            other.pos, other.ok = self.pos.index_select(0, rows), self.ok.index_select(0, rows)
-        return other
+        return select_rows(self, rows, ("pos", "ok"))
 
     def _trim(self) -> None:
         n = self.length

@@ -32,6 +32,8 @@ from dataclasses import replace
 import torch
 import torch.nn.functional as F
 
+from mdiff.errors import InvalidInputError
+
 __all__ = ["compact", "join", "joinable", "rebase", "take", "widen"]
 
 _PER_ROW = ("x", "spb", "cur", "step", "size", "done", "forwards", "auto", "posting", "post")
@@ -65,7 +67,7 @@ def join(run, new) -> None:
     """Append the rows of `new` (`joinable`) to `run` and start them."""
     reason = joinable(run, new)
     if reason is not None:
-        raise ValueError(f"cannot join: {reason}")
+        raise InvalidInputError(f"cannot join: {reason}")
     B, n = run.x.shape[0], new.x.shape[0]
     if run.runner.ragged is not None:  # a length per row: the new rows start with none
         run.runner.ragged.extend(new.runner.ragged)
@@ -99,7 +101,7 @@ def widen(run, k: int) -> None:
     if k <= 0:
         return
     if run.spec.attention != "block_causal" or k % int(run.spec.block_size):
-        raise ValueError("widen needs a block-causal model and whole blocks")
+        raise InvalidInputError("widen needs a block-causal model and whole blocks")
     pad = run.spec.pad_id if run.spec.pad_id is not None else run.spec.mask_id
 
     def right(t, value):
@@ -153,7 +155,7 @@ def rebase(run, origin: int) -> None:
     hole starts before every running row's can join; the rows' blocks are renumbered."""
     k, rem = divmod(run.lay.origin - origin, run.lay.block_length)
     if k < 0 or rem:
-        raise ValueError(f"origin {origin} is not whole blocks before {run.lay.origin}")
+        raise InvalidInputError(f"origin {origin} is not whole blocks before {run.lay.origin}")
     if k == 0:
         return
     lay = run.lay
