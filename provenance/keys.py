@@ -247,13 +247,13 @@ class TrustConfig:
         mine = [root.read_bytes()] if root.exists() else []
         return cls(mine + [bytes(p) for p in extra_pems])
 
-    def settings(self) -> dict:
+    def settings(self, *, verify_after_sign: bool = True) -> dict:
         """c2pa settings: anchors as ``user_anchors``, no network, no thumbnails."""
         conf: dict = {
             "verify": {
                 "remote_manifest_fetch": False,
                 "ocsp_fetch": False,
-                "verify_after_sign": True,
+                "verify_after_sign": verify_after_sign,
             },
             "builder": {"thumbnail": {"enabled": False}},
         }
@@ -262,9 +262,9 @@ class TrustConfig:
             conf["trust"] = {"user_anchors": pems + "\n"}
         return conf
 
-    def context(self) -> c2pa.Context:
+    def context(self, *, verify_after_sign: bool = True) -> c2pa.Context:
         """A ``c2pa.Context`` for these settings (usable for both Reader and Builder)."""
         try:
-            return c2pa.Context.from_dict(self.settings())
+            return c2pa.Context.from_dict(self.settings(verify_after_sign=verify_after_sign))
         except c2pa.C2paError as e:
             raise ProvenanceError(f"invalid trust configuration: {e}") from e

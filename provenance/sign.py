@@ -3,11 +3,16 @@
 The format is detected from the content (magic bytes), never from the file name. Every write
 is atomic: the signed file (or ``<file>.c2pa`` sidecar) appears complete or not at all, also
 when signing in place. c2pa-rs verifies each manifest right after signing
-(``verify_after_sign``), so a bad certificate profile fails here, not at the user's end.
+(``verify_after_sign``), so a bad certificate profile fails here, not at the user's end. A
+sidecar signed by a local key without a timestamp server is made the same way every time, so
+that check runs on the key's first sidecar in a process (`_check_key`): a server signs every
+completion. Embedded manifests (where the file's layout matters), callback signers (a KMS or
+HSM) and timestamped ones, whose answers come from outside, are checked at every signature.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import logging
@@ -40,6 +45,17 @@ EMBEDDABLE = frozenset(
 )
 
 _MP4_BRANDS_QT = {b"qt  "}
+_CHECKED: set[bytes] = set()  # local identities (with their anchors) checked after a signature
+
+
+def _check_key(identity: Identity, trust: TrustConfig, sidecar: bool) -> bytes | None:
+    """What `_CHECKED` holds for this signer; None: check every signature."""
+    if not sidecar or identity.callback is not None or identity.tsa_url:
+        return None
+    h = hashlib.sha256(identity.chain_pem + identity.key_pem)
+    for pem in trust.anchors:
+        h.update(hashlib.sha256(pem).digest())
+    return h.digest()
 
 
 def _sniff(head: bytes) -> str:
@@ -167,10 +183,12 @@ def _sign(
     found = _sidecar_parent(parent, trust) if parent is not None else None
     if found is not None:
         manifest["ingredients"] = [found[0]]
+    key = _check_key(identity, trust, sidecar)
+    check = key is None or key not in _CHECKED
     try:
         with (
             identity.signer() as signer,
-            trust.context() as ctx,
+            trust.context(verify_after_sign=check) as ctx,
             c2pa.Builder(manifest, ctx) as builder,
             open(src, "rb") as fin,
         ):
@@ -179,9 +197,12 @@ def _sign(
             _add_ingredients(builder, record.inputs)
             if sidecar:
                 builder.set_no_embed()
-            return builder.sign(signer, mime, fin, dst_stream)
+            manifest_bytes = builder.sign(signer, mime, fin, dst_stream)
     except c2pa.C2paError as e:
         raise ProvenanceError(f"signing {title} ({mime}) failed: {_one_line(e)}") from e
+    if key is not None:
+        _CHECKED.add(key)
+    return manifest_bytes
 
 
 def _one_line(e: BaseException) -> str:

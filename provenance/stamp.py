@@ -73,6 +73,7 @@ class Stamper:
         self.key_id = key_id or keys.default_key_id(home)
         self.alpha = alpha
         self._pixel: pixel.PixelWatermark | None = None
+        self._prompt_key: bytes | None = None  # read once, like key_id: one secret per Stamper
 
     @property
     def identity(self) -> keys.Identity:
@@ -92,7 +93,9 @@ class Stamper:
         """``record`` with its pending prompt replaced by this user's keyed commitment."""
         if record.pending_prompt is None:
             return record
-        return record.commit_prompt(keys.prompt_key(keys.master_secret(self.home)))
+        if self._prompt_key is None:
+            self._prompt_key = keys.prompt_key(keys.master_secret(self.home))
+        return record.commit_prompt(self._prompt_key)
 
     @property
     def pixel_watermark(self) -> pixel.PixelWatermark:

@@ -19,7 +19,7 @@ from mdiff.errors import InvalidInputError, ProvenanceError
 from mdiff.provenance import keys
 from mdiff.provenance.inspect import read_manifest
 from mdiff.provenance.keys import Identity, TrustConfig, init_dev_identity
-from mdiff.provenance.sign import sign_file
+from mdiff.provenance.sign import sign_file, sign_sidecar
 
 
 def _signed(tmp_path, media, record, identity, trust):
@@ -177,3 +177,35 @@ def test_watermark_keys_are_hmac_of_a_separate_secret(tmp_path):
     shutil.rmtree(home)
     init_dev_identity(home)
     assert keys.default_key_id(home) != kid  # a new secret gets a new id
+
+
+def test_a_local_key_is_checked_on_its_first_sidecar_and_outside_signers_on_every_one(
+    tmp_path, media, record, monkeypatch
+):
+    identity = init_dev_identity(tmp_path / "h")  # a key no other test has signed with
+    trust = TrustConfig.default(tmp_path / "h")
+    stranger = init_dev_identity(tmp_path / "s")
+    code = tmp_path / "code.py"
+    code.write_text("x = 1\n")
+    for _ in range(2):  # the wrong key for the chain fails every time: it never passes a check
+        with pytest.raises(ProvenanceError, match="signature does not match"):
+            sign_sidecar(code, record, Identity(identity.chain_pem, stranger.key_pem), trust=trust)
+    checks, make = [], TrustConfig.context
+
+    def context(self, **kw):
+        checks.append(kw)
+        return make(self, **kw)
+
+    monkeypatch.setattr(TrustConfig, "context", context)
+    for i in range(3):
+        side = sign_sidecar(code, record, identity, trust=trust, sidecar=tmp_path / f"{i}.c2pa")
+        assert read_manifest(code, sidecar=side, trust=trust).state == "trusted"
+    key = serialization.load_pem_private_key(identity.key_pem, None)
+    remote = Identity.from_callback(
+        identity.chain_pem, lambda data: key.sign(data, ec.ECDSA(hashes.SHA256()))
+    )
+    sign_sidecar(code, record, remote, trust=trust, sidecar=tmp_path / "r1.c2pa")
+    sign_sidecar(code, record, remote, trust=trust, sidecar=tmp_path / "r2.c2pa")
+    _signed(tmp_path, media, record, identity, trust)  # an embedded manifest: always checked
+    signing = [c["verify_after_sign"] for c in checks if "verify_after_sign" in c]
+    assert signing == [True, False, False, True, True, True]
