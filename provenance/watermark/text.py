@@ -195,8 +195,9 @@ class TextWatermark:
 
     # ---- embedding -----------------------------------------------------------------------------
 
-    def bias(self, logits: Tensor, x: Tensor, mask_id: int) -> Tensor:
-        """Return ``logits`` (B, L, V) plus ``δ`` on the green tokens of every masked position."""
+    def bias(self, logits: Tensor, x: Tensor, mask_id: int, *, inplace: bool = False) -> Tensor:
+        """Return ``logits`` (B, L, V) plus ``δ`` on the green tokens of every masked position
+        (``inplace``: added into ``logits`` itself, for a caller whose tensor it is)."""
         if not torch.is_tensor(logits) or logits.dim() != 3:
             raise InvalidInputError("logits must be a (B, L, V) tensor")
         if logits.shape[-1] != self.vocab_size:
@@ -214,14 +215,20 @@ class TextWatermark:
         has_l = left != mask_id
         has_r = (right != mask_id) & self.right_context
         # the left neighbour's list, or the context-free one (−1) when neither side is known
-        boost = self._rows(torch.where(has_l, left, -1), right=False) & (has_l | ~has_r)[:, None]
-        boost = boost.to(logits.dtype)
+        boost = self._rows(torch.where(has_l, left, -1), right=False).to(logits.dtype)
+        only_r = has_r & ~has_l
+        if bool(only_r.any()):
+            boost[only_r] = 0
         if bool(has_r.any()):
             boost[has_r] += self._rows(right[has_r], right=True).to(logits.dtype)
         protected = [i for i in (*self.ignore_ids, mask_id) if 0 <= i < self.vocab_size]
         boost[:, protected] = 0
-        out = logits.clone()
-        out[at] = logits[at] + self.delta * boost
+        out = logits if inplace else logits.clone(memory_format=torch.contiguous_format)
+        if out.is_contiguous():  # rows of the flat (B·L, V) view: one add per entry, no copies
+            out.view(-1, self.vocab_size).index_add_(0, at[0] * x.shape[1] + at[1], boost,
+                                                     alpha=self.delta)  # fmt: skip
+        else:
+            out[at] = out[at] + self.delta * boost
         return out
 
     def wrap(self, model_fn: Callable[..., Tensor], mask_id: int) -> Callable[..., Tensor]:

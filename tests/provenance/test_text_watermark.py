@@ -306,6 +306,33 @@ def test_bias_follows_the_neighbour_rules(vocab):
     torch.testing.assert_close(boost[0, 3], expect(), atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("vocab", [50, 5000])
+def test_bias_adds_exactly_delta_times_the_green_count_inplace_or_not_on_any_layout(vocab):
+    mask, g = vocab - 1, torch.Generator().manual_seed(vocab)
+    wm = TextWatermark(KEY, vocab, delta=1.25, ignore_ids=[0, 3])
+    x = torch.randint(0, mask, (3, 7), generator=g)
+    x[torch.rand(3, 7, generator=g) < 0.6] = mask
+    logits = torch.randn(3, 7, vocab, generator=g)
+    v, want = torch.arange(vocab), logits.clone()
+    for b, i in (x == mask).nonzero().tolist():  # one masked position at a time, by the rules
+        left = int(x[b, i - 1]) if i and x[b, i - 1] != mask else None
+        right = int(x[b, i + 1]) if i + 1 < 7 and x[b, i + 1] != mask else None
+        e = torch.zeros(vocab)
+        if left is not None or right is None:
+            e += wm.green(torch.tensor(-1 if left is None else left), v).float()
+        if right is not None:
+            e += wm.green(v, torch.tensor(right)).float()
+        e[[0, 3, mask]] = 0
+        want[b, i] = logits[b, i] + 1.25 * e
+    assert torch.equal(wm.bias(logits, x, mask), want)
+    inplace = logits.clone()
+    assert wm.bias(inplace, x, mask, inplace=True) is inplace and torch.equal(inplace, want)
+    strided = logits.transpose(0, 1).contiguous().transpose(0, 1)  # same values, other layout
+    assert not strided.is_contiguous()
+    assert torch.equal(wm.bias(strided, x, mask), want)
+    assert torch.equal(wm.bias(strided, x, mask, inplace=True), want)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_green_identical_on_cuda():
     wm = TextWatermark(KEY, 3000)

@@ -83,7 +83,7 @@ def generate_ar(
         if watermark is not None:  # score the next slot as a [MASK] after the last token
             window = torch.stack([last, torch.full_like(last, spec.mask_id)], 1)  # (B, 2)
             pair = torch.stack([torch.zeros_like(logits), logits], 1)  # (B, 2, V)
-            logits = watermark.bias(pair, window, spec.mask_id)[:, 1]
+            logits = watermark.bias(pair, window, spec.mask_id, inplace=True)[:, 1]
         token = sample_categorical(logits[:, None], generator, temperature)[:, 0]  # (B,)
         token = torch.where(done, torch.full_like(token, pad), token)
         out = torch.cat([out, token[:, None]], 1)

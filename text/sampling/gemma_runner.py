@@ -120,7 +120,7 @@ def _bias(lm, watermark, logits: Tensor, ctx: Tensor) -> Tensor:
     none = lm.pad_id if lm.pad_id is not None else 0
     x = torch.stack([ctx, torch.full_like(ctx, none)], -1).reshape(b * c, 2)  # [prev, slot]
     two = torch.stack([torch.zeros_like(logits), logits], 2).reshape(b * c, 2, v)
-    return watermark.bias(two, x, none)[:, 1].reshape(b, c, v)
+    return watermark.bias(two, x, none, inplace=True)[:, 1].reshape(b, c, v)
 
 
 def _marked(lm, watermark, logits, left, prev, pinned):

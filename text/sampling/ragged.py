@@ -85,8 +85,11 @@ class RaggedCache:
         C = int(cg.max()) if self.kv is not None else 0  # none yet: only padding before
         cached = torch.arange(C, device=dev)[None] < cg[:, None]
         keys = torch.cat([cached & ok[g, :C], fed & ok[g].gather(1, at)], 1)
-        tmp = KVCache.of([(k[g, :, :C], v[g, :, :C]) for k, v in self.kv]) if C else KVCache(
-            self.n_layers)  # fmt: skip
+        n_all = self.c.numel()
+        every = g.numel() == n_all and bool((g == torch.arange(n_all, device=dev)).all())
+        pick = slice(None) if every else g  # every row in order: views, no copy of the keys
+        tmp = KVCache.of([(k[pick, :, :C], v[pick, :, :C]) for k, v in self.kv]) if C else (
+            KVCache(self.n_layers))  # fmt: skip
         kw = {"logits_from": rmax} if rmax and narrow else {}
         lg = self.model(ids, attention_mask=keys, position_ids=pos, cache=tmp, **kw)
         lg = lg if kw else lg[:, rmax:]

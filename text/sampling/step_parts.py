@@ -40,7 +40,7 @@ def process(run, logits: Tensor, cols: Tensor, idx=slice(None)) -> Tensor:
         real = run.lay.real[idx].gather(1, at) & inside
         ctx = torch.where(real, run.x[idx].gather(1, at), run.mask_id)
         padded = F.pad(logits, (0, 0, 1, 1))
-        logits = run.watermark.bias(padded, ctx, run.mask_id)[:, 1:-1]
+        logits = run.watermark.bias(padded, ctx, run.mask_id, inplace=True)[:, 1:-1]
     if run.restrict is not None:
         pos, allowed = run.restrict[0][idx], run.restrict[1][idx]
         j = pos - cols[:, 0]  # windows are contiguous columns
