@@ -26,6 +26,7 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import HTTPConnection
+from starlette.routing import Match
 from starlette.websockets import WebSocketClose
 
 from mdiff.errors import CheckpointError, InvalidInputError, MdiffError
@@ -145,6 +146,26 @@ class _BearerAuth:
         await self.app(scope, receive, send)
 
 
+ENDPOINTS = ("completions are POST /v1/completions (OpenAI, with 'suffix' for FIM), /infill "
+             "(llama.cpp) and /api/generate (Ollama); also GET /v1/models, POST /v1/videos, "
+             "WS /v1/realtime/video, POST /v1/verify, the page at /")  # fmt: skip
+
+
+def _route_of(app: FastAPI, scope) -> str | None:
+    """How the API's own routes (not the page's files) match this request: "full", "partial"
+    (the path with another method) or None."""
+    best = None
+    for r in app.routes:
+        if getattr(r, "name", "") == "static":
+            continue
+        match = r.matches(scope)[0]
+        if match == Match.FULL:
+            return "full"
+        if match == Match.PARTIAL:
+            best = "partial"
+    return best
+
+
 def create_app(config: ServeConfig | None = None, *, models: Models | None = None) -> FastAPI:
     """The app for `config` (default: built-in models, loopback, no key)."""
     from fastapi.staticfiles import StaticFiles
@@ -180,7 +201,16 @@ def create_app(config: ServeConfig | None = None, *, models: Models | None = Non
         return api_error(500, str(exc), "server_error")
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_request, exc):
+    async def _http(request, exc):
+        if exc.status_code in (404, 405) and request.scope.get("type") == "http":
+            # the page's files answer every other path (405 to a POST): say what is here
+            route, what = _route_of(app, request.scope), f"{request.method} {request.url.path}"
+            if route == "partial":
+                return api_error(405, f"{what}: not this method", "invalid_request_error",
+                                 code="method_not_allowed")  # fmt: skip
+            if route is None and (exc.status_code == 405 or request.url.path.startswith("/v1/")):
+                return api_error(404, f"no endpoint {what} here; {ENDPOINTS}",
+                                 "invalid_request_error", code="unknown_url")  # fmt: skip
         return api_error(exc.status_code, str(exc.detail), "invalid_request_error",
                          headers=getattr(exc, "headers", None))  # fmt: skip
 

@@ -199,6 +199,22 @@ def test_bad_requests_get_openai_errors(make_app, body, status, needle):
     assert r.status_code == status and needle in r.json()["error"]["message"], r.text
 
 
+def test_unknown_endpoints_say_what_is_served_and_wrong_methods_get_405(make_app):
+    from fastapi.testclient import TestClient
+
+    with TestClient(make_app()) as c:
+        for method, path in (("POST", "/v1/chat/completions"), ("POST", "/"),
+                             ("GET", "/v1/nothing")):  # fmt: skip
+            r = c.request(method, path, json={"messages": []})
+            err = r.json()["error"]
+            assert r.status_code == 404 and err["code"] == "unknown_url", (path, r.text)
+            assert f"{method} {path}" in err["message"] and "POST /v1/completions" in err["message"]
+        r = c.get("/v1/completions")
+        assert r.status_code == 405 and r.json()["error"]["code"] == "method_not_allowed"
+        assert c.get("/").status_code == 200 and c.get("/app.js").status_code == 200
+        assert c.get("/v1/files/nope").json()["error"]["code"] == "file_not_found"
+
+
 def test_not_json_and_api_key(make_app):
     from fastapi.testclient import TestClient
 
