@@ -7,13 +7,14 @@ a running batch with the oldest waiting job and every waiting job of the same sa
 
 - waiting jobs at the head of the queue join it (`_admit`: same settings, at most
   ``join_rows`` rows with them, canvas within ``max_width``; the first that cannot stops
-  admission, so no job waits behind later ones forever) — continuous batching at step
-  boundaries. Measured on 2 cores (`benchmarks/batcher_speed.py`): a step of 4 rows costs
-  11 ms, of 8 rows 15, of 16 rows 24, of 64 rows 81 — joining a small batch is nearly free, a
-  big one shares the cores out (for jobs of one size that is later on average than one batch
-  after another, but a burst of requests — 32 over HTTP arrive within ~70 ms — then runs as
-  one batch instead of a first one of whatever had arrived); ``join_rows`` (default
-  ``max_rows``) bounds it;
+  admission, so no job waits behind later ones forever; those that came in during one step
+  are laid out together, one at a time only if they do not fit together) — continuous
+  batching at step boundaries. Measured on 2 cores (`benchmarks/batcher_speed.py`): a step
+  of 4 rows costs 11 ms, of 8 rows 15, of 16 rows 24, of 64 rows 81 — joining a small
+  batch is nearly free, a big one shares the cores out (for jobs of one size that is later
+  on average than one batch after another, but a burst of requests — 32 over HTTP arrive
+  within ~70 ms — then runs as one batch instead of a first one of whatever had arrived);
+  ``join_rows`` (default ``max_rows``) bounds it;
 - each row that is done leaves at once, and a job whose rows are all out is answered (its
   length search scored then, on its solo canvases, together with the other jobs finishing);
 - cancelled jobs leave (a closed stream frees its rows within one step).
@@ -199,9 +200,7 @@ class Batcher:
                         batch.append(j)
                         rows += self._rows(j)
             for j in batch:
-                if not j._group.started:
-                    j._group.started = True
-                    self._waiting -= 1
+                self._started(j)
             self.running = len(batch)
             return batch
 
@@ -270,36 +269,62 @@ class Batcher:
     def _admit(self, run, members: list[Member]) -> None:
         """Join the waiting jobs at the head of the queue that fit the running batch (same
         settings, its width and origin, masks only where it has not cached, ``max_rows``);
-        the first that does not fit stops it, so no job waits behind later ones forever."""
+        the first that does not fit stops it, so no job waits behind later ones forever.
+        The heads are laid out together (one `prepare_jobs`, as a batch that starts with
+        them); one at a time only when they do not fit together."""
         key = members[0].job.key
+        while heads := self._heads(run, key):
+            if len(heads) > 1 and self._join(run, members, heads):
+                continue
+            if not self._join(run, members, heads[:1]):
+                return
+
+    def _heads(self, run, key) -> list[Job]:
+        """The jobs at the head of the queue that may join ``run`` (cancelled ones there are
+        dropped): same settings, not solo, within the batch's row bound."""
         while True:
             with self._cond:
                 j = self._jobs[0] if self._jobs else None
-            if j is None or j.solo or j.key != key:
-                return
-            if run.x.shape[0] + self._rows(j) > min(self.max_rows, self.join_rows):
-                return
-            gone = j.cancel.is_set()
-            got = None if gone else self._prepare([j], run)
-            if got is not None:  # the same width (right padding) and block origin
-                widen(got[0], run.x.shape[1] - got[0].x.shape[1])
-                widen(run, got[0].x.shape[1] - run.x.shape[1])
-                if got[0].lay.origin < run.lay.origin and run.runner.ragged is not None:
-                    rebase(run, got[0].lay.origin)
-            if not gone and (got is None or joinable(run, got[0]) is not None):
-                return  # it does not fit: it waits for the next batch
-            with self._cond:
+                if j is None or not j.cancel.is_set():
+                    break
                 self._jobs.popleft()
-                if not j._group.started:
-                    j._group.started = True
-                    self._waiting -= 1
-            if gone:  # cancelled while it waited
-                self._gone(j)
-                continue
-            join(run, got[0])
-            members.extend(got[1])
-            self._live.append(j)
-            self.stats["joined"] += 1
+                self._started(j)
+            self._gone(j)  # cancelled while it waited
+        room, heads = min(self.max_rows, self.join_rows) - run.x.shape[0], []
+        with self._cond:
+            for j in self._jobs:
+                if j.solo or j.key != key or self._rows(j) > room or j.cancel.is_set():
+                    break
+                heads.append(j)
+                room -= self._rows(j)
+        return heads
+
+    def _join(self, run, members: list[Member], jobs: list[Job]) -> bool:
+        """Lay ``jobs`` (the queue's heads) out for ``run`` and join them; False if they do
+        not fit (its width and origin, masks only where it has not cached)."""
+        got = self._prepare(jobs, run)
+        if got is not None:  # the same width (right padding) and block origin
+            widen(got[0], run.x.shape[1] - got[0].x.shape[1])
+            widen(run, got[0].x.shape[1] - run.x.shape[1])
+            if got[0].lay.origin < run.lay.origin and run.runner.ragged is not None:
+                rebase(run, got[0].lay.origin)
+        if got is None or joinable(run, got[0]) is not None:
+            return False
+        with self._cond:  # only this thread takes from the head: they are still there
+            for j in jobs:
+                self._jobs.popleft()
+                self._started(j)
+        join(run, got[0])
+        members.extend(got[1])
+        self._live.extend(jobs)
+        self.stats["joined"] += len(jobs)
+        return True
+
+    def _started(self, job: Job) -> None:
+        """Count ``job``'s request as started (under ``_cond``): it no longer waits."""
+        if not job._group.started:
+            job._group.started = True
+            self._waiting -= 1
 
     def _keep(self, run, members: list[Member], keep: list[bool]):
         """The run without the rows of the members not kept (None when none is left)."""

@@ -179,6 +179,46 @@ def test_a_request_arriving_mid_batch_joins_it_with_its_solo_answer(models):
         assert text == alone.middles[0]
 
 
+def test_requests_waiting_together_join_a_running_batch_laid_out_together(models):
+    """Three requests queued during one step join at the next, in one layout (`_join` of the
+    queue's heads), with their solo answers (fixed and automatic lengths)."""
+    cm = models.text()
+    s = {"temperature": 0.8}
+    late = [Job(*HOLES[3], 8, seed=5, settings=s), Job(*HOLES[0], "auto", seed=6, settings=s,
+            candidates=(2, 4, 8)), Job(*HOLES[2] , 4, seed=7, settings=s)]  # fmt: skip
+    batcher, futures, layouts = Batcher(cm), [], []
+    prepare = batcher._prepare
+
+    def spy(jobs, run=None):
+        layouts.append(len(jobs) if run is not None else None)
+        return prepare(jobs, run)
+
+    def on_text(delta, draft):
+        if not futures:
+            for j in late:  # three requests while the batch steps
+                futures.extend(batcher.submit([j]))
+
+    batcher._prepare = spy
+    first = Job(*HOLES[1], 12, seed=2, settings=s, on_text=on_text, drafts=True)
+    try:
+        got = [batcher.submit([first])[0].result(timeout=120).middles[0]]
+        got += [f.result(timeout=120).middles[0] for f in futures]
+    finally:
+        batcher.close()
+    assert batcher.stats["joined"] == 3 and batcher.stats["batches"] == 1, batcher.stats
+    assert layouts == [None, 3], layouts  # the batch's own, then the three joiners at once
+    for job, text in zip([first, *late], got, strict=True):
+        alone = cm.infill(
+            job.prefix,
+            job.suffix,
+            job.length,
+            seed=job.seed,
+            temperature=0.8,
+            **({"candidates": job.candidates} if job.length == "auto" else {}),
+        )
+        assert text == alone.middles[0], job
+
+
 @pytest.mark.parametrize(
     ("body", "status", "needle"),
     [({"prompt": "x", "max_tokens": 0}, 400, "max_tokens"),
