@@ -73,7 +73,7 @@ class Stamper:
         self.key_id = key_id or keys.default_key_id(home)
         self.alpha = alpha
         self._pixel: pixel.PixelWatermark | None = None
-        self._prompt_key: bytes | None = None  # read once, like key_id: one secret per Stamper
+        self._prompt_keys: dict[Path, bytes] = {}  # by home: without one, $MDIFF_HOME's
 
     @property
     def identity(self) -> keys.Identity:
@@ -93,9 +93,10 @@ class Stamper:
         """``record`` with its pending prompt replaced by this user's keyed commitment."""
         if record.pending_prompt is None:
             return record
-        if self._prompt_key is None:
-            self._prompt_key = keys.prompt_key(keys.master_secret(self.home))
-        return record.commit_prompt(self._prompt_key)
+        home = Path(self.home or keys.mdiff_home())
+        if home not in self._prompt_keys:  # read once per home, not at every completion
+            self._prompt_keys[home] = keys.prompt_key(keys.master_secret(home))
+        return record.commit_prompt(self._prompt_keys[home])
 
     @property
     def pixel_watermark(self) -> pixel.PixelWatermark:

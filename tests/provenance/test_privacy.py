@@ -110,3 +110,20 @@ def test_record_fields_are_checked(fields):
         GenerationRecord.create("video", "m", **fields)
     with pytest.raises(InvalidInputError):  # also when read back from a manifest
         GenerationRecord.from_dict({"modality": "video", "model_id": "m", **fields})
+
+
+def test_a_stamper_without_a_home_commits_with_the_current_homes_secret(tmp_path, monkeypatch):
+    """Its prompt key is read once per home, and a Stamper made without one follows
+    ``$MDIFF_HOME`` as it did when the key was read at every commitment."""
+    from mdiff.provenance.stamp import Stamper
+    from mdiff.record import GenerationRecord
+
+    record = GenerationRecord.create("code", "m", prompt="a private prompt", seed=1)
+    monkeypatch.setenv("MDIFF_HOME", str(tmp_path / "a"))
+    stamper = Stamper()
+    first = stamper.commit(record)
+    assert stamper.commit(record) == first  # the same generation, the same commitment
+    monkeypatch.setenv("MDIFF_HOME", str(tmp_path / "b"))
+    moved = stamper.commit(record)
+    assert moved != first and moved == Stamper(home=tmp_path / "b").commit(record)
+    assert first == Stamper(home=tmp_path / "a").commit(record)
