@@ -88,8 +88,8 @@ class RaggedCache:
         n_all = self.c.numel()
         every = g.numel() == n_all and bool((g == torch.arange(n_all, device=dev)).all())
         pick = slice(None) if every else g  # every row in order: views, no copy of the keys
-        tmp = KVCache.of([(k[pick, :, :C], v[pick, :, :C]) for k, v in self.kv]) if C else (
-            KVCache(self.n_layers))  # fmt: skip
+        kv = [(k[pick, :, :C], v[pick, :, :C]) for k, v in self.kv] if C else None
+        tmp = KVCache.of(kv) if kv else KVCache(self.n_layers)
         kw = {"logits_from": rmax} if rmax and narrow else {}
         lg = self.model(ids, attention_mask=keys, position_ids=pos, cache=tmp, **kw)
         lg = lg if kw else lg[:, rmax:]
