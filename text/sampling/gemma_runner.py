@@ -38,6 +38,7 @@ from torch import Tensor
 from mdiff.errors import InvalidInputError
 from mdiff.text.sampling.gemma_settings import GemmaSettings, resolve_settings
 from mdiff.text.sampling.gemma_stream import Feed, prompts_batch
+from mdiff.text.sampling.seeded_draw import multinomial_at
 
 __all__ = ["GemmaOutput", "Pinned", "denoise_canvas", "generate_gemma", "row_generators"]
 
@@ -179,13 +180,10 @@ def denoise_canvas(lm, ctx: Context, st: GemmaSettings, gens, active: Tensor, *,
         if watermark is not None:
             proc = _marked(lm, watermark, base, left, None if sc is None else argmax, pinned)
         proc = proc / temp
-        probs = torch.softmax(proc, dim=-1, dtype=torch.float32)
         run = (~done).nonzero().squeeze(1).tolist()
-        draw, new_argmax = canvas.clone(), proc.max(-1).indices  # = argmax (first max)
+        new_argmax = proc.max(-1).indices  # = argmax (first max)
         if watermark is not None:
             new_argmax = _marked_argmax(lm, watermark, base, left, pinned)
-        for b in run:
-            draw[b] = torch.multinomial(probs[b], 1, generator=gens[b]).squeeze(-1)
         ent = _entropy(proc)  # (B, C)
         if pinned is not None:
             ent = ent.masked_fill(pinned.mask, torch.inf)
@@ -193,8 +191,9 @@ def denoise_canvas(lm, ctx: Context, st: GemmaSettings, gens, active: Tensor, *,
         take = torch.zeros_like(ent, dtype=torch.bool).scatter(
             -1, idx, torch.cumsum(srt, -1) - srt <= st.entropy_bound
         )
-        new = torch.where(take, draw, canvas)
-        for b in run:
+        new = canvas.clone()
+        for b in run:  # the model's draw over every slot, kept at the taken ones; then noise
+            new[b, take[b]] = multinomial_at(_probs(proc[b]), take[b], gens[b])
             noise = torch.randint(0, V, (C,), generator=gens[b], device=dev)
             new[b] = torch.where(take[b], new[b], noise)
         if pinned is not None:
@@ -220,6 +219,11 @@ def denoise_canvas(lm, ctx: Context, st: GemmaSettings, gens, active: Tensor, *,
         if bool(done.all()):
             break
     return argmax, steps, raw
+
+
+def _probs(logits: Tensor):
+    """The draw's probabilities of the rows ``index`` of ``logits`` (C, V)."""
+    return lambda index: torch.softmax(logits[index], dim=-1, dtype=torch.float32)
 
 
 def _entropy(logits: Tensor) -> Tensor:
