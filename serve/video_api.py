@@ -23,9 +23,6 @@ every live generation and waits until its file is signed (the app's shutdown cal
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
-import io
 import tempfile
 import threading
 import uuid
@@ -33,20 +30,17 @@ import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-import torch
 from fastapi import APIRouter, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 
 from mdiff.errors import InvalidInputError, MdiffError
 from mdiff.serve import compute
 from mdiff.serve.app import api_error
+from mdiff.serve.video_requests import parse_request
 
 __all__ = ["VideoJob", "VideoService", "finalize_all", "router", "service"]
 
 router = APIRouter()
-FIELDS = {"prompt", "frames", "size", "width", "height", "seed", "guidance", "steps", "image",
-          "model", "type"}  # fmt: skip
 RETRY_AFTER = "5"  # seconds, for 429
 MAX_FINISHED = 256  # finished videos kept for GET /v1/videos/{id}; older ones are deleted
 _SERVICES: weakref.WeakSet = weakref.WeakSet()
@@ -184,79 +178,6 @@ def service(app) -> VideoService:
 
 
 _APP_LOCK = threading.Lock()
-
-
-# ---------------------------------------------------------------- request parsing
-
-
-def _int(body: dict, name: str, low: int, high: int | None = None) -> int | None:
-    value = body.get(name)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise InvalidInputError(f"{name} must be an integer >= {low}, got {value!r}")
-    if high is not None and value > high:
-        raise InvalidInputError(f"{name} must be at most {high}, got {value}")
-    return value
-
-
-def parse_request(body: dict, limits, model: str) -> dict:
-    """A request body → keyword arguments of `VideoPipeline.stream`, bounded by `limits`."""
-    if not isinstance(body, dict):
-        raise InvalidInputError("the request body must be a JSON object")
-    unknown = sorted(set(body) - FIELDS)
-    if unknown:
-        raise InvalidInputError(f"unknown field(s) {', '.join(unknown)}; known: {sorted(FIELDS)}")
-    if body.get("model") not in (None, model):
-        raise InvalidInputError(f"this server makes video with {model!r}, not {body['model']!r}")
-    prompt = body.get("prompt")
-    if not isinstance(prompt, str) or not prompt.strip():
-        raise InvalidInputError("prompt must be a non-empty string")
-    if len(prompt) > limits.max_prompt_chars:
-        raise InvalidInputError(f"prompt is longer than {limits.max_prompt_chars} characters")
-    width, height = _int(body, "width", 1), _int(body, "height", 1)
-    if body.get("size") is not None:
-        size = body["size"]
-        try:
-            width, height = (int(v) for v in str(size).lower().split("x"))
-        except ValueError:
-            raise InvalidInputError(f"size must be 'WIDTHxHEIGHT', got {size!r}") from None
-        if width < 1 or height < 1:
-            raise InvalidInputError(f"size must be positive, got {size!r}")
-    if width is not None and height is not None and width * height > limits.max_pixels:
-        raise InvalidInputError(f"{width}x{height} exceeds {limits.max_pixels} pixels per frame")
-    out = {"prompt": prompt, "num_frames": _int(body, "frames", 1, limits.max_frames),
-           "width": width, "height": height, "seed": _int(body, "seed", 0) or 0,
-           "steps": _int(body, "steps", 1, 1000)}  # fmt: skip
-    guidance = body.get("guidance")
-    if guidance is not None:
-        if isinstance(guidance, bool) or not isinstance(guidance, int | float):
-            raise InvalidInputError(f"guidance must be a number, got {guidance!r}")
-        out["guidance"] = float(guidance)
-    if body.get("image") is not None:
-        out["image"] = decode_image(body["image"], limits)
-    return {k: v for k, v in out.items() if v is not None or k == "prompt"}
-
-
-def decode_image(text, limits) -> torch.Tensor:
-    """Base64 (or a ``data:image/...;base64,`` URL) → uint8 (H, W, 3), bounded in size."""
-    from PIL import Image
-
-    if not isinstance(text, str):
-        raise InvalidInputError("image must be a base64 string or a data URL")
-    if text.startswith("data:"):
-        text = text.partition(",")[2]
-    if len(text) > limits.max_upload_bytes * 4 // 3 + 4:
-        raise InvalidInputError(f"image is larger than {limits.max_upload_bytes} bytes")
-    try:
-        data = base64.b64decode(text, validate=True)
-        with Image.open(io.BytesIO(data)) as im:
-            if im.width * im.height > limits.max_pixels:
-                raise InvalidInputError(f"image exceeds {limits.max_pixels} pixels")
-            array = np.asarray(im.convert("RGB"), dtype=np.uint8)
-    except (binascii.Error, ValueError, OSError) as exc:
-        raise InvalidInputError(f"image is not a base64-encoded PNG/JPEG: {exc}") from None
-    return torch.from_numpy(array.copy())
 
 
 # ---------------------------------------------------------------- fMP4 tailing
