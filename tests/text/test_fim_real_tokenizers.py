@@ -121,7 +121,7 @@ def test_view_ids_and_bytes_come_from_the_tokenizer(tok):
 
 def test_healing_gives_the_whole_texts_tokens_at_the_seam(tok):
     view, rng, texts = token_view(tok), random.Random(0), _texts()
-    healed = plain_wrong = 0
+    healed = plain_wrong = spaced = 0
     for _ in range(300):
         text = rng.choice(texts)
         c = rng.randrange(1, len(text))
@@ -133,12 +133,16 @@ def test_healing_gives_the_whole_texts_tokens_at_the_seam(tok):
             continue
         healed += 1
         assert kept + carry == prefix and carry
-        assert view.encode(kept) + view.encode(carry + middle) == whole, (prefix[-20:], carry)
+        if middle[0].isspace():  # no carry is stable for code and for more whitespace alike:
+            spaced += 1  # the probes are code (see heal.PROBES); the splice stays exact
+        else:
+            assert view.encode(kept) + view.encode(carry + middle) == whole, (prefix[-20:], carry)
         head = carry.encode("utf-8")
         ok = {i for i, b in enumerate(view.table) if b is not None and b.startswith(head)}
         assert set(allowed.nonzero()[:, 0].tolist()) == ok
-    print(f"seam: {healed}/300 cuts healed, all whole-text tokens; unhealed wrong {plain_wrong}")
-    assert healed >= 100 and plain_wrong >= 100  # without healing the seam is often wrong
+    print(f"seam: {healed}/300 cuts healed, whole-text tokens but {spaced} whitespace-led "
+          f"middles; unhealed wrong {plain_wrong}")  # fmt: skip
+    assert healed - spaced >= 100 and plain_wrong >= 100  # without healing the seam is often wrong
 
 
 def test_oracle_infill_is_byte_exact_for_random_cuts(tok):
@@ -150,16 +154,18 @@ def test_oracle_infill_is_byte_exact_for_random_cuts(tok):
         cases.append((text[max(0, c - 60) : c], text[c : c + m], text[c + m : c + m + 40]))
     cases += [("s = '", "naïve 😀", "'\n"), ("", "import os", "\n"), ("x = 1\n", "y\t= 2 ", "")]
     model = WholeTextOracle(tok, cases)
-    hits = 0
+    hits = spaced = 0
     for p, m, s in cases:
         n = true_length(tok, p, m)
         r = infill(model, tok, p, s, n)
         assert r.text == p + r.middle + s and r.text[r.span[0] : r.span[1]] == r.middle
         hits += r.middle == m
-        if heal(tok, p)[2] is not None:
-            assert r.middle == m  # the healed hole holds the whole text's own tokens
-    print(f"oracle: {hits}/{len(cases)} middles exact")
-    assert hits >= len(cases) - 3
+        if heal(tok, p)[2] is not None and m[0].isspace():  # (heal.PROBES: code)
+            spaced += 1  # whitespace after a healed seam: the oracle's tokens may differ
+        elif heal(tok, p)[2] is not None:
+            assert r.middle == m, (p[-10:], m)  # the healed hole holds the whole text's tokens
+    print(f"oracle: {hits}/{len(cases)} middles exact ({spaced} whitespace-led after a seam)")
+    assert hits >= len(cases) - 3 - spaced and len(cases) - spaced >= 9
 
 
 def test_user_text_with_a_special_tokens_spelling_stays_text(tok):
@@ -221,3 +227,16 @@ def test_auto_length_finds_the_true_length_with_healing(tok):
         r = infill(model, tok, p, s, "auto", candidates=range(1, 12))
         assert (r.middle, r.length) == (m, true_length(tok, p, m))
         assert max(r.scores, key=r.scores.get) == r.length
+
+
+def test_a_hole_after_an_indentation_is_filled_with_the_codes_own_tokens(tok):
+    # the cursor on an indented line: "\n    return" is "\n   " + " return", so the carry is
+    # the indentation's last space (a carry "\n    " made the first token repeat the indent)
+    cases = [("def f():\n    ", "return x", "\n"), ("if x:\n        ", "y = 1", "\n"),
+             ("x = [\n    1,\n    ", "2,", "\n]\n")]  # fmt: skip
+    model = WholeTextOracle(tok, cases)
+    for p, m, s in cases:
+        kept, carry, allowed = heal(tok, p)
+        assert carry == " " and allowed is not None
+        r = infill(model, tok, p, s, true_length(tok, p, m))
+        assert r.middle == m and r.text == p + m + s
