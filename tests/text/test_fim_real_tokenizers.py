@@ -13,7 +13,7 @@ from torch import nn
 from mdiff.errors import InvalidInputError
 from mdiff.text.fim.infilling import fill, infill
 from mdiff.text.model.spec import DenoiserSpec
-from mdiff.text.sampling.heal import heal, true_length
+from mdiff.text.sampling.heal import heal, middle_text, true_length
 from mdiff.text.sampling.token_bytes import token_view
 
 SPECIALS = ["<|endoftext|>", "<|mask|>", "<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>"]
@@ -240,3 +240,15 @@ def test_a_hole_after_an_indentation_is_filled_with_the_codes_own_tokens(tok):
         assert carry == " " and allowed is not None
         r = infill(model, tok, p, s, true_length(tok, p, m))
         assert r.middle == m and r.text == p + m + s
+
+
+def test_a_hole_that_ends_inside_a_character_leaves_it_out(tok):
+    view = token_view(tok)
+    ids = view.encode('s = "🎉 ok"')
+    cut = next(k for k in range(1, len(ids)) if view.token_bytes(ids[:k]).endswith(b"\xf0\x9f"))
+    assert middle_text(tok, ids[:cut]) == 's = "'  # not 's = "\ufffd'
+    assert middle_text(tok, ids) == 's = "🎉 ok"'
+    # bytes that are no character inside the hole still show where they were
+    ff = [i for i, b in enumerate(view.table) if b == b"\xff"]
+    bad = view.encode("a") + ff + view.encode("b")
+    assert middle_text(tok, bad) == "a\ufffdb"
