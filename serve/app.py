@@ -4,7 +4,8 @@
 (`Models.text()` / `Models.video()`), so the app starts at once and a test can hand in its own
 (`create_app(config, models=...)`); with ``preload`` (`mdiff serve`'s default) a background
 thread loads and warms both at start (`Models.warm`). Every error leaves as OpenAI's JSON shape,
-``{"error": {"message", "type", "param", "code"}}``: `mdiff.errors.InvalidInputError` → 400,
+``{"error": {"message", "type", "param", "code"}}``: `mdiff.errors.InvalidInputError` → 400
+(`BodyTooLarge`, a JSON body past ``Limits.max_body_bytes``, → 413),
 `CheckpointError` → 500 naming the model, an unknown route → 404, a missing or wrong bearer key
 → 401 (only when `api_key` is set; `/` and the static page stay open so a browser can load it,
 and its calls send the key); a WebSocket without it (header, or ``?api_key=`` as browsers must)
@@ -32,10 +33,10 @@ from starlette.websockets import WebSocketClose
 from mdiff.errors import CheckpointError, InvalidInputError, MdiffError
 from mdiff.serve.limits import Limits
 
-__all__ = ["Models", "ServeConfig", "api_error", "create_app"]
+__all__ = ["BodyTooLarge", "Models", "ServeConfig", "api_error", "create_app"]
 
 STATIC = Path(__file__).resolve().parent / "static"
-OPEN_PATHS = ("/", "/static", "/favicon.ico")  # no key needed: the page itself
+OPEN_PATHS = ("/", "/static", "/favicon.ico", "/health")  # no key: the page, the health check
 PAGE_FILES = {p.name for p in STATIC.iterdir() if p.is_file()}  # /app.js, /style.css: open too
 
 
@@ -51,6 +52,8 @@ class ServeConfig:
     api_key: str | None = None
     limits: Limits = field(default_factory=Limits)
     home: str | None = None  # the provenance home (keys, identity); None: mdiff's default
+    # browser origins (other than the page's own) that may call the API; "*" for any
+    cors_origins: tuple[str, ...] = ()
     preload: bool = False  # load and warm the models in the background at start (`mdiff serve`)
 
 
@@ -73,8 +76,13 @@ class Models:
                     CodeModel.from_pretrained,
                     self.config.text_model,
                     trust_remote_code=self.config.trust_remote_code,
+                    stamper=self._stamper(),
                 )
             return self._text
+
+    def loaded_text(self) -> bool:
+        """Whether the text model is loaded (without loading it)."""
+        return self._text is not None
 
     def warm(self) -> None:
         """Load both models and fill one 2-token hole, so that the first request waits neither
@@ -99,8 +107,19 @@ class Models:
                 from mdiff.serve import compute
                 from mdiff.video import VideoPipeline
 
-                self._video = compute.call(VideoPipeline.from_pretrained, self.config.video_model)
+                self._video = compute.call(VideoPipeline.from_pretrained, self.config.video_model,
+                                           stamper=self._stamper())  # fmt: skip
             return self._video
+
+    def _stamper(self):
+        """Provenance under the configured home (keys, identity, prompt-commitment secret)."""
+        from mdiff.provenance.stamp import Stamper
+
+        return Stamper(home=self.config.home)
+
+
+class BodyTooLarge(InvalidInputError):
+    """A request body past its bound (answered 413)."""
 
 
 def api_error(status: int, message: str, kind: str = "invalid_request_error", *,
@@ -146,8 +165,9 @@ class _BearerAuth:
         await self.app(scope, receive, send)
 
 
-ENDPOINTS = ("completions are POST /v1/completions (OpenAI, with 'suffix' for FIM), /infill "
-             "(llama.cpp) and /api/generate (Ollama); also GET /v1/models, POST /v1/videos, "
+ENDPOINTS = ("completions are POST /v1/completions (OpenAI, with 'suffix' for FIM), "
+             "/v1/fim/completions (Mistral, Continue), /infill (llama.cpp) and /api/generate "
+             "(Ollama); also GET /v1/models, POST /v1/videos, "
              "WS /v1/realtime/video, POST /v1/verify, the page at /")  # fmt: skip
 
 
@@ -170,7 +190,7 @@ def create_app(config: ServeConfig | None = None, *, models: Models | None = Non
     """The app for `config` (default: built-in models, loopback, no key)."""
     from fastapi.staticfiles import StaticFiles
 
-    from mdiff.serve import ollama_api, text_api, verify_api, video_api
+    from mdiff.serve import fim_api, ollama_api, text_api, verify_api, video_api
 
     config = config or ServeConfig()
 
@@ -187,9 +207,26 @@ def create_app(config: ServeConfig | None = None, *, models: Models | None = Non
 
     if config.api_key is not None:
         app.add_middleware(_BearerAuth, key=config.api_key)
+    if config.cors_origins:  # outside the key check: a browser's preflight carries no key
+        from starlette.middleware.cors import CORSMiddleware
+
+        exposed = ["X-Mdiff-Id", "X-Mdiff-Status", "Retry-After"]
+        app.add_middleware(CORSMiddleware, allow_origins=list(config.cors_origins),
+                           allow_methods=["*"], allow_headers=["*"],
+                           expose_headers=exposed)  # fmt: skip
+
+    @app.get("/health")
+    async def _health():
+        """llama.cpp's health check (open, as there): 200, or 503 while the text model is
+        being preloaded (``mdiff serve`` loads it in the background at start)."""
+        if app.state.models.loaded_text() or not config.preload:
+            return {"status": "ok"}
+        return api_error(503, "loading the model", "unavailable_error", code="loading")
 
     @app.exception_handler(InvalidInputError)
     async def _invalid(_request, exc):
+        if isinstance(exc, BodyTooLarge):
+            return api_error(413, str(exc), code="body_too_large")
         return api_error(400, str(exc))
 
     @app.exception_handler(CheckpointError)
@@ -214,7 +251,7 @@ def create_app(config: ServeConfig | None = None, *, models: Models | None = Non
         return api_error(exc.status_code, str(exc.detail), "invalid_request_error",
                          headers=getattr(exc, "headers", None))  # fmt: skip
 
-    for module in (text_api, ollama_api, video_api, verify_api):
+    for module in (text_api, fim_api, ollama_api, video_api, verify_api):
         app.include_router(module.router)
     app.mount("/", StaticFiles(directory=STATIC, html=True), name="static")
     return app

@@ -54,9 +54,9 @@ def output(m: Member, last: GenerationOutput) -> GenerationOutput:
 def answer(cm, job: Job, out: GenerationOutput, row: int, n: int, carry: str):
     """The `Completion` of ``job`` from row ``row`` (length ``n``) of its own output."""
     r = F._result(out, row, n, job.prefix, job.suffix, cm.tokenizer, job.scores, carry)
-    r = F._with_line_ending(r, F.line_ending(job.prefix + job.suffix), job.prefix,
-                            job.suffix)  # fmt: skip
-    cut = visible(r.middle, job.stop, final=True)
+    eol = F.line_ending(job.prefix + job.suffix)
+    r = F._with_line_ending(r, eol, job.prefix, job.suffix)
+    cut = visible(r.middle, job.stop, final=True, eol=eol)
     stopped = cut != r.middle
     if stopped:
         r.middle, r.text = cut, job.prefix + cut + job.suffix
@@ -76,7 +76,7 @@ def own_infill(cm, job: Job):
     call as the SDK's; its text arrives whole at the end."""
     auto = {"candidates": job.candidates} if job.length == "auto" else {}
     done = cm.infill(job.prefix, job.suffix, job.length, seed=job.seed, **auto, **job.settings)
-    cut = visible(done.middles[0], job.stop, final=True)
+    cut = visible(done.middles[0], job.stop, final=True, eol=F.line_ending(job.prefix + job.suffix))
     stopped = cut != done.middles[0]
     if stopped:  # sign what the client gets: the middle cut before its stop string
         p, s = job.prefix, job.suffix

@@ -23,6 +23,10 @@ def _arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--queue-size", type=int, default=32,
                    help="requests that may wait per model before 429 (default 32)")  # fmt: skip
     p.add_argument("--max-tokens", type=int, default=512, help="bound on a completion's tokens")
+    p.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
+                   help="a browser origin (e.g. http://localhost:3000, or '*') that may call "
+                   "the API from its own pages; repeatable (default: none: only the served "
+                   "page)")  # fmt: skip
     p.add_argument("--no-preload", action="store_true", help="load each model at its first "
                    "request (default: load and warm both in the background at start)")  # fmt: skip
 
@@ -42,6 +46,7 @@ def run_serve(args: argparse.Namespace) -> int:
     config = ServeConfig(host=args.host, port=args.port, video_model=args.video_model,
                          text_model=args.text_model, api_key=args.api_key,
                          trust_remote_code=args.trust_remote_code, preload=not args.no_preload,
-                         limits=limits)  # fmt: skip
+                         limits=limits, home=getattr(args, "home", None),
+                         cors_origins=tuple(args.cors_origin))  # fmt: skip
     uvicorn.run(create_app(config), host=args.host, port=args.port, log_level="info")
     return 0

@@ -17,5 +17,6 @@ class Limits:
     max_frames: int = 257  # video frames per request
     max_pixels: int = 512 * 512  # height × width
     max_upload_bytes: int = 64 * 2**20  # /v1/verify
+    max_body_bytes: int = 4 * 2**20  # a JSON body (413 beyond; read no further)
     queue_size: int = 32  # waiting requests before 429 + Retry-After
     max_running_videos: int = 4  # video streams generated at once (interleaved by chunk)

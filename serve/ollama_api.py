@@ -40,7 +40,10 @@ def parse_generate(body, limits):
     flat = {"prompt": body.get("prompt", ""), "suffix": body.get("suffix"),
             "stream": body.get("stream", True), "max_tokens": options.get("num_predict"),
             **{k: options.get(k) for k in ("temperature", "top_p", "seed", "stop")}}  # fmt: skip
-    if flat["max_tokens"] is not None and flat["max_tokens"] < 0:  # Ollama: -1 = no limit
+    n = flat["max_tokens"]
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int)):
+        raise InvalidInputError(f"'options.num_predict' must be an integer, got {n!r}"[:300])
+    if n is not None and n < 0:  # Ollama: -1 = no limit
         flat["max_tokens"] = None
     return parse_completion(flat, limits)
 

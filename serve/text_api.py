@@ -28,10 +28,10 @@ import time
 import uuid
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from mdiff.errors import InvalidInputError
-from mdiff.serve.app import api_error
+from mdiff.serve.app import BodyTooLarge, api_error
 from mdiff.serve.batching import Batcher, QueueFull
 from mdiff.serve.store import artifact_store
 from mdiff.serve.text_requests import TextRequest, parse_completion, parse_infill
@@ -53,16 +53,24 @@ def text_service(app) -> Batcher:
 
 
 async def _body(request: Request):
+    """The JSON body, read up to ``Limits.max_body_bytes`` (`BodyTooLarge` beyond)."""
+    limit, data = request.app.state.config.limits.max_body_bytes, bytearray()
+    async for chunk in request.stream():
+        data += chunk
+        if len(data) > limit:
+            raise BodyTooLarge(f"the body is larger than {limit} bytes (Limits.max_body_bytes)")
     try:
-        return json.loads(await request.body() or b"null")
+        return json.loads(bytes(data) or b"null")
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise InvalidInputError(f"the body is not valid JSON: {e}") from None
+    except RecursionError:
+        raise InvalidInputError("the body's JSON is nested too deeply") from None
 
 
 def _model_id(request: Request, body) -> str:
     served = request.app.state.config.text_model
     asked = body.get("model") if isinstance(body, dict) else None
-    if asked not in (None, "", served):
+    if asked not in (None, "", served, f"{served}:latest"):  # Ollama's tag
         raise LookupError(asked)
     return served
 
@@ -119,7 +127,8 @@ async def _submit(request: Request, parse):
         for i, j in enumerate(jobs):
             j.on_text = _pusher(loop, queue, i, req.drafts)
     try:
-        batcher.submit(jobs)
+        if jobs:
+            batcher.submit(jobs)
     except QueueFull as e:
         return api_error(429, "too many text requests waiting; retry later", "rate_limit_error",
                          code="rate_limit_exceeded",
@@ -140,23 +149,41 @@ def _cancel(jobs) -> None:
         j.cancel.set()
 
 
+class ClientGone(Exception):
+    """The client closed the connection before its answer (its jobs are cancelled)."""
+
+
+def _seen(fut) -> None:
+    if not fut.cancelled():
+        fut.exception()  # a cancelled job's error is expected: not "never retrieved"
+
+
+def _waiting(jobs) -> list:
+    """The jobs' futures as asyncio futures."""
+    out = [asyncio.wrap_future(j.future) for j in jobs]
+    for w in out:
+        w.add_done_callback(_seen)
+    return out
+
+
 async def _results(request: Request, jobs) -> list:
-    """Every job's `Completion`, cancelling them all if the client goes away."""
-    waiting = [asyncio.wrap_future(j.future) for j in jobs]
+    """Every job's `Completion`; `ClientGone` (its jobs cancelled) if the client goes away."""
+    waiting = _waiting(jobs)
     try:
         while True:
             done, _ = await asyncio.wait(waiting, timeout=POLL)
             if len(done) == len(waiting):
                 return [w.result() for w in waiting]
             if await request.is_disconnected():
-                _cancel(jobs)
-                raise asyncio.CancelledError
+                raise ClientGone()
     except BaseException:
         _cancel(jobs)
         raise
 
 
 def _fail(exc: BaseException):
+    if isinstance(exc, ClientGone):  # nobody reads it (nginx's code for a client gone)
+        return Response(status_code=499)
     if isinstance(exc, InvalidInputError):
         return api_error(400, str(exc))
     return api_error(500, f"generation failed: {exc}", "server_error")
@@ -188,11 +215,16 @@ async def completions(request: Request):
         choices.append({"text": _choice_text(req, job.prefix, done.middles[0]), "index": i,
                         "logprobs": None, "finish_reason": done.finish_reason,
                         "mdiff": extra})  # fmt: skip
-    completion = sum(len(batcher.cm.tokenizer.encode(c["text"])) for c in choices)
-    prompt = _prompt_tokens(batcher, req)
-    usage = {"prompt_tokens": prompt, "completion_tokens": completion,
-             "total_tokens": prompt + completion}  # fmt: skip
+    usage = _usage(batcher, req, [done.middles[0] for done in results])
     return {**head, "choices": choices, "usage": usage, "mdiff": {"seed": req.seed}}
+
+
+def _usage(batcher: Batcher, req: TextRequest, middles: list[str]) -> dict:
+    """OpenAI's ``usage``: prompt (prompt and suffix) and generated tokens (an echo is none)."""
+    completion = sum(len(batcher.cm.tokenizer.encode(m)) for m in middles)
+    prompt = _prompt_tokens(batcher, req)
+    return {"prompt_tokens": prompt, "completion_tokens": completion,
+            "total_tokens": prompt + completion}  # fmt: skip
 
 
 def _sse(data) -> str:
@@ -204,7 +236,8 @@ async def _events(request: Request, req, jobs, queue, chunk, final, frame=_sse):
     streamed piece, ``final(index, done, rest, extra)`` per finished choice (``rest``:
     committed text not streamed yet; ``extra``: its ``mdiff`` provenance field)."""
     sent = [""] * len(jobs)
-    pending = {asyncio.wrap_future(j.future): i for i, j in enumerate(jobs)}
+    pending = {w: i for i, w in enumerate(_waiting(jobs))}
+    getter = None
     try:
         if req.echo:
             for i, j in enumerate(jobs):
@@ -234,9 +267,14 @@ async def _events(request: Request, req, jobs, queue, chunk, final, frame=_sse):
                 yield frame(final(i, done_, rest, extra))
     finally:
         _cancel(jobs)  # a closed stream stops its generation (no-op once finished)
+        if getter is not None:
+            getter.cancel()
 
 
 async def _openai_events(request, head, req, batcher, jobs, queue):
+    middles = [""] * len(jobs)
+    if req.usage_chunk:  # OpenAI: every chunk has "usage": null, the last one the usage
+        head = {**head, "usage": None}
 
     def chunk(i, delta, draft):
         c = {"text": delta, "index": i, "logprobs": None, "finish_reason": None}
@@ -245,12 +283,15 @@ async def _openai_events(request, head, req, batcher, jobs, queue):
         return {**head, "choices": [c]}
 
     def final(i, done, rest, extra):
+        middles[i] = done.middles[0]
         c = {"text": rest, "index": i, "logprobs": None, "finish_reason": done.finish_reason,
              "mdiff": extra}  # fmt: skip
         return {**head, "choices": [c]}
 
     async for line in _events(request, req, jobs, queue, chunk, final):
         yield line
+    if req.usage_chunk:
+        yield _sse({**head, "choices": [], "usage": _usage(batcher, req, middles)})
     yield "data: [DONE]\n\n"
 
 
@@ -260,6 +301,11 @@ async def infill(request: Request):
     if isinstance(admitted, JSONResponse):
         return admitted
     model, req, batcher, jobs, queue = admitted
+    if not jobs:  # n_predict 0 (llama.vim's context warm-up): nothing generated, nothing signed
+        body = _infill_body(None, model, batcher, req, None)
+        if queue is None:
+            return body
+        return StreamingResponse(iter([_sse(body)]), media_type="text/event-stream")
     if queue is not None:
 
         def chunk(i, delta, draft):
@@ -280,9 +326,10 @@ async def infill(request: Request):
 
 
 def _infill_body(done, model, batcher, req, extra) -> dict:
-    middle = done.middles[0]
+    """llama.cpp's answer; ``done`` None: nothing was asked for (n_predict 0)."""
+    middle = "" if done is None else done.middles[0]
+    stop_type = "limit" if done is None or done.finish_reason == "length" else "eos"
     return {"content": middle, "index": 0, "stop": True, "model": model,
             "tokens_predicted": len(batcher.cm.tokenizer.encode(middle)),
-            "tokens_evaluated": _prompt_tokens(batcher, req),
-            "stop_type": "limit" if done.finish_reason == "length" else "eos",
+            "tokens_evaluated": _prompt_tokens(batcher, req), "stop_type": stop_type,
             "generation_settings": {"seed": req.seed, **req.settings}, "mdiff": extra}  # fmt: skip

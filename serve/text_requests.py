@@ -7,9 +7,10 @@ the length among the candidate lengths ≤ ``max_tokens`` (default: all candidat
 extension field ``"length": n`` asks for exactly n tokens. A prompt without ``suffix`` is a hole
 at the end of the prompt (the same search, an empty suffix).
 
-Seeds. Choice j of a request draws from ``seed + j``; a request without ``seed`` gets a random
-one, returned in the response (``mdiff.seed``), so any answer can be reproduced. A request's
-answer is the same alone or batched with others (`mdiff.serve.batching`).
+Seeds. Choice j of a request draws from ``seed + j``; a request without ``seed`` (or with
+llama.cpp's and Ollama's ``-1``) gets a random one, returned in the response (``mdiff.seed``),
+so any answer can be reproduced. A request's answer is the same alone or batched with others
+(`mdiff.serve.batching`).
 
 Fields OpenAI defines that do not apply to a diffusion sampler (``frequency_penalty``,
 ``presence_penalty``, ``best_of`` 1, ``user``, ``logit_bias`` empty) are accepted and ignored;
@@ -27,7 +28,7 @@ from mdiff.serve.batching import Job
 
 __all__ = ["TextRequest", "parse_completion", "parse_infill"]
 
-MAX_STOPS = 4  # OpenAI's bound on ``stop`` strings
+MAX_STOPS = 64  # OpenAI allows 4; editor plugins (Continue) send more, as llama.cpp and vLLM take
 MAX_SEED = 2**31 - 1
 
 
@@ -45,10 +46,14 @@ class TextRequest:
     stream: bool = False
     drafts: bool = False
     echo: bool = False
+    usage_chunk: bool = False  # stream_options.include_usage: a last chunk with the usage
+    empty: bool = False  # nothing to generate (llama.cpp's n_predict 0): no jobs
     model_id: str = ""  # the served model answering it (set on admission)
 
     def jobs(self) -> list[Job]:
         """One `Job` per choice, in answer order (prompt-major, as OpenAI indexes choices)."""
+        if self.empty:
+            return []
         return [Job(p, s, self.length, candidates=self.candidates, seed=self.seed + j,
                     settings=dict(self.settings), stop=self.stop, drafts=self.drafts)
                 for p, s in self.prompts for j in range(self.n)]  # fmt: skip
@@ -72,10 +77,15 @@ def _text(body: dict, name: str, default=None) -> str | None:
 
 def _settings(body: dict, limits, max_name: str) -> dict:
     """The shared fields: length bounds, sampler settings, seed, stop, stream."""
-    max_tokens = _pick(body, max_name, (int,), None, what=f"an integer in [1, {limits.max_tokens}]",
-                       check=lambda v: 1 <= v <= limits.max_tokens or v == -1)  # fmt: skip
+    low = 0 if max_name == "n_predict" else 1  # llama.cpp: 0 = evaluate the prompt only
+    max_tokens = _pick(body, max_name, (int,), None,
+                       what=f"an integer in [{low}, {limits.max_tokens}] or -1",
+                       check=lambda v: low <= v <= limits.max_tokens or v == -1)  # fmt: skip
     if max_tokens == -1:  # llama.cpp: no limit
         max_tokens = None
+    if max_tokens == 0:
+        return dict(_settings({k: v for k, v in body.items() if k != max_name}, limits, max_name),
+                    empty=True)  # fmt: skip
     length = _pick(body, "length", (int, str), "auto", what=f"'auto' or 1…{limits.max_tokens}",
                    check=lambda v: v == "auto" or (isinstance(v, int)
                                                    and 1 <= v <= limits.max_tokens))  # fmt: skip
@@ -92,14 +102,16 @@ def _settings(body: dict, limits, max_name: str) -> dict:
                   check=lambda v: 0 < v <= 1)  # fmt: skip
     if top_p is not None and top_p < 1:
         settings["top_p"] = float(top_p)
-    seed = _pick(body, "seed", (int,), None, what=f"an integer in [0, {MAX_SEED}]",
-                 check=lambda v: 0 <= v <= MAX_SEED)  # fmt: skip
+    seed = _pick(body, "seed", (int,), None, what=f"an integer in [0, {MAX_SEED}] or -1 (random)",
+                 check=lambda v: -1 <= v <= MAX_SEED)  # fmt: skip
+    if seed == -1:  # llama.cpp and Ollama: a random seed
+        seed = None
     stop = body.get("stop")
     stops = [stop] if isinstance(stop, str) else stop if stop is not None else []
     if (
         not isinstance(stops, list)
         or len(stops) > MAX_STOPS
-        or not all(isinstance(s, str) and 0 < len(s) <= 200 for s in stops)
+        or not all(isinstance(s, str) and 0 < len(_utf8(s, "stop")) <= 200 for s in stops)
     ):
         raise InvalidInputError(f"'stop' must be a string or a list of at most {MAX_STOPS} "
                                 "non-empty strings")  # fmt: skip
@@ -109,7 +121,23 @@ def _settings(body: dict, limits, max_name: str) -> dict:
                 drafts=_pick(body, "drafts", (bool,), False, what="true or false"))  # fmt: skip
 
 
+def _utf8(text: str, name: str) -> str:
+    """``text`` if it encodes as UTF-8 (JSON may carry a lone surrogate, e.g. an editor that cut
+    a string inside an emoji: it is no text)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        char = f"U+{ord(text[e.start]):04X} at character {e.start}"
+        raise InvalidInputError(
+            f"'{name}' holds an unpaired surrogate ({char}): not text"
+        ) from None
+    return text
+
+
 def _check_size(prompts, limits) -> None:
+    for p, s in prompts:
+        _utf8(p, "prompt")
+        _utf8(s, "suffix")
     chars = sum(len(p) + len(s) for p, s in prompts)
     if chars > limits.max_prompt_chars:
         raise InvalidInputError(
@@ -119,8 +147,8 @@ def _check_size(prompts, limits) -> None:
 
 def parse_completion(body, limits) -> TextRequest:
     """OpenAI ``/v1/completions``: ``prompt`` (a string or a list of strings), ``suffix``,
-    ``max_tokens``, ``temperature``, ``top_p``, ``seed``, ``n``, ``stop``, ``stream``,
-    ``echo``; extensions ``length`` and ``drafts``."""
+    ``max_tokens``, ``temperature``, ``top_p``, ``seed``, ``n``, ``stop``, ``stream``
+    (``stream_options.include_usage``), ``echo``; extensions ``length`` and ``drafts``."""
     if not isinstance(body, dict):
         raise InvalidInputError("the body must be a JSON object")
     prompt = body.get("prompt", "")
@@ -140,7 +168,10 @@ def parse_completion(body, limits) -> TextRequest:
     pairs = [(p, suffix) for p in prompts]
     _check_size(pairs, limits)
     echo = _pick(body, "echo", (bool,), False, what="true or false")
-    return TextRequest(pairs, n=n, echo=echo, **_settings(body, limits, "max_tokens"))
+    options = _pick(body, "stream_options", (dict,), {}, what="an object")
+    usage = _pick(options, "include_usage", (bool,), False, what="true or false")
+    return TextRequest(pairs, n=n, echo=echo, usage_chunk=usage,
+                       **_settings(body, limits, "max_tokens"))  # fmt: skip
 
 
 def parse_infill(body, limits) -> TextRequest:

@@ -12,9 +12,14 @@ from mdiff.text.sampling.heal import middle_text
 __all__ = ["DraftSink", "Sink", "visible"]
 
 
-def visible(text: str, stops, *, final: bool) -> str:
+def visible(text: str, stops, *, final: bool, eol: str = "\n") -> str:
     """``text`` cut before its first stop string; while streaming (not ``final``), also
-    without a tail that could still grow into one."""
+    without a tail that could still grow into one. With ``eol`` ``"\r\n"`` (the middle of a
+    CRLF file, written with CRLF) the stops are matched on its LF text, as the client wrote
+    them for a line break: ``"\n"`` cuts before the ``"\r\n"``, ``"\n\n"`` at a blank line."""
+    if eol != "\n" and stops:
+        lf = visible(text.replace(eol, "\n"), [F._lf(s) for s in stops], final=final)
+        return lf.replace("\n", eol)
     cuts = [i for i in (text.find(s) for s in stops if s) if i >= 0]
     if cuts:
         return text[: min(cuts)]
@@ -46,7 +51,7 @@ class Sink:
         self.seen += len(tokens)
         if self.live:
             text = self._text(self.ids).rstrip("\ufffd")  # hold back a split character
-            text = visible(text, self.job.stop, final=False)
+            text = visible(text, self.job.stop, final=False, eol=self.eol)
             if text.startswith(self.job.sent) and len(text) > len(self.job.sent):
                 delta, self.job.sent = text[len(self.job.sent) :], text
                 self.job.on_text(delta, None)

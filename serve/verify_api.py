@@ -29,7 +29,7 @@ import tempfile
 from pathlib import Path
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect
@@ -232,21 +232,49 @@ async def verify_upload(request: Request):
 # ---------------------------------------------------------------- downloads by id
 
 
-def _send(path: Path, media_type: str, name: str):
-    """Stream ``path`` (opened now: an artifact evicted meanwhile still sends whole)."""
+def _byte_range(header: str | None, size: int):
+    """``(start, end)`` (end exclusive) of a single ``bytes=`` range, None for the whole file
+    (no header, several ranges or a form not understood: RFC 9110 lets a server ignore it), or
+    False when it lies outside the file (416)."""
+    m = re.fullmatch(r"\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*", header or "")
+    if m is None or m.groups() == ("", ""):
+        return None
+    first, last = m.groups()
+    if first == "":  # the last N bytes
+        start, end = max(size - int(last), 0), size
+    else:
+        start, end = int(first), size if last == "" else min(int(last) + 1, size)
+    return (start, end) if start < end else False
+
+
+def _send(path: Path, media_type: str, name: str, range_header: str | None = None):
+    """Stream ``path`` (opened now: an artifact evicted meanwhile still sends whole), or the
+    byte range asked for (206; 416 outside the file)."""
     try:
         f = open(path, "rb")  # noqa: SIM115 — closed by the generator
     except FileNotFoundError:
         return api_error(404, "the file is no longer stored", code="file_not_found")
     size = os.fstat(f.fileno()).st_size
+    span = _byte_range(range_header, size)
+    headers = {"Accept-Ranges": "bytes", "Content-Disposition": f'inline; filename="{name}"'}
+    if span is False:
+        f.close()
+        return Response(status_code=416, headers={**headers, "Content-Range": f"bytes */{size}"})
+    start, end = span or (0, size)
+    f.seek(start)
 
     def chunks():
         with f:
-            while data := f.read(CHUNK):
+            left = end - start
+            while left > 0 and (data := f.read(min(CHUNK, left))):
+                left -= len(data)
                 yield data
 
-    headers = {"Content-Length": str(size), "Content-Disposition": f'inline; filename="{name}"'}
-    return StreamingResponse(chunks(), media_type=media_type, headers=headers)
+    headers["Content-Length"] = str(end - start)
+    if span is None:
+        return StreamingResponse(chunks(), media_type=media_type, headers=headers)
+    headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
+    return StreamingResponse(chunks(), status_code=206, media_type=media_type, headers=headers)
 
 
 def _artifact(request: Request, file_id: str):
@@ -268,7 +296,7 @@ def download(request: Request, file_id: str):
         media_type = "text/plain; charset=utf-8"
     else:
         media_type = MEDIA_TYPES.get(suffix, "application/octet-stream")
-    return _send(art.path, media_type, f"{art.id}{suffix}")
+    return _send(art.path, media_type, f"{art.id}{suffix}", request.headers.get("range"))
 
 
 @router.api_route("/v1/files/{file_id}/c2pa", methods=["GET", "HEAD"])
@@ -280,4 +308,5 @@ def download_sidecar(request: Request, file_id: str):
     if art.sidecar is None:
         return api_error(404, f"file {file_id!r} has no sidecar (its manifest is embedded)",
                          param="id", code="no_sidecar")  # fmt: skip
-    return _send(art.sidecar, "application/c2pa", f"{art.id}{art.path.suffix.lower()}.c2pa")
+    name = f"{art.id}{art.path.suffix.lower()}.c2pa"
+    return _send(art.sidecar, "application/c2pa", name, request.headers.get("range"))

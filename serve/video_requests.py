@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from mdiff.errors import InvalidInputError
+from mdiff.serve.text_requests import _utf8
 
 __all__ = ["FIELDS", "decode_image", "parse_request"]
 
@@ -42,6 +43,7 @@ def parse_request(body: dict, limits, model: str) -> dict:
     prompt = body.get("prompt")
     if not isinstance(prompt, str) or not prompt.strip():
         raise InvalidInputError("prompt must be a non-empty string")
+    _utf8(prompt, "prompt")
     if len(prompt) > limits.max_prompt_chars:
         raise InvalidInputError(f"prompt is longer than {limits.max_prompt_chars} characters")
     width, height = _int(body, "width", 1), _int(body, "height", 1)

@@ -17,7 +17,6 @@ import torch
 from mdiff.provenance import verify
 from mdiff.serve.app import Models, ServeConfig, create_app
 from mdiff.serve.batching import Batcher, Job
-from mdiff.serve.limits import Limits
 from mdiff.serve.text_api import text_service
 from mdiff.text.fim.infilling import infill
 from tests.serve.server import live_server
@@ -27,24 +26,6 @@ torch.set_num_threads(1)
 HOLES = [("def add(a, b):\n    return ", "\n"), ("for i in range(", "):\n    print(i)\n"),
          ("import os\n\npath = os.path.", "\n"), ("x = [1, 2, 3]\ny = ", "\nprint(y)\n"),
          ("class Point:\n    def __init__(self, x, y):\n        self.x = ", "\n")]  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def models(home):
-    m = Models(ServeConfig(home=str(home)))
-    m.text()
-    return m
-
-
-@pytest.fixture
-def make_app(models, home):
-    def make(**kw):
-        limits = Limits(**kw.pop("limits", {}))
-        config = ServeConfig(home=str(home), limits=limits, **kw)
-        models.config = config
-        return create_app(config, models=models)
-
-    return make
 
 
 def solo(models, prefix, suffix, max_tokens=16, seed=0, **settings):
@@ -226,7 +207,11 @@ def test_requests_waiting_together_join_a_running_batch_laid_out_together(models
      ({"prompt": "x", "n": 99}, 400, "'n'"),
      ({"prompt": [1, 2, 3]}, 400, "token-id"),
      ({"prompt": "x", "temperature": -1}, 400, "temperature"),
-     ({"prompt": "x", "stop": ["a"] * 5}, 400, "stop"),
+     ({"prompt": "x", "stop": ["a"] * 65}, 400, "stop"),
+     ({"prompt": 's = "\ud83d'}, 400, "surrogate"),
+     ({"prompt": "x", "stop": ["\udc00"]}, 400, "surrogate"),
+     ({"prompt": "x", "stream_options": 3}, 400, "stream_options"),
+     ({"prompt": "x", "seed": -2}, 400, "seed"),
      ({"prompt": "x", "logprobs": 3}, 400, "logprobs"),
      ({"prompt": "x" * 200_001}, 400, "characters"),
      ({"prompt": "x", "model": "gpt-4"}, 404, "not served")],
@@ -234,8 +219,9 @@ def test_requests_waiting_together_join_a_running_batch_laid_out_together(models
 def test_bad_requests_get_openai_errors(make_app, body, status, needle):
     from fastapi.testclient import TestClient
 
-    with TestClient(make_app()) as c:
-        r = c.post("/v1/completions", json=body)
+    with TestClient(make_app()) as c:  # json.dumps: ASCII, so a lone surrogate goes as \ud83d
+        r = c.post("/v1/completions", content=json.dumps(body),
+                   headers={"Content-Type": "application/json"})  # fmt: skip
     assert r.status_code == status and needle in r.json()["error"]["message"], r.text
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import io
+import json
 import os
 import threading
 import time
@@ -175,6 +176,7 @@ BAD = [
     ({"prompt": PROMPT, "width": 60, "height": 60}, "multiple"),  # the pipeline's check
     ({"prompt": PROMPT, "guidance": "high"}, "guidance must be a number"),
     ({"prompt": PROMPT, "colour": "red"}, "unknown field"),
+    ({"prompt": "a cat \ud83d"}, "surrogate"),
     ({"prompt": PROMPT, "model": "sora"}, "not 'sora'"),
     ({"prompt": PROMPT, "image": "not base64!"}, "base64"),
     ({"prompt": PROMPT, "image": _png(128, 128)}, "exceeds 4096 pixels"),
@@ -188,7 +190,8 @@ BAD = [
 @pytest.mark.parametrize("body,needle", BAD)
 def test_bad_video_requests_are_400_with_a_clear_message(make_app, body, needle):
     app = make_app(max_prompt_chars=100, max_frames=33, max_pixels=64 * 64)
-    r = TestClient(app).post("/v1/videos", json=body)
+    r = TestClient(app).post("/v1/videos", content=json.dumps(body),  # ASCII: a lone surrogate
+                             headers={"Content-Type": "application/json"})  # fmt: skip
     assert r.status_code == 400, r.text
     error = r.json()["error"]
     assert needle.lower() in error["message"].lower() and error["type"] == "invalid_request_error"

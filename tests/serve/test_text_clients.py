@@ -1,0 +1,200 @@
+"""What editor plugins and other clients send: Continue's ``/v1/fim/completions`` (Mistral's
+FIM shape) and its many stop words, llama.vim's ``n_predict: 0`` warm-up and ``seed: -1``,
+OpenAI's ``stream_options.include_usage``, CRLF files with ``"\\n"`` stops, bodies that are no
+text or too big, a client that gives up (no error in the server's log), byte ranges, the
+health check and CORS for another origin."""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+import os
+import time
+
+import httpx
+import pytest
+import torch
+from fastapi.testclient import TestClient
+
+from mdiff.serve.text_api import text_service
+from mdiff.serve.text_sinks import visible
+from tests.serve.server import live_server
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+torch.set_num_threads(1)
+HOLE = ("def add(a, b):\n    return ", "\n")
+CONTINUE_STOPS = ["<fim_prefix>", "<fim_suffix>", "<fim_middle>", "<file_sep>", "<|endoftext|>",
+                  "</fim_middle>", "</code>", "\n\n", "\r\n\r\n", "/src/", "#- coding: utf-8",
+                  "```"]  # fmt: skip
+
+
+def _events(lines) -> list:
+    out = []
+    for line in lines:
+        if line.startswith("data: ") and line != "data: [DONE]":
+            out.append(json.loads(line[6:]))
+    return out
+
+
+def test_continue_fim_route_streams_delta_content_like_completions(make_app):
+    body = {"model": "code-tiny-block", "prompt": HOLE[0], "suffix": HOLE[1], "max_tokens": 8,
+            "temperature": 0, "stop": CONTINUE_STOPS, "random_seed": 7}  # fmt: skip
+    with TestClient(make_app()) as c:
+        plain = c.post("/v1/completions", json={**body, "seed": 7}).json()
+        whole = c.post("/v1/fim/completions", json=body)
+        streamed = c.post("/v1/fim/completions", json={**body, "stream": True})
+    assert whole.status_code == 200, whole.text
+    answer = whole.json()
+    assert answer["object"] == "chat.completion" and answer["mdiff"]["seed"] == 7
+    content = answer["choices"][0]["message"]["content"]
+    assert content == plain["choices"][0]["text"]  # the same request as /v1/completions
+    assert answer["choices"][0]["mdiff"]["file_id"]  # signed like every answer
+    assert streamed.status_code == 200 and streamed.text.rstrip().endswith("data: [DONE]")
+    chunks = _events(streamed.text.splitlines())
+    assert all(ch["object"] == "chat.completion.chunk" for ch in chunks)
+    assert "".join(ch["choices"][0]["delta"]["content"] for ch in chunks) == content
+
+
+def test_llama_vim_warm_up_and_random_seed(make_app):
+    warm = {"input_prefix": "", "input_suffix": "", "n_predict": 0,
+            "input_extra": [{"filename": "a.py", "text": "import os\n"}]}  # fmt: skip
+    with TestClient(make_app()) as c:
+        r = c.post("/infill", json=warm)
+        s = c.post("/infill", json={**warm, "stream": True})
+        seeded = c.post("/infill", json={"input_prefix": HOLE[0], "input_suffix": HOLE[1],
+                                         "n_predict": 4, "seed": -1})  # fmt: skip
+    assert r.status_code == 200 and r.json()["content"] == "" and r.json()["stop"] is True
+    assert r.json()["tokens_predicted"] == 0 and r.json()["mdiff"] is None  # nothing signed
+    assert s.status_code == 200 and _events(s.text.splitlines())[0]["content"] == ""
+    assert seeded.status_code == 200, seeded.text
+    assert 0 <= seeded.json()["generation_settings"]["seed"] < 2**31  # -1: a random one
+
+
+def test_include_usage_ends_the_stream_with_the_usage_and_echo_counts_no_prompt(make_app):
+    body = {"prompt": HOLE[0], "suffix": HOLE[1], "max_tokens": 8, "seed": 3, "n": 2,
+            "temperature": 0.7}  # fmt: skip
+    with TestClient(make_app()) as c:
+        whole = c.post("/v1/completions", json=body).json()
+        echo = c.post("/v1/completions", json={**body, "echo": True}).json()
+        s = c.post("/v1/completions", json={**body, "stream": True,
+                                            "stream_options": {"include_usage": True}})  # fmt: skip
+    chunks = _events(s.text.splitlines())
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"] == whole["usage"]
+    assert all(ch["usage"] is None for ch in chunks[:-1])
+    assert echo["usage"] == whole["usage"]  # the echoed prompt is no completion
+    assert echo["choices"][0]["text"] == HOLE[0] + whole["choices"][0]["text"]
+
+
+@pytest.mark.parametrize(
+    ("text", "stops", "cut"),
+    [("a)\r\nb\r\n\r\nc", ["\n"], "a)"), ("a)\r\nb\r\n\r\nc", ["\n\n"], "a)\r\nb"),
+     ("a)\r\nb", ["\r\n"], "a)"), ("x\r\ny", ["y"], "x\r\n")],
+)  # fmt: skip
+def test_stops_in_a_crlf_file_match_its_line_breaks(text, stops, cut):
+    assert visible(text, stops, final=True, eol="\r\n") == cut
+    streamed = visible(text[:-1], stops, final=False, eol="\r\n")
+    assert cut.startswith(streamed) or streamed.startswith(cut)
+
+
+def test_a_stop_at_a_line_break_of_a_crlf_file_leaves_no_carriage_return(make_app):
+    prefix = "def f(a):\r\n    x = a + 1\r\n    "
+    body = {"prompt": prefix, "suffix": "\r\n", "length": 24, "temperature": 0.8}
+    with TestClient(make_app()) as c:
+        for seed in range(6):
+            free = c.post("/v1/completions", json={**body, "seed": seed}).json()
+            text = free["choices"][0]["text"]
+            if "\r\n" in text:
+                break
+        cut = c.post("/v1/completions", json={**body, "seed": seed, "stop": "\n"}).json()
+    assert "\r\n" in text, "no middle with a line break in 6 seeds"
+    assert cut["choices"][0]["text"] == text.split("\r\n")[0]
+    assert cut["choices"][0]["finish_reason"] == "stop"
+
+
+def test_bodies_too_big_or_too_deep_get_4xx(make_app):
+    with TestClient(make_app(limits={"max_body_bytes": 300_000})) as c:
+        big = c.post("/v1/completions", content=json.dumps({"prompt": "x" * 400_000}))
+        deep = c.post("/v1/completions", content="[" * 100_000 + "]" * 100_000)
+        ollama = c.post("/api/generate", json={"prompt": "x", "options": {"num_predict": "ten"}})
+        tagged = {"model": "code-tiny-block:latest", "prompt": "x = ", "stream": False,
+                  "options": {"num_predict": 2}}  # fmt: skip
+        tag = c.post("/api/generate", json=tagged)
+    assert big.status_code == 413 and big.json()["error"]["code"] == "body_too_large"
+    assert deep.status_code == 400 and "nested" in deep.json()["error"]["message"]
+    assert ollama.status_code == 400 and "num_predict" in ollama.json()["error"]["message"]
+    assert tag.status_code == 200, tag.text
+
+
+class _Records(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.seen = []
+
+    def emit(self, record):
+        self.seen.append(f"{record.name}: {record.getMessage()}")
+
+
+def test_a_client_that_gives_up_leaves_no_error_in_the_log(make_app):
+    app, records = make_app(), _Records()
+    loggers = [logging.getLogger(n) for n in ("uvicorn.error", "asyncio")]
+    for lg in loggers:
+        lg.addHandler(records)
+    body = {"prompt": HOLE[0], "suffix": HOLE[1], "length": 64}
+    try:
+        with live_server(app) as base:
+            with pytest.raises(httpx.TimeoutException):
+                httpx.post(base + "/v1/completions", json=body, timeout=0.3)
+            with httpx.stream("POST", base + "/infill", timeout=60,
+                              json={"input_prefix": HOLE[0], "input_suffix": HOLE[1],
+                                    "length": 64, "stream": True}) as s:  # fmt: skip
+                next(s.iter_lines())
+            deadline = time.monotonic() + 30
+            while text_service(app).stats["cancelled"] < 2 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            ok = httpx.post(base + "/v1/completions", json={"prompt": "x = ", "max_tokens": 2})
+            gc.collect()  # an unretrieved future's error is logged when it is collected
+            time.sleep(0.2)
+    finally:
+        for lg in loggers:
+            lg.removeHandler(records)
+    assert text_service(app).stats["cancelled"] >= 2 and ok.status_code == 200
+    assert records.seen == []
+
+
+def test_downloads_answer_byte_ranges(make_app):
+    with TestClient(make_app()) as c:
+        done = c.post("/v1/completions", json={"prompt": HOLE[0], "max_tokens": 4}).json()
+        url = done["choices"][0]["mdiff"]["file_url"]
+        whole = c.get(url)
+        part = c.get(url, headers={"Range": "bytes=2-5"})
+        tail = c.get(url, headers={"Range": "bytes=-3"})
+        past = c.get(url, headers={"Range": f"bytes={len(whole.content) + 10}-"})
+        odd = c.get(url, headers={"Range": "lines=1-2"})
+    assert whole.headers["accept-ranges"] == "bytes"
+    assert part.status_code == 206 and part.content == whole.content[2:6]
+    assert part.headers["content-range"] == f"bytes 2-5/{len(whole.content)}"
+    assert tail.status_code == 206 and tail.content == whole.content[-3:]
+    assert past.status_code == 416
+    assert past.headers["content-range"] == f"bytes */{len(whole.content)}"
+    assert odd.status_code == 200 and odd.content == whole.content
+
+
+def test_health_and_cors_for_an_origin_that_was_allowed(make_app):
+    origin = "http://localhost:3000"
+    with TestClient(make_app(api_key="k", cors_origins=(origin,))) as c:
+        health = c.get("/health")  # open, as llama.cpp's
+        ask = {"Origin": origin, "Access-Control-Request-Method": "POST",
+               "Access-Control-Request-Headers": "authorization,content-type"}  # fmt: skip
+        pre = c.options("/v1/completions", headers=ask)
+        other = c.options("/v1/completions", headers={"Origin": "http://evil.example",
+                          "Access-Control-Request-Method": "POST"})  # fmt: skip
+        no_key = c.post("/v1/completions", json={"prompt": "x"}, headers={"Origin": origin})
+    assert health.status_code == 200 and health.json() == {"status": "ok"}
+    assert pre.status_code == 200 and pre.headers["access-control-allow-origin"] == origin
+    assert "access-control-allow-origin" not in other.headers
+    assert no_key.status_code == 401  # CORS opens no door the key keeps shut
+    with TestClient(make_app()) as c:  # by default no other origin is let in
+        pre = c.options("/v1/completions", headers={"Origin": origin,
+                        "Access-Control-Request-Method": "POST"})  # fmt: skip
+    assert "access-control-allow-origin" not in pre.headers
