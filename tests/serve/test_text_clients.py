@@ -198,3 +198,27 @@ def test_health_and_cors_for_an_origin_that_was_allowed(make_app):
         pre = c.options("/v1/completions", headers={"Origin": origin,
                         "Access-Control-Request-Method": "POST"})  # fmt: skip
     assert "access-control-allow-origin" not in pre.headers
+
+
+def test_the_servers_home_holds_the_keys_it_signs_with(tmp_path, home, monkeypatch):
+    import argparse
+
+    import uvicorn
+
+    from mdiff.provenance import keys
+    from mdiff.serve.app import Models, ServeConfig
+    from mdiff.serve.cli import _arguments, run_serve
+
+    other = tmp_path / "home2"
+    keys.init_dev_identity(other)
+    assert keys.default_key_id(other) != keys.default_key_id(home)  # $MDIFF_HOME is `home`
+    done = Models(ServeConfig(home=str(other))).text().infill("x = ", "\n", 2, seed=0)
+    assert done.stamped.record.watermark.key_id == keys.default_key_id(other)
+    parser = argparse.ArgumentParser()
+    _arguments(parser)
+    parser.add_argument("--home")  # mdiff's global flag
+    served = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: served.update(config=app.state.config))
+    run_serve(parser.parse_args(["--home", str(other), "--cors-origin", "http://a.test"]))
+    assert served["config"].home == str(other)  # `mdiff serve --home DIR` reaches the models
+    assert served["config"].cors_origins == ("http://a.test",)
