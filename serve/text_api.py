@@ -116,8 +116,11 @@ async def _submit(request: Request, parse):
     try:
         model = _model_id(request, body)
     except LookupError as e:
-        return api_error(404, f"the model '{e}' is not served here (GET /v1/models)",
-                         param="model", code="model_not_found")  # fmt: skip
+        cfg, asked = request.app.state.config, e.args[0]
+        why = f"the model '{asked}' is not served here"
+        if asked == cfg.video_model:
+            why = f"'{asked}' makes video (POST /v1/videos); text is '{cfg.text_model}'"
+        return api_error(404, f"{why} (GET /v1/models)", param="model", code="model_not_found")
     req = parse(body, request.app.state.config.limits)
     req.model_id = model
     batcher = await asyncio.to_thread(text_service, request.app)

@@ -214,7 +214,8 @@ def test_requests_waiting_together_join_a_running_batch_laid_out_together(models
      ({"prompt": "x", "seed": -2}, 400, "seed"),
      ({"prompt": "x", "logprobs": 3}, 400, "logprobs"),
      ({"prompt": "x" * 200_001}, 400, "characters"),
-     ({"prompt": "x", "model": "gpt-4"}, 404, "not served")],
+     ({"prompt": "x", "model": "gpt-4"}, 404, "not served"),
+     ({"prompt": "x", "model": "shapes-t2v"}, 404, "makes video")],
 )  # fmt: skip
 def test_bad_requests_get_openai_errors(make_app, body, status, needle):
     from fastapi.testclient import TestClient
