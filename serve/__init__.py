@@ -7,9 +7,10 @@
 Routes: OpenAI-compatible text (`/v1/models`, `/v1/completions` with `suffix`, llama.cpp's
 `/infill`) in `text_api`; Mistral's `/v1/fim/completions` in `fim_api`; Ollama's in
 `ollama_api`; live fragmented-MP4 video (`/v1/videos`, `WS /v1/realtime/video`) in
-`video_api` (request bodies checked in `video_requests`); verification and signed sidecars
-(`/v1/verify`) in `verify_api`; the web page at `/` from `static/`. Shared pieces: `app`
-(config, models, auth, errors), `limits` (bounds, the bounded queue).
+`video_api` (request bodies checked in `video_requests`); verification (`/v1/verify`) in
+`verify_api`; signed outputs and sidecars by id (`/v1/files/{id}`) in `files_api`; the web
+page at `/` from `static/`. Shared pieces: `app` (config, models, auth, errors), `limits`
+(bounds, the bounded queue).
 """
 
 from mdiff.serve.app import ServeConfig, create_app

@@ -190,7 +190,7 @@ def create_app(config: ServeConfig | None = None, *, models: Models | None = Non
     """The app for `config` (default: built-in models, loopback, no key)."""
     from fastapi.staticfiles import StaticFiles
 
-    from mdiff.serve import fim_api, ollama_api, text_api, verify_api, video_api
+    from mdiff.serve import files_api, fim_api, ollama_api, text_api, verify_api, video_api
 
     config = config or ServeConfig()
 
@@ -251,7 +251,7 @@ def create_app(config: ServeConfig | None = None, *, models: Models | None = Non
         return api_error(exc.status_code, str(exc.detail), "invalid_request_error",
                          headers=getattr(exc, "headers", None))  # fmt: skip
 
-    for module in (text_api, fim_api, ollama_api, video_api, verify_api):
+    for module in (text_api, fim_api, ollama_api, video_api, verify_api, files_api):
         app.include_router(module.router)
     app.mount("/", StaticFiles(directory=STATIC, html=True), name="static")
     return app
