@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import json
 import logging
 import threading
 import time
@@ -130,6 +131,19 @@ def api_error(status: int, message: str, kind: str = "invalid_request_error", *,
     return JSONResponse(body, status_code=status, headers=headers)
 
 
+def client_shaped(request: HTTPConnection, response):
+    """``response`` as the route's clients read errors: Ollama's (``/api/...``) take
+    ``{"error": "message"}``; every other route keeps OpenAI's shape."""
+    if not request.url.path.startswith("/api/") or not isinstance(response, JSONResponse):
+        return response
+    error = json.loads(response.body).get("error") if response.status_code >= 400 else None
+    if not isinstance(error, dict):
+        return response
+    keep = {k: v for k, v in response.headers.items() if k.lower() == "retry-after"}
+    return JSONResponse({"error": error["message"]}, status_code=response.status_code,
+                        headers=keep)  # fmt: skip
+
+
 def _authorised(request: HTTPConnection, key: str | None) -> bool:
     if key is None:
         return True
@@ -224,32 +238,36 @@ def create_app(config: ServeConfig | None = None, *, models: Models | None = Non
         return api_error(503, "loading the model", "unavailable_error", code="loading")
 
     @app.exception_handler(InvalidInputError)
-    async def _invalid(_request, exc):
+    async def _invalid(request, exc):
         if isinstance(exc, BodyTooLarge):
-            return api_error(413, str(exc), code="body_too_large")
-        return api_error(400, str(exc))
+            return client_shaped(request, api_error(413, str(exc), code="body_too_large"))
+        return client_shaped(request, api_error(400, str(exc)))
 
     @app.exception_handler(CheckpointError)
-    async def _checkpoint(_request, exc):
-        return api_error(500, f"model could not be loaded: {exc}", "server_error")
+    async def _checkpoint(request, exc):
+        error = api_error(500, f"model could not be loaded: {exc}", "server_error")
+        return client_shaped(request, error)
 
     @app.exception_handler(MdiffError)
-    async def _mdiff(_request, exc):
-        return api_error(500, str(exc), "server_error")
+    async def _mdiff(request, exc):
+        return client_shaped(request, api_error(500, str(exc), "server_error"))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request, exc):
+        error = api_error(exc.status_code, str(exc.detail), "invalid_request_error",
+                          headers=getattr(exc, "headers", None))  # fmt: skip
         if exc.status_code in (404, 405) and request.scope.get("type") == "http":
             # the page's files answer every other path (405 to a POST): say what is here
             route, what = _route_of(app, request.scope), f"{request.method} {request.url.path}"
             if route == "partial":
-                return api_error(405, f"{what}: not this method", "invalid_request_error",
-                                 code="method_not_allowed")  # fmt: skip
-            if route is None and (exc.status_code == 405 or request.url.path.startswith("/v1/")):
-                return api_error(404, f"no endpoint {what} here; {ENDPOINTS}",
-                                 "invalid_request_error", code="unknown_url")  # fmt: skip
-        return api_error(exc.status_code, str(exc.detail), "invalid_request_error",
-                         headers=getattr(exc, "headers", None))  # fmt: skip
+                error = api_error(405, f"{what}: not this method", "invalid_request_error",
+                                  code="method_not_allowed")  # fmt: skip
+            elif route is None and (
+                exc.status_code == 405 or request.url.path[:4] in ("/v1/", "/api")
+            ):
+                error = api_error(404, f"no endpoint {what} here; {ENDPOINTS}",
+                                  "invalid_request_error", code="unknown_url")  # fmt: skip
+        return client_shaped(request, error)
 
     for module in (text_api, fim_api, ollama_api, video_api, verify_api, files_api):
         app.include_router(module.router)

@@ -18,6 +18,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from mdiff.errors import InvalidInputError
+from mdiff.serve.app import client_shaped
 from mdiff.serve.text_api import _events, _fail, _results, _save, _submit
 from mdiff.serve.text_requests import parse_completion
 
@@ -60,7 +61,7 @@ async def generate(request: Request):
     start = time.perf_counter_ns()
     admitted = await _submit(request, parse_generate)
     if isinstance(admitted, JSONResponse):
-        return admitted
+        return client_shaped(request, admitted)
     model, req, batcher, jobs, queue = admitted
 
     def last(done, rest, extra) -> dict:
@@ -85,7 +86,7 @@ async def generate(request: Request):
                                  media_type="application/x-ndjson")  # fmt: skip
     try:
         (done,) = await _results(request, jobs)
-    except Exception as e:  # noqa: BLE001 — the job's own error, in OpenAI's shape
-        return _fail(e)
+    except Exception as e:  # noqa: BLE001 — the job's own error, in Ollama's shape
+        return client_shaped(request, _fail(e))
     extra = await asyncio.to_thread(_save, request.app, done, model)
     return last(done, done.middles[0], extra)

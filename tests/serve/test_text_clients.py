@@ -120,10 +120,14 @@ def test_bodies_too_big_or_too_deep_get_4xx(make_app):
         tagged = {"model": "code-tiny-block:latest", "prompt": "x = ", "stream": False,
                   "options": {"num_predict": 2}}  # fmt: skip
         tag = c.post("/api/generate", json=tagged)
+        chat = c.post("/api/chat", json={"model": "code-tiny-block", "messages": []})
+        wrong = c.post("/api/generate", json={"model": "llama3", "prompt": "x"})
     assert big.status_code == 413 and big.json()["error"]["code"] == "body_too_large"
     assert deep.status_code == 400 and "nested" in deep.json()["error"]["message"]
-    assert ollama.status_code == 400 and "num_predict" in ollama.json()["error"]["message"]
+    assert ollama.status_code == 400 and "num_predict" in ollama.json()["error"]  # its shape
     assert tag.status_code == 200, tag.text
+    assert chat.status_code == 404 and "/api/generate" in chat.json()["error"]
+    assert wrong.status_code == 404 and "llama3" in wrong.json()["error"]
 
 
 class _Records(logging.Handler):
