@@ -275,6 +275,9 @@ def _fim_sources(args: argparse.Namespace):
     return files, corpus.root, {}
 
 
+FIM_TOKENS = ("[PRE]", "[SUF]", "[MID]")  # the autoregressive baseline's FIM prompt
+
+
 def run_eval_fim(args: argparse.Namespace) -> int:
     """`mdiff eval fim`: exact match per length mode on held-out code (`mdiff.text.fim.eval`)."""
     import json
@@ -302,18 +305,23 @@ def run_eval_fim(args: argparse.Namespace) -> int:
     if not tasks:
         raise InvalidInputError(f"no {args.kind}-line tasks could be cut from {root}")
     cm = CodeModel.from_pretrained(args.model, trust_remote_code=args.trust_remote_code)
+    ar = CodeModel.from_pretrained(args.ar) if args.ar else None  # checked before the long run
+    missing = [] if ar is None else [t for t in FIM_TOKENS if t not in ar.tokenizer.special_ids]
+    if missing:
+        raise InvalidInputError(f"--ar {args.ar}: its tokenizer has no {', '.join(missing)}: "
+                                "not an autoregressive FIM baseline (mdiff's code-ar)")  # fmt: skip
     heal = not args.no_heal
     bar = tqdm(total=len(tasks) * len(modes), desc="fim", file=sys.stderr, leave=False)
     report = {"model": args.model, "kind": args.kind, "tasks": len(tasks),
               "settings": {**settings, "heal": heal},
               "source": {"root": str(root), "files": len(files), "skipped": skipped}}  # fmt: skip
+    own = cm.infill if type(cm).infill is not CodeModel.infill else None  # DiffusionGemma's
     report["modes"] = evaluate_fim(
-        cm.model, cm.tokenizer, tasks, modes=modes, fixed_length=args.fixed_length,
+        cm.model, cm.tokenizer, tasks, modes=modes, fixed_length=args.fixed_length, fill=own,
         seed=args.seed, progress=lambda *_: bar.update(), context=cm.context, heal=heal,
         **settings,
     )  # fmt: skip
-    if args.ar:
-        ar = CodeModel.from_pretrained(args.ar)  # the baseline with its own tokenizer
+    if ar is not None:  # the baseline with its own tokenizer
         bar.reset(total=len(tasks))
         report["ar"] = evaluate_ar_fim(
             ar.model, ar.tokenizer, tasks, context=ar.context, progress=lambda *_: bar.update(),

@@ -113,7 +113,7 @@ class CodeModel:
 
         if spec is not None or loaders.is_transformers_folder(directory):
             extra = {"trust_remote_code": True} if trust_remote_code else {}
-            loaded = loaders.load_transformers(directory, spec=spec, device=device, **extra)
+            loaded = loaders.load_readable(directory, spec=spec, device=device, **extra)
             factory = getattr(loaded.model, "code_model_class", None)  # e.g. DiffusionGemma
             cls = factory() if callable(factory) else cls
             weights = (loaders.pipeline_parts(directory) or (directory,))[0]
@@ -162,8 +162,11 @@ class CodeModel:
         return self._wm
 
     def _finish(self, text, middles, spans, source_text, settings, nfe, tpf, *, edited,
-                inputs=(), seed=None) -> Completion:  # fmt: skip
-        tokens = sum(len(self.tokenizer.encode(m)) for m in middles)
+                inputs=(), seed=None, tokens: int | None = None) -> Completion:  # fmt: skip
+        """The signed `Completion`; ``tokens``: the holes' generated tokens (default: the
+        middles re-encoded, for a middle cut after generating)."""
+        if tokens is None:
+            tokens = sum(len(self.tokenizer.encode(m)) for m in middles)
         extra = {
             "vocab_size": self.tokenizer.vocab_size,
             "generated_spans": [list(s) for s in spans],
@@ -193,10 +196,11 @@ class CodeModel:
                                     **settings)  # fmt: skip
         spans = [r.span for r in results]
         nfe = sum(r.nfe for r in results)
-        tpf = sum(len(self.tokenizer.encode(r.middle)) for r in results) / max(nfe, 1)
+        tokens = sum(r.length for r in results)  # the holes' slots, as generated
         return self._finish(out, [r.middle for r in results], spans, text,
-                            results[-1].settings, nfe, tpf, edited=True,
-                            inputs=(source,) if source else (), seed=seed)  # fmt: skip
+                            results[-1].settings, nfe, tokens / max(nfe, 1), edited=True,
+                            inputs=(source,) if source else (), seed=seed,
+                            tokens=tokens)  # fmt: skip
 
     def infill(self, prefix: str, suffix: str, length: int | str = "auto", *, seed: int = 0,
                streamer=None, **settings) -> Completion:  # fmt: skip
@@ -204,7 +208,8 @@ class CodeModel:
                            watermark=self.watermark, streamer=streamer, context=self.context,
                            **settings)  # fmt: skip
         return self._finish(r.text, [r.middle], [r.span], prefix + "\0" + suffix, r.settings,
-                            r.nfe, r.tokens_per_forward, edited=True, seed=seed)  # fmt: skip
+                            r.nfe, r.tokens_per_forward, edited=True, seed=seed,
+                            tokens=r.length)  # fmt: skip
 
     def generate(self, prompt: str, gen_length: int = 128, *, seed: int = 0, streamer=None,
                  config: GenerationConfig | None = None, **settings) -> Completion:  # fmt: skip

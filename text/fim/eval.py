@@ -58,9 +58,12 @@ def _summary(hits, tokens, forwards, seconds, n) -> dict:
 
 
 def evaluate_fim(model, tokenizer, tasks: list[FIMTask], *, modes=MODES, fixed_length: int = 16,
-                 candidates=None, seed: int = 0, progress=None, heal: bool = True,
+                 candidates=None, seed: int = 0, progress=None, heal: bool = True, fill=None,
                  **settings) -> dict:  # fmt: skip
-    """Exact match of the diffusion model's infills per mode (see the module doc)."""
+    """Exact match of the diffusion model's infills per mode (see the module doc). ``fill``:
+    a model with its own infilling (DiffusionGemma's `GemmaCodeModel.infill`: its canvas and
+    sampler, its own healing) used instead of the masked sampler; ``settings`` and ``heal``
+    are then the masked sampler's and unused."""
     bad = [m for m in modes if m not in MODES]
     if bad or not tasks:
         raise InvalidInputError(f"need tasks and modes among {MODES}, got {list(modes)}")
@@ -76,11 +79,17 @@ def evaluate_fim(model, tokenizer, tasks: list[FIMTask], *, modes=MODES, fixed_l
                 length = true_length(tokenizer, task.prefix, task.middle, healed=heal)
             else:
                 length = "auto"
-            r = infill(model, tokenizer, task.prefix, task.suffix, length, seed=seed, heal=heal,
-                       **extra, **settings)  # fmt: skip
-            hits += exact_match(task, _post(task, r.middle))
+            if fill is None:
+                r = infill(model, tokenizer, task.prefix, task.suffix, length, seed=seed,
+                           heal=heal, **extra, **settings)  # fmt: skip
+                middle, n = r.middle, r.length
+            else:
+                r = fill(task.prefix, task.suffix, length, seed=seed, **extra)
+                middle = r.middles[0]
+                n = len(token_view(tokenizer).encode(middle))
+            hits += exact_match(task, _post(task, middle))
             forwards += r.nfe
-            tokens += r.length
+            tokens += n
             if progress is not None:
                 progress(mode, task, r)
         report[mode] = _summary(hits, tokens, forwards, time.perf_counter() - start, len(tasks))

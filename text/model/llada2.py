@@ -223,9 +223,11 @@ def load_llada2(path, *, block_size: int = 32, dtype: torch.dtype | None = None,
             "trust_remote_code=True to run it)"
         )  # fmt: skip
         raise CheckpointError(f"cannot load {folder}: {e}{hint}") from None
-    try:
-        tok = tf.AutoTokenizer.from_pretrained(folder, local_files_only=True)
-    except (ValueError, OSError, KeyError, TypeError):
+    from mdiff.text.model import loaders
+
+    try:  # the folder's code is for the model; its tokenizer is read without it
+        tok = loaders._tokenizer(Path(folder))
+    except CheckpointError:
         tok = None
     llada2 = str(getattr(config, "model_type", "")).startswith("llada2")
     dflt = LLADA2_IDS if llada2 else {}

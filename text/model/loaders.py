@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import inspect
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -104,6 +105,18 @@ def pipeline_parts(path: str | Path) -> tuple[Path, Path] | None:
     tok = next((path / c for c in ("tokenizer", "processor") if isinstance(index.get(c), list)
                 and (path / c).is_dir()), path / "model")  # fmt: skip
     return path / "model", tok
+
+
+def load_readable(path: str | Path, **kwargs) -> Loaded:
+    """`load_transformers`, with a weights file that cannot be read (truncated, not
+    safetensors) refused as a `CheckpointError` naming the folder."""
+    from safetensors import SafetensorError
+
+    try:
+        return load_transformers(path, **kwargs)
+    except SafetensorError as e:
+        raise CheckpointError(f"{path}: a weights file cannot be read ({e}); save or "
+                              "download it again") from None  # fmt: skip
 
 
 def load_transformers(path: str | Path, *, spec: DenoiserSpec | None = None, device=None,
@@ -263,9 +276,40 @@ def _tokenizer(path: Path):
         return AutoTokenizer.from_pretrained(str(path), local_files_only=True,
                                              trust_remote_code=False)  # fmt: skip
     except (OSError, ValueError, KeyError, TypeError) as e:
-        raise CheckpointError(f"{path}: cannot load its tokenizer ({e})") from None
+        plain = _plain_tokenizer(path)  # a tokenizer class in the folder's code (Dream's)
+        if plain is not None:
+            return plain
+        files = "tokenizer.json or vocab.json + merges.txt"
+        why = " ".join(str(e).split())[:300]
+        raise CheckpointError(f"{path}: cannot load its tokenizer (no {files} to read "
+                              f"without the folder's code: {why})") from None  # fmt: skip
     finally:
         hf_logging.set_verbosity(level)
+
+
+def _plain_tokenizer(path: Path):
+    """The folder's tokenizer read from its files alone when its ``tokenizer_class`` is code
+    in the folder (Dream's ``DreamTokenizer`` is a Qwen2 BPE): ``tokenizer.json`` as a fast
+    tokenizer, else ``vocab.json`` + ``merges.txt`` as Qwen2's; the special tokens from
+    ``tokenizer_config.json``. None when neither is there (no code is ever run)."""
+    import transformers as T
+
+    try:
+        conf = json.loads((path / "tokenizer_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        conf = {}
+    names = ("bos_token", "eos_token", "unk_token", "pad_token", "mask_token")
+    special = {k: conf[k] for k in names if isinstance(conf.get(k), str)}
+    try:
+        if (path / "tokenizer.json").is_file():
+            return T.PreTrainedTokenizerFast(tokenizer_file=str(path / "tokenizer.json"),
+                                             **special)  # fmt: skip
+        if (path / "vocab.json").is_file() and (path / "merges.txt").is_file():
+            return T.Qwen2Tokenizer(vocab_file=str(path / "vocab.json"),
+                                    merges_file=str(path / "merges.txt"), **special)  # fmt: skip
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    return None
 
 
 def _load_model(path: Path, cfg: dict, kind: str, device):
@@ -290,6 +334,15 @@ def _load_model(path: Path, cfg: dict, kind: str, device):
     return model.to(device).eval() if device is not None else model.eval()
 
 
+def _takes(fn, name: str) -> bool:
+    """Whether ``fn`` accepts the keyword ``name``."""
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return True
+    return any(p.name == name or p.kind is p.VAR_KEYWORD for p in params)
+
+
 def _registered(fn, path: Path, cfg: dict, device, kwargs, tok_path: Path) -> Loaded:
     """Run a registered loader (importing it first when named by a string)."""
     label = fn if isinstance(fn, str) else getattr(fn, "__name__", repr(fn))
@@ -304,6 +357,8 @@ def _registered(fn, path: Path, cfg: dict, device, kwargs, tok_path: Path) -> Lo
             ) from None
     if device is not None:
         kwargs = {**kwargs, "device": device}
+    if "trust_remote_code" in kwargs and not _takes(fn, "trust_remote_code"):
+        kwargs = {k: v for k, v in kwargs.items() if k != "trust_remote_code"}  # runs no code
     out = fn(path, **kwargs)
     if isinstance(out, Loaded):
         if out.tokenizer is None and tok_path != path:  # the pipeline's own tokenizer folder

@@ -1,0 +1,103 @@
+"""Folders as users bring them: a weights file that is cut short, a tokenizer class that is
+code in the folder (Dream's), ``--trust-remote-code`` on a model that needs none
+(DiffusionGemma), `mdiff eval fim` on DiffusionGemma, an ``--ar`` that is no FIM baseline, and
+the record's token count of a fixed-length hole."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import transformers as T
+
+from mdiff import cli
+from mdiff.errors import CheckpointError
+from mdiff.text import CodeModel
+from tests.text.test_diffusion_gemma import build as build_gemma
+from tests.text.test_hf_loaders import llama, qwen2, save, tokenizer
+
+torch.set_num_threads(1)
+
+
+def test_a_weights_file_cut_short_is_a_one_line_checkpoint_error(tmp_path, home, capsys):
+    folder = save(tmp_path, "llama", llama())
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:300])
+    with pytest.raises(CheckpointError, match="weights file cannot be read"):
+        CodeModel.from_pretrained(folder)
+    src = tmp_path / "a.py"
+    src.write_text("y = <FILL>\n", encoding="utf-8")
+    capsys.readouterr()
+    code = cli.main(["--home", str(home), "complete", str(src), "--model", str(folder)])
+    err = capsys.readouterr().err
+    assert code == cli.EXIT_ERROR and str(folder) in err and err.count("\n") == 1
+
+
+def test_a_tokenizer_class_in_the_folders_code_is_read_from_its_files(tmp_path):
+    folder = save(tmp_path, "dream", qwen2(), edit=lambda c: c.update(model_type="Dream"))
+    conf_file = folder / "tokenizer_config.json"
+    conf = json.loads(conf_file.read_text())
+    code = "tokenization_dream.DreamTokenizer"
+    conf.update(tokenizer_class="DreamTokenizer", auto_map={"AutoTokenizer": [code, None]})
+    conf_file.write_text(json.dumps(conf))
+    with pytest.raises(ValueError):  # what transformers says without the folder's code
+        T.AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
+    for trust in (False, True):
+        cm = CodeModel.from_pretrained(folder, trust_remote_code=trust)
+        want = tokenizer()
+        assert cm.model.spec.mask_id == want.mask_token_id
+        assert cm.tokenizer.encode("x = y") == want.encode("x = y", add_special_tokens=False)
+    (folder / "tokenizer.json").unlink()
+    with pytest.raises(CheckpointError, match="without the folder's code"):
+        CodeModel.from_pretrained(folder)
+
+
+@pytest.fixture(scope="module")
+def gemma_folder(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("dgemma")
+    build_gemma(scale=20.0).save_pretrained(folder)
+    tokenizer().save_pretrained(folder)
+    return folder
+
+
+def test_trust_remote_code_on_diffusion_gemma_changes_nothing(gemma_folder):
+    plain = CodeModel.from_pretrained(gemma_folder)
+    trusted = CodeModel.from_pretrained(gemma_folder, trust_remote_code=True)
+    assert type(plain) is type(trusted) and type(plain).infill is not CodeModel.infill
+    a = plain.infill("x = ", "\n", 4, seed=1).middles[0]
+    assert trusted.infill("x = ", "\n", 4, seed=1).middles[0] == a
+
+
+def test_eval_fim_runs_diffusion_gemma_through_its_own_infill(gemma_folder, tmp_path, capsys):
+    src = tmp_path / "code"
+    src.mkdir()
+    (src / "m.py").write_text("".join(f"x{i} = y + {i}\n" for i in range(40)), encoding="utf-8")
+    capsys.readouterr()
+    code = cli.main(["eval", "fim", "--files", str(src), "--model", str(gemma_folder), "-n", "2",
+                     "--modes", "fixed", "--fixed-length", "4", "--json"])  # fmt: skip
+    out = capsys.readouterr().out
+    assert code == 0, out
+    fixed = json.loads(out)["modes"]["fixed"]
+    assert fixed["tasks"] == 2 and fixed["forwards"] > 0
+
+
+def test_an_ar_that_is_no_fim_baseline_is_refused_before_the_run(tmp_path, capsys):
+    folder = save(tmp_path, "llama", llama())
+    src = tmp_path / "code"
+    src.mkdir()
+    (src / "m.py").write_text("".join(f"x{i} = y + {i}\n" for i in range(40)), encoding="utf-8")
+    capsys.readouterr()
+    code = cli.main(["eval", "fim", "--files", str(src), "--model", str(folder), "-n", "2",
+                     "--modes", "fixed", "--ar", str(folder)])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == cli.EXIT_ERROR and "[PRE]" in err and "fim" not in err.split("mdiff:")[0]
+
+
+def test_the_record_counts_the_tokens_a_fixed_hole_generated(home):
+    cm = CodeModel.from_pretrained("code-tiny-block")
+    for text in ("a = 1\r\nb = <FILL>\r\nc = 3\r\n", "def f(x):\n    return <FILL>\n"):
+        for n in (3, 8):
+            done = cm.fill(text, length=n, seed=0)
+            assert done.record.sizes["tokens"] == n
+            assert done.tokens_per_forward == pytest.approx(n / done.nfe)
