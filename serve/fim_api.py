@@ -12,14 +12,13 @@ provenance (``mdiff`` field of each choice) and errors as ``/v1/completions``.
 
 from __future__ import annotations
 
-import asyncio
 import time
 import uuid
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from mdiff.serve.text_api import _events, _fail, _results, _save, _submit, _usage
+from mdiff.serve.text_api import _answered, _events, _submit, _usage
 from mdiff.serve.text_requests import parse_completion
 
 __all__ = ["router"]
@@ -62,15 +61,12 @@ async def fim_completions(request: Request):
 
         return StreamingResponse(events(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache"})  # fmt: skip
-    try:
-        results = await _results(request, jobs)
-    except Exception as e:  # noqa: BLE001 — the job's own error, in OpenAI's shape
-        return _fail(e)
-    choices = []
-    for i, done in enumerate(results):
-        extra = await asyncio.to_thread(_save, request.app, done, model)
-        choices.append({"index": i, "message": {"role": "assistant", "content": done.middles[0]},
-                        "finish_reason": done.finish_reason, "mdiff": extra})  # fmt: skip
-    usage = _usage(batcher, req, [done.middles[0] for done in results])
+    answered = await _answered(request, jobs, model)
+    if isinstance(answered, Response):
+        return answered
+    choices = [{"index": i, "message": {"role": "assistant", "content": done.middles[0]},
+                "finish_reason": done.finish_reason, "mdiff": extra}
+               for i, (done, extra) in enumerate(answered)]  # fmt: skip
+    usage = _usage(batcher, req, [done.middles[0] for done, _ in answered])
     return {**head, "object": "chat.completion", "choices": choices, "usage": usage,
             "mdiff": {"seed": req.seed}}  # fmt: skip

@@ -208,18 +208,25 @@ async def completions(request: Request):
         return StreamingResponse(_openai_events(request, head, req, batcher, jobs, queue),
                                  media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache"})  # fmt: skip
+    answered = await _answered(request, jobs, model)
+    if isinstance(answered, Response):
+        return answered
+    pairs = enumerate(zip(jobs, answered, strict=True))
+    choices = [{"text": _choice_text(req, job.prefix, done.middles[0]), "index": i,
+                "logprobs": None, "finish_reason": done.finish_reason, "mdiff": extra}
+               for i, (job, (done, extra)) in pairs]  # fmt: skip
+    usage = _usage(batcher, req, [done.middles[0] for done, _ in answered])
+    return {**head, "choices": choices, "usage": usage, "mdiff": {"seed": req.seed}}
+
+
+async def _answered(request: Request, jobs, model: str):
+    """``[(Completion, its mdiff field)]`` of every job, each signed into the store; or the
+    error response (the job's own error, or the client gone)."""
     try:
         results = await _results(request, jobs)
     except Exception as e:  # noqa: BLE001 — the job's own error, in OpenAI's shape
         return _fail(e)
-    choices = []
-    for i, (done, job) in enumerate(zip(results, jobs, strict=True)):
-        extra = await asyncio.to_thread(_save, request.app, done, model)
-        choices.append({"text": _choice_text(req, job.prefix, done.middles[0]), "index": i,
-                        "logprobs": None, "finish_reason": done.finish_reason,
-                        "mdiff": extra})  # fmt: skip
-    usage = _usage(batcher, req, [done.middles[0] for done in results])
-    return {**head, "choices": choices, "usage": usage, "mdiff": {"seed": req.seed}}
+    return [(done, await asyncio.to_thread(_save, request.app, done, model)) for done in results]
 
 
 def _usage(batcher: Batcher, req: TextRequest, middles: list[str]) -> dict:
