@@ -101,3 +101,16 @@ def test_the_record_counts_the_tokens_a_fixed_hole_generated(home):
             done = cm.fill(text, length=n, seed=0)
             assert done.record.sizes["tokens"] == n
             assert done.tokens_per_forward == pytest.approx(n / done.nfe)
+
+
+def test_auto_length_tries_only_the_lengths_a_short_window_holds(tmp_path):
+    from tests.text.test_hf_loaders import BOS, EOS, PAD, SIZES
+
+    torch.manual_seed(0)
+    cfg = T.LlamaConfig(**{**SIZES, "max_position_embeddings": 12}, num_key_value_heads=2,
+                        pad_token_id=PAD, bos_token_id=BOS, eos_token_id=EOS)  # fmt: skip
+    cm = CodeModel.from_pretrained(save(tmp_path, "short", T.LlamaForCausalLM(cfg)))
+    done = cm.infill("x = y", "\n", "auto", seed=0)
+    assert 1 <= done.record.sizes["tokens"] < 12
+    with pytest.raises(Exception, match="fits"):
+        cm.infill("x = y", "\n", "auto", candidates=(12, 16), seed=0)

@@ -208,6 +208,10 @@ def infill(model, tokenizer, prefix: str | list[str], suffix: str | list[str],
             f"{view.mask_id}: build the spec with the tokenizer's mask_token_id"
         )
     limit = min(context or _max_len(model), _max_len(model))
+    if length == "auto":  # a short window: the candidates that fit it (with a token of context)
+        lengths = [n for n in lengths if n < limit]
+        if not lengths:
+            raise InvalidInputError(f"no candidate length fits the model's {limit} positions")
     heals = [heal_prefix(tokenizer, _lf(p), enabled=bool(heal)) for p in prefixes]
     c = fim_canvas(spec, view, [(h[0], s, lengths) for h, s in zip(heals, suffixes, strict=True)],
                    heals, limit)  # fmt: skip
