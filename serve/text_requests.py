@@ -81,11 +81,9 @@ def _settings(body: dict, limits, max_name: str) -> dict:
     max_tokens = _pick(body, max_name, (int,), None,
                        what=f"an integer in [{low}, {limits.max_tokens}] or -1",
                        check=lambda v: low <= v <= limits.max_tokens or v == -1)  # fmt: skip
-    if max_tokens == -1:  # llama.cpp: no limit
+    empty = max_tokens == 0  # nothing to generate: no jobs
+    if max_tokens in (-1, 0):  # llama.cpp: -1 = no limit
         max_tokens = None
-    if max_tokens == 0:
-        return dict(_settings({k: v for k, v in body.items() if k != max_name}, limits, max_name),
-                    empty=True)  # fmt: skip
     length = _pick(body, "length", (int, str), "auto", what=f"'auto' or 1…{limits.max_tokens}",
                    check=lambda v: v == "auto" or (isinstance(v, int)
                                                    and 1 <= v <= limits.max_tokens))  # fmt: skip
@@ -118,7 +116,8 @@ def _settings(body: dict, limits, max_name: str) -> dict:
     return dict(length=length, candidates=candidates, settings=settings,
                 seed=secrets.randbelow(MAX_SEED) if seed is None else seed, stop=tuple(stops),
                 stream=_pick(body, "stream", (bool,), False, what="true or false"),
-                drafts=_pick(body, "drafts", (bool,), False, what="true or false"))  # fmt: skip
+                drafts=_pick(body, "drafts", (bool,), False, what="true or false"),
+                empty=empty)  # fmt: skip
 
 
 def _utf8(text: str, name: str) -> str:
