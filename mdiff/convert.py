@@ -20,7 +20,11 @@ before any of it runs. Then:
    or WanModel) the keys are renamed into that config's layout from any Wan layout mdiff
    knows (`fit_wan_layout`), and refused, naming odd keys, when they are in none;
 5. with ``--self-forcing --base WAN_T2V_DIFFUSERS_DIR`` OUT is a whole runnable pipeline
-   folder instead (`mdiff.video.pipeline.self_forcing`).
+   folder instead (`mdiff.video.pipeline.self_forcing`);
+6. IN may be a sharded checkpoint's index (``pytorch_model.bin.index.json``, transformers'
+   layout): OUT is then a folder (the model's own folder is fine) that gets one
+   ``model-0000k-of-0000n.safetensors`` per shard, converted one shard at a time, and
+   ``model.safetensors.index.json`` written last (`convert_sharded`).
 """
 
 from __future__ import annotations
@@ -33,8 +37,8 @@ from pathlib import Path
 
 from mdiff.errors import CheckpointError, InvalidInputError
 
-__all__ = ["NESTING", "convert", "find_weights_in", "fit_wan_layout", "load_checkpoint",
-           "read_plain_state_dict", "register"]  # fmt: skip
+__all__ = ["NESTING", "convert", "convert_sharded", "find_weights_in", "fit_wan_layout",
+           "load_checkpoint", "read_plain_state_dict", "register"]  # fmt: skip
 
 NESTING = ("state_dict", "model_state_dict", "model", "module", "generator_ema", "generator",
            "ema", "net")  # fmt: skip
@@ -48,7 +52,9 @@ def register(commands) -> None:
 
 
 def _arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("input", metavar="IN", help="a .pt / .pth / .bin / .ckpt file")
+    p.add_argument("input", metavar="IN",
+                   help="a .pt / .pth / .bin / .ckpt file, or a sharded checkpoint's "
+                        "pytorch_model.bin.index.json")  # fmt: skip
     p.add_argument("output", metavar="OUT", help="a .safetensors file, or a folder with --config")
     p.add_argument("--key", help="where the weights sit in the file (a.b descends); default: auto")
     p.add_argument(
@@ -108,6 +114,13 @@ def run(args: argparse.Namespace) -> int:
         )  # fmt: skip
         print(f"wrote {out}: a Self-Forcing pipeline folder (mdiff video PROMPT --model {out} "
               "--stream)")  # fmt: skip
+        return 0
+    if str(args.input).endswith(".index.json"):
+        if args.key is not None or args.strip_prefix is not None or args.config is not None:
+            raise InvalidInputError("a sharded index converts as it is: drop --key / "
+                                    "--strip-prefix / --config")  # fmt: skip
+        out = convert_sharded(args.input, args.output, force=args.force)
+        print(f"wrote {out / SHARDED_INDEX} and its shards")
         return 0
     out = convert(args.input, args.output, key=args.key, strip_prefix=args.strip_prefix,
                   config=args.config, force=args.force)  # fmt: skip
@@ -254,4 +267,44 @@ def convert(src, dst, *, key=None, strip_prefix=None, config=None, force=False) 
         text = json.dumps(settings, indent=2, sort_keys=True) + "\n"
         (tmp / CONFIG_NAME).write_text(text, encoding="utf-8")
         save_state_dict(state, tmp / name, meta)
+    return dst
+
+
+SHARDED_INDEX = "model.safetensors.index.json"
+
+
+def convert_sharded(index, dst, *, force=False) -> Path:
+    """Convert the shards named by a pickled checkpoint's index (``weight_map``: key → shard
+    file beside the index) to safetensors shards in folder `dst`, one shard in memory at a time;
+    the new index is written last, so an interrupted run leaves no index naming a missing shard."""
+    from mdiff.atomic import write_text_atomic
+    from mdiff.hub import read_json_object, save_state_dict
+
+    index, dst = Path(index), Path(dst)
+    weight_map = read_json_object(index).get("weight_map")
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise CheckpointError(f"{index} has no weight_map: not a sharded checkpoint's index")
+    if dst.exists() and not dst.is_dir():
+        raise InvalidInputError(f"OUT {dst} must be a folder for a sharded checkpoint")
+    if (dst / SHARDED_INDEX).exists() and not force:
+        raise InvalidInputError(f"{dst / SHARDED_INDEX} exists; pass --force to replace it")
+    shards = sorted({str(v) for v in weight_map.values()})
+    if any(Path(s).name != s for s in shards):
+        raise CheckpointError(f"{index}: shard names must be files beside the index")
+    names = {s: f"model-{i:05d}-of-{len(shards):05d}.safetensors" for i, s in
+             enumerate(shards, 1)}  # fmt: skip
+    dst.mkdir(parents=True, exist_ok=True)
+    new_map = {}
+    for shard in shards:
+        state = read_plain_state_dict(index.parent / shard)
+        wanted = {k for k, v in weight_map.items() if v == shard}
+        if missing := sorted(wanted - set(state)):
+            raise CheckpointError(f"{shard} lacks {', '.join(missing[:4])}, which {index.name} "
+                                  "places there")  # fmt: skip
+        meta = {"format": "pt", "converted_from": shard}
+        save_state_dict({k: state[k] for k in sorted(wanted)}, dst / names[shard], meta)
+        new_map.update({k: names[shard] for k in wanted})
+        del state
+    text = json.dumps({"metadata": {}, "weight_map": dict(sorted(new_map.items()))}, indent=2)
+    write_text_atomic(dst / SHARDED_INDEX, text + "\n")
     return dst

@@ -101,3 +101,23 @@ def test_cli_one_line_and_exit_code(tmp_path, capsys):
     assert main(["convert", str(tmp_path / "w.pt"), str(out), "--force"]) == 0
     assert not os.path.exists(tmp_path / "missing.safetensors")
     assert main(["convert", str(tmp_path / "missing.pt"), str(tmp_path / "x.safetensors")]) == 4
+
+
+def test_a_sharded_index_converts_shard_by_shard_and_checks_its_map(tmp_path):
+    from mdiff.convert import SHARDED_INDEX, convert_sharded
+
+    w = _weights()
+    torch.save({"blocks.0.w": w["blocks.0.w"]}, tmp_path / "a.bin")
+    torch.save({"head.b": w["head.b"]}, tmp_path / "b.bin")
+    index = tmp_path / "pytorch_model.bin.index.json"
+    index.write_text(json.dumps({"weight_map": {"blocks.0.w": "a.bin", "head.b": "b.bin"}}))
+    out = convert_sharded(index, tmp_path / "out")
+    new = json.loads((out / SHARDED_INDEX).read_text())["weight_map"]
+    got = {k: load_state_dict(out / f)[k] for k, f in new.items()}
+    _same(got, w)
+    with pytest.raises(Exception, match="--force"):
+        convert_sharded(index, out)
+    index.write_text(json.dumps({"weight_map": {"blocks.0.w": "a.bin", "head.b": "a.bin"}}))
+    with pytest.raises(CheckpointError, match="lacks head.b"):
+        convert_sharded(index, tmp_path / "again")
+    assert not (tmp_path / "again" / SHARDED_INDEX).exists()

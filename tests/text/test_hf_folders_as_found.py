@@ -114,3 +114,37 @@ def test_auto_length_tries_only_the_lengths_a_short_window_holds(tmp_path):
     assert 1 <= done.record.sizes["tokens"] < 12
     with pytest.raises(Exception, match="fits"):
         cm.infill("x = y", "\n", "auto", candidates=(12, 16), seed=0)
+
+
+def _pickle_weights(folder, shards: int) -> None:
+    """Replace the folder's safetensors by ``pytorch_model.bin`` (``shards`` files + index)."""
+    from safetensors.torch import load_file
+
+    state = load_file(folder / "model.safetensors")
+    (folder / "model.safetensors").unlink()
+    if shards == 1:
+        torch.save(state, folder / "pytorch_model.bin")
+        return
+    keys, weight_map = sorted(state), {}
+    for i in range(shards):
+        name = f"pytorch_model-{i + 1:05d}-of-{shards:05d}.bin"
+        part = keys[i::shards]
+        torch.save({k: state[k] for k in part}, folder / name)
+        weight_map.update(dict.fromkeys(part, name))
+    index = {"metadata": {}, "weight_map": weight_map}
+    (folder / "pytorch_model.bin.index.json").write_text(json.dumps(index))
+
+
+@pytest.mark.parametrize("shards", [1, 3])
+def test_pickled_weights_are_refused_with_the_convert_command_that_works(tmp_path, shards):
+    folder = save(tmp_path, "llama", llama())
+    want = CodeModel.from_pretrained(folder).infill("x = ", "\n", 4, seed=0).middles
+    _pickle_weights(folder, shards)
+    with pytest.raises(CheckpointError, match="never unpickles") as e:
+        CodeModel.from_pretrained(folder)
+    command = str(e.value).split("convert them first: ")[1]
+    assert command.startswith("mdiff convert ")
+    assert cli.main(command.split()[1:]) == 0
+    if shards > 1:
+        assert len(list(folder.glob("model-*-of-00003.safetensors"))) == 3
+    assert CodeModel.from_pretrained(folder).infill("x = ", "\n", 4, seed=0).middles == want

@@ -128,6 +128,7 @@ def load_transformers(path: str | Path, *, spec: DenoiserSpec | None = None, dev
     if parts is not None:  # a diffusers pipeline folder: its model, its tokenizer
         path, tok_path = parts
     cfg = _read_config(path)
+    _has_safetensors(path)
     model_type = str(cfg.get("model_type", "?"))
     if spec is None:
         for match, fn in _REGISTRY:
@@ -261,6 +262,27 @@ def _read_config(path: Path, quiet: bool = False) -> dict | None:
     return cfg
 
 
+PICKLED = ("*.bin", "*.pt", "*.pth", "*.ckpt")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "vocab.txt",
+                   "tokenizer.model", "spiece.model", "sentencepiece.bpe.model")  # fmt: skip
+
+
+def _has_safetensors(path: Path) -> None:
+    """Refuse a folder whose weights are pickled only, saying how to convert them."""
+    if any(path.glob("*.safetensors")) or (path / "model.safetensors.index.json").is_file():
+        return
+    pickled = sorted(p.name for pattern in PICKLED for p in path.glob(pattern))
+    if not pickled:
+        return  # transformers names what is missing
+    index = next(iter(sorted(path.glob("*.bin.index.json"))), None)
+    main = next((n for n in pickled if n.startswith(("pytorch_model", "model."))), pickled[0])
+    how = f"mdiff convert {index} {path}" if index is not None else \
+        f"mdiff convert {path / main} {path / 'model.safetensors'}"  # fmt: skip
+    names = ", ".join(pickled[:4])
+    raise CheckpointError(f"{path}: its weights are pickled only ({names}), and mdiff never "
+                          f"unpickles weights; convert them first: {how}")  # fmt: skip
+
+
 def _tokenizer(path: Path):
     from transformers import AutoTokenizer
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
@@ -279,6 +301,11 @@ def _tokenizer(path: Path):
         plain = _plain_tokenizer(path)  # a tokenizer class in the folder's code (Dream's)
         if plain is not None:
             return plain
+        if not any((path / name).is_file() for name in TOKENIZER_FILES):
+            raise CheckpointError(
+                f"{path}: no tokenizer files ({', '.join(TOKENIZER_FILES[:4])}, …); copy the "
+                "tokenizer of the model it was trained from into the folder"
+            ) from None
         files = "tokenizer.json or vocab.json + merges.txt"
         why = " ".join(str(e).split())[:300]
         raise CheckpointError(f"{path}: cannot load its tokenizer (no {files} to read "
