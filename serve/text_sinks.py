@@ -41,7 +41,8 @@ class Sink:
         self.live = job.on_text is not None and job.length != "auto"
 
     def _text(self, ids) -> str:
-        text = middle_text(self.tok, ids, self.carry)
+        before = self.job.prefix[: len(self.job.prefix) - len(self.carry)]
+        text = middle_text(self.tok, ids, self.carry, before)
         return text.replace("\n", self.eol) if self.eol != "\n" else text
 
     def put(self, value) -> None:

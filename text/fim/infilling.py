@@ -327,7 +327,8 @@ def _restrict(heals, parts, rows, width: int):
 def _result(out: GenerationOutput, row: int, n: int, prefix: str, suffix: str, tokenizer,
             scores: dict, carry: str = "") -> InfillResult:  # fmt: skip
     ids = out.sequences[row][out.generated[row]].tolist()
-    middle = middle_text(tokenizer, ids, carry)  # the carry is the prefix's own tail
+    before = prefix[: len(prefix) - len(carry)]  # the carry is the prefix's own tail
+    middle = middle_text(tokenizer, ids, carry, before)
     span = (len(prefix), len(prefix) + len(middle))
     tpf = float(out.tokens_per_forward[row])
     return InfillResult(prefix + middle + suffix, middle, n, span, tpf, out.nfe, scores,
