@@ -72,7 +72,8 @@ def published_name(path: str) -> str:
     Bytes of a file name that are not UTF-8 (surrogates, as Python passes them) become U+FFFD,
     so the name always fits a manifest's JSON."""
     p = os.path.expanduser(path)
-    if os.path.isabs(p) or path.startswith((".", "~")) or "\\" in path:
+    # a relative path ("models/llama") is told from a hub id ("org/model") by being there
+    if os.path.isabs(p) or path.startswith((".", "~")) or "\\" in path or os.path.exists(p):
         path = PurePath(p.replace("\\", "/")).name or path
     return path.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 

@@ -32,6 +32,7 @@ from starlette.routing import Match
 from starlette.websockets import WebSocketClose
 
 from mdiff.errors import CheckpointError, InvalidInputError, MdiffError
+from mdiff.record import published_name
 from mdiff.serve.limits import Limits
 
 __all__ = ["BodyTooLarge", "Models", "ServeConfig", "api_error", "create_app"]
@@ -57,6 +58,20 @@ class ServeConfig:
     cors_origins: tuple[str, ...] = ()
     preload: bool = False  # load and warm the models in the background at start (`mdiff serve`)
 
+    @property
+    def text_name(self) -> str:
+        """The text model as clients see and name it: a folder by its name, never its path."""
+        return published_name(self.text_model)
+
+    @property
+    def video_name(self) -> str:
+        return published_name(self.video_model)
+
+    def names_text(self, asked) -> bool:
+        """Whether a client's ``model`` names the text model (Ollama's ``:latest`` too)."""
+        names = {self.text_model, self.text_name}
+        return asked in names | {f"{n}:latest" for n in names}
+
 
 class Models:
     """The served models, loaded once on first use (thread-safe)."""
@@ -65,6 +80,8 @@ class Models:
         self.config = config
         self._lock = threading.Lock()
         self._text = self._video = None
+        self.failure: str | None = None  # why preloading failed (`warm`)
+        self.on_failure = None  # called after a failed preload (`mdiff serve` stops then)
 
     def text(self):
         """The text model (`mdiff.text.CodeModel`)."""
@@ -87,17 +104,21 @@ class Models:
 
     def warm(self) -> None:
         """Load both models and fill one 2-token hole, so that the first request waits neither
-        for loading nor for first-run set-up (the watermark table, kernels). A failure is only
-        logged: the first request that needs the model reports it."""
+        for loading nor for first-run set-up (the watermark table, kernels). A failure is
+        kept in `failure` (``/health`` answers it) and `on_failure` is called."""
         from mdiff.serve import compute
 
         log, start = logging.getLogger("uvicorn.error"), time.perf_counter()
         try:
             cm = self.text()
+            log.info("mdiff: text model %s", getattr(cm, "summary", None) or self.config.text_name)
             compute.call(cm.infill, "x = ", "\n", 2)
             self.video()
         except Exception as e:  # noqa: BLE001 — reported again by the request that needs it
-            log.warning("mdiff: preloading the models failed: %s", " ".join(str(e).split()))
+            self.failure = " ".join(str(e).split())
+            log.error("mdiff: loading the models failed: %s", self.failure)
+            if self.on_failure is not None:
+                self.on_failure()
             return
         log.info("mdiff: models ready in %.1f s", time.perf_counter() - start)
 
@@ -179,10 +200,12 @@ class _BearerAuth:
         await self.app(scope, receive, send)
 
 
-ENDPOINTS = ("completions are POST /v1/completions (OpenAI, with 'suffix' for FIM), "
-             "/v1/fim/completions (Mistral, Continue), /infill (llama.cpp) and /api/generate "
-             "(Ollama); also GET /v1/models, POST /v1/videos, "
-             "WS /v1/realtime/video, POST /v1/verify, the page at /")  # fmt: skip
+ENDPOINTS = (
+    "completions are POST /v1/completions (OpenAI, with 'suffix' for FIM), "
+    "/v1/fim/completions (Mistral, Continue), /infill (llama.cpp) and /api/generate "
+    "(Ollama); also GET /v1/models, GET /api/tags, GET /health, POST /v1/videos, "
+    "WS /v1/realtime/video, POST /v1/verify, GET /v1/files/{id}, the page at /"
+)
 
 
 def _route_of(app: FastAPI, scope) -> str | None:
@@ -232,7 +255,11 @@ def create_app(config: ServeConfig | None = None, *, models: Models | None = Non
     @app.get("/health")
     async def _health():
         """llama.cpp's health check (open, as there): 200, or 503 while the text model is
-        being preloaded (``mdiff serve`` loads it in the background at start)."""
+        being preloaded (``mdiff serve`` loads it in the background at start), 500 if that
+        failed."""
+        if app.state.models.failure is not None:
+            why = f"the models could not be loaded: {app.state.models.failure}"
+            return api_error(500, why, "server_error", code="load_failed")
         if app.state.models.loaded_text() or not config.preload:
             return {"status": "ok"}
         return api_error(503, "loading the model", "unavailable_error", code="loading")

@@ -34,7 +34,8 @@ def _arguments(p: argparse.ArgumentParser) -> None:
 def run_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from mdiff.errors import InvalidInputError
+    from mdiff import hub
+    from mdiff.errors import CheckpointError, InvalidInputError
     from mdiff.serve.app import ServeConfig, create_app
     from mdiff.serve.limits import Limits
 
@@ -48,5 +49,16 @@ def run_serve(args: argparse.Namespace) -> int:
                          trust_remote_code=args.trust_remote_code, preload=not args.no_preload,
                          limits=limits, home=getattr(args, "home", None),
                          cors_origins=tuple(args.cors_origin))  # fmt: skip
-    uvicorn.run(create_app(config), host=args.host, port=args.port, log_level="info")
+    for flag, name in (("--text-model", args.text_model), ("--video-model", args.video_model)):
+        try:
+            hub.resolve(name)  # a typo is told before the server starts
+        except CheckpointError as e:
+            raise CheckpointError(f"{flag}: {e}") from None
+    app = create_app(config)
+    server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port,
+                                           log_level="info"))  # fmt: skip
+    app.state.models.on_failure = lambda: setattr(server, "should_exit", True)
+    server.run()
+    if app.state.models.failure is not None:  # a model that cannot run: stop, as llama.cpp does
+        raise CheckpointError(f"cannot serve: {app.state.models.failure}")
     return 0

@@ -2,7 +2,9 @@
 ``prompt`` and ``suffix`` (fill-in-the-middle), ``options`` (``num_predict``, ``temperature``,
 ``top_p``, ``seed``, ``stop``) and ``stream`` (default true, as in Ollama: newline-delimited
 JSON objects ``{"model", "created_at", "response": delta, "done": false}``, then one with
-``"done": true``); ``GET /api/tags`` lists the text model. The same batcher, bounds, seeds and
+``"done": true``); ``GET /api/tags`` (and ``/api/ps``) lists the text model, ``POST
+/api/show`` describes it (plugins such as Continue ask it for the capabilities), ``GET
+/api/version`` answers mdiff's version. The same batcher, bounds, seeds and
 provenance as ``/v1/completions`` (`mdiff.serve.text_api`): the last object's ``mdiff`` field
 holds the record and the signed file's id.
 """
@@ -19,7 +21,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from mdiff.errors import InvalidInputError
 from mdiff.serve.app import client_shaped
-from mdiff.serve.text_api import _events, _fail, _results, _save, _submit
+from mdiff.serve.text_api import _body, _events, _fail, _results, _save, _submit
 from mdiff.serve.text_requests import parse_completion
 
 __all__ = ["router"]
@@ -49,11 +51,35 @@ def parse_generate(body, limits):
     return parse_completion(flat, limits)
 
 
+DETAILS = {"family": "mdiff", "format": "safetensors"}
+
+
 @router.get("/api/tags")
+@router.get("/api/ps")
 async def tags(request: Request):
-    name = request.app.state.config.text_model
+    name = request.app.state.config.text_name
     return {"models": [{"name": name, "model": name, "modified_at": _now(), "size": 0,
-                        "details": {"family": "mdiff", "format": "safetensors"}}]}  # fmt: skip
+                        "details": DETAILS}]}  # fmt: skip
+
+
+@router.get("/api/version")
+async def version():
+    from mdiff import __version__
+
+    return {"version": __version__}
+
+
+@router.post("/api/show")
+async def show(request: Request):
+    cfg = request.app.state.config
+    body = await _body(request)
+    asked = body.get("model") or body.get("name") if isinstance(body, dict) else None
+    if not isinstance(asked, str) or not cfg.names_text(asked):
+        why = f"model {asked!r} not found; this server has {cfg.text_name!r}"
+        return JSONResponse({"error": why}, status_code=404)
+    return {"modelfile": "", "parameters": "", "template": "", "details": DETAILS,
+            "model_info": {"general.architecture": "mdiff"},
+            "capabilities": ["completion", "insert"]}  # fmt: skip
 
 
 @router.post("/api/generate")

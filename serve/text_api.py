@@ -68,16 +68,16 @@ async def _body(request: Request):
 
 
 def _model_id(request: Request, body) -> str:
-    served = request.app.state.config.text_model
+    cfg = request.app.state.config
     asked = body.get("model") if isinstance(body, dict) else None
-    if asked not in (None, "", served, f"{served}:latest"):  # Ollama's tag
+    if asked not in (None, "") and not cfg.names_text(asked):
         raise LookupError(asked)
-    return served
+    return cfg.text_name
 
 
 def _models(cfg) -> list[dict]:
     return [{"id": name, "object": "model", "created": 0, "owned_by": "mdiff", "kind": kind}
-            for name, kind in ((cfg.text_model, "text"), (cfg.video_model, "video"))]  # fmt: skip
+            for name, kind in ((cfg.text_name, "text"), (cfg.video_name, "video"))]  # fmt: skip
 
 
 @router.get("/v1/models")
@@ -118,8 +118,8 @@ async def _submit(request: Request, parse):
     except LookupError as e:
         cfg, asked = request.app.state.config, e.args[0]
         why = f"the model '{asked}' is not served here"
-        if asked == cfg.video_model:
-            why = f"'{asked}' makes video (POST /v1/videos); text is '{cfg.text_model}'"
+        if asked in (cfg.video_model, cfg.video_name):
+            why = f"'{asked}' makes video (POST /v1/videos); text is '{cfg.text_name}'"
         return api_error(404, f"{why} (GET /v1/models)", param="model", code="model_not_found")
     req = parse(body, request.app.state.config.limits)
     req.model_id = model

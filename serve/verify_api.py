@@ -106,10 +106,11 @@ def _options(form, app) -> dict:
     if model:
         from mdiff import hub
 
-        known = set(hub.list_builtin()) | {app.state.config.text_model}
-        if model not in known:  # a name only: no path on the server is read for a client
+        cfg = app.state.config
+        known = set(hub.list_builtin()) | {cfg.text_name}
+        if model not in known | {cfg.text_model}:  # no path on the server is read for a client
             raise InvalidInputError(f"model must be one of {sorted(known)}, got {model!r}")
-        opts["model"] = model
+        opts["model"] = cfg.text_model if cfg.names_text(model) else model
     prompt = text["prompt"]
     if prompt is not None and len(prompt) > app.state.config.limits.max_prompt_chars:
         raise InvalidInputError("prompt is longer than Limits.max_prompt_chars")

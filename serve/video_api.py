@@ -105,7 +105,8 @@ class VideoService:
 
     def start(self, body: dict) -> VideoJob:
         """Check `body`, admit it (or 429) and start its generation in a worker thread."""
-        kwargs = parse_request(body, self.limits, self.models.config.video_model)
+        cfg = self.models.config
+        kwargs = parse_request(body, self.limits, cfg.video_model, cfg.video_name)
         with self._lock:
             if self.live() >= self.limits.max_running_videos + self.limits.queue_size:
                 raise _Busy()

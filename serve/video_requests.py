@@ -31,15 +31,16 @@ def _int(body: dict, name: str, low: int, high: int | None = None) -> int | None
     return value
 
 
-def parse_request(body: dict, limits, model: str) -> dict:
+def parse_request(body: dict, limits, model: str, name: str | None = None) -> dict:
     """A request body → keyword arguments of `VideoPipeline.stream`, bounded by `limits`."""
     if not isinstance(body, dict):
         raise InvalidInputError("the request body must be a JSON object")
     unknown = sorted(set(body) - FIELDS)
     if unknown:
         raise InvalidInputError(f"unknown field(s) {', '.join(unknown)}; known: {sorted(FIELDS)}")
-    if body.get("model") not in (None, model):
-        raise InvalidInputError(f"this server makes video with {model!r}, not {body['model']!r}")
+    if body.get("model") not in (None, model, name):
+        shown = name or model
+        raise InvalidInputError(f"this server makes video with {shown!r}, not {body['model']!r}")
     prompt = body.get("prompt")
     if not isinstance(prompt, str) or not prompt.strip():
         raise InvalidInputError("prompt must be a non-empty string")

@@ -20,6 +20,8 @@ from mdiff.atomic import write_error
 from mdiff.errors import InvalidInputError
 from mdiff.train.cli import RecipeCommand
 
+SCHEDULE_HELP = "equal|dream|cosine|threshold|entropy|llada2"  # mdiff.unmask_rules.SCHEDULES
+
 __all__ = [
     "MAX_SOURCE_BYTES",
     "TerminalStreamer",
@@ -79,7 +81,7 @@ def _complete(p: argparse.ArgumentParser) -> None:
                    "model is code in the folder (LLaDA 2) run that code")  # fmt: skip
     p.add_argument("--length", default="auto", help="tokens per hole (within the model's "
                    "window), or auto (default)")  # fmt: skip
-    p.add_argument("--schedule", default="equal", help="equal|dream|cosine|threshold|entropy")
+    p.add_argument("--schedule", default="equal", help=SCHEDULE_HELP)
     p.add_argument("--steps", type=int, help=f"denoising steps per hole, 1..{MAX_STEPS} "
                    "(default: one per token; more steps than tokens are not taken)")  # fmt: skip
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
@@ -102,7 +104,7 @@ def _eval_fim(f: argparse.ArgumentParser) -> None:
     f.add_argument("-n", type=int, default=50, help="number of tasks (default 50)")
     f.add_argument("--modes", default="fixed,true,auto", help="comma list of fixed,true,auto")
     f.add_argument("--fixed-length", type=int, default=16, help="tokens in fixed mode")
-    f.add_argument("--schedule", default="equal", help="equal|dream|cosine|threshold|entropy")
+    f.add_argument("--schedule", default="equal", help=SCHEDULE_HELP)
     f.add_argument("--threshold", type=float, default=0.9, help="for --schedule threshold")
     f.add_argument("--seed", type=int, default=0)
     f.add_argument("--no-heal", action="store_true",
@@ -190,7 +192,7 @@ def run_complete(args: argparse.Namespace) -> int:
                    streamer_factory=factory, config=config)  # fmt: skip
     seconds = time.perf_counter() - start
     tokens = done.record.sizes.get("tokens", 0)
-    stats = (f"{tokens} tokens in {seconds:.2f} s ({tokens / max(seconds, 1e-9):.0f} tok/s, "
+    stats = (f"{tokens} tokens in {seconds:.2f} s ({_rate(tokens / max(seconds, 1e-9))} tok/s, "
              f"{done.tokens_per_forward:.2f} tokens/forward)")  # fmt: skip
     if out is not None:
         done.save(out, overwrite=args.force or args.in_place)
@@ -310,6 +312,11 @@ def run_eval_fim(args: argparse.Namespace) -> int:
     if missing:
         raise InvalidInputError(f"--ar {args.ar}: its tokenizer has no {', '.join(missing)}: "
                                 "not an autoregressive FIM baseline (mdiff's code-ar)")  # fmt: skip
+    spec = None if ar is None else ar.model.spec
+    if spec is not None and (spec.attention != "causal" or not spec.supports_cache):
+        raise InvalidInputError(f"--ar {args.ar}: a {spec.attention} denoiser, not an "
+                                "autoregressive FIM baseline (train one: mdiff train text "
+                                "--kind ar)")  # fmt: skip
     heal = not args.no_heal
     bar = tqdm(total=len(tasks) * len(modes), desc="fim", file=sys.stderr, leave=False)
     report = {"model": args.model, "kind": args.kind, "tasks": len(tasks),
@@ -339,5 +346,10 @@ def run_eval_fim(args: argparse.Namespace) -> int:
     rows += [("autoregressive baseline", report["ar"])] if "ar" in report else []
     for name, r in rows:
         em, tpf, tps = 100 * r["exact_match"], r["tokens_per_forward"], r["tokens_per_second"]
-        print(f"  {name:<26} EM {em:5.1f}%   {tpf:.2f} tokens/forward   {tps:.0f} tok/s")
+        print(f"  {name:<26} EM {em:5.1f}%   {tpf:.2f} tokens/forward   {_rate(tps)} tok/s")
     return 0
+
+
+def _rate(per_second: float) -> str:
+    """A rate as people read it: whole numbers from 10 up, two significant digits below."""
+    return f"{per_second:.0f}" if per_second >= 10 else f"{per_second:.2g}"

@@ -42,3 +42,16 @@ def test_validation():
         GenerationRecord.create("text", "")
     with pytest.raises(InvalidInputError, match="unknown GenerationRecord fields: bogus"):
         GenerationRecord.from_dict({"modality": "text", "model_id": "m", "bogus": 1})
+
+
+def test_a_local_folder_is_published_by_its_name_however_it_was_given(tmp_path, monkeypatch):
+    from mdiff.record import published_name
+
+    (tmp_path / "models" / "llama").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    for given in ("models/llama", "./models/llama", str(tmp_path / "models" / "llama")):
+        assert published_name(given) == "llama"
+        r = GenerationRecord.create("code", given)
+        assert r.to_dict()["model_id"] == "llama"
+    assert published_name("org/model") == "org/model"  # a hub id that is no local path
+    assert published_name("code-tiny") == "code-tiny"

@@ -17,6 +17,8 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
+from mdiff.errors import CheckpointError
+from mdiff.serve.app import Models, ServeConfig, create_app
 from mdiff.serve.text_api import text_service
 from mdiff.serve.text_sinks import visible
 from tests.serve.server import live_server
@@ -222,7 +224,81 @@ def test_the_servers_home_holds_the_keys_it_signs_with(tmp_path, home, monkeypat
     _arguments(parser)
     parser.add_argument("--home")  # mdiff's global flag
     served = {}
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: served.update(config=app.state.config))
+    monkeypatch.setattr(
+        uvicorn.Server, "run", lambda self: served.update(config=self.config.app.state.config)
+    )
     run_serve(parser.parse_args(["--home", str(other), "--cors-origin", "http://a.test"]))
     assert served["config"].home == str(other)  # `mdiff serve --home DIR` reaches the models
     assert served["config"].cors_origins == ("http://a.test",)
+
+
+def _serve_args(*argv):
+    import argparse
+
+    from mdiff.serve.cli import _arguments
+
+    parser = argparse.ArgumentParser()
+    _arguments(parser)
+    parser.add_argument("--home")  # mdiff's global flag
+    return parser.parse_args(list(argv))
+
+
+def test_a_model_that_cannot_load_stops_the_server_in_one_line(tmp_path, home, monkeypatch):
+    import uvicorn
+
+    from mdiff.serve.cli import run_serve
+
+    started = []
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self: started.append(self))
+    with pytest.raises(CheckpointError, match="--text-model: no checkpoint directory"):
+        run_serve(_serve_args("--text-model", str(tmp_path / "typo")))
+    assert not started  # told before the server starts
+    empty = tmp_path / "empty"  # there, but no model: found out while preloading
+    empty.mkdir()
+
+    def preload(server):  # what the lifespan's preload thread does
+        server.config.app.state.models.warm()
+        started.append(server.should_exit)
+
+    monkeypatch.setattr(uvicorn.Server, "run", preload)
+    with pytest.raises(CheckpointError, match="cannot serve: .*empty"):
+        run_serve(_serve_args("--text-model", str(empty), "--home", str(home)))
+    assert started == [True]  # the failed preload asked the server to stop
+    models = Models(ServeConfig(text_model=str(empty), preload=True))
+    models.warm()
+    with TestClient(create_app(models.config, models=models)) as c:
+        health = c.get("/health")
+    assert health.status_code == 500 and health.json()["error"]["code"] == "load_failed"
+
+
+def test_a_model_folder_is_served_by_its_name_not_its_path(make_app, monkeypatch):
+    from mdiff import hub
+
+    folder = hub.builtin("code-tiny-block")
+    monkeypatch.chdir(folder.parent.parent)
+    relative = f"{folder.parent.name}/{folder.name}"  # as `--text-model checkpoints/code-…`
+    with TestClient(make_app(text_model=relative)) as c:
+        ids = [m["id"] for m in c.get("/v1/models").json()["data"]]
+        body = {"prompt": "x = ", "suffix": "\n", "max_tokens": 2, "seed": 0}
+        by_name = c.post("/v1/completions", json={**body, "model": "code-tiny-block"})
+        by_path = c.post("/v1/completions", json={**body, "model": relative})
+    assert ids[0] == "code-tiny-block"
+    assert by_name.status_code == by_path.status_code == 200
+    for r in (by_name, by_path):
+        answer = r.json()
+        assert answer["model"] == "code-tiny-block"
+        assert answer["choices"][0]["mdiff"]["record"]["model_id"] == "code-tiny-block"
+
+
+def test_ollama_plugins_can_ask_what_the_model_is(make_app):
+    from mdiff import __version__
+
+    with TestClient(make_app()) as c:
+        shown = c.post("/api/show", json={"model": "code-tiny-block:latest"})
+        other = c.post("/api/show", json={"name": "llama3"})
+        version = c.get("/api/version").json()
+        running = c.get("/api/ps").json()
+    assert shown.status_code == 200 and "insert" in shown.json()["capabilities"]  # FIM
+    assert other.status_code == 404 and "code-tiny-block" in other.json()["error"]
+    assert version == {"version": __version__}
+    assert [m["name"] for m in running["models"]] == ["code-tiny-block"]

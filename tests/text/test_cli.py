@@ -73,3 +73,10 @@ def test_demo_completes_with_the_builtin_model(tiny_code_model, home, tmp_path, 
     (path,) = demo.complete_file(tmp_path, Stamper(home=home), 0)
     assert path.name == "completed.py" and "<FILL>" not in path.read_text(encoding="utf-8")
     assert verify(path, home=home).exit_code == 0
+
+
+def test_the_schedule_help_names_every_schedule():
+    from mdiff import unmask_rules
+    from mdiff.text.cli import SCHEDULE_HELP
+
+    assert tuple(SCHEDULE_HELP.split("|")) == unmask_rules.SCHEDULES

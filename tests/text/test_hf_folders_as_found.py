@@ -92,6 +92,11 @@ def test_an_ar_that_is_no_fim_baseline_is_refused_before_the_run(tmp_path, capsy
                      "--modes", "fixed", "--ar", str(folder)])  # fmt: skip
     err = capsys.readouterr().err
     assert code == cli.EXIT_ERROR and "[PRE]" in err and "fim" not in err.split("mdiff:")[0]
+    code = cli.main(["eval", "fim", "--files", str(src), "--model", str(folder), "-n", "2",
+                     "--modes", "fixed", "--ar", "code-tiny"])  # fmt: skip
+    err = capsys.readouterr().err  # our own masked model has the FIM tokens, but is no baseline
+    assert code == cli.EXIT_ERROR and "not an autoregressive" in err
+    assert "fim" not in err.split("mdiff:")[0]
 
 
 def test_the_record_counts_the_tokens_a_fixed_hole_generated(home):

@@ -278,8 +278,9 @@ def test_bad_folders_and_settings(tmp_path):
     cfg = {"model_type": "llada2_moe", "architectures": ["LLaDA2MoeModelLM"],
            "auto_map": {"AutoConfig": "configuration_llada2_moe.LLaDA2MoeConfig"}}  # fmt: skip
     (remote / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(CheckpointError, match="trust_remote_code"):
+    with pytest.raises(CheckpointError, match="trust_remote_code") as e:
         load_llada2(remote)
+    assert "--trust-remote-code" in str(e.value) and "\n" not in str(e.value)  # one CLI line
     from mdiff.text.model import loaders
 
     with pytest.raises(CheckpointError, match="trust_remote_code"):  # routed to load_llada2

@@ -218,11 +218,14 @@ def load_llada2(path, *, block_size: int = 32, dtype: torch.dtype | None = None,
             trust_remote_code=trust_remote_code,
         )  # fmt: skip
     except (ValueError, OSError, KeyError, ImportError, TypeError, RuntimeError) as e:
-        hint = "" if trust_remote_code else (
-            " (LLaDA 2's LLaDA2MoeModelLM is remote code in the folder: pass "
-            "trust_remote_code=True to run it)"
-        )  # fmt: skip
-        raise CheckpointError(f"cannot load {folder}: {e}{hint}") from None
+        if not trust_remote_code and "trust_remote_code" in str(e):
+            raise CheckpointError(
+                f"{folder}: its model (LLaDA 2's LLaDA2MoeModelLM) is code in the folder, which "
+                "runs only when you allow it: trust_remote_code=True, or --trust-remote-code "
+                "on the command line"
+            ) from None
+        why = " ".join(str(e).split())[:300]
+        raise CheckpointError(f"cannot load {folder}: {why}") from None
     from mdiff.text.model import loaders
 
     try:  # the folder's code is for the model; its tokenizer is read without it

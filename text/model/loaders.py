@@ -109,14 +109,21 @@ def pipeline_parts(path: str | Path) -> tuple[Path, Path] | None:
 
 def load_readable(path: str | Path, **kwargs) -> Loaded:
     """`load_transformers`, with a weights file that cannot be read (truncated, not
-    safetensors) refused as a `CheckpointError` naming the folder."""
+    safetensors) refused as a `CheckpointError` naming the folder, and without transformers'
+    per-tensor "Loading weights" bar (the CLI and the server say in one line what loaded)."""
     from safetensors import SafetensorError
+    from transformers.utils import logging as hf_logging
 
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
     try:
         return load_transformers(path, **kwargs)
     except SafetensorError as e:
         raise CheckpointError(f"{path}: a weights file cannot be read ({e}); save or "
                               "download it again") from None  # fmt: skip
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
 
 
 def load_transformers(path: str | Path, *, spec: DenoiserSpec | None = None, device=None,
