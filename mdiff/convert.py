@@ -304,7 +304,7 @@ def convert_sharded(index, dst, *, force=False) -> Path:
         meta = {"format": "pt", "converted_from": shard}
         save_state_dict({k: state[k] for k in sorted(wanted)}, dst / names[shard], meta)
         new_map.update({k: names[shard] for k in wanted})
-        del state
+        del state  # freed before the next shard is read: one shard in memory
     text = json.dumps({"metadata": {}, "weight_map": dict(sorted(new_map.items()))}, indent=2)
     write_text_atomic(dst / SHARDED_INDEX, text + "\n")
     return dst

@@ -41,8 +41,7 @@ class Sink:
         self.live = job.on_text is not None and job.length != "auto"
 
     def _text(self, ids) -> str:
-        before = self.job.prefix[: len(self.job.prefix) - len(self.carry)]
-        text = middle_text(self.tok, ids, self.carry, before)
+        text = middle_text(self.tok, ids, self.carry, self.job.prefix)
         return text.replace("\n", self.eol) if self.eol != "\n" else text
 
     def put(self, value) -> None:

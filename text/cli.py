@@ -20,7 +20,9 @@ from mdiff.atomic import write_error
 from mdiff.errors import InvalidInputError
 from mdiff.train.cli import RecipeCommand
 
-SCHEDULE_HELP = "equal|dream|cosine|threshold|entropy|llada2"  # mdiff.unmask_rules.SCHEDULES
+# mdiff.unmask_rules.SCHEDULES, spelled here so that building the parser imports no torch
+# (tests/text/test_cli.py keeps the two equal)
+SCHEDULE_HELP = "equal|dream|cosine|threshold|entropy|llada2"
 
 __all__ = [
     "MAX_SOURCE_BYTES",

@@ -85,29 +85,33 @@ def _cases(seed, n):
     return cases
 
 
+def _filled(tok, cases):
+    """Each case's hole filled by the oracle at its true length: ``(case, result)``, the
+    user's text spliced around the middle exactly."""
+    model = WholeTextOracle(tok, cases)
+    for p, m, s in cases:
+        r = infill(model, tok, p, s, true_length(tok, p, m))
+        assert r.text == p + r.middle + s
+        yield (p, m, s), r
+
+
 def test_word_piece_middles_join_the_words_around_them(wp):
     cases = _cases(2, 14) + [("value = compu", "te(x)", "\n"), ("x = ", "len(a)", "\n")]
-    model = WholeTextOracle(wp, cases)
-    same = 0
-    for p, m, s in cases:
-        r = infill(model, wp, p, s, true_length(wp, p, m))
-        assert r.text == p + r.middle + s
-        # WordPiece keeps no whitespace: the text is right when it reads as the same tokens
-        same += wp.encode(r.text) == wp.encode(p + m + s)
+    done = dict(_filled(wp, cases))
+    # WordPiece keeps no whitespace: the text is right when it reads as the same tokens
+    same = sum(wp.encode(r.text) == wp.encode("".join(case)) for case, r in done.items())
     # the misses are seams inside a word that no one token heals ("wrloca" + "l()")
     print(f"word piece: {same}/{len(cases)} texts read as the whole text's tokens")
     assert same >= len(cases) - 3
-    r = infill(model, wp, "value = compu", "\n", true_length(wp, "value = compu", "te(x)"))
+    r = done["value = compu", "te(x)", "\n"]
+    # the piece joins the word; inside the middle the spaces are the decoder's ("( x )")
     assert "##" not in r.middle and r.text.startswith("value = compute")
 
 
 def test_sentence_piece_middles_keep_their_leading_space(sp):
     cases = _cases(3, 14) + [("y =", " len(a)", "\n"), ("def f(x):\n    return", " x", "\n")]
-    model = WholeTextOracle(sp, cases)
     exact = 0
-    for p, m, s in cases:
-        r = infill(model, sp, p, s, true_length(sp, p, m))
-        assert r.text == p + r.middle + s
+    for (p, m, _), r in _filled(sp, cases):
         exact += r.middle == m
         if heal(sp, p)[2] is None and not m[0].isspace():
             assert r.middle == m, (p[-12:], m)

@@ -116,7 +116,7 @@ def evaluate_ar_fim(model, tokenizer, tasks: list[FIMTask], *, max_new_tokens: i
         first = None if allowed is None else allowed[None]
         out = generate_ar(model, [fim_prompt(pre, suf, special, order)], max_new_tokens,
                           first_allowed=first)  # fmt: skip
-        middle = middle_text(tokenizer, out.tokens[0], carry, kept)
+        middle = middle_text(tokenizer, out.tokens[0], carry, task.prefix)
         hits += exact_match(task, _post(task, middle))
         tokens += len(out.tokens[0])
         forwards += out.nfe

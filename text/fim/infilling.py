@@ -327,8 +327,7 @@ def _restrict(heals, parts, rows, width: int):
 def _result(out: GenerationOutput, row: int, n: int, prefix: str, suffix: str, tokenizer,
             scores: dict, carry: str = "") -> InfillResult:  # fmt: skip
     ids = out.sequences[row][out.generated[row]].tolist()
-    before = prefix[: len(prefix) - len(carry)]  # the carry is the prefix's own tail
-    middle = middle_text(tokenizer, ids, carry, before)
+    middle = middle_text(tokenizer, ids, carry, prefix)  # the carry is the prefix's own tail
     span = (len(prefix), len(prefix) + len(middle))
     tpf = float(out.tokens_per_forward[row])
     return InfillResult(prefix + middle + suffix, middle, n, span, tpf, out.nfe, scores,

@@ -135,7 +135,7 @@ def load_transformers(path: str | Path, *, spec: DenoiserSpec | None = None, dev
     if parts is not None:  # a diffusers pipeline folder: its model, its tokenizer
         path, tok_path = parts
     cfg = _read_config(path)
-    _has_safetensors(path)
+    _refuse_pickled_only(path)
     model_type = str(cfg.get("model_type", "?"))
     if spec is None:
         for match, fn in _REGISTRY:
@@ -274,7 +274,7 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "voc
                    "tokenizer.model", "spiece.model", "sentencepiece.bpe.model")  # fmt: skip
 
 
-def _has_safetensors(path: Path) -> None:
+def _refuse_pickled_only(path: Path) -> None:
     """Refuse a folder whose weights are pickled only, saying how to convert them."""
     if any(path.glob("*.safetensors")) or (path / "model.safetensors.index.json").is_file():
         return

@@ -186,14 +186,15 @@ def strip_carry(middle: str, carry: str) -> str:
     return middle[len(carry) :] if carry and middle.startswith(carry) else middle
 
 
-def middle_text(tokenizer, ids, carry: str = "", before: str = "") -> str:
-    """The text of a hole's generated `ids` without its `carry`: for a byte-level tokenizer
-    the bytes after the carry's bytes, decoded once (specials skipped; an unfinished last
-    character left out); otherwise the text the ids add after ``before`` (the prefix without
-    the carry, `text_after`), the carry cut from its start."""
+def middle_text(tokenizer, ids, carry: str = "", prefix: str = "") -> str:
+    """The text of a hole's generated `ids` without its `carry` (the tail of `prefix`): for
+    a byte-level tokenizer the bytes after the carry's bytes, decoded once (specials skipped;
+    an unfinished last character left out); otherwise the text the ids add after the prefix
+    without the carry (`text_after`), the carry cut from its start."""
     view = token_view(tokenizer)
     if view.table is None:
-        return strip_carry(text_after(view, before, ids), carry)
+        kept = prefix[: len(prefix) - len(carry)] if prefix.endswith(carry) else prefix
+        return strip_carry(text_after(view, kept, ids), carry)
     data, head = view.token_bytes(ids), carry.encode("utf-8")
     data = data[len(head) :] if data.startswith(head) else data
     # a character the hole ends inside is left out (its bytes are no text); invalid bytes
@@ -215,7 +216,7 @@ def text_after(view, before: str, ids) -> str:
     tail = view.encode(before[-ANCHOR_CHARS:])[-ANCHOR_TOKENS:] if before else []
     lead = view.decode(tail) if tail else ""
     full = view.decode(tail + ids) if lead else ""
-    if not lead or not full.startswith(lead):
+    if not full.startswith(lead) or not lead:  # nothing to anchor on
         return view.decode(ids)
     text = full[len(lead) :]
     if text[:1] == " " and before[-1].isspace() and not lead[-1].isspace():
