@@ -94,7 +94,7 @@ async def generate(request: Request):
         return {"model": model, "created_at": _now(), "response": rest, "done": True,
                 "done_reason": done.finish_reason,
                 "total_duration": time.perf_counter_ns() - start,
-                "eval_count": len(batcher.cm.tokenizer.encode(done.middles[0])),
+                "eval_count": batcher.cm.count_tokens(done.middles[0]),
                 "mdiff": {**extra, "seed": req.seed}}  # fmt: skip
 
     if queue is not None:

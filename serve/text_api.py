@@ -231,7 +231,7 @@ async def _answered(request: Request, jobs, model: str):
 
 def _usage(batcher: Batcher, req: TextRequest, middles: list[str]) -> dict:
     """OpenAI's ``usage``: prompt (prompt and suffix) and generated tokens (an echo is none)."""
-    completion = sum(len(batcher.cm.tokenizer.encode(m)) for m in middles)
+    completion = sum(batcher.cm.count_tokens(m) for m in middles)
     prompt = _prompt_tokens(batcher, req)
     return {"prompt_tokens": prompt, "completion_tokens": completion,
             "total_tokens": prompt + completion}  # fmt: skip
@@ -340,6 +340,6 @@ def _infill_body(done, model, batcher, req, extra) -> dict:
     middle = "" if done is None else done.middles[0]
     stop_type = "limit" if done is None or done.finish_reason == "length" else "eos"
     return {"content": middle, "index": 0, "stop": True, "model": model,
-            "tokens_predicted": len(batcher.cm.tokenizer.encode(middle)),
+            "tokens_predicted": batcher.cm.count_tokens(middle),
             "tokens_evaluated": _prompt_tokens(batcher, req), "stop_type": stop_type,
             "generation_settings": {"seed": req.seed, **req.settings}, "mdiff": extra}  # fmt: skip

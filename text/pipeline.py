@@ -32,6 +32,7 @@ from mdiff.record import GenerationRecord, check_seed
 from mdiff.text.model.denoiser import TextDenoiser
 from mdiff.text.model.tokenizer import TOKENIZER_FILE, CodeTokenizer
 from mdiff.text.sampling.sampler import GenerationConfig, generate
+from mdiff.text.sampling.token_bytes import token_view
 
 __all__ = ["CodeModel", "Completion", "check_output"]
 
@@ -161,12 +162,17 @@ class CodeModel:
             self._wm = self.stamper.text_watermark(self.tokenizer.vocab_size, specials)
         return self._wm
 
+    def count_tokens(self, middle: str) -> int:
+        """Tokens of `middle` as it reads after the text before it (no space a tokenizer
+        prepends to a text's start; `TokenView.encode_after`)."""
+        return len(token_view(self.tokenizer).encode_after(middle))
+
     def _finish(self, text, middles, spans, source_text, settings, nfe, tpf, *, edited,
                 inputs=(), seed=None, tokens: int | None = None) -> Completion:  # fmt: skip
         """The signed `Completion`; ``tokens``: the holes' generated tokens (default: the
         middles re-encoded, for a middle cut after generating)."""
         if tokens is None:
-            tokens = sum(len(self.tokenizer.encode(m)) for m in middles)
+            tokens = sum(self.count_tokens(m) for m in middles)
         extra = {
             "vocab_size": self.tokenizer.vocab_size,
             "generated_spans": [list(s) for s in spans],

@@ -492,6 +492,32 @@ def test_watermark_hook_marks_every_step():
     assert marked.settings["watermarked"] and not plain.settings["watermarked"]
 
 
+class _BiasedModel(TinyDenoiser):
+    """The watermark applied by the model to its whole canvas (a copy per call): the oracle
+    of the sampler's in-place bias over one window and its two neighbours."""
+
+    def __init__(self, wm, **kw):
+        super().__init__(**kw)
+        self.wm = wm
+
+    def forward(self, input_ids, **kw):
+        return self.wm.bias(super().forward(input_ids, **kw), input_ids, self.spec.mask_id)
+
+
+@pytest.mark.parametrize("eos", [EOSPolicy(), EOSPolicy(forbid=True)])
+def test_the_watermark_bias_in_the_step_equals_it_on_the_whole_canvas(eos):
+    kw = dict(vocab=64, seed=13, scale=0.1, supports_cache=False)
+    wm = TextWatermark(b"sampler-test-key", 64, ignore_ids=[MASK])
+    rows = prompts([4, 6, 5], seed=6, vocab=64)
+    cfg = GenerationConfig(gen_length=24, steps=12, block_length=8, temperature=1.0, seed=3,
+                           eos=eos)  # fmt: skip
+    marked = generate(TinyDenoiser(**kw), rows, config=cfg, watermark=wm)
+    oracle = generate(_BiasedModel(wm, **kw), rows, config=cfg)
+    assert torch.equal(marked.sequences, oracle.sequences)
+    plain = generate(TinyDenoiser(**kw), rows, config=cfg)
+    assert not torch.equal(marked.sequences, plain.sequences)  # the bias changes the draw
+
+
 # ---- outputs, record and validation -------------------------------------------------------------
 
 

@@ -86,7 +86,7 @@ def evaluate_fim(model, tokenizer, tasks: list[FIMTask], *, modes=MODES, fixed_l
             else:
                 r = fill(task.prefix, task.suffix, length, seed=seed, **extra)
                 middle = r.middles[0]
-                n = len(token_view(tokenizer).encode(middle))
+                n = len(token_view(tokenizer).encode_after(middle))
             hits += exact_match(task, _post(task, middle))
             forwards += r.nfe
             tokens += n
@@ -111,7 +111,7 @@ def evaluate_ar_fim(model, tokenizer, tasks: list[FIMTask], *, max_new_tokens: i
     for task in tasks:
         kept, carry, allowed = heal_prefix(tokenizer, task.prefix, enabled=heal)
         view = token_view(tokenizer)
-        pre, suf = view.encode(kept), view.encode(task.suffix)
+        pre, suf = view.encode(kept), view.encode_after(task.suffix)
         pre, suf = fit_context(pre, suf, max_new_tokens + 3, limit)  # + [PRE] [SUF] [MID]
         first = None if allowed is None else allowed[None]
         out = generate_ar(model, [fim_prompt(pre, suf, special, order)], max_new_tokens,

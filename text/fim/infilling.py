@@ -255,7 +255,7 @@ def fim_canvas(spec, view, inputs, heals, limit: int) -> FimCanvas:
     as it is alone."""
     rows, parts = [], []
     for i, (kept, suffix, lengths) in enumerate(inputs):
-        pre, suf = view.encode(kept), view.encode(_lf(suffix))
+        pre, suf = view.encode(kept), view.encode_after(_lf(suffix))
         for n in lengths:
             a, b = fit_context(pre, suf, n, limit)
             rows.append(a + [spec.mask_id] * n + b)

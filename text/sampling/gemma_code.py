@@ -23,6 +23,7 @@ from mdiff.text.sampling.gemma_runner import generate_gemma
 from mdiff.text.sampling.gemma_settings import GemmaSettings
 from mdiff.text.sampling.generation import GenerationConfig
 from mdiff.text.sampling.policies import EOSPolicy
+from mdiff.text.sampling.token_bytes import token_view
 
 __all__ = ["GemmaCodeModel"]
 
@@ -45,9 +46,13 @@ class GemmaCodeModel(CodeModel):
             )
         return self.tokenizer
 
-    def _ids(self, text: str, name: str) -> list[int]:
+    def _ids(self, text: str, name: str, after: bool = False) -> list[int]:
+        """Ids of `text`; ``after``: text that follows other text (a suffix: no space
+        prepended, `TokenView.encode_after`)."""
         if not isinstance(text, str):
             raise InvalidInputError(f"{name} must be a str, got {type(text).__name__}")
+        if after:
+            return token_view(self._tok()).encode_after(text)
         return list(self._tok().encode(text))
 
     def _bos(self, ids: list[int]) -> list[int]:
@@ -79,7 +84,7 @@ class GemmaCodeModel(CodeModel):
         settings = dict(settings)
         settings = _with_config(settings.pop("config", None), settings)
         r = infill_gemma(self.model, self._bos(self._ids(prefix, "prefix")),
-                         self._ids(suffix, "suffix"), length, seed=seed,
+                         self._ids(suffix, "suffix", after=True), length, seed=seed,
                          watermark=self.watermark, streamer=streamer, **settings)  # fmt: skip
         return r, self.tokenizer.decode(r.middle, skip_special_tokens=True)
 

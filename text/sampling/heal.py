@@ -124,7 +124,7 @@ def byte_carry(tokenizer, prefix: str) -> int | None:
     for c in range(len(tail) - 1, max(len(tail) - MAX_CARRY, 0) - 1, -1):
         kept, carry = view.encode(tail[:c]), tail[c:]
         if all(_split_at(view.backend, tail[:c], tail + p) for p in PROBES) and all(
-            kept + view.encode(carry + p) == view.encode(tail + p) for p in PROBES
+            kept + view.encode_after(carry + p) == view.encode(tail + p) for p in PROBES
         ):
             return base + c
     return None
@@ -174,7 +174,7 @@ def true_length(tokenizer, prefix: str, middle: str, *, healed: bool = True) -> 
     """Tokens a hole needs to hold `middle` after `prefix` (healed or not): the oracle
     length of FIM evaluation."""
     carry = heal(tokenizer, prefix, enabled=healed)[1]
-    return max(1, len(token_view(tokenizer).encode(carry + middle)))
+    return max(1, len(token_view(tokenizer).encode_after(carry + middle)))
 
 
 def strip_carry(middle: str, carry: str) -> str:

@@ -54,11 +54,12 @@ class EOSPolicy:
     def ids(self, spec_ids: tuple[int, ...]) -> tuple[int, ...]:
         return tuple(spec_ids) if self.eos_ids is None else self.eos_ids
 
-    def process(self, logits: Tensor, ids: tuple[int, ...]) -> Tensor:
-        """Logits with EOS forbidden and/or penalised (what proposals are drawn from)."""
+    def process(self, logits: Tensor, ids: tuple[int, ...], *, inplace: bool = False) -> Tensor:
+        """Logits with EOS forbidden and/or penalised (what proposals are drawn from);
+        ``inplace``: changed in ``logits`` itself, for a caller whose tensor it is."""
         if not ids or not (self.forbid or self.penalty):
             return logits
-        logits = logits.clone()
+        logits = logits if inplace else logits.clone()
         if self.forbid:
             logits[..., list(ids)] = -torch.inf
         else:

@@ -14,7 +14,6 @@ Each takes the sampler's run state (``run``: its config, canvas, layout and per-
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from mdiff import unmask_rules as R
@@ -27,20 +26,24 @@ __all__ = ["plan", "process", "propose"]
 
 def process(run, logits: Tensor, cols: Tensor, idx=slice(None)) -> Tensor:
     """Logits proposals are drawn from: no [MASK], EOS policy, watermark bias, `restrict`
-    (of rows ``idx``, whose logits these are, at columns ``cols``)."""
-    logits = logits.clone()
+    (of rows ``idx``, whose logits these are, at columns ``cols``). One copy of ``logits``,
+    changed in place; with the watermark it has a row on either side for the window's
+    neighbours of context (their values are never read)."""
+    B, W, V = logits.shape
+    wm = run.watermark is not None
+    buf = logits.new_empty(B, W + 2, V) if wm else None
+    logits = buf[:, 1:-1].copy_(logits) if wm else logits.clone()
     if not run.literal:
         logits[..., run.mask_id] = -torch.inf
-    logits = run.cfg.eos.process(logits, run.eos_ids)
-    if run.watermark is not None:  # one neighbour of context on each side
+    logits = run.cfg.eos.process(logits, run.eos_ids, inplace=True)
+    if wm:  # one neighbour of context on each side
         L = run.x.shape[1]
         around = torch.cat([cols[:, :1] - 1, cols, cols[:, -1:] + 1], 1)
         inside = (around >= 0) & (around < L)
         at = around.clamp(0, L - 1)
         real = run.lay.real[idx].gather(1, at) & inside
         ctx = torch.where(real, run.x[idx].gather(1, at), run.mask_id)
-        padded = F.pad(logits, (0, 0, 1, 1))
-        logits = run.watermark.bias(padded, ctx, run.mask_id, inplace=True)[:, 1:-1]
+        logits = run.watermark.bias(buf, ctx, run.mask_id, inplace=True)[:, 1:-1]
     if run.restrict is not None:
         pos, allowed = run.restrict[0][idx], run.restrict[1][idx]
         j = pos - cols[:, 0]  # windows are contiguous columns

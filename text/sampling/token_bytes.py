@@ -2,6 +2,7 @@
 
     view = token_view(tokenizer)       # cached per tokenizer
     view.encode("a <|mask|> b")         # ids; a special token's text in the input is plain text
+    view.encode_after("\n    return x")  # ids of text that follows other text (a suffix)
     view.table[i]                       # bytes of token i (byte-level BPE), None for a special
     view.decode(ids)                    # text of generated ids, specials skipped
     view.special, view.mask_id          # special ids, the tokenizer's own mask token (or None)
@@ -12,6 +13,12 @@ inside a UTF-8 character still has its exact bytes (decoding one such token alon
 ``"\\ufffd"``). `decode` joins the bytes and decodes them once, as the tokenizer's ByteLevel
 decoder does (no clean-up of spaces, whatever the tokenizer's setting). `table` is None when
 the tokenizer is not byte-level: then healing and decoding go through its text.
+
+A text's start: Llama 2 style SentencePiece tokenizers (Metaspace ``prepend_scheme`` "first" or
+"always", or a ``Prepend("▁")`` normalizer) and byte-level ones with ``add_prefix_space`` put a
+space before every text they encode, as at the start of a document. A suffix, a middle or a
+carry continues the text before it, so `encode_after` encodes it with a copy of the backend
+that prepends nothing: ``encode_after("\n    x")`` has no ``"▁"`` token before the newline.
 
 Recognised: `CodeTokenizer` (``.backend``), `mdiff.text.model.loaders.HFTokenizer`
 (``.tok``), any transformers fast tokenizer (``.backend_tokenizer``) and a bare
@@ -50,6 +57,7 @@ class TokenView:
     mask_id: int | None
     table: list[bytes | None] | None  # per id; None: not byte-level
     _sorted: tuple[list[bytes], list[int]] | None = field(default=None, repr=False)
+    _inner: object = field(default=None, repr=False)  # the backend that prepends nothing
 
     def starting_with(self, head: bytes) -> list[int]:
         """The ids whose bytes start with ``head`` (byte-level only), in byte order: a range
@@ -76,6 +84,15 @@ class TokenView:
             finally:
                 self.backend.encode_special_tokens = old
         return list(self.tokenizer.encode(text))
+
+    def encode_after(self, text: str) -> list[int]:
+        """Ids of `text` where it follows other text: `encode`, without the space a
+        tokenizer prepends to a text's start (see the module doc)."""
+        if self._inner is None:
+            self._inner = _unprepended(self.backend) or False
+        if self._inner is False:
+            return self.encode(text)
+        return self._inner.encode(text, add_special_tokens=False).ids
 
     def token_bytes(self, ids) -> bytes:
         """The bytes of `ids` joined (byte-level only); specials and unknown ids add nothing."""
@@ -130,6 +147,48 @@ def _build(tokenizer) -> TokenView:
     mask = int(mask) if isinstance(mask, int) else None
     table = _table(backend, added, special) if backend is not None else None
     return TokenView(tokenizer, hf, backend, frozenset(special), mask, table)
+
+
+def _unprepended(backend):
+    """A copy of `backend` that prepends no space to a text (special tokens in the input read
+    as text), or None when `backend` prepends none."""
+    import json
+
+    from tokenizers import Tokenizer
+
+    if backend is None:
+        return None
+    spec = json.loads(backend.to_str())
+    changed = False
+
+    def strip(node, pre: bool):
+        nonlocal changed
+        if isinstance(node, list):
+            kept = [strip(n, pre) for n in node]
+            return [n for n in kept if n is not None]
+        if not isinstance(node, dict):
+            return node
+        kind = node.get("type")
+        if kind == "Prepend":  # Llama 2's legacy normalizer: Prepend("▁"), Replace(" ", "▁")
+            changed = True
+            return None
+        if kind == "Metaspace" and node.get("prepend_scheme", "never") != "never":
+            changed, node = True, {**node, "prepend_scheme": "never"}
+        if kind in ("Metaspace", "ByteLevel") and pre and node.get("add_prefix_space"):
+            changed, node = True, {**node, "add_prefix_space": False}
+        return {k: strip(v, pre) for k, v in node.items()}
+
+    for key in ("normalizer", "pre_tokenizer"):
+        if spec.get(key) is not None:
+            spec[key] = strip(spec[key], key == "pre_tokenizer")
+            if isinstance(spec[key], dict) and spec[key].get("type") == "Sequence":
+                inner = spec[key].get("normalizers", spec[key].get("pretokenizers"))
+                spec[key] = spec[key] if inner else None
+    if not changed:
+        return None
+    inner = Tokenizer.from_str(json.dumps(spec))
+    inner.encode_special_tokens = True
+    return inner
 
 
 def _table(backend, added: dict, special: set[int]) -> list[bytes | None] | None:
