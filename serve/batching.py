@@ -346,16 +346,23 @@ class Batcher:
         sub = take(run, rows)
         out, real = sub.finish(), sub.lay.real
         at = {r: i for i, r in enumerate(rows)}
-        off = 0
+        off, spec = 0, self.cm.model.spec
         for m in members:
             live = [p for p in range(len(m.parts)) if p not in m.got]
             for k, p in enumerate(live):
                 i = at.get(off + k)
                 if i is not None:
                     e = int(real[i].nonzero().max()) + 1  # its canvas alone ends here
-                    cut = slice(e - m.width, e)
-                    m.got[p] = (out.sequences[i, cut], real[i, cut], out.generated[i, cut],
-                                out.steps_per_block[i], out.tokens_per_forward[i])  # fmt: skip
+                    seq, re, gen = (
+                        _solo(t[i], e, m.width, f)
+                        for t, f in (
+                            (out.sequences, spec.fill_id),
+                            (real, False),
+                            (out.generated, False),
+                        )
+                    )
+                    m.got[p] = (seq, re, gen, out.steps_per_block[i],
+                                out.tokens_per_forward[i])  # fmt: skip
             off += len(live)
         done = [m for m in members if m.rows == 0]
         members[:] = [m for m in members if m.rows]
@@ -391,3 +398,13 @@ class Batcher:
     def _answer(self, job: Job, done) -> None:
         self.stats["jobs"] += 1
         job.future.set_result(done)
+
+
+def _solo(row, end: int, width: int, fill):
+    """``row``'s solo canvas: its ``width`` slots up to ``end``. Slots before the batch's
+    first one (leading blocks of padding the batch dropped, `rows.compact`) are put back as
+    the padding they were."""
+    lo = end - width
+    if lo >= 0:
+        return row[lo:end]
+    return torch.cat([row.new_full((-lo,), fill), row[:end]])

@@ -4,7 +4,10 @@
 JSON objects ``{"model", "created_at", "response": delta, "done": false}``, then one with
 ``"done": true``); ``GET /api/tags`` (and ``/api/ps``) lists the text model, ``POST
 /api/show`` describes it (plugins such as Continue ask it for the capabilities), ``GET
-/api/version`` answers mdiff's version. The same batcher, bounds, seeds and
+/api/version`` answers mdiff's version. A generate request with neither prompt nor suffix
+loads the model and answers ``{"response": "", "done": true, "done_reason": "load"}`` at once
+(how Ollama clients preload); errors are Ollama's ``{"error": message}``, streamed or not. The
+same batcher, bounds, seeds and
 provenance as ``/v1/completions`` (`mdiff.serve.text_api`): the last object's ``mdiff`` field
 holds the record and the signed file's id.
 """
@@ -21,7 +24,16 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from mdiff.errors import InvalidInputError
 from mdiff.serve.app import client_shaped
-from mdiff.serve.text_api import _body, _events, _fail, _results, _save, _submit
+from mdiff.serve.text_api import (
+    _body,
+    _events,
+    _fail,
+    _not_served,
+    _results,
+    _save,
+    _submit,
+    text_service,
+)
 from mdiff.serve.text_requests import parse_completion
 
 __all__ = ["router"]
@@ -40,12 +52,19 @@ def parse_generate(body, limits):
     options = body.get("options") or {}
     if not isinstance(options, dict):
         raise InvalidInputError("'options' must be an object")
-    flat = {"prompt": body.get("prompt", ""), "suffix": body.get("suffix"),
-            "stream": body.get("stream", True), "max_tokens": options.get("num_predict"),
+    for key in ("prompt", "suffix"):
+        if body.get(key) is not None and not isinstance(body[key], str):
+            raise InvalidInputError(f"'{key}' must be a string, got {type(body[key]).__name__}")
+    stream = body.get("stream")
+    flat = {"prompt": body.get("prompt") or "", "suffix": body.get("suffix"),
+            "stream": True if stream is None else stream,
+            "max_tokens": options.get("num_predict"),
             **{k: options.get(k) for k in ("temperature", "top_p", "seed", "stop")}}  # fmt: skip
     n = flat["max_tokens"]
-    if n is not None and (isinstance(n, bool) or not isinstance(n, int)):
-        raise InvalidInputError(f"'options.num_predict' must be an integer, got {n!r}"[:300])
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n == 0):
+        raise InvalidInputError(
+            f"'options.num_predict' must be a positive integer or -1, got {n!r}"[:300]
+        )
     if n is not None and n < 0:  # Ollama: -1 = no limit
         flat["max_tokens"] = None
     return parse_completion(flat, limits)
@@ -82,10 +101,31 @@ async def show(request: Request):
             "capabilities": ["completion", "insert"]}  # fmt: skip
 
 
+def _loading(body) -> bool:
+    """Ollama's "load the model" request: no prompt and no suffix (answered at once)."""
+    return isinstance(body, dict) and all(body.get(k) in (None, "") for k in ("prompt", "suffix"))
+
+
+async def _load_answer(request: Request, body: dict):
+    """Ollama's answer to a load request, once the text model is loaded."""
+    model = _not_served(request, body)
+    if isinstance(model, JSONResponse):
+        return client_shaped(request, model)
+    await asyncio.to_thread(text_service, request.app)
+    done = {"model": model, "created_at": _now(), "response": "", "done": True,
+            "done_reason": "load"}  # fmt: skip
+    if body.get("stream") is False:
+        return done
+    return StreamingResponse(iter([json.dumps(done) + "\n"]), media_type="application/x-ndjson")
+
+
 @router.post("/api/generate")
 async def generate(request: Request):
     start = time.perf_counter_ns()
-    admitted = await _submit(request, parse_generate)
+    body = await _body(request)
+    if _loading(body):
+        return await _load_answer(request, body)
+    admitted = await _submit(request, parse_generate, body)
     if isinstance(admitted, JSONResponse):
         return client_shaped(request, admitted)
     model, req, batcher, jobs, queue = admitted
@@ -108,8 +148,11 @@ async def generate(request: Request):
         def ndjson(payload) -> str:
             return json.dumps(payload, ensure_ascii=False) + "\n"
 
-        return StreamingResponse(_events(request, req, jobs, queue, chunk, final, ndjson),
-                                 media_type="application/x-ndjson")  # fmt: skip
+        def failed(error: dict) -> dict:  # Ollama's shape: {"error": message}
+            return {"error": error.get("message", "generation failed")}
+
+        return StreamingResponse(_events(request, req, jobs, queue, chunk, final, ndjson,
+                                         failed), media_type="application/x-ndjson")  # fmt: skip
     try:
         (done,) = await _results(request, jobs)
     except Exception as e:  # noqa: BLE001 — the job's own error, in Ollama's shape

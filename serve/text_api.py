@@ -61,7 +61,7 @@ async def _body(request: Request):
             raise BodyTooLarge(f"the body is larger than {limit} bytes (Limits.max_body_bytes)")
     try:
         return json.loads(bytes(data) or b"null")
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError; an int past 4300 digits
         raise InvalidInputError(f"the body is not valid JSON: {e}") from None
     except RecursionError:
         raise InvalidInputError("the body's JSON is nested too deeply") from None
@@ -70,6 +70,8 @@ async def _body(request: Request):
 def _model_id(request: Request, body) -> str:
     cfg = request.app.state.config
     asked = body.get("model") if isinstance(body, dict) else None
+    if asked is not None and not isinstance(asked, str):
+        raise InvalidInputError(f"model must be a string, got {type(asked).__name__}")
     if asked not in (None, "") and not cfg.names_text(asked):
         raise LookupError(asked)
     return cfg.text_name
@@ -110,17 +112,27 @@ def _prompt_tokens(batcher: Batcher, req: TextRequest) -> int:
     return sum(len(enc(p)) + len(enc(s)) for p, s in req.prompts)
 
 
-async def _submit(request: Request, parse):
-    """Parse, admit (or an error response) and queue one request."""
-    body = await _body(request)
+_READ = object()  # `_submit`: read the body from the request
+
+
+def _not_served(request: Request, body) -> JSONResponse | str:
+    """The text model's served name, or the 404 for a ``model`` this server does not have."""
     try:
-        model = _model_id(request, body)
+        return _model_id(request, body)
     except LookupError as e:
         cfg, asked = request.app.state.config, e.args[0]
         why = f"the model '{asked}' is not served here"
         if asked in (cfg.video_model, cfg.video_name):
             why = f"'{asked}' makes video (POST /v1/videos); text is '{cfg.text_name}'"
         return api_error(404, f"{why} (GET /v1/models)", param="model", code="model_not_found")
+
+
+async def _submit(request: Request, parse, body=_READ):
+    """Parse, admit (or an error response) and queue one request (``body``: already read)."""
+    body = await _body(request) if body is _READ else body
+    model = _not_served(request, body)
+    if isinstance(model, JSONResponse):
+        return model
     req = parse(body, request.app.state.config.limits)
     req.model_id = model
     batcher = await asyncio.to_thread(text_service, request.app)
@@ -241,10 +253,17 @@ def _sse(data) -> str:
     return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
 
 
-async def _events(request: Request, req, jobs, queue, chunk, final, frame=_sse):
+def _error_event(error: dict) -> dict:
+    """A failed choice's event: OpenAI's ``{"error": {"message", "type", ...}}``."""
+    return {"error": error}
+
+
+async def _events(request: Request, req, jobs, queue, chunk, final, frame=_sse,
+                  failed=_error_event):  # fmt: skip
     """Stream lines (``frame(payload)``, default SSE): ``chunk(index, delta, draft)`` per
     streamed piece, ``final(index, done, rest, extra)`` per finished choice (``rest``:
-    committed text not streamed yet; ``extra``: its ``mdiff`` provenance field)."""
+    committed text not streamed yet; ``extra``: its ``mdiff`` provenance field);
+    ``failed(error)`` the event of a choice that failed (``error``: OpenAI's error object)."""
     sent = [""] * len(jobs)
     pending = {w: i for i, w in enumerate(_waiting(jobs))}
     getter = None
@@ -268,7 +287,7 @@ async def _events(request: Request, req, jobs, queue, chunk, final, frame=_sse):
                     sent[k] += delta
                     yield frame(chunk(k, delta, draft))
                 if fut.exception() is not None:
-                    yield frame({"error": json.loads(_fail(fut.exception()).body)["error"]})
+                    yield frame(failed(json.loads(_fail(fut.exception()).body)["error"]))
                     continue
                 done_ = fut.result()
                 middle = done_.middles[0]

@@ -210,6 +210,14 @@ class CodeModel:
 
     def infill(self, prefix: str, suffix: str, length: int | str = "auto", *, seed: int = 0,
                streamer=None, **settings) -> Completion:  # fmt: skip
+        """Fill one hole between `prefix` and `suffix` (strings); a signed `Completion`."""
+        for name, value in (("prefix", prefix), ("suffix", suffix)):
+            if not isinstance(value, str):
+                raise InvalidInputError(
+                    f"{name} must be a str (one hole), got {type(value).__name__}; for a batch "
+                    "of holes use mdiff.text.fim.infilling.infill(cm.model, cm.tokenizer, "
+                    "prefixes, suffixes)"
+                )
         r = _infill.infill(self.model, self.tokenizer, prefix, suffix, length, seed=seed,
                            watermark=self.watermark, streamer=streamer, context=self.context,
                            **settings)  # fmt: skip

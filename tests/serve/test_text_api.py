@@ -134,6 +134,24 @@ def test_one_batch_of_many_widths_scores_every_length_as_alone(models):
         assert j.future.result().middles[0] == alone.middle
 
 
+@pytest.mark.parametrize("k", [11, 13, 15])
+def test_rows_that_outlive_the_blocks_compacted_away_are_scored_on_their_solo_canvas(models, k):
+    """Auto length over candidates up to 16: the long rows finish first and the canvas drops
+    the leading blocks only they needed, so a short row's solo canvas starts before the
+    batch's first slot — put back as the padding it was (these prompts gave a 500)."""
+    cm = models.text()
+    prefix, cands = "# " + "ab " * k + "\nx = ", (2, 3, 4, 6, 8, 11, 16)
+    job = Job(prefix, "\n", "auto", candidates=cands, seed=0, settings={"temperature": 0.0})
+    batcher = Batcher(cm)
+    try:
+        batcher._serve([job])
+    finally:
+        batcher.close()
+    alone = infill(cm.model, cm.tokenizer, prefix, "\n", "auto", candidates=cands, seed=0,
+                   watermark=cm.watermark, temperature=0.0)  # fmt: skip
+    assert job.scores == alone.scores and job.future.result().middles[0] == alone.middle
+
+
 def test_a_request_arriving_mid_batch_joins_it_with_its_solo_answer(models):
     """Continuous batching: a job submitted while a batch runs (from the first job's stream,
     i.e. between two of its steps) joins that batch; both answers equal their solo runs."""

@@ -302,3 +302,59 @@ def test_ollama_plugins_can_ask_what_the_model_is(make_app):
     assert other.status_code == 404 and "code-tiny-block" in other.json()["error"]
     assert version == {"version": __version__}
     assert [m["name"] for m in running["models"]] == ["code-tiny-block"]
+
+
+def test_ollama_loads_on_an_empty_request_and_refuses_what_it_would_not_take(make_app):
+    with TestClient(make_app()) as c:
+        t = time.perf_counter()
+        load = c.post("/api/generate", json={"model": "code-tiny-block", "keep_alive": "5m"})
+        quick = time.perf_counter() - t
+        plain = c.post("/api/generate", json={"model": "code-tiny-block", "prompt": "",
+                                              "stream": False})  # fmt: skip
+        listed = c.post("/api/generate", json={"prompt": ["a = ", "b = "], "stream": False})
+        zero = c.post("/api/generate", json={"prompt": "x", "options": {"num_predict": 0}})
+        null = c.post("/api/generate", json={"prompt": "x = ", "stream": None,
+                                             "options": {"num_predict": 2}})  # fmt: skip
+    lines = [json.loads(x) for x in load.text.splitlines() if x]
+    assert load.status_code == 200 and load.headers["content-type"].startswith("application/x")
+    assert [(x["response"], x["done"], x["done_reason"]) for x in lines] == [("", True, "load")]
+    assert quick < 5 and plain.json()["done_reason"] == "load"
+    assert listed.status_code == 400 and "'prompt' must be a string" in listed.json()["error"]
+    assert zero.status_code == 400 and "num_predict" in zero.json()["error"]
+    assert null.headers["content-type"].startswith("application/x-ndjson")  # Ollama streams
+
+
+def test_a_choice_that_fails_mid_stream_says_so_in_the_clients_own_shape(make_app, monkeypatch):
+    from mdiff.errors import MdiffError
+    from mdiff.serve import batch_answers
+
+    def broken(*a, **k):
+        raise MdiffError("the answer could not be made")
+
+    monkeypatch.setattr(batch_answers, "answer", broken)
+    with TestClient(make_app()) as c:
+        ollama = c.post("/api/generate", json={"prompt": HOLE[0], "suffix": HOLE[1],
+                                               "options": {"num_predict": 4}})  # fmt: skip
+        openai = c.post("/v1/completions", json={"prompt": HOLE[0], "suffix": HOLE[1],
+                                                 "max_tokens": 4, "stream": True})  # fmt: skip
+    last = json.loads(ollama.text.splitlines()[-1])
+    assert list(last) == ["error"] and "could not be made" in last["error"]  # Ollama's shape
+    event = _events(openai.text.splitlines())[-1]
+    assert "could not be made" in event["error"]["message"] and event["error"]["type"]
+
+
+@pytest.mark.parametrize("body", [
+    {"prompt": "x = ", "max_tokens": 4, "model": ["code-tiny-block"]},
+    {"prompt": "x = ", "max_tokens": 4, "model": {"a": 1}},
+])  # fmt: skip
+def test_a_model_that_is_not_a_string_is_a_400(make_app, body):
+    with TestClient(make_app()) as c:
+        for path in ("/v1/completions", "/infill"):
+            r = c.post(path, json=body)
+            assert r.status_code == 400 and "model must be a string" in r.json()["error"]["message"]
+
+
+def test_a_number_json_cannot_hold_is_not_valid_json(make_app):
+    with TestClient(make_app()) as c:
+        r = c.post("/v1/completions", content='{"prompt": "x", "max_tokens": ' + "1" * 5000 + "}")
+    assert r.status_code == 400 and "not valid JSON" in r.json()["error"]["message"]

@@ -12,7 +12,7 @@ import torch
 import transformers as T
 
 from mdiff import cli
-from mdiff.errors import CheckpointError
+from mdiff.errors import CheckpointError, InvalidInputError
 from mdiff.text.model import loaders
 from mdiff.text.model.adapters import HFAdapter, dream_spec, from_masked_lm, llada_spec
 from mdiff.text.model.spec import DenoiserSpec
@@ -77,7 +77,12 @@ def test_llama_folder_with_a_mask_token_is_llada_style(tmp_path):
         loaded.summary == f"{folder}: llama architecture, spec llada (mask {MASK}, bidirectional)"
     )
     spec = loaded.model.spec
-    assert spec == replace(llada_spec(V, MASK, (EOS,), PAD, BOS), supports_cache=True)  # hf_cache
+    want = replace(
+        llada_spec(V, MASK, (EOS,), PAD, BOS),
+        supports_cache=True,  # hf_cache
+        text_vocab=len(WORDS),
+    )  # ids ≥ 17: padded rows, never proposed
+    assert spec == want
     x, _ = probe()
     ref = HFAdapter(lm.eval(), spec)(x)  # the same weights, wrapped by hand
     assert torch.equal(loaded.model(x), ref) and loaded.model.mask_4d
@@ -88,7 +93,10 @@ def test_llama_folder_with_a_mask_token_is_llada_style(tmp_path):
 def test_qwen2_and_dream_folders_are_dream_style(tmp_path):
     lm = qwen2()
     plain = loaders.load_transformers(save(tmp_path, "qwen2", lm))
-    assert plain.model.spec == replace(dream_spec(V, MASK, (EOS,), PAD, BOS), supports_cache=True)
+    want = replace(
+        dream_spec(V, MASK, (EOS,), PAD, BOS), supports_cache=True, text_vocab=len(WORDS)
+    )
+    assert plain.model.spec == want
 
     def as_dream(cfg):  # Dream's config: its own model_type, mask id in the config
         cfg.update(model_type="Dream", architectures=["DreamModel"], mask_token_id=MASK)
@@ -203,6 +211,43 @@ def test_code_model_and_cli_complete_from_a_transformers_folder(tmp_path, home, 
     out, err = capsys.readouterr()
     line = f"mdiff: model {folder}: llama architecture, spec llada (mask {MASK}, bidirectional)"
     assert line in err.splitlines() and out.startswith("y = ")
+
+
+@torch.no_grad()
+def test_rows_past_the_tokenizers_vocabulary_are_never_proposed(tmp_path, home):
+    """Real checkpoints pad their embedding past the tokenizer (Qwen2: 152064 rows for 151665
+    tokens): those ids have no text. Here the padded rows of the LM head are made to win
+    every position; the sampler still picks only the tokenizer's ids."""
+    lm = llama()
+    lm.lm_head.weight[len(WORDS) :] *= 1000
+    folder = save(tmp_path, "padded", lm)
+    cm = CodeModel.from_pretrained(folder)
+    assert cm.model.spec.text_vocab == len(WORDS) < V
+    x, real = probe()
+    assert int(cm.model(x, real).argmax(-1).min()) >= len(WORDS)  # what the model prefers
+    from mdiff.text.sampling.sampler import generate
+
+    out = generate(cm.model, [[BOS, 5, 7]], gen_length=4, steps=4, temperature=1.0)
+    assert int(out.sequences[0, -4:].max()) < len(WORDS)
+    assert cm.infill("x = ", " + 1", 3).middles[0].strip()  # its tokens have text
+    literal = generate(cm.model, [[BOS, 5, 7]], gen_length=4, steps=4, allow_mask_token=True)
+    assert int(literal.sequences[0, -4:].min()) >= len(WORDS)  # LLaDA's own code picks them
+
+
+def test_folders_that_do_not_add_up_are_refused_at_load(tmp_path):
+    torch.manual_seed(0)
+    bert = T.BertForMaskedLM(T.BertConfig(**SIZES, pad_token_id=PAD))
+    with pytest.raises(CheckpointError, match="bert: the folder's tokenizer names no mask token"):
+        loaders.load_transformers(save(tmp_path, "bert-no-mask", bert, tokenizer(mask=False)))
+    small = T.LlamaForCausalLM(T.LlamaConfig(**{**SIZES, "vocab_size": 12}, num_key_value_heads=2))
+    with pytest.raises(CheckpointError, match="tokenizer has 17 tokens, the model's vocabulary 12"):
+        loaders.load_transformers(save(tmp_path, "small", small))
+
+
+def test_code_model_infill_fills_one_hole_and_says_where_batches_go(tmp_path):
+    cm = CodeModel.from_pretrained(save(tmp_path, "one", llama()))
+    with pytest.raises(InvalidInputError, match="prefix must be a str.*infilling.infill"):
+        cm.infill(["x = ", "y = "], ["\n", "\n"], 2)
 
 
 def test_cli_refuses_a_folder_it_cannot_run_in_one_line(tmp_path, home, capsys):

@@ -260,7 +260,7 @@ def fim_canvas(spec, view, inputs, heals, limit: int) -> FimCanvas:
             a, b = fit_context(pre, suf, n, limit)
             rows.append(a + [spec.mask_id] * n + b)
             parts.append((i, n, len(a)))
-    pad = spec.pad_id if spec.pad_id is not None else spec.mask_id
+    pad = spec.fill_id
     x, real = left_pad(rows, pad, pad_multiple(spec))
     return FimCanvas(x, real, rows, parts, _restrict(heals, parts, rows, x.shape[1]))
 

@@ -325,7 +325,16 @@ def from_masked_lm(model: nn.Module, tokenizer_or_ids: Any) -> HFAdapter:
     vocab = getattr(getattr(model, "config", None), "vocab_size", None)
     if vocab is None:
         raise InvalidInputError("the model needs a .config.vocab_size")
+    if not isinstance(tokenizer_or_ids, Mapping):
+        ids["text_vocab"] = text_vocab(tokenizer_or_ids, vocab)
     return HFAdapter(model, DenoiserSpec(vocab_size=vocab, attention="bidirectional", **ids))
+
+
+def text_vocab(tokenizer, vocab: int) -> int | None:
+    """``DenoiserSpec.text_vocab`` for a model of ``vocab`` logits and its tokenizer: the
+    tokenizer's size when the embedding is padded past it, else None."""
+    n = len(tokenizer) if hasattr(tokenizer, "__len__") else None
+    return n if n is not None and 0 < n < vocab else None
 
 
 def _first(obj: Any, *names: str) -> int | None:

@@ -45,7 +45,13 @@ from pathlib import Path
 from typing import Any
 
 from mdiff.errors import CheckpointError, InvalidInputError
-from mdiff.text.model.adapters import HFAdapter, dream_spec, from_masked_lm, llada_spec
+from mdiff.text.model.adapters import (
+    HFAdapter,
+    dream_spec,
+    from_masked_lm,
+    llada_spec,
+    text_vocab,
+)
 from mdiff.text.model.spec import DenoiserSpec
 
 __all__ = ["HFTokenizer", "Loaded", "is_transformers_folder", "load_transformers",
@@ -148,7 +154,10 @@ def load_transformers(path: str | Path, *, spec: DenoiserSpec | None = None, dev
         raise CheckpointError(
             f"{model_type}: an autoregressive model with no mask token is not a diffusion LM; {HOW}"
         )
+    if spec is None and kind == "masked-lm" and _mask_id(cfg, tok) is None:
+        raise CheckpointError(f"{model_type}: the folder's tokenizer names no mask token; {HOW}")
     model = _load_model(path, cfg, kind, device)
+    _check_vocab(path, tok, int(model.config.vocab_size))
     if spec is None and name == "masked-lm":
         adapter = from_masked_lm(model, tok)
     else:
@@ -224,7 +233,19 @@ def _spec(name: str, vocab: int, cfg: dict, tok) -> DenoiserSpec:
     eos = tuple(i for i in eos if i != mask)
     bos = _first_id(tok, "bos_token_id")
     make = dream_spec if name == "dream" else llada_spec
-    return make(vocab_size=vocab, mask_id=mask, eos_ids=eos, pad_id=pad, bos_id=bos)
+    spec = make(vocab_size=vocab, mask_id=mask, eos_ids=eos, pad_id=pad, bos_id=bos)
+    return dataclasses.replace(spec, text_vocab=text_vocab(tok, vocab))
+
+
+def _check_vocab(path: Path, tok, vocab: int) -> None:
+    """A tokenizer whose own vocabulary (added tokens aside) is larger than the model's is not
+    the model's (a `CheckpointError`)."""
+    base = getattr(tok, "vocab_size", None)
+    if isinstance(base, int) and base > vocab:
+        raise CheckpointError(
+            f"{path}: the tokenizer has {base} tokens, the model's vocabulary {vocab}: they "
+            "do not belong together (is the tokenizer the model's?)"
+        )
 
 
 def _mask_id(cfg: dict, tok) -> int | None:

@@ -49,6 +49,14 @@ class DenoiserSpec:
     attention: str = "bidirectional"
     block_size: int | None = None  # tokens per block for "block_causal"
     supports_cache: bool = False
+    # ids ≥ text_vocab are rows past the tokenizer's vocabulary (an embedding padded to a round
+    # size): they have no text and are never proposed (except in the literal mode); None: all
+    text_vocab: int | None = None
+
+    @property
+    def fill_id(self) -> int:
+        """The id padding slots of a canvas hold: ``pad_id``, else ``mask_id``."""
+        return self.pad_id if self.pad_id is not None else self.mask_id
 
     def __post_init__(self):
         if self.attention not in ATTENTION_KINDS:
@@ -61,6 +69,10 @@ class DenoiserSpec:
             raise InvalidInputError("pad_id must differ from mask_id")
         if self.logits_shift not in (0, 1):
             raise InvalidInputError(f"logits_shift must be 0 or 1, got {self.logits_shift}")
+        if self.text_vocab is not None and not 0 < self.text_vocab <= self.vocab_size:
+            raise InvalidInputError(
+                f"text_vocab must lie in (0, {self.vocab_size}], got {self.text_vocab}"
+            )
         if self.attention == "block_causal" and not (self.block_size and self.block_size > 0):
             raise InvalidInputError("a block_causal spec needs a positive block_size")
         object.__setattr__(self, "eos_ids", tuple(int(i) for i in self.eos_ids))

@@ -63,7 +63,7 @@ def generate_ar(
         raise InvalidInputError("generate_ar needs a causal model with a KV cache")
     if not prompts or any(len(p) == 0 for p in prompts) or max_new_tokens < 1:
         raise InvalidInputError("need non-empty prompts and max_new_tokens >= 1")
-    pad = spec.pad_id if spec.pad_id is not None else spec.mask_id
+    pad = spec.fill_id
     ids, mask = left_pad(prompts, pad)  # (B, P)
     device = next(model.parameters()).device
     ids, mask = ids.to(device), mask.to(device)

@@ -102,7 +102,7 @@ def widen(run, k: int) -> None:
         return
     if run.spec.attention != "block_causal" or k % int(run.spec.block_size):
         raise InvalidInputError("widen needs a block-causal model and whole blocks")
-    pad = run.spec.pad_id if run.spec.pad_id is not None else run.spec.mask_id
+    pad = run.spec.fill_id
 
     def right(t, value):
         return F.pad(t, (0, k), value=value)

@@ -1,7 +1,8 @@
 """The parts of one step of the text sampler (`mdiff.text.sampling.sampler`), for the rows
 stepping (``idx``) at their window columns:
 
-- `process`: the logits proposals are drawn from — [MASK] never proposed (unless literal),
+- `process`: the logits proposals are drawn from — [MASK] and the padded rows past the
+  tokenizer's vocabulary (``spec.text_vocab``) never proposed (unless literal),
   the EOS policy, the watermark bias (one neighbour of context on each side of the window),
   the restriction of a healed first token;
 - `propose`: proposals and their float64 scores (the configured score, or −entropy for the
@@ -35,6 +36,8 @@ def process(run, logits: Tensor, cols: Tensor, idx=slice(None)) -> Tensor:
     logits = buf[:, 1:-1].copy_(logits) if wm else logits.clone()
     if not run.literal:
         logits[..., run.mask_id] = -torch.inf
+        if run.spec.text_vocab is not None:  # padded rows: no text
+            logits[..., run.spec.text_vocab :] = -torch.inf
     logits = run.cfg.eos.process(logits, run.eos_ids, inplace=True)
     if wm:  # one neighbour of context on each side
         L = run.x.shape[1]

@@ -186,7 +186,10 @@ def _unprepended(backend):
                 spec[key] = spec[key] if inner else None
     if not changed:
         return None
-    inner = Tokenizer.from_str(json.dumps(spec))
+    try:
+        inner = Tokenizer.from_str(json.dumps(spec))
+    except Exception:  # a pipeline this tokenizers version cannot rebuild: encode as is
+        return None
     inner.encode_special_tokens = True
     return inner
 
