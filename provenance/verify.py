@@ -25,6 +25,7 @@ multiplied by the number tried). Verifying only reads: it creates no home, secre
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -93,14 +94,19 @@ def _payload(hex_text: str) -> int | None:
     return value if 0 <= value < 2**32 else None
 
 
-def _check_text(path: Path, manifest, ring: dict[str, bytes], home, tokenize) -> dict[str, Any]:
-    """Detect the text mark of the declared key (else every key) with the model's tokenizer."""
+def _check_text(path: Path, manifest, ring: dict[str, bytes], home, tokenize,
+                model_vocab: int | None = None) -> dict[str, Any]:  # fmt: skip
+    """Detect the text mark of the declared key (else every key) with the model's tokenizer;
+    its vocabulary from the manifest, else (no manifest: a stripped file) ``model_vocab``,
+    the named model's own."""
     record = manifest.record
     if tokenize is None:
         return {"checked": False, "reason": "text needs the generating model's tokenizer "
                 "(a built-in model is found by name; give a local one with --model)"}  # fmt: skip
     extra = (record.extra or {}) if record is not None else {}
     vocab = int(extra.get("vocab_size", 0))
+    if vocab < 2 and record is None and model_vocab:
+        vocab = model_vocab
     if vocab < 2:
         return {"checked": False, "reason": "the manifest does not give the model's vocabulary"}
     ids = _key_ids(_declared(manifest, text.SCHEME), ring, home)
@@ -152,20 +158,28 @@ def _check_prompt(manifest, prompt: str, opening: str | None, ring: dict[str, by
     return {"matches": None, "reason": "the manifest records no prompt"}
 
 
-def _model_tokenizer(model_id: str) -> Callable[[str], list[int]] | None:
-    """The tokenizer shipped beside a model (``tokenizer.json`` in its checkpoint directory),
-    found by name without importing the text frontend; None when there is none."""
+def _model_tokenizer(model_id: str) -> tuple[Callable[[str], list[int]] | None, int | None]:
+    """The tokenizer shipped beside a model (``tokenizer.json`` in its checkpoint directory)
+    and the model's vocabulary (its logits: ``vocab_size`` in ``config.json``, else the
+    tokenizer's size), found by name without importing the text frontend; Nones when there
+    is no tokenizer."""
     try:
         directory = hub.resolve(model_id)
     except MdiffError:
-        return None
+        return None, None
     path = directory / "tokenizer.json"
     if not path.is_file():
-        return None
+        return None, None
     from tokenizers import Tokenizer
 
     tok = Tokenizer.from_file(str(path))
-    return lambda s: tok.encode(s, add_special_tokens=False).ids
+    vocab = tok.get_vocab_size(with_added_tokens=True)
+    try:
+        config = json.loads((directory / "config.json").read_text(encoding="utf-8"))
+        vocab = int(config.get("vocab_size") or vocab)
+    except (OSError, ValueError, TypeError, AttributeError):
+        pass
+    return (lambda s: tok.encode(s, add_special_tokens=False).ids), vocab
 
 
 def _first_up(s: str) -> str:
@@ -192,6 +206,12 @@ def _verdict(manifest, wm: dict | None, matches: bool | None) -> tuple[str, str]
         return "intact", _first_up(f"{ai}provenance intact{missing}")
     if detected:
         return "warning", "AI-generated, provenance stripped (watermark found, manifest missing)"
+    if wm is not None and wm.get("checked") is False:
+        why = wm.get("reason", "unknown")
+        return (
+            "nothing",
+            f"No provenance found: no manifest, and the watermark was not checked ({why})",
+        )
     return "nothing", "No provenance found: no manifest and no watermark"
 
 
@@ -230,12 +250,12 @@ def verify(
     trust = trust or keys.TrustConfig.default(home)
     manifest = inspect.read_manifest(path, sidecar=sidecar, trust=trust)  # the manifest first
     ring = keys.keyring(home)
-    wm = None
+    wm, vocab = None, None
     if check_watermark:
         if kind == "text" and tokenize is None:
             named = model if model is not None else getattr(manifest.record, "model_id", None)
-            tokenize = _model_tokenizer(str(named)) if named is not None else None
-        wm = _watermark(path, kind, manifest, ring, home, tokenize)
+            tokenize, vocab = _model_tokenizer(str(named)) if named is not None else (None, None)
+        wm = _watermark(path, kind, manifest, ring, home, tokenize, vocab)
     matches = None
     info = manifest.record.watermark if manifest.record is not None else None
     if wm and wm.get("detected") and info is not None and info.payload_hex:
@@ -265,11 +285,12 @@ def _check_prompt_args(prompt, opening) -> None:
         raise InvalidInputError(f"the prompt opening must be hex, got {opening!r}") from None
 
 
-def _watermark(path: Path, kind: str, manifest, ring, home, tokenize) -> dict[str, Any]:
+def _watermark(path: Path, kind: str, manifest, ring, home, tokenize,
+               vocab: int | None = None) -> dict[str, Any]:  # fmt: skip
     """The watermark result; pixels that do not decode leave it unchecked where a manifest was
     read (its verdict stands), and are an error where there is nothing else to report."""
     if kind not in ("image", "video"):
-        return _check_text(path, manifest, ring, home, tokenize)
+        return _check_text(path, manifest, ring, home, tokenize, vocab)
     try:
         frames = media.read_image(path) if kind == "image" else media.read_video_head(path)[0]
     except MdiffError as exc:

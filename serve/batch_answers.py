@@ -57,7 +57,7 @@ def answer(cm, job: Job, out: GenerationOutput, row: int, n: int, carry: str):
     eol = F.line_ending(job.prefix + job.suffix)
     r = F._with_line_ending(r, eol, job.prefix, job.suffix)
     cut = visible(r.middle, job.stop, final=True, eol=eol)
-    stopped = cut != r.middle
+    stopped, word = cut != r.middle, stop_word(r.middle, cut, job.stop, eol)
     if stopped:
         r.middle, r.text = cut, job.prefix + cut + job.suffix
         r.span = (len(job.prefix), len(job.prefix) + len(cut))
@@ -66,9 +66,35 @@ def answer(cm, job: Job, out: GenerationOutput, row: int, n: int, carry: str):
     done = cm._finish(r.text, [r.middle], [r.span], source, r.settings, steps,
                       r.tokens_per_forward, edited=job.source is None, seed=job.seed)  # fmt: skip
     done.length = n
-    fixed = isinstance(job.length, int) and not job.chosen  # the caller's own length
-    done.finish_reason = "length" if fixed and not stopped else "stop"
+    done.finish_reason = finish_reason(job, n, stopped, chosen=job.chosen)
+    done.stop_word = word
     return done
+
+
+def stop_word(middle: str, cut: str, stops, eol: str = "\n") -> str | None:
+    """The stop string that cut ``middle`` to ``cut`` (as the client wrote it), None when
+    none did (llama.cpp's ``stopping_word``)."""
+    if cut == middle:
+        return None
+    rest = middle[len(cut) :]
+    if eol != "\n":  # matched on the LF text, as `visible` does
+        rest, stops = rest.replace(eol, "\n"), [(s, F._lf(s)) for s in stops]
+    else:
+        stops = [(s, s) for s in stops]
+    return next((s for s, m in stops if m and rest.startswith(m)), "")
+
+
+def finish_reason(job: Job, n: int, stopped: bool, *, chosen: bool = False) -> str:
+    """OpenAI's ``finish_reason``: "length" where the client's bound decided the length — its
+    own fixed length, or a length search whose longest allowed candidate won while
+    ``max_tokens`` kept longer ones out — else "stop" (the model's chosen length, or a stop
+    string)."""
+    if stopped:
+        return "stop"
+    if isinstance(job.length, int) and not chosen:
+        return "length"
+    top = max(job.candidates)
+    return "length" if n >= top and top < max(F.DEFAULT_CANDIDATES) else "stop"
 
 
 def own_infill(cm, job: Job):
@@ -76,13 +102,16 @@ def own_infill(cm, job: Job):
     call as the SDK's; its text arrives whole at the end."""
     auto = {"candidates": job.candidates} if job.length == "auto" else {}
     done = cm.infill(job.prefix, job.suffix, job.length, seed=job.seed, **auto, **job.settings)
-    cut = visible(done.middles[0], job.stop, final=True, eol=F.line_ending(job.prefix + job.suffix))
-    stopped = cut != done.middles[0]
+    eol = F.line_ending(job.prefix + job.suffix)
+    cut = visible(done.middles[0], job.stop, final=True, eol=eol)
+    stopped, word = cut != done.middles[0], stop_word(done.middles[0], cut, job.stop, eol)
     if stopped:  # sign what the client gets: the middle cut before its stop string
         p, s = job.prefix, job.suffix
         settings = done.stamped.record.extra.get("sampler_settings", {})
         done = cm._finish(p + cut + s, [cut], [(len(p), len(p) + len(cut))], p + "\0" + s,
                           settings, done.nfe, done.tokens_per_forward, edited=True,
                           seed=job.seed)  # fmt: skip
-    done.finish_reason = "length" if isinstance(job.length, int) and not stopped else "stop"
+    n = int((done.record.sizes or {}).get("tokens", 0))  # the tokens its hole held
+    done.finish_reason = finish_reason(job, n, stopped)
+    done.stop_word = word
     return done

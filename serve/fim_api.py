@@ -6,8 +6,9 @@ hole, ``suffix``, ``max_tokens``, ``temperature``, ``top_p``, ``stop``, ``stream
 Mistral's ``random_seed`` is ``seed``; ``min_tokens`` is accepted and ignored). The answer has
 the chat shape those clients read: ``choices[i].message.content`` (``object``
 ``"chat.completion"``), or, streamed, server-sent ``chat.completion.chunk`` s whose
-``choices[0].delta.content`` is committed text, then ``data: [DONE]``. The same batcher, seeds,
-provenance (``mdiff`` field of each choice) and errors as ``/v1/completions``.
+``choices[0].delta.content`` is committed text (with ``stream_options.include_usage``, a last
+chunk with the usage), then ``data: [DONE]``; ``echo`` is refused (not a FIM field). The same
+batcher, seeds, provenance (``mdiff`` field of each choice) and errors as ``/v1/completions``.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ import uuid
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from mdiff.serve.text_api import _answered, _events, _submit, _usage
+from mdiff.errors import InvalidInputError
+from mdiff.serve.text_api import _answered, _events, _sse, _submit, _usage
 from mdiff.serve.text_requests import parse_completion
 
 __all__ = ["router"]
@@ -32,6 +34,8 @@ def parse_fim(body, limits):
         body = {k: v for k, v in body.items() if k != "min_tokens"}
         if "random_seed" in body:
             body.setdefault("seed", body.pop("random_seed"))
+        if body.get("echo"):
+            raise InvalidInputError("'echo' is not part of the FIM API (use /v1/completions)")
     return parse_completion(body, limits)
 
 
@@ -44,12 +48,14 @@ async def fim_completions(request: Request):
     head = {"id": f"fim-{uuid.uuid4().hex[:24]}", "created": int(time.time()), "model": model}
     if queue is not None:
         part = {**head, "object": "chat.completion.chunk"}
+        middles = [""] * len(jobs)
 
         def chunk(i, delta, draft):
             c = {"index": i, "delta": {"content": delta}, "finish_reason": None}
             return {**part, "choices": [c if draft is None else {**c, "mdiff_draft": draft}]}
 
         def final(i, done, rest, extra):
+            middles[i] = done.middles[0]
             c = {"index": i, "delta": {"content": rest}, "finish_reason": done.finish_reason,
                  "mdiff": extra}  # fmt: skip
             return {**part, "choices": [c]}
@@ -57,6 +63,8 @@ async def fim_completions(request: Request):
         async def events():
             async for line in _events(request, req, jobs, queue, chunk, final):
                 yield line
+            if req.usage_chunk:  # the last chunk: no choices, the usage
+                yield _sse({**part, "choices": [], "usage": _usage(batcher, req, middles)})
             yield "data: [DONE]\n\n"
 
         return StreamingResponse(events(), media_type="text/event-stream",

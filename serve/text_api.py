@@ -357,8 +357,11 @@ async def infill(request: Request):
 def _infill_body(done, model, batcher, req, extra) -> dict:
     """llama.cpp's answer; ``done`` None: nothing was asked for (n_predict 0)."""
     middle = "" if done is None else done.middles[0]
+    word = getattr(done, "stop_word", None)
     stop_type = "limit" if done is None or done.finish_reason == "length" else "eos"
+    stop_type = "word" if word is not None else stop_type
     return {"content": middle, "index": 0, "stop": True, "model": model,
             "tokens_predicted": batcher.cm.count_tokens(middle),
             "tokens_evaluated": _prompt_tokens(batcher, req), "stop_type": stop_type,
+            "stopping_word": word or "",
             "generation_settings": {"seed": req.seed, **req.settings}, "mdiff": extra}  # fmt: skip

@@ -12,9 +12,10 @@ llama.cpp's and Ollama's ``-1``) gets a random one, returned in the response (``
 so any answer can be reproduced. A request's answer is the same alone or batched with others
 (`mdiff.serve.batching`).
 
-Fields OpenAI defines that do not apply to a diffusion sampler (``frequency_penalty``,
-``presence_penalty``, ``best_of`` 1, ``user``, ``logit_bias`` empty) are accepted and ignored;
-``logprobs`` and ``best_of`` > 1 are refused with a 400 that says so.
+Fields OpenAI defines that do not apply to a diffusion sampler (``frequency_penalty`` and
+``presence_penalty`` in OpenAI's [-2, 2], ``best_of`` 1, ``user``, ``logit_bias`` empty) are
+accepted and ignored; ``logprobs``, ``best_of`` > 1 and a non-empty ``logit_bias`` are refused
+with a 400 that says so.
 """
 
 from __future__ import annotations
@@ -164,6 +165,11 @@ def parse_completion(body, limits) -> TextRequest:
         raise InvalidInputError("'logprobs' is not supported by a diffusion sampler")
     if _pick(body, "best_of", (int,), 1, what="1", check=lambda v: v >= 1) != 1:
         raise InvalidInputError("'best_of' > 1 is not supported; use 'n'")
+    if body.get("logit_bias") not in (None, {}):
+        raise InvalidInputError("'logit_bias' is not supported (only an empty one)")
+    for name in ("presence_penalty", "frequency_penalty"):  # OpenAI's range; no effect here
+        _pick(body, name, (int, float), 0, what="a number in [-2, 2]",
+              check=lambda v: -2 <= v <= 2)  # fmt: skip
     pairs = [(p, suffix) for p in prompts]
     _check_size(pairs, limits)
     echo = _pick(body, "echo", (bool,), False, what="true or false")

@@ -120,9 +120,12 @@ def test_text_watermark_checked_with_the_models_tokenizer_on_generated_spans(hom
     # the person's lines dilute the score when the whole file is read with the tokenizer
     whole = verify(path, home=home, tokenize=lambda s: tok.encode(s).ids)
     assert whole.watermark["scored"] == "generated spans"  # a given tokenizer changes nothing
-    path.with_name("done.py.c2pa").unlink()
-    no_record = verify(path, home=home, model=tmp_path / "code-model")
-    assert no_record.watermark["checked"] is False  # no record: no vocabulary
+    path.with_name("done.py.c2pa").unlink()  # the manifest stripped: the mark still tells
+    stripped = verify(path, home=home, model=tmp_path / "code-model")  # (its vocabulary: the
+    assert stripped.watermark["detected"] and stripped.watermark["scored"] == "whole file"
+    assert stripped.exit_code == 1 and "provenance stripped" in stripped.verdict  # model's)
+    unnamed = verify(path, home=home)  # no manifest, no model: say so, not "no watermark"
+    assert unnamed.exit_code == 3 and "the watermark was not checked" in unnamed.verdict
     unknown = dataclasses.replace(rec, model_id="no-such-model")
     path2 = st.save(st.text(content, unknown, wm), tmp_path / "other.py")
     assert verify(path2, home=home).watermark["reason"].startswith("text needs")

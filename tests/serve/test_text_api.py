@@ -231,6 +231,8 @@ def test_requests_waiting_together_join_a_running_batch_laid_out_together(models
      ({"prompt": "x", "stream_options": 3}, 400, "stream_options"),
      ({"prompt": "x", "seed": -2}, 400, "seed"),
      ({"prompt": "x", "logprobs": 3}, 400, "logprobs"),
+     ({"prompt": "x", "logit_bias": {"50256": -100}}, 400, "logit_bias"),
+     ({"prompt": "x", "presence_penalty": 99}, 400, "presence_penalty"),
      ({"prompt": "x" * 200_001}, 400, "characters"),
      ({"prompt": "x", "model": "gpt-4"}, 404, "not served"),
      ({"prompt": "x", "model": "shapes-t2v"}, 404, "makes video")],

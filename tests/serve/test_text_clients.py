@@ -358,3 +358,34 @@ def test_a_number_json_cannot_hold_is_not_valid_json(make_app):
     with TestClient(make_app()) as c:
         r = c.post("/v1/completions", content='{"prompt": "x", "max_tokens": ' + "1" * 5000 + "}")
     assert r.status_code == 400 and "not valid JSON" in r.json()["error"]["message"]
+
+
+def test_finish_reasons_and_llama_cpps_stopping_word(make_app):
+    hole = {"prompt": HOLE[0], "suffix": HOLE[1], "seed": 3, "temperature": 0}
+    with TestClient(make_app()) as c:
+        bound = c.post("/v1/completions", json={**hole, "max_tokens": 1}).json()
+        free = c.post("/v1/completions", json=hole).json()
+        infill = {"input_prefix": HOLE[0], "input_suffix": HOLE[1], "n_predict": 16, "seed": 3}
+        whole = c.post("/infill", json=infill).json()
+        word = whole["content"][1:3]
+        assert len(word) == 2, whole
+        cut = c.post("/infill", json={**infill, "stop": [word, "zzz-never"]}).json()
+    # the bound decided: only one length was allowed; without a bound the search chose
+    assert bound["choices"][0]["finish_reason"] == "length"
+    assert free["choices"][0]["finish_reason"] == "stop"
+    assert whole["stop_type"] in ("eos", "limit") and whole["stopping_word"] == ""
+    assert cut["content"] == whole["content"][: whole["content"].index(word)]
+    assert cut["stop_type"] == "word" and cut["stopping_word"] == word
+
+
+def test_the_fim_route_ends_its_stream_with_the_usage_when_asked_and_refuses_echo(make_app):
+    body = {"prompt": HOLE[0], "suffix": HOLE[1], "max_tokens": 8, "seed": 2, "stream": True,
+            "stream_options": {"include_usage": True}}  # fmt: skip
+    with TestClient(make_app()) as c:
+        streamed = c.post("/v1/fim/completions", json=body)
+        whole = c.post("/v1/fim/completions", json={**body, "stream": False}).json()
+        echo = c.post("/v1/fim/completions", json={**body, "echo": True})
+    chunks = _events(streamed.text.splitlines())
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"] == whole["usage"]
+    assert all(ch["choices"] for ch in chunks[:-1])
+    assert echo.status_code == 400 and "echo" in echo.json()["error"]["message"]

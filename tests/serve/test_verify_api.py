@@ -118,7 +118,7 @@ def test_signed_completion_is_trusted_like_the_cli(make_client, signed, home, ca
     assert code == 0 and body["status"] == "intact" and body["manifest"]["state"] == "trusted"
     assert body["watermark"]["detected"] and body["file"] == "gen.py"
     assert body["manifest"]["sidecar"] == "gen.py.c2pa" and str(tmp_path) not in json.dumps(body)
-    # without its sidecar: no manifest gives the vocabulary, so the text mark is not checked
+    # without its sidecar: the model named gives the vocabulary, and the text mark is found
     alone = tmp_path / "alone" / "gen.py"
     alone.parent.mkdir()
     shutil.copy(signed, alone)
@@ -126,7 +126,8 @@ def test_signed_completion_is_trusted_like_the_cli(make_client, signed, home, ca
     code, report = cli(alone, home, *flags, capsys=capsys, monkeypatch=monkeypatch)
     body = same_as_cli(post(make_client(), alone, model="code-tiny-block"), code, report)
     print(f"without sidecar: exit {code}, {body['verdict']!r}")
-    assert code == 3 and body["watermark"]["checked"] is False
+    assert code == 1 and body["watermark"]["detected"] and body["status"] == "warning"
+    assert "provenance stripped" in body["verdict"]
 
 
 def test_tampered_file_gets_the_cli_verdict(make_client, signed, home, capsys, monkeypatch,
