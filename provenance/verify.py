@@ -176,7 +176,8 @@ def _model_tokenizer(model_id: str) -> tuple[Callable[[str], list[int]] | None, 
     vocab = tok.get_vocab_size(with_added_tokens=True)
     try:
         config = json.loads((directory / "config.json").read_text(encoding="utf-8"))
-        vocab = int(config.get("vocab_size") or vocab)
+        inner = config.get("text_config") or {}  # DiffusionGemma: the text model's
+        vocab = int(config.get("vocab_size") or inner.get("vocab_size") or vocab)
     except (OSError, ValueError, TypeError, AttributeError):
         pass
     return (lambda s: tok.encode(s, add_special_tokens=False).ids), vocab

@@ -7,9 +7,8 @@ JSON objects ``{"model", "created_at", "response": delta, "done": false}``, then
 /api/version`` answers mdiff's version. A generate request with neither prompt nor suffix
 loads the model and answers ``{"response": "", "done": true, "done_reason": "load"}`` at once
 (how Ollama clients preload); errors are Ollama's ``{"error": message}``, streamed or not. The
-same batcher, bounds, seeds and
-provenance as ``/v1/completions`` (`mdiff.serve.text_api`): the last object's ``mdiff`` field
-holds the record and the signed file's id.
+same batcher, bounds, seeds and provenance as ``/v1/completions`` (`mdiff.serve.text_api`): the
+last object's ``mdiff`` field holds the record and the signed file's id.
 """
 
 from __future__ import annotations
