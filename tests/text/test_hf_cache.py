@@ -1,6 +1,7 @@
 """KV caches for transformers RoPE decoders behind `HFAdapter` (`mdiff.text.model.hf_cache`).
 
-Tiny random LlamaForCausalLM / Qwen2ForCausalLM run with bidirectional or block-causal specs.
+Tiny random Llama, Qwen2, Qwen3, Mistral, Phi-3 and Gemma causal LMs run with bidirectional or
+block-causal specs.
 The oracle is the same adapter without a cache (itself checked against the models' own forwards
 in test_adapters_hf.py): (a) the block cache is exact for a block-causal spec; (b) for a
 bidirectional spec the prefix and dual caches equal an uncached forward right after a commit
@@ -9,14 +10,7 @@ batches equal single rows; (d) Dream's logits shift at the cache seam."""
 
 import pytest
 import torch
-from transformers import (
-    BertConfig,
-    BertForMaskedLM,
-    LlamaConfig,
-    LlamaForCausalLM,
-    Qwen2Config,
-    Qwen2ForCausalLM,
-)
+from transformers import BertConfig, BertForMaskedLM
 
 from mdiff.errors import InvalidInputError
 from mdiff.text.model.adapters import HFAdapter, from_masked_lm
@@ -28,17 +22,28 @@ V, PAD, MASK, EOS = 64, 1, 3, 2
 SIZES = dict(vocab_size=V, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
              intermediate_size=64, max_position_embeddings=128)  # fmt: skip
 ROWS = [[5, 9, 17, 33, 12, 40, 7], [21, 8, 30], [11, 50, 6, 6, 19]]
+KINDS = ["llama", "qwen2", "qwen3", "mistral", "phi3", "gemma"]  # `hf_cache.CACHEABLE_TYPES`
 
 
 def lm(kind="llama", attn="sdpa", seed=0, **extra):
     """A random causal LM with O(1) weights (so that a wrong mask or key shows in the logits)."""
+    import transformers as T
+
     torch.manual_seed(seed)
-    if kind == "llama":
-        model = LlamaForCausalLM(LlamaConfig(**SIZES, num_key_value_heads=2,
-                                             attn_implementation=attn, **extra))  # fmt: skip
-    else:
-        model = Qwen2ForCausalLM(Qwen2Config(**SIZES, num_key_value_heads=1,
-                                             attn_implementation=attn, **extra))  # fmt: skip
+    config, cls = {"llama": (T.LlamaConfig, T.LlamaForCausalLM),
+                   "qwen2": (T.Qwen2Config, T.Qwen2ForCausalLM),
+                   "qwen3": (T.Qwen3Config, T.Qwen3ForCausalLM),
+                   "mistral": (T.MistralConfig, T.MistralForCausalLM),
+                   "phi3": (T.Phi3Config, T.Phi3ForCausalLM),
+                   "gemma": (T.GemmaConfig, T.GemmaForCausalLM)}[kind]  # fmt: skip
+    if kind == "mistral":
+        extra = {"sliding_window": None, **extra}
+    if kind == "phi3":  # its defaults name ids of a 32k vocabulary
+        extra = {"pad_token_id": PAD, "bos_token_id": 0, "eos_token_id": EOS, **extra}
+    if kind in ("qwen3", "gemma"):
+        extra = {"head_dim": SIZES["hidden_size"] // SIZES["num_attention_heads"], **extra}
+    model = cls(config(**SIZES, num_key_value_heads=1 if kind == "qwen2" else 2,
+                       attn_implementation=attn, **extra))  # fmt: skip
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in model.parameters():
@@ -73,16 +78,16 @@ def canvas(seed=0):
 
 
 def test_which_models_take_the_cache():
-    for kind in ("llama", "qwen2"):
+    for kind in KINDS:
         for att in ("bidirectional", "block_causal"):
             a = adapter(kind, att)
             assert a.spec.supports_cache and a.cache_unsupported is None
             assert a.new_cache().length == 0
     causal = adapter(attention="causal")
     assert not causal.spec.supports_cache and "autoregressive" in causal.cache_unsupported
-    sliding = HFAdapter(lm("qwen2", use_sliding_window=True, sliding_window=4),
-                        DenoiserSpec(V, MASK, pad_id=PAD))  # fmt: skip
-    assert not sliding.spec.supports_cache and "sliding" in sliding.cache_unsupported
+    for kind, window in (("qwen2", dict(use_sliding_window=True)), ("mistral", {})):
+        sliding = HFAdapter(lm(kind, sliding_window=4, **window), DenoiserSpec(V, MASK, pad_id=PAD))
+        assert not sliding.spec.supports_cache and "sliding" in sliding.cache_unsupported
     torch.manual_seed(0)
     bert = from_masked_lm(BertForMaskedLM(BertConfig(**SIZES)).eval(), {"mask_id": MASK})
     assert not bert.spec.supports_cache and "absolute position" in bert.cache_unsupported
@@ -118,7 +123,9 @@ def test_cache_misuse_is_refused():
 
 
 @torch.no_grad()
-@pytest.mark.parametrize("kind, attn", [("llama", "sdpa"), ("qwen2", "eager")])
+@pytest.mark.parametrize("kind, attn", [("llama", "sdpa"), ("qwen2", "eager"), ("qwen3", "sdpa"),
+                                        ("mistral", "eager"), ("phi3", "sdpa"),
+                                        ("gemma", "eager")])  # fmt: skip
 @pytest.mark.parametrize("shift", [0, 1])
 def test_reading_right_after_a_commit_equals_the_uncached_forward(kind, attn, shift):
     """Prefix cache [0, s) read by [s, L), dual cache read by [s, e) with cache_at=s: the same
@@ -189,7 +196,7 @@ def test_dream_seam_reads_the_previous_slot_from_the_cache():
 
 
 @torch.no_grad()
-@pytest.mark.parametrize("kind", ["llama", "qwen2"])
+@pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("shift", [0, 1])
 @pytest.mark.parametrize("extra", [dict(steps=16), dict(schedule="threshold", threshold=0.3),
                                    dict(steps=16, guidance=2.0)])  # fmt: skip
@@ -239,7 +246,7 @@ def test_left_padded_batch_equals_single_rows(kind, mode, attention, shift):
 
 
 @torch.no_grad()
-@pytest.mark.parametrize("kind", ["llama", "qwen2"])
+@pytest.mark.parametrize("kind", KINDS)
 def test_blocks_of_one_token_equal_the_models_own_causal_forward(kind):
     """An oracle outside our mask code: block-causal with blocks of 1 is causal attention, so the
     cached read equals the model's own causal logits (transformers' mask and positions)."""

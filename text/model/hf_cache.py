@@ -31,7 +31,8 @@ from mdiff.errors import InvalidInputError
 
 __all__ = ["CACHEABLE_TYPES", "HFCache", "cache_kwarg", "cache_unsupported", "cached_forward"]
 
-CACHEABLE_TYPES = ("llama", "qwen2")  # RoPE decoders whose keys are stored after rotation
+# RoPE decoders whose keys are stored after rotation (each checked in tests/text/test_hf_cache.py)
+CACHEABLE_TYPES = ("llama", "qwen2", "qwen3", "mistral", "phi3", "gemma")
 
 
 def cache_unsupported(model, spec, accepts: set[str], mask_4d: bool) -> str | None:
@@ -51,7 +52,12 @@ def cache_unsupported(model, spec, accepts: set[str], mask_4d: bool) -> str | No
     if "position_ids" not in accepts or cache_kwarg(model) is None:
         return f"{type(model).__name__}.forward takes no position_ids or no cache"
     layer_types = getattr(cfg, "layer_types", None) or ()
-    if getattr(cfg, "use_sliding_window", False) or "sliding_attention" in layer_types:
+    mistral_window = model_type == "mistral" and getattr(cfg, "sliding_window", None)
+    if (
+        getattr(cfg, "use_sliding_window", False)
+        or "sliding_attention" in layer_types
+        or (mistral_window)
+    ):
         return "sliding-window layers drop cached keys by slot"
     return None
 
