@@ -5,11 +5,11 @@
 (`create_app(config, models=...)`); with ``preload`` (`mdiff serve`'s default) a background
 thread loads and warms both at start (`Models.warm`). Every error leaves as OpenAI's JSON shape,
 ``{"error": {"message", "type", "param", "code"}}``: `mdiff.errors.InvalidInputError` → 400
-(`BodyTooLarge`, a JSON body past ``Limits.max_body_bytes``, → 413),
-`CheckpointError` → 500 naming the model, an unknown route → 404, a missing or wrong bearer key
-→ 401 (only when `api_key` is set; `/` and the static page stay open so a browser can load it,
-and its calls send the key); a WebSocket without it (header, or ``?api_key=`` as browsers must)
-is refused at the handshake (close code 1008).
+(`BodyTooLarge`, a JSON body past ``Limits.max_body_bytes``, → 413; `BodyEncoded`, a body sent
+compressed, → 415), `CheckpointError` → 500 naming the model, an unknown route → 404, a
+missing or wrong bearer key → 401 (only when `api_key` is set; `/` and the static page stay
+open so a browser can load it, and its calls send the key); a WebSocket without it (header, or
+``?api_key=`` as browsers must) is refused at the handshake (close code 1008).
 """
 
 from __future__ import annotations
@@ -144,6 +144,10 @@ class BodyTooLarge(InvalidInputError):
     """A request body past its bound (answered 413)."""
 
 
+class BodyEncoded(InvalidInputError):
+    """A request body sent compressed (``Content-Encoding``; answered 415)."""
+
+
 def api_error(status: int, message: str, kind: str = "invalid_request_error", *,
               param: str | None = None, code: str | None = None,
               headers: dict | None = None) -> JSONResponse:  # fmt: skip
@@ -268,6 +272,8 @@ def create_app(config: ServeConfig | None = None, *, models: Models | None = Non
     async def _invalid(request, exc):
         if isinstance(exc, BodyTooLarge):
             return client_shaped(request, api_error(413, str(exc), code="body_too_large"))
+        if isinstance(exc, BodyEncoded):
+            return client_shaped(request, api_error(415, str(exc), code="unsupported_encoding"))
         return client_shaped(request, api_error(400, str(exc)))
 
     @app.exception_handler(CheckpointError)

@@ -28,6 +28,7 @@ from mdiff.serve.text_api import (
     _events,
     _fail,
     _not_served,
+    _prompt_tokens,
     _results,
     _save,
     _submit,
@@ -54,6 +55,8 @@ def parse_generate(body, limits):
     for key in ("prompt", "suffix"):
         if body.get(key) is not None and not isinstance(body[key], str):
             raise InvalidInputError(f"'{key}' must be a string, got {type(body[key]).__name__}")
+    if body.get("format") not in (None, ""):
+        raise InvalidInputError("'format' (structured output) is not supported for code infill")
     stream = body.get("stream")
     flat = {"prompt": body.get("prompt") or "", "suffix": body.get("suffix"),
             "stream": True if stream is None else stream,
@@ -130,10 +133,11 @@ async def generate(request: Request):
     model, req, batcher, jobs, queue = admitted
 
     def last(done, rest, extra) -> dict:
+        took = time.perf_counter_ns() - start
         return {"model": model, "created_at": _now(), "response": rest, "done": True,
-                "done_reason": done.finish_reason,
-                "total_duration": time.perf_counter_ns() - start,
-                "eval_count": batcher.cm.count_tokens(done.middles[0]),
+                "done_reason": done.finish_reason, "total_duration": took,
+                "load_duration": 0, "prompt_eval_count": _prompt_tokens(batcher, req),
+                "eval_count": batcher.cm.count_tokens(done.middles[0]), "eval_duration": took,
                 "mdiff": {**extra, "seed": req.seed}}  # fmt: skip
 
     if queue is not None:

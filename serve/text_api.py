@@ -31,7 +31,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from mdiff.errors import InvalidInputError
-from mdiff.serve.app import BodyTooLarge, api_error
+from mdiff.serve.app import BodyEncoded, BodyTooLarge, api_error
 from mdiff.serve.batching import Batcher, QueueFull
 from mdiff.serve.store import artifact_store
 from mdiff.serve.text_requests import TextRequest, parse_completion, parse_infill
@@ -54,6 +54,10 @@ def text_service(app) -> Batcher:
 
 async def _body(request: Request):
     """The JSON body, read up to ``Limits.max_body_bytes`` (`BodyTooLarge` beyond)."""
+    coding = request.headers.get("content-encoding", "identity").strip().lower()
+    if coding not in ("", "identity"):
+        raise BodyEncoded(f"the body is sent with Content-Encoding {coding}; send the JSON "
+                          "uncompressed")  # fmt: skip
     limit, data = request.app.state.config.limits.max_body_bytes, bytearray()
     async for chunk in request.stream():
         data += chunk
@@ -108,8 +112,15 @@ def _save(app, done, model: str) -> dict:
 
 
 def _prompt_tokens(batcher: Batcher, req: TextRequest) -> int:
-    enc = batcher.cm.tokenizer.encode
-    return sum(len(enc(p)) + len(enc(s)) for p, s in req.prompts)
+    """The prompt tokens the model reads: prefix and suffix, at most its context window (a
+    longer prompt is cut to fit, `infilling.fit_context`)."""
+    cm = batcher.cm
+    window = cm.context or 0
+    total = 0
+    for p, s in req.prompts:
+        n = len(cm.tokenizer.encode(p)) + cm.count_tokens(s)
+        total += min(n, window) if window else n
+    return total
 
 
 _READ = object()  # `_submit`: read the body from the request

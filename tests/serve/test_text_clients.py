@@ -389,3 +389,31 @@ def test_the_fim_route_ends_its_stream_with_the_usage_when_asked_and_refuses_ech
     assert chunks[-1]["choices"] == [] and chunks[-1]["usage"] == whole["usage"]
     assert all(ch["choices"] for ch in chunks[:-1])
     assert echo.status_code == 400 and "echo" in echo.json()["error"]["message"]
+
+
+def test_a_compressed_body_is_a_415_and_ollamas_answer_has_its_counts(make_app):
+    import gzip
+
+    packed = gzip.compress(json.dumps({"prompt": "x = ", "max_tokens": 2}).encode())
+    body = {"prompt": HOLE[0], "suffix": HOLE[1], "stream": False, "options": {"num_predict": 4}}
+    with TestClient(make_app()) as c:
+        gz = c.post(
+            "/v1/completions",
+            content=packed,
+            headers={"Content-Encoding": "gzip", "Content-Type": "application/json"},
+        )
+        done = c.post("/api/generate", json=body).json()
+        shaped = c.post("/api/generate", json={**body, "format": "json"})
+    assert gz.status_code == 415 and "Content-Encoding gzip" in gz.json()["error"]["message"]
+    assert done["prompt_eval_count"] > 0 and done["eval_count"] > 0
+    assert done["eval_duration"] > 0 and done["load_duration"] == 0
+    assert shaped.status_code == 400 and "'format'" in shaped.json()["error"]
+
+
+def test_usage_counts_the_prompt_tokens_the_model_reads(make_app, models):
+    window = models.text().context
+    with TestClient(make_app()) as c:
+        long = c.post("/v1/completions", json={"prompt": "x = 1\n" * 2000, "max_tokens": 2})
+        short = c.post("/v1/completions", json={"prompt": "x = ", "max_tokens": 2})
+    assert long.json()["usage"]["prompt_tokens"] == window  # cut to the model's window
+    assert 0 < short.json()["usage"]["prompt_tokens"] < window
