@@ -266,6 +266,26 @@ def test_load_llada2_folder_matches_pipeline(tmp_path):
     _same(theirs, llada2_generate(drv, ids, **kw), True)
 
 
+@torch.no_grad()
+def test_a_folder_whose_embedding_is_padded_past_its_tokenizer_never_proposes_those_ids(tmp_path):
+    from tokenizers import Tokenizer, models
+
+    words = [f"w{i}" for i in range(42)] + ["<eos>", "<mask>"]  # 44 tokens, 48 rows
+    tok = transformers.PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)},
+                                                    unk_token="w0")),
+        eos_token="<eos>", mask_token="<mask>", unk_token="w0")  # fmt: skip
+    lm = _lm(3)
+    lm.lm_head.weight[len(words) :] *= 100  # the padded rows win wherever they may
+    lm.save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    drv = load_llada2(tmp_path, block_size=4)
+    assert (drv.spec.mask_id, drv.spec.text_vocab) == (43, 44)
+    out = llada2_generate(drv, _prompts(1, 6, 1), gen_length=8, block_length=4,
+                          num_inference_steps=4)  # fmt: skip
+    assert int(out[0, -8:].max()) < 44  # (EOS and the masks an early stop leaves: < 44)
+
+
 def test_bad_folders_and_settings(tmp_path):
     with pytest.raises(CheckpointError, match="no config.json"):
         load_llada2(tmp_path / "missing")

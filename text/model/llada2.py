@@ -35,6 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from mdiff.errors import CheckpointError, InvalidInputError
+from mdiff.text.model.adapters import text_vocab
 from mdiff.text.model.llada2_cache import LLaDA2Cache
 from mdiff.text.model.spec import DenoiserSpec
 from mdiff.text.sampling.generation import GenerationConfig
@@ -244,6 +245,7 @@ def load_llada2(path, *, block_size: int = 32, dtype: torch.dtype | None = None,
     spec = DenoiserSpec(
         vocab_size=int(config.vocab_size), mask_id=mask, eos_ids=() if eos is None else (eos,),
         pad_id=None if pad == mask else pad, attention="block_causal", block_size=block_size,
+        text_vocab=None if tok is None else text_vocab(tok, int(config.vocab_size)),
     )  # fmt: skip
     model = model.eval() if device is None else model.to(device).eval()
     return LLaDA2Driver(model, spec, additive=llada2, cache=cache)
