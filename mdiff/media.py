@@ -23,7 +23,19 @@ from mdiff.errors import InvalidInputError, VideoIOError
 
 IMAGE_SUFFIXES = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG"}
 VIDEO_SUFFIXES = {".mp4", ".m4v", ".mov"}
-TEXT_SUFFIXES = {".txt", ".py", ".md", ".json", ".c", ".js", ".ts", ".rs", ".go", ".java"}
+# text: code, markup and configuration; a name without a suffix (Makefile, a script) is text too
+# fmt: off
+TEXT_SUFFIXES = {
+    ".txt", ".md", ".rst", ".py", ".pyi", ".pyx", ".ipynb", ".c", ".h", ".cc", ".cpp", ".cxx",
+    ".hpp", ".hh", ".cs", ".java", ".kt", ".kts", ".scala", ".go", ".rs", ".swift", ".m", ".mm",
+    ".js", ".jsx", ".mjs", ".cjs", ".ts", ".tsx", ".vue", ".svelte", ".html", ".htm", ".css",
+    ".scss", ".sass", ".less", ".php", ".rb", ".pl", ".pm", ".lua", ".r", ".jl", ".dart", ".ex",
+    ".exs", ".erl", ".hs", ".ml", ".mli", ".fs", ".clj", ".zig", ".nim", ".sh", ".bash", ".zsh",
+    ".fish", ".ps1", ".bat", ".cmd", ".sql", ".proto", ".graphql", ".json", ".jsonc", ".yaml",
+    ".yml", ".toml", ".ini", ".cfg", ".conf", ".xml", ".csv", ".tex", ".cmake", ".mk", ".gradle",
+    ".tf", ".dockerfile", ".env", ".lock"
+}
+# fmt: on
 MAX_FRAMES = 10_000
 MAX_FRAME_PIXELS = 4096 * 4096  # a video frame: 4K and more
 MAX_IMAGE_PIXELS = 8192 * 8192  # an image: 64 MP (PIL's own bomb guard starts at 89 MP)
@@ -37,11 +49,12 @@ def kind_of(path: str | os.PathLike) -> str:
         return "image"
     if suffix in VIDEO_SUFFIXES:
         return "video"
-    if suffix in TEXT_SUFFIXES:
+    if suffix in TEXT_SUFFIXES or not suffix:
         return "text"
     raise InvalidInputError(
-        f"unsupported file type {suffix or '(none)'!r} for {Path(path).name}: expected an image "
-        f"({', '.join(IMAGE_SUFFIXES)}), a video ({', '.join(sorted(VIDEO_SUFFIXES))}) or text"
+        f"unsupported file type {suffix!r} for {Path(path).name}: expected an image "
+        f"({', '.join(IMAGE_SUFFIXES)}), a video ({', '.join(sorted(VIDEO_SUFFIXES))}) or text "
+        "(source code, markup or configuration: .py, .c, .sh, .yaml, …)"
     )
 
 

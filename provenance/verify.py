@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from mdiff import hub, media
-from mdiff.errors import InvalidInputError, MdiffError
+from mdiff.errors import CheckpointError, InvalidInputError, MdiffError
 from mdiff.provenance import inspect, keys
 from mdiff.provenance.report import EXIT_CODES, ProvenanceReport
 from mdiff.provenance.watermark import pixel, text
@@ -158,21 +158,29 @@ def _check_prompt(manifest, prompt: str, opening: str | None, ring: dict[str, by
     return {"matches": None, "reason": "the manifest records no prompt"}
 
 
-def _model_tokenizer(model_id: str) -> tuple[Callable[[str], list[int]] | None, int | None]:
-    """The tokenizer shipped beside a model (``tokenizer.json`` in its checkpoint directory)
-    and the model's vocabulary (its logits: ``vocab_size`` in ``config.json``, else the
-    tokenizer's size), found by name without importing the text frontend; Nones when there
-    is no tokenizer."""
+def _model_tokenizer(model_id: str, given: bool = False):
+    """``(tokenize, vocab)``: the tokenizer shipped beside a model (``tokenizer.json`` in its
+    checkpoint directory) and the model's vocabulary (its logits: ``vocab_size`` in
+    ``config.json``, else the tokenizer's size), found by name without importing the text
+    frontend; Nones when there is none — unless the user ``given`` the model: then a model
+    that is not found, or has no readable tokenizer, is an error."""
     try:
         directory = hub.resolve(model_id)
     except MdiffError:
+        if given:
+            raise
         return None, None
     path = directory / "tokenizer.json"
     if not path.is_file():
+        if given:
+            raise CheckpointError(f"{directory} has no tokenizer.json to read the text mark with")
         return None, None
     from tokenizers import Tokenizer
 
-    tok = Tokenizer.from_file(str(path))
+    try:
+        tok = Tokenizer.from_file(str(path))
+    except Exception as e:  # tokenizers raises a bare Exception for a file it cannot parse
+        raise CheckpointError(f"{path} cannot be read as a tokenizer: {e}") from None
     vocab = tok.get_vocab_size(with_added_tokens=True)
     try:
         config = json.loads((directory / "config.json").read_text(encoding="utf-8"))
@@ -244,6 +252,8 @@ def verify(
     ``InvalidInputError``/``VideoIOError``/``ProvenanceError`` for files that cannot be read;
     the CLI maps those to exit code 4."""
     path = Path(path)
+    if path.is_dir():
+        raise InvalidInputError(f"{path} is a folder: verify one file at a time")
     kind = media.kind_of(path)
     if not path.is_file():
         raise InvalidInputError(f"no such file: {path}")
@@ -255,7 +265,11 @@ def verify(
     if check_watermark:
         if kind == "text" and tokenize is None:
             named = model if model is not None else getattr(manifest.record, "model_id", None)
-            tokenize, vocab = _model_tokenizer(str(named)) if named is not None else (None, None)
+            tokenize, vocab = (
+                (None, None)
+                if named is None
+                else _model_tokenizer(str(named), given=model is not None)
+            )
         wm = _watermark(path, kind, manifest, ring, home, tokenize, vocab)
     matches = None
     info = manifest.record.watermark if manifest.record is not None else None

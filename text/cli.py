@@ -12,6 +12,7 @@ The handlers import the models when they run, so registering the commands stays 
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import time
 from pathlib import Path
@@ -120,12 +121,16 @@ def line_hole(text: str, line: int, marker: str | None = None) -> str:
     from mdiff.text.fim.infilling import MARKER
 
     marker = MARKER if marker is None else marker
-    lines = text.splitlines(keepends=True)
+    # lines as an editor numbers them: \n, \r\n or \r end one (not str.splitlines' form
+    # feeds or U+2028, which sit inside a line of code)
+    lines = re.findall(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+$", text)
     if not 1 <= line <= len(lines):
-        raise InvalidInputError(f"--line {line} is outside the file (1..{len(lines)})")
+        raise InvalidInputError(f"--line {line} is outside the file (1..{len(lines)})"
+                                if lines else f"--line {line}: the file is empty")  # fmt: skip
     row = lines[line - 1]
     body = row.rstrip("\r\n")
-    indent = len(body) - len(body.lstrip())
+    bom = "\ufeff" if line == 1 and body.startswith("\ufeff") else ""  # the file's BOM stays
+    indent = len(bom) + len(body[len(bom) :]) - len(body[len(bom) :].lstrip())
     lines[line - 1] = body[:indent] + marker + row[len(body) :]
     return "".join(lines)
 
@@ -238,8 +243,8 @@ def _output(args: argparse.Namespace, src: Path) -> Path | None:
     """Where the result goes (None: standard output), checked before any work."""
     from mdiff.text.pipeline import check_output
 
-    if args.in_place:
-        return check_output(src, overwrite=True)
+    if args.in_place:  # a link is followed: its target is the file replaced
+        return check_output(src.resolve() if src.is_symlink() else src, overwrite=True)
     if args.output is None:
         return None
     return check_output(args.output, overwrite=args.force, inputs=(src,),
@@ -267,7 +272,9 @@ def _fim_sources(args: argparse.Namespace):
     from mdiff.text.data import Corpus
     from mdiff.text.fim.tasks import source_files
 
-    if args.files:
+    if args.files is not None:
+        if not str(args.files).strip():
+            raise InvalidInputError("--files needs a folder, got an empty string")
         exts = [e.strip() for e in args.ext.split(",") if e.strip()]
         if not exts:
             raise InvalidInputError(f"--ext needs file extensions, got {args.ext!r}")

@@ -53,9 +53,15 @@ def check_output(path: str | os.PathLike, *, overwrite: bool = False, inputs=(),
         raise InvalidInputError(f"{sidecar} is a directory: it cannot take {path.name}'s manifest")
     if sidecar.exists() and not overwrite:
         raise InvalidInputError(f"{sidecar} already exists: {replace_hint} to replace it")
-    if media.kind_of(path) != "text":
-        suffixes = ", ".join(sorted(media.TEXT_SUFFIXES))
-        raise InvalidInputError(f"{path.name}: a completion is text, save it as one of {suffixes}")
+    try:
+        text = media.kind_of(path) == "text"
+    except InvalidInputError:
+        text = False
+    if not text:
+        raise InvalidInputError(
+            f"{path.name}: a completion is text, save it as source code, markup or configuration "
+            "(.py, .c, .sh, .yaml, … or a name without a suffix)"
+        )
     return path
 
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from mdiff import cli, media
-from mdiff.errors import InvalidInputError
+from mdiff.errors import CheckpointError, InvalidInputError
 from mdiff.provenance import keys
 from mdiff.provenance.stamp import Stamped, Stamper, payload_of
 from mdiff.provenance.verify import verify
@@ -363,3 +363,20 @@ def test_home_and_identity_are_private_under_umask_000(tmp_path):
     mode = lambda p: p.stat().st_mode & 0o777  # noqa: E731
     assert mode(home) == mode(home.parent) == mode(home / "identity") == 0o700
     assert mode(home / "identity" / "signer.key") == mode(home / "watermark.secret") == 0o600
+
+
+def test_a_model_named_for_the_text_mark_must_be_found_and_readable(home, tmp_path):
+    path = tmp_path / "plain.py"
+    path.write_text("x = 1\n", encoding="utf-8")
+    with pytest.raises(CheckpointError, match="no-such-model"):
+        verify(path, home=home, model="no-such-model")
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    with pytest.raises(CheckpointError, match="no tokenizer.json"):
+        verify(path, home=home, model=bare)
+    (bare / "tokenizer.json").write_text("{not json", encoding="utf-8")
+    with pytest.raises(CheckpointError, match="cannot be read as a tokenizer"):
+        verify(path, home=home, model=bare)
+    with pytest.raises(InvalidInputError, match="is a folder"):
+        verify(tmp_path, home=home)
+    assert verify(path, home=home).exit_code == 3  # no model named: nothing to find, no error

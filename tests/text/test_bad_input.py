@@ -118,7 +118,7 @@ OUTPUTS = [  # (name, output path relative to the test folder, a word of the err
     ("missing folder", "no/such/folder/out.py", "destination folder does not exist"),
     ("a directory", ".", "is a directory"),
     ("the input itself", "todo.py", "is also an input"),
-    ("not a text suffix", "out.bin", "unsupported file type"),
+    ("not a text suffix", "out.bin", "a completion is text"),
     ("an image suffix", "out.png", "a completion is text"),
 ]
 

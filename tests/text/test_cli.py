@@ -34,6 +34,36 @@ def test_complete_line_mode_keeps_other_lines(tiny_code_model, home, tmp_path, c
 
 
 @pytest.mark.parametrize(
+    "text, line, want",
+    [("import os\n\x0c\ndef f(x):\n    y = 1\n", 4, "import os\n\x0c\ndef f(x):\n    <FILL>\n"),
+     ("# a\u2028b\nx = 1\n", 2, "# a\u2028b\n<FILL>\n"),  # a U+2028 inside a comment
+     ("a\r\nb\rc", 3, "a\r\nb\r<FILL>"),  # CRLF, CR, and no line break at the end
+     ("\ufeffimport os\nx\n", 1, "\ufeff<FILL>\nx\n")],  # the BOM stays
+)  # fmt: skip
+def test_line_numbers_are_the_editors(text, line, want):
+    from mdiff.text.cli import line_hole
+
+    assert line_hole(text, line) == want
+
+
+def test_outputs_take_any_source_suffix_and_in_place_follows_a_link(tiny_code_model, home,
+                                                                    tmp_path, capsys):  # fmt: skip
+    real = tmp_path / "real"
+    real.mkdir()
+    (real / "run.sh").write_text("echo <FILL>\n", encoding="utf-8")
+    link = tmp_path / "run.sh"
+    link.symlink_to(real / "run.sh")
+    base = ["--home", str(home), "complete", "--model", str(tiny_code_model), "--length", "2"]
+    for out in ("out.cpp", "Makefile", "out.yaml"):
+        assert cli.main([*base, str(link), "-o", str(tmp_path / out)]) == 0, out
+    assert cli.main([*base, str(link), "--in-place"]) == 0
+    assert link.is_symlink() and "<FILL>" not in (real / "run.sh").read_text(encoding="utf-8")
+    assert verify(real / "run.sh", home=home).manifest.state == "trusted"
+    assert cli.main(["eval", "fim", "--model", str(tiny_code_model), "--files", ""]) == 4
+    assert "--files needs a folder" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
     "extra, message",
     [([], "no <FILL>"), (["--line", "9"], "outside the file"), (["--length", "x"], "--length")],
 )
