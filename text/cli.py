@@ -289,6 +289,36 @@ def _fim_sources(args: argparse.Namespace):
 FIM_TOKENS = ("[PRE]", "[SUF]", "[MID]")  # the autoregressive baseline's FIM prompt
 
 
+def _fim_window(model) -> int:
+    """The positions a model reads when infilling (`infilling.infill`'s bound)."""
+    from mdiff.text.fim.infilling import _max_len
+
+    return _max_len(model)
+
+
+def _eval_report(args, cm, ar, tasks, modes, files, root, skipped, settings, heal, bar) -> dict:
+    """`mdiff eval fim`'s report: the diffusion model per length mode, then the baseline."""
+    from mdiff.text.fim.eval import evaluate_ar_fim, evaluate_fim
+    from mdiff.text.pipeline import CodeModel
+
+    report = {"model": args.model, "kind": args.kind, "tasks": len(tasks),
+              "settings": {**settings, "heal": heal},
+              "source": {"root": str(root), "files": len(files), "skipped": skipped}}  # fmt: skip
+    own = cm.infill if type(cm).infill is not CodeModel.infill else None  # DiffusionGemma's
+    report["modes"] = evaluate_fim(
+        cm.model, cm.tokenizer, tasks, modes=modes, fixed_length=args.fixed_length, fill=own,
+        seed=args.seed, progress=lambda *_: bar.update(), context=cm.context, heal=heal,
+        **settings,
+    )  # fmt: skip
+    if ar is not None:  # the baseline with its own tokenizer
+        bar.reset(total=len(tasks))
+        report["ar"] = evaluate_ar_fim(
+            ar.model, ar.tokenizer, tasks, context=ar.context, progress=lambda *_: bar.update(),
+            heal=heal, order=ar.fim_order,
+        )  # fmt: skip
+    return report
+
+
 def run_eval_fim(args: argparse.Namespace) -> int:
     """`mdiff eval fim`: exact match per length mode on held-out code (`mdiff.text.fim.eval`)."""
     import json
@@ -296,7 +326,7 @@ def run_eval_fim(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from mdiff.record import check_seed
-    from mdiff.text.fim.eval import MODES, evaluate_ar_fim, evaluate_fim
+    from mdiff.text.fim.eval import MODES
     from mdiff.text.fim.tasks import make_tasks
     from mdiff.text.pipeline import CodeModel
     from mdiff.text.sampling.generation import GenerationConfig
@@ -327,23 +357,16 @@ def run_eval_fim(args: argparse.Namespace) -> int:
                                 "autoregressive FIM baseline (train one: mdiff train text "
                                 "--kind ar)")  # fmt: skip
     heal = not args.no_heal
+    window = cm.context or _fim_window(cm.model)
+    if "fixed" in modes and args.fixed_length > window:  # before the run, as infill would
+        raise InvalidInputError(f"--fixed-length {args.fixed_length}: a middle that long does "
+                                f"not fit the model's {window} positions")  # fmt: skip
     bar = tqdm(total=len(tasks) * len(modes), desc="fim", file=sys.stderr, leave=False)
-    report = {"model": args.model, "kind": args.kind, "tasks": len(tasks),
-              "settings": {**settings, "heal": heal},
-              "source": {"root": str(root), "files": len(files), "skipped": skipped}}  # fmt: skip
-    own = cm.infill if type(cm).infill is not CodeModel.infill else None  # DiffusionGemma's
-    report["modes"] = evaluate_fim(
-        cm.model, cm.tokenizer, tasks, modes=modes, fixed_length=args.fixed_length, fill=own,
-        seed=args.seed, progress=lambda *_: bar.update(), context=cm.context, heal=heal,
-        **settings,
-    )  # fmt: skip
-    if ar is not None:  # the baseline with its own tokenizer
-        bar.reset(total=len(tasks))
-        report["ar"] = evaluate_ar_fim(
-            ar.model, ar.tokenizer, tasks, context=ar.context, progress=lambda *_: bar.update(),
-            heal=heal, order=ar.fim_order,
-        )  # fmt: skip
-    bar.close()
+    try:
+        report = _eval_report(args, cm, ar, tasks, modes, files, root, skipped, settings, heal,
+                              bar)  # fmt: skip
+    finally:
+        bar.close()  # an error then reads on a line of its own
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
