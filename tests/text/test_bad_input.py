@@ -347,3 +347,13 @@ def test_sdk_fill_keeps_crlf(cm):
     exact = lambda d: d.text.startswith("a = 1\r\nb = ") and d.text.endswith("\r\nc = 3")  # noqa: E731
     o = call(lambda: cm.fill(text, length=2), check=exact)
     assert o.kind == "accepted", o
+
+
+@pytest.mark.parametrize("eol", ["\r\n", "\r"])
+def test_a_multi_line_middle_is_written_with_the_files_line_breaks(cm, eol):
+    """CRLF (Windows) and CR (classic Mac) files: the middle's line breaks are the file's."""
+    prefix, suffix = eol.join(["def f(x):", "    y = 1", ""]), eol.join(["", "    return y", ""])
+    done = cm.infill(prefix, suffix, 24, seed=0, temperature=1.0)
+    middle = done.middles[0]
+    assert done.text == prefix + middle + suffix and eol in middle  # (this seed writes lines)
+    assert "\n" not in middle.replace("\r\n", "") if eol == "\r\n" else "\n" not in middle

@@ -292,9 +292,13 @@ def _lengths(length, candidates) -> list[int]:
 
 
 def line_ending(text: str) -> str:
-    """``"\\r\\n"`` when most line breaks of ``text`` are CRLF, else ``"\\n"``."""
+    """The line break most of ``text``'s are: ``"\\r\\n"``, ``"\\r"`` (classic Mac) or
+    ``"\\n"``."""
     crlf = text.count("\r\n")
-    return "\r\n" if crlf and 2 * crlf >= text.count("\n") else "\n"
+    cr, lf = text.count("\r") - crlf, text.count("\n") - crlf
+    if cr > max(crlf, lf):
+        return "\r"
+    return "\r\n" if crlf and crlf >= lf else "\n"
 
 
 def _lf(text: str) -> str:
