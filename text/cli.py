@@ -72,6 +72,9 @@ def _complete(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("file", help="a source file with <FILL> markers (or use --line)")
     p.add_argument("--line", type=int, help="regenerate the code of this line (1-based)")
+    p.add_argument("--marker",
+                   help="the hole marker in FILE (default <FILL>; for a file whose code holds "
+                        "that text)")  # fmt: skip
     where = p.add_mutually_exclusive_group()
     where.add_argument("-o", "--output", help="write the result here, with a signed .c2pa sidecar")
     where.add_argument("--in-place", action="store_true",
@@ -113,6 +116,15 @@ def _eval_fim(f: argparse.ArgumentParser) -> None:
     f.add_argument("--no-heal", action="store_true",
                    help="no token healing at the hole's left edge (for comparison)")  # fmt: skip
     f.add_argument("--json", action="store_true", help="print the report as JSON")
+
+
+def _unused_marker(text: str, base: str) -> str:
+    """``base`` (``<FILL>``), or ``<FILL-n>`` when the text already holds it."""
+    marker, n = base, 0
+    while marker in text:
+        n += 1
+        marker = f"{base[:-1]}-{n}>" if base.endswith(">") else f"{base}-{n}"
+    return marker
 
 
 def line_hole(text: str, line: int, marker: str | None = None) -> str:
@@ -182,12 +194,14 @@ def run_complete(args: argparse.Namespace) -> int:
                               steps=args.steps)  # fmt: skip
     src = Path(args.file)
     text = read_source(src)
-    if args.line is not None:
-        if MARKER in text:
-            raise InvalidInputError(f"{src} already has {MARKER} markers; drop --line")
-        text = line_hole(text, args.line)
-    elif MARKER not in text:
-        raise InvalidInputError(f"{src} has no {MARKER} marker; add one or pass --line N")
+    marker = MARKER if args.marker is None else args.marker
+    if not marker.strip():
+        raise InvalidInputError("--marker must be some text, not blank")
+    if args.line is not None:  # a marker the file does not hold: its own <FILL> text stays
+        marker = _unused_marker(text, MARKER)
+        text = line_hole(text, args.line, marker)
+    elif marker not in text:
+        raise InvalidInputError(f"{src} has no {marker} marker; add one or pass --line N")
     out = _output(args, src)
     cm = CodeModel.from_pretrained(args.model, stamper=Stamper(home=args.home),
                                    trust_remote_code=args.trust_remote_code)  # fmt: skip
@@ -195,7 +209,7 @@ def run_complete(args: argparse.Namespace) -> int:
         print(f"mdiff: model {cm.summary}", file=sys.stderr)
     start = time.perf_counter()
     factory = (lambda n: TerminalStreamer(cm.tokenizer, n)) if args.stream else None
-    done = cm.fill(text, length=length, seed=args.seed, source=str(src),
+    done = cm.fill(text, marker=marker, length=length, seed=args.seed, source=str(src),
                    streamer_factory=factory, config=config)  # fmt: skip
     seconds = time.perf_counter() - start
     tokens = done.record.sizes.get("tokens", 0)

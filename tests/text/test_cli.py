@@ -114,3 +114,19 @@ def test_the_schedule_help_names_every_schedule():
     from mdiff.text.cli import SCHEDULE_HELP
 
     assert tuple(SCHEDULE_HELP.split("|")) == unmask_rules.SCHEDULES
+
+
+def test_a_file_whose_code_holds_the_marker_text(tiny_code_model, home, tmp_path, capsys):
+    src = tmp_path / "marks.py"
+    src.write_text('MARK = "<FILL>"\nx = 1\ny = HOLE\n', encoding="utf-8")
+    base = ["--home", str(home), "complete", str(src), "--model", str(tiny_code_model),
+            "--length", "2"]  # fmt: skip
+    assert cli.main([*base, "--line", "2"]) == 0  # its own "<FILL>" string stays as it is
+    out = capsys.readouterr().out
+    assert out.startswith('MARK = "<FILL>"\n') and out.endswith("\ny = HOLE\n")
+    assert "x = 1" not in out
+    assert cli.main([*base, "--marker", "HOLE"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith('MARK = "<FILL>"\nx = 1\ny = ') and "HOLE" not in out
+    assert cli.main([*base, "--marker", "  "]) == 4
+    assert "--marker must be some text" in capsys.readouterr().err
