@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import torch
 
 import mdiff.text.fim.infilling as F
-from mdiff.serve.text_sinks import visible
+from mdiff.serve.text_sinks import stopped_by
 from mdiff.text.sampling.sampler import GenerationOutput
 
 if TYPE_CHECKING:
@@ -56,9 +56,10 @@ def answer(cm, job: Job, out: GenerationOutput, row: int, n: int, carry: str):
     r = F._result(out, row, n, job.prefix, job.suffix, cm.tokenizer, job.scores, carry)
     eol = F.line_ending(job.prefix + job.suffix)
     r = F._with_line_ending(r, eol, job.prefix, job.suffix)
-    cut = visible(r.middle, job.stop, final=True, eol=eol)
-    stopped, word = cut != r.middle, stop_word(r.middle, cut, job.stop, eol)
+    hit = stopped_by(r.middle, job.stop, eol)
+    stopped, word = hit is not None, None if hit is None else hit[1]
     if stopped:
+        cut = hit[0]
         r.middle, r.text = cut, job.prefix + cut + job.suffix
         r.span = (len(job.prefix), len(job.prefix) + len(cut))
     steps = sum(out.steps_per_block[row])
@@ -69,19 +70,6 @@ def answer(cm, job: Job, out: GenerationOutput, row: int, n: int, carry: str):
     done.finish_reason = finish_reason(job, n, stopped, chosen=job.chosen)
     done.stop_word = word
     return done
-
-
-def stop_word(middle: str, cut: str, stops, eol: str = "\n") -> str | None:
-    """The stop string that cut ``middle`` to ``cut`` (as the client wrote it), None when
-    none did (llama.cpp's ``stopping_word``)."""
-    if cut == middle:
-        return None
-    rest = middle[len(cut) :]
-    if eol != "\n":  # matched on the LF text, as `visible` does
-        rest, stops = rest.replace(eol, "\n"), [(s, F._lf(s)) for s in stops]
-    else:
-        stops = [(s, s) for s in stops]
-    return next((s for s, m in stops if m and rest.startswith(m)), "")
 
 
 def finish_reason(job: Job, n: int, stopped: bool, *, chosen: bool = False) -> str:
@@ -102,11 +90,10 @@ def own_infill(cm, job: Job):
     call as the SDK's; its text arrives whole at the end."""
     auto = {"candidates": job.candidates} if job.length == "auto" else {}
     done = cm.infill(job.prefix, job.suffix, job.length, seed=job.seed, **auto, **job.settings)
-    eol = F.line_ending(job.prefix + job.suffix)
-    cut = visible(done.middles[0], job.stop, final=True, eol=eol)
-    stopped, word = cut != done.middles[0], stop_word(done.middles[0], cut, job.stop, eol)
+    hit = stopped_by(done.middles[0], job.stop, F.line_ending(job.prefix + job.suffix))
+    stopped, word = hit is not None, None if hit is None else hit[1]
     if stopped:  # sign what the client gets: the middle cut before its stop string
-        p, s = job.prefix, job.suffix
+        p, s, cut = job.prefix, job.suffix, hit[0]
         settings = done.stamped.record.extra.get("sampler_settings", {})
         done = cm._finish(p + cut + s, [cut], [(len(p), len(p) + len(cut))], p + "\0" + s,
                           settings, done.nfe, done.tokens_per_forward, edited=True,

@@ -149,7 +149,7 @@ class Batcher:
 
     def window(self) -> int:
         """The most tokens a middle may have (the model's infilling window)."""
-        return min(self.cm.context or F._max_len(self.cm.model), F._max_len(self.cm.model)) - 1
+        return F.window(self.cm.model, self.cm.context) - 1
 
     def submit(self, jobs: list[Job]) -> list[Future]:
         """Queue one request's jobs; `QueueFull` when ``queue_size`` requests already wait."""

@@ -35,6 +35,7 @@ from mdiff.serve.app import BodyEncoded, BodyTooLarge, api_error
 from mdiff.serve.batching import Batcher, QueueFull
 from mdiff.serve.store import artifact_store
 from mdiff.serve.text_requests import TextRequest, parse_completion, parse_infill
+from mdiff.text.fim.infilling import window as fim_window
 
 __all__ = ["router", "text_service"]
 
@@ -115,12 +116,9 @@ def _prompt_tokens(batcher: Batcher, req: TextRequest) -> int:
     """The prompt tokens the model reads: prefix and suffix, at most its context window (a
     longer prompt is cut to fit, `infilling.fit_context`)."""
     cm = batcher.cm
-    window = cm.context or 0
-    total = 0
-    for p, s in req.prompts:
-        n = len(cm.tokenizer.encode(p)) + cm.count_tokens(s)
-        total += min(n, window) if window else n
-    return total
+    window = fim_window(cm.model, cm.context)
+    return sum(min(len(cm.tokenizer.encode(p)) + cm.count_tokens(s), window)
+               for p, s in req.prompts)  # fmt: skip
 
 
 _READ = object()  # `_submit`: read the body from the request

@@ -9,24 +9,40 @@ import torch
 import mdiff.text.fim.infilling as F
 from mdiff.text.sampling.heal import middle_text
 
-__all__ = ["DraftSink", "Sink", "visible"]
+__all__ = ["DraftSink", "Sink", "stopped_by", "visible"]
+
+
+def stopped_by(text: str, stops, eol: str = "\n") -> tuple[str, str] | None:
+    """``(text before its first stop string, that stop as the client wrote it)``, or None.
+    With ``eol`` other than ``"\n"`` (the middle of a CRLF or CR file, written so) the stops
+    are matched on its LF text, as the client wrote them for a line break: ``"\n"`` cuts
+    before the ``"\r\n"``, ``"\n\n"`` at a blank line."""
+    lf = text if eol == "\n" else text.replace(eol, "\n")
+    hits = [(i, s) for s in stops if s and (i := lf.find(_as_lf(s, eol))) >= 0]
+    if not hits:
+        return None
+    i, stop = min(hits, key=lambda h: h[0])
+    return (lf[:i] if eol == "\n" else lf[:i].replace("\n", eol)), stop
 
 
 def visible(text: str, stops, *, final: bool, eol: str = "\n") -> str:
-    """``text`` cut before its first stop string; while streaming (not ``final``), also
-    without a tail that could still grow into one. With ``eol`` ``"\r\n"`` (the middle of a
-    CRLF file, written with CRLF) the stops are matched on its LF text, as the client wrote
-    them for a line break: ``"\n"`` cuts before the ``"\r\n"``, ``"\n\n"`` at a blank line."""
-    if eol != "\n" and stops:
-        lf = visible(text.replace(eol, "\n"), [F._lf(s) for s in stops], final=final)
-        return lf.replace("\n", eol)
-    cuts = [i for i in (text.find(s) for s in stops if s) if i >= 0]
-    if cuts:
-        return text[: min(cuts)]
+    """``text`` cut before its first stop string (`stopped_by`); while streaming (not
+    ``final``), also without a tail that could still grow into one."""
+    hit = stopped_by(text, stops, eol)
+    if hit is not None:
+        return hit[0]
     if final or not stops:
         return text
-    hold = max(len(s) for s in stops) - 1
-    return text[: len(text) - hold] if hold else text
+    hold = max(len(_as_lf(s, eol)) for s in stops) - 1
+    if not hold:
+        return text
+    lf = text if eol == "\n" else text.replace(eol, "\n")
+    kept = lf[: len(lf) - hold]
+    return kept if eol == "\n" else kept.replace("\n", eol)
+
+
+def _as_lf(stop: str, eol: str) -> str:
+    return stop if eol == "\n" else F._lf(stop)
 
 
 class Sink:

@@ -303,13 +303,6 @@ def _fim_sources(args: argparse.Namespace):
 FIM_TOKENS = ("[PRE]", "[SUF]", "[MID]")  # the autoregressive baseline's FIM prompt
 
 
-def _fim_window(model) -> int:
-    """The positions a model reads when infilling (`infilling.infill`'s bound)."""
-    from mdiff.text.fim.infilling import _max_len
-
-    return _max_len(model)
-
-
 def _eval_report(args, cm, ar, tasks, modes, files, root, skipped, settings, heal, bar) -> dict:
     """`mdiff eval fim`'s report: the diffusion model per length mode, then the baseline."""
     from mdiff.text.fim.eval import evaluate_ar_fim, evaluate_fim
@@ -341,6 +334,7 @@ def run_eval_fim(args: argparse.Namespace) -> int:
 
     from mdiff.record import check_seed
     from mdiff.text.fim.eval import MODES
+    from mdiff.text.fim.infilling import window as fim_window
     from mdiff.text.fim.tasks import make_tasks
     from mdiff.text.pipeline import CodeModel
     from mdiff.text.sampling.generation import GenerationConfig
@@ -371,7 +365,7 @@ def run_eval_fim(args: argparse.Namespace) -> int:
                                 "autoregressive FIM baseline (train one: mdiff train text "
                                 "--kind ar)")  # fmt: skip
     heal = not args.no_heal
-    window = cm.context or _fim_window(cm.model)
+    window = fim_window(cm.model, cm.context)
     if "fixed" in modes and args.fixed_length > window:  # before the run, as infill would
         raise InvalidInputError(f"--fixed-length {args.fixed_length}: a middle that long does "
                                 f"not fit the model's {window} positions")  # fmt: skip

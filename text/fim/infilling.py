@@ -67,6 +67,7 @@ __all__ = [
     "fit_context",
     "infill",
     "line_ending",
+    "window",
 ]
 
 DEFAULT_CANDIDATES = (2, 3, 4, 6, 8, 11, 16, 23, 32, 45, 64)
@@ -92,6 +93,12 @@ class InfillResult:
 def _max_len(model) -> int:
     cfg = getattr(model, "config", None)
     return int(getattr(cfg, "max_len", 0) or getattr(cfg, "max_position_embeddings", 0) or 1024)
+
+
+def window(model, context: int | None = None) -> int:
+    """The tokens a FIM canvas may hold: ``context`` (the model's training window), at most
+    the model's positions."""
+    return min(context or _max_len(model), _max_len(model))
 
 
 def fit_context(
@@ -207,7 +214,7 @@ def infill(model, tokenizer, prefix: str | list[str], suffix: str | list[str],
             f"the model's mask id {spec.mask_id} is not its tokenizer's mask token "
             f"{view.mask_id}: build the spec with the tokenizer's mask_token_id"
         )
-    limit = min(context or _max_len(model), _max_len(model))
+    limit = window(model, context)
     if length == "auto":  # a short window: the candidates that fit it (with a token of context)
         lengths = [n for n in lengths if n < limit]
         if not lengths:
