@@ -27,7 +27,7 @@ from mdiff.serve.text_api import (
     _body,
     _events,
     _fail,
-    _not_served,
+    _served_name,
     _prompt_tokens,
     _results,
     _save,
@@ -110,7 +110,7 @@ def _loading(body) -> bool:
 
 async def _load_answer(request: Request, body: dict):
     """Ollama's answer to a load request, once the text model is loaded."""
-    model = _not_served(request, body)
+    model = _served_name(request, body)
     if isinstance(model, JSONResponse):
         return client_shaped(request, model)
     await asyncio.to_thread(text_service, request.app)

@@ -124,7 +124,7 @@ def _prompt_tokens(batcher: Batcher, req: TextRequest) -> int:
 _READ = object()  # `_submit`: read the body from the request
 
 
-def _not_served(request: Request, body) -> JSONResponse | str:
+def _served_name(request: Request, body) -> JSONResponse | str:
     """The text model's served name, or the 404 for a ``model`` this server does not have."""
     try:
         return _model_id(request, body)
@@ -139,7 +139,7 @@ def _not_served(request: Request, body) -> JSONResponse | str:
 async def _submit(request: Request, parse, body=_READ):
     """Parse, admit (or an error response) and queue one request (``body``: already read)."""
     body = await _body(request) if body is _READ else body
-    model = _not_served(request, body)
+    model = _served_name(request, body)
     if isinstance(model, JSONResponse):
         return model
     req = parse(body, request.app.state.config.limits)
