@@ -27,10 +27,10 @@ from mdiff.serve.text_api import (
     _body,
     _events,
     _fail,
-    _served_name,
     _prompt_tokens,
     _results,
     _save,
+    _served_name,
     _submit,
     text_service,
 )
