@@ -61,7 +61,10 @@ def test_outputs_take_any_source_suffix_and_in_place_follows_a_link(tiny_code_mo
     assert verify(real / "run.sh", home=home).manifest.state == "trusted"
     assert cli.main(["eval", "fim", "--model", str(tiny_code_model), "--files", ""]) == 4
     assert "--files needs a folder" in capsys.readouterr().err
-    code = cli.main(["eval", "fim", "--model", str(tiny_code_model), "--files", str(real),
+    tasks = tmp_path / "tasks"  # the completed run.sh may hold no single-line task
+    tasks.mkdir()
+    (tasks / "a.sh").write_text("echo one\necho two\n", encoding="utf-8")
+    code = cli.main(["eval", "fim", "--model", str(tiny_code_model), "--files", str(tasks),
                      "--ext", ".sh", "--modes", "fixed", "--fixed-length", "100000"])  # fmt: skip
     err = capsys.readouterr().err
     assert code == 4 and err.startswith("mdiff: error: --fixed-length 100000") and "fim:" not in err
