@@ -3,16 +3,18 @@ cycles, overload. The server is a real `mdiff serve` subprocess; clients are thr
 
 Run:  OMP_NUM_THREADS=2 .venv/bin/python benchmarks/serve_load.py [--parts fim mixed cycles
           overload] [--requests 32] [--max-tokens 16] [--gap 0.15] [--cycles 50]
+          [--repeat 3]
 
 fim: the same ``--requests`` FIM requests (distinct holes and seeds) served one by one, then all
-at once; throughput ratio (goal ≥ 3×), p50/p99 latency of the concurrent ones, every answer
-equal to its one-by-one answer, errors; then arriving ``--gap`` seconds apart on average (they
-join the running batch): latency, identity. mixed: 4 concurrent video streams (64², 33 frames)
-plus 16 FIM requests; all complete, every stored video verifies (C2PA trusted, watermark detected),
-time to first fMP4 fragment per stream. cycles: connect, read the first event, disconnect —
-``--cycles`` times, alternating a text stream and a video stream; the server's RSS and open file
-descriptors before, half-way and after (drift). overload: 4× the queue's size at once against a
-server with ``--queue-size 4``: only 200 or 429, no 5xx, every 200 complete.
+at once, ``--repeat`` times; throughput ratio of the median times (goal ≥ 3×), p50/p99 latency
+of the concurrent ones, every answer equal to its one-by-one answer, errors; then arriving
+``--gap`` seconds apart on average (they join the running batch): latency, identity. mixed: 4
+concurrent video streams (64², 33 frames) plus 16 FIM requests; all complete, every stored video
+verifies (C2PA trusted, watermark detected), time to first fMP4 fragment per stream. cycles:
+connect, read the first event, disconnect — ``--cycles`` times, alternating a text stream and a
+video stream; the server's RSS and open file descriptors before, half-way and after (drift).
+overload: 4× the queue's size at once against a server with ``--queue-size 4``: only 200 or
+429, no 5xx, every 200 complete.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import argparse
 import os
 import random
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -122,12 +125,16 @@ def part_fim(a) -> None:
     try:
         post(srv.url, fim_body(99, a.max_tokens))  # warm-up: the model loads
         bodies = [fim_body(i, a.max_tokens) for i in range(a.requests)]
-        t = time.perf_counter()
-        alone = [post(srv.url, b) for b in bodies]
-        t_seq = time.perf_counter() - t
-        t = time.perf_counter()
-        together = concurrently([lambda b=b: post(srv.url, b) for b in bodies])
-        t_conc = time.perf_counter() - t
+        seqs, concs, rounds = [], [], []
+        for _ in range(a.repeat):  # the two passes alternate: a stall of the machine hits one
+            t = time.perf_counter()
+            alone = [post(srv.url, b) for b in bodies]
+            seqs.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            together = concurrently([lambda b=b: post(srv.url, b) for b in bodies])
+            concs.append(time.perf_counter() - t)
+            rounds += [alone, together]
+        t_seq, t_conc = statistics.median(seqs), statistics.median(concs)
         if a.gap:  # arrivals spread out: they join the running batch between its steps
             rng = random.Random(0)
             waits = [sum(rng.expovariate(1 / a.gap) for _ in range(i)) for i in range(len(bodies))]
@@ -137,15 +144,21 @@ def part_fim(a) -> None:
             t_spread = time.perf_counter() - t
     finally:
         srv.close()
-    errors = sum(code != 200 for code, _, _ in alone + together)
-    same = sum(text(x) == text(y) for x, y in zip(alone, together, strict=True))
-    lat = [s for _, _, s in together]
+    errors = sum(code != 200 for r in rounds for code, _, _ in r)
+    same = sum(all(text(r[i]) == text(alone[i]) for r in rounds) for i in range(len(bodies)))
+    lat = [s for r in rounds[1::2] for _, _, s in r]  # every concurrent pass
     mode = f"length {LENGTH}" if LENGTH else f"auto length, max_tokens {a.max_tokens}"
     print(f"fim: {a.requests} requests, {mode}: one by one {t_seq:.2f} s "
           f"({a.requests / t_seq:.2f} req/s), concurrent {t_conc:.2f} s "
           f"({a.requests / t_conc:.2f} req/s): throughput {t_seq / t_conc:.2f}x (goal >= 3x); "
           f"latency p50 {pct(lat, 0.5):.2f} s p99 {pct(lat, 0.99):.2f} s; identical "
           f"{same}/{a.requests}; errors {errors}")  # fmt: skip
+    if a.repeat > 1:
+        runs = zip(seqs, concs, strict=True)
+        print(
+            f"fim: medians of {a.repeat} passes each; one by one / concurrent: "
+            + ", ".join(f"{x:.2f}/{y:.2f} s ({x / y:.2f}x)" for x, y in runs)
+        )
     if a.gap:
         lat_s, solo = [x for _, _, x in spread], [x for _, _, x in alone]
         same = sum(text(x) == text(y) for x, y in zip(alone, spread, strict=True))
@@ -248,6 +261,12 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=32)
     ap.add_argument("--max-tokens", type=int, default=16)
     ap.add_argument("--cycles", type=int, default=50)
+    ap.add_argument(
+        "--repeat",
+        type=int,
+        default=3,
+        help="fim: passes of each (one by one, concurrent); the medians are compared",
+    )
     ap.add_argument("--length", type=int, help="fixed hole length (default: the auto search)")
     ap.add_argument("--gap", type=float, default=0.15,
                     help="fim: then the requests again, arriving this many seconds apart on "

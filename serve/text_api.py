@@ -41,7 +41,6 @@ __all__ = ["router", "text_service"]
 
 router = APIRouter()
 _LOCK = threading.Lock()
-POLL = 0.1  # seconds between disconnect checks while a request waits
 
 
 def text_service(app) -> Batcher:
@@ -144,7 +143,8 @@ async def _submit(request: Request, parse, body=_READ):
         return model
     req = parse(body, request.app.state.config.limits)
     req.model_id = model
-    batcher = await asyncio.to_thread(text_service, request.app)
+    batcher = getattr(request.app.state, "batcher", None)  # loaded: no hop to a thread
+    batcher = batcher or await asyncio.to_thread(text_service, request.app)
     jobs = req.jobs()
     if req.stream:
         loop, queue = asyncio.get_running_loop(), asyncio.Queue()
@@ -191,18 +191,31 @@ def _waiting(jobs) -> list:
 
 
 async def _results(request: Request, jobs) -> list:
-    """Every job's `Completion`; `ClientGone` (its jobs cancelled) if the client goes away."""
+    """Every job's `Completion`; `ClientGone` (its jobs cancelled) if the client goes away.
+    Nothing polls: the wait ends at the last answer or at the server's disconnect message."""
     waiting = _waiting(jobs)
+    gone = asyncio.ensure_future(_disconnect(request))
     try:
-        while True:
-            done, _ = await asyncio.wait(waiting, timeout=POLL)
-            if len(done) == len(waiting):
-                return [w.result() for w in waiting]
-            if await request.is_disconnected():
+        pending = set(waiting)
+        while pending:
+            done, pending = await asyncio.wait({*pending, gone},
+                                               return_when=asyncio.FIRST_COMPLETED)  # fmt: skip
+            if gone in done:
                 raise ClientGone()
+            pending.discard(gone)
+        return [w.result() for w in waiting]
     except BaseException:
         _cancel(jobs)
         raise
+    finally:
+        gone.cancel()
+
+
+async def _disconnect(request: Request) -> None:
+    """Returns when the client has gone: the body is read, so the next ASGI message is the
+    disconnect (the server sends it when the connection closes)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 def _fail(exc: BaseException):
@@ -237,7 +250,8 @@ async def completions(request: Request):
                 "logprobs": None, "finish_reason": done.finish_reason, "mdiff": extra}
                for i, (job, (done, extra)) in pairs]  # fmt: skip
     usage = _usage(batcher, req, [done.middles[0] for done, _ in answered])
-    return {**head, "choices": choices, "usage": usage, "mdiff": {"seed": req.seed}}
+    body = {**head, "choices": choices, "usage": usage, "mdiff": {"seed": req.seed}}
+    return JSONResponse(body)  # JSON types already: no walk through FastAPI's encoder
 
 
 async def _answered(request: Request, jobs, model: str):
@@ -360,7 +374,7 @@ async def infill(request: Request):
     except Exception as e:  # noqa: BLE001
         return _fail(e)
     extra = await asyncio.to_thread(_save, request.app, done, model)
-    return _infill_body(done, model, batcher, req, extra)
+    return JSONResponse(_infill_body(done, model, batcher, req, extra))
 
 
 def _infill_body(done, model, batcher, req, extra) -> dict:
