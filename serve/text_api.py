@@ -213,9 +213,13 @@ async def _results(request: Request, jobs) -> list:
 
 async def _disconnect(request: Request) -> None:
     """Returns when the client has gone: the body is read, so the next ASGI message is the
-    disconnect (the server sends it when the connection closes)."""
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
+    disconnect (the server sends it when the connection closes); a receive channel that
+    fails counts as gone."""
+    try:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+    except Exception:  # noqa: BLE001 — nothing more can come from this client
+        return
 
 
 def _fail(exc: BaseException):

@@ -381,7 +381,8 @@ def run_eval_fim(args: argparse.Namespace) -> int:
     what = "" if args.files else " held-out"
     skips = "".join(f", {n} {r}" for r, n in sorted(skipped.items()))
     print(f"{args.model}: {len(tasks)}{what} {args.kind}-line tasks from {root} "
-          f"({len(files)} files{skips and ' used; skipped' + skips[1:]})")  # fmt: skip
+          f"({len(files)} file{'' if len(files) == 1 else 's'}"
+          f"{skips and ' used; skipped' + skips[1:]})")  # fmt: skip
     rows = [(f"diffusion, {m} length", r) for m, r in report["modes"].items()]
     rows += [("autoregressive baseline", report["ar"])] if "ar" in report else []
     for name, r in rows:
