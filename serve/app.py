@@ -164,7 +164,8 @@ def client_shaped(request: HTTPConnection, response):
     error = json.loads(response.body).get("error") if response.status_code >= 400 else None
     if not isinstance(error, dict):
         return response
-    keep = {k: v for k, v in response.headers.items() if k.lower() == "retry-after"}
+    keep = {k: v for k, v in response.headers.items()
+            if k.lower() in ("retry-after", "www-authenticate")}  # fmt: skip
     return JSONResponse({"error": error["message"]}, status_code=response.status_code,
                         headers=keep)  # fmt: skip
 
@@ -196,10 +197,11 @@ class _BearerAuth:
                                                                       self.key):  # fmt: skip
             if scope["type"] == "websocket":
                 refuse = WebSocketClose(code=1008, reason="missing or wrong API key")
-            else:
-                refuse = api_error(401, "missing or wrong API key (Authorization: Bearer …)",
-                                   "authentication_error", code="invalid_api_key",
-                                   headers={"WWW-Authenticate": "Bearer"})  # fmt: skip
+            else:  # in the shape the route's clients read (Ollama's on /api/...)
+                refuse = client_shaped(HTTPConnection(scope), api_error(
+                    401, "missing or wrong API key (Authorization: Bearer …)",
+                    "authentication_error", code="invalid_api_key",
+                    headers={"WWW-Authenticate": "Bearer"}))  # fmt: skip
             return await refuse(scope, receive, send)
         await self.app(scope, receive, send)
 

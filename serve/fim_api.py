@@ -48,14 +48,14 @@ async def fim_completions(request: Request):
     head = {"id": f"fim-{uuid.uuid4().hex[:24]}", "created": int(time.time()), "model": model}
     if queue is not None:
         part = {**head, "object": "chat.completion.chunk"}
-        middles = [""] * len(jobs)
+        dones = [None] * len(jobs)
 
         def chunk(i, delta, draft):
             c = {"index": i, "delta": {"content": delta}, "finish_reason": None}
             return {**part, "choices": [c if draft is None else {**c, "mdiff_draft": draft}]}
 
         def final(i, done, rest, extra):
-            middles[i] = done.middles[0]
+            dones[i] = done
             c = {"index": i, "delta": {"content": rest}, "finish_reason": done.finish_reason,
                  "mdiff": extra}  # fmt: skip
             return {**part, "choices": [c]}
@@ -64,7 +64,7 @@ async def fim_completions(request: Request):
             async for line in _events(request, req, jobs, queue, chunk, final):
                 yield line
             if req.usage_chunk:  # the last chunk: no choices, the usage
-                yield _sse({**part, "choices": [], "usage": _usage(batcher, req, middles)})
+                yield _sse({**part, "choices": [], "usage": _usage(batcher, req, dones)})
             yield "data: [DONE]\n\n"
 
         return StreamingResponse(events(), media_type="text/event-stream",
@@ -75,6 +75,6 @@ async def fim_completions(request: Request):
     choices = [{"index": i, "message": {"role": "assistant", "content": done.middles[0]},
                 "finish_reason": done.finish_reason, "mdiff": extra}
                for i, (done, extra) in enumerate(answered)]  # fmt: skip
-    usage = _usage(batcher, req, [done.middles[0] for done, _ in answered])
+    usage = _usage(batcher, req, [done for done, _ in answered])
     return {**head, "object": "chat.completion", "choices": choices, "usage": usage,
             "mdiff": {"seed": req.seed}}  # fmt: skip

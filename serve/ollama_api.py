@@ -69,6 +69,10 @@ def parse_generate(body, limits):
         )
     if n is not None and n < 0:  # Ollama: -1 = no limit
         flat["max_tokens"] = None
+    if n is not None and n > limits.max_tokens:
+        raise InvalidInputError(
+            f"'options.num_predict' must be at most {limits.max_tokens} (or -1), got {n}"
+        )
     return parse_completion(flat, limits)
 
 
@@ -95,6 +99,9 @@ async def show(request: Request):
     cfg = request.app.state.config
     body = await _body(request)
     asked = body.get("model") or body.get("name") if isinstance(body, dict) else None
+    if asked is None:
+        return JSONResponse({"error": f"'model' is required; this server has "
+                                      f"{cfg.text_name!r}"}, status_code=400)  # fmt: skip
     if not isinstance(asked, str) or not cfg.names_text(asked):
         why = f"model {asked!r} not found; this server has {cfg.text_name!r}"
         return JSONResponse({"error": why}, status_code=404)
@@ -136,7 +143,7 @@ async def generate(request: Request):
         took = time.perf_counter_ns() - start
         return {"model": model, "created_at": _now(), "response": rest, "done": True,
                 "done_reason": done.finish_reason, "total_duration": took,
-                "load_duration": 0, "prompt_eval_count": _prompt_tokens(batcher, req),
+                "load_duration": 0, "prompt_eval_count": _prompt_tokens(batcher, req, [done]),
                 "eval_count": batcher.cm.count_tokens(done.middles[0]), "eval_duration": took,
                 "mdiff": {**extra, "seed": req.seed}}  # fmt: skip
 

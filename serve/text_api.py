@@ -111,13 +111,18 @@ def _save(app, done, model: str) -> dict:
             "record": done.stamped.record.to_dict()}  # fmt: skip
 
 
-def _prompt_tokens(batcher: Batcher, req: TextRequest) -> int:
-    """The prompt tokens the model reads: prefix and suffix, at most its context window (a
-    longer prompt is cut to fit, `infilling.fit_context`)."""
+def _prompt_tokens(batcher: Batcher, req: TextRequest, dones) -> int:
+    """The prompt tokens the model reads: prefix and suffix, cut to the room a middle of the
+    prompt's leaves in its window (`infilling.fit_context`, the longest of its choices' room).
+    ``dones``: each choice's `Completion` in answer order (None: none was made)."""
     cm = batcher.cm
     window = fim_window(cm.model, cm.context)
-    return sum(min(len(cm.tokenizer.encode(p)) + cm.count_tokens(s), window)
-               for p, s in req.prompts)  # fmt: skip
+    total = 0
+    for i, (p, s) in enumerate(req.prompts):
+        mine = [d for d in dones[i * req.n : (i + 1) * req.n] if d is not None]
+        n = min((getattr(d, "length", 0) or 0 for d in mine), default=0)
+        total += min(len(cm.tokenizer.encode(p)) + cm.count_tokens(s), window - n)
+    return total
 
 
 _READ = object()  # `_submit`: read the body from the request
@@ -253,7 +258,7 @@ async def completions(request: Request):
     choices = [{"text": _choice_text(req, job.prefix, done.middles[0]), "index": i,
                 "logprobs": None, "finish_reason": done.finish_reason, "mdiff": extra}
                for i, (job, (done, extra)) in pairs]  # fmt: skip
-    usage = _usage(batcher, req, [done.middles[0] for done, _ in answered])
+    usage = _usage(batcher, req, [done for done, _ in answered])
     body = {**head, "choices": choices, "usage": usage, "mdiff": {"seed": req.seed}}
     return JSONResponse(body)  # JSON types already: no walk through FastAPI's encoder
 
@@ -268,10 +273,11 @@ async def _answered(request: Request, jobs, model: str):
     return [(done, await asyncio.to_thread(_save, request.app, done, model)) for done in results]
 
 
-def _usage(batcher: Batcher, req: TextRequest, middles: list[str]) -> dict:
-    """OpenAI's ``usage``: prompt (prompt and suffix) and generated tokens (an echo is none)."""
-    completion = sum(batcher.cm.count_tokens(m) for m in middles)
-    prompt = _prompt_tokens(batcher, req)
+def _usage(batcher: Batcher, req: TextRequest, dones) -> dict:
+    """OpenAI's ``usage``: prompt (prompt and suffix, as read) and generated tokens (an echo
+    is none); ``dones``: each choice's `Completion` (None: none was made)."""
+    completion = sum(batcher.cm.count_tokens(d.middles[0]) for d in dones if d is not None)
+    prompt = _prompt_tokens(batcher, req, dones)
     return {"prompt_tokens": prompt, "completion_tokens": completion,
             "total_tokens": prompt + completion}  # fmt: skip
 
@@ -328,7 +334,7 @@ async def _events(request: Request, req, jobs, queue, chunk, final, frame=_sse,
 
 
 async def _openai_events(request, head, req, batcher, jobs, queue):
-    middles = [""] * len(jobs)
+    dones = [None] * len(jobs)
     if req.usage_chunk:  # OpenAI: every chunk has "usage": null, the last one the usage
         head = {**head, "usage": None}
 
@@ -339,7 +345,7 @@ async def _openai_events(request, head, req, batcher, jobs, queue):
         return {**head, "choices": [c]}
 
     def final(i, done, rest, extra):
-        middles[i] = done.middles[0]
+        dones[i] = done
         c = {"text": rest, "index": i, "logprobs": None, "finish_reason": done.finish_reason,
              "mdiff": extra}  # fmt: skip
         return {**head, "choices": [c]}
@@ -347,7 +353,7 @@ async def _openai_events(request, head, req, batcher, jobs, queue):
     async for line in _events(request, req, jobs, queue, chunk, final):
         yield line
     if req.usage_chunk:
-        yield _sse({**head, "choices": [], "usage": _usage(batcher, req, middles)})
+        yield _sse({**head, "choices": [], "usage": _usage(batcher, req, dones)})
     yield "data: [DONE]\n\n"
 
 
@@ -389,6 +395,6 @@ def _infill_body(done, model, batcher, req, extra) -> dict:
     stop_type = "word" if word is not None else stop_type
     return {"content": middle, "index": 0, "stop": True, "model": model,
             "tokens_predicted": batcher.cm.count_tokens(middle),
-            "tokens_evaluated": _prompt_tokens(batcher, req), "stop_type": stop_type,
+            "tokens_evaluated": _prompt_tokens(batcher, req, [done]), "stop_type": stop_type,
             "stopping_word": word or "",
             "generation_settings": {"seed": req.seed, **req.settings}, "mdiff": extra}  # fmt: skip

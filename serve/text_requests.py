@@ -72,8 +72,10 @@ def _pick(body: dict, name: str, kinds, default=None, *, check=None, what: str =
     return value
 
 
-def _text(body: dict, name: str, default=None) -> str | None:
-    return _pick(body, name, (str,), default, what="a string")
+def _text(body: dict, name: str, default=None, label: str | None = None) -> str | None:
+    """``body[name]``, a string that is text (no lone surrogate), named ``label`` in errors."""
+    value = _pick(body, name, (str,), default, what="a string")
+    return value if value is None else _utf8(value, label or name)
 
 
 def _settings(body: dict, limits, max_name: str) -> dict:
@@ -192,7 +194,8 @@ def parse_infill(body, limits) -> TextRequest:
         isinstance(c, dict) and isinstance(c.get("text", ""), str) for c in extra
     ):
         raise InvalidInputError("'input_extra' must be a list of {'filename', 'text'} objects")
-    context = "".join(c.get("text", "") + ("\n" if c.get("text") else "") for c in extra)
+    texts = [_text(c, "text", "", f"input_extra[{i}].text") for i, c in enumerate(extra)]
+    context = "".join(t + "\n" for t in texts if t)
     pairs = [(context + prefix, _text(body, "input_suffix", ""))]
     _check_size(pairs, limits)
     return TextRequest(pairs, **_settings(body, limits, "n_predict"))

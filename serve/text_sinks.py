@@ -42,7 +42,9 @@ def visible(text: str, stops, *, final: bool, eol: str = "\n") -> str:
 
 
 def _as_lf(stop: str, eol: str) -> str:
-    return stop if eol == "\n" else F._lf(stop)
+    """A stop as matched on the LF text of a CRLF or CR file: its CRLFs and CRs are line
+    breaks (a client in a CR file writes "\r" for one; in a CRLF file "\r" starts one)."""
+    return stop if eol == "\n" else F._lf(stop).replace("\r", "\n")
 
 
 class Sink:

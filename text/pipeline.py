@@ -237,9 +237,13 @@ class CodeModel:
         if not isinstance(prompt, str):
             raise InvalidInputError(f"prompt must be a str, got {type(prompt).__name__}")
         check_seed(seed)
-        ids = self.tokenizer.encode(prompt)
-        if not ids:
-            ids = [self.tokenizer.bos_id]
+        ids = self.tokenizer.encode(prompt) or [self.tokenizer.bos_id]
+        room = _infill.window(self.model)  # the model's positions
+        if type(gen_length) is int and gen_length >= room:
+            raise InvalidInputError(f"a {gen_length}-token continuation leaves no room for the "
+                                    f"prompt in the model's {room} positions")  # fmt: skip
+        if type(gen_length) is int:
+            ids = ids[max(0, len(ids) + gen_length - room) :]  # the prompt's end, as FIM cuts
         with torch.no_grad():
             out = generate(self.model, [ids], config=config, gen_length=gen_length, seed=seed,
                            streamer=streamer, watermark=self.watermark, **settings)  # fmt: skip

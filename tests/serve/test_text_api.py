@@ -267,6 +267,9 @@ def test_not_json_and_api_key(make_app):
 
     with TestClient(make_app(api_key="k")) as c:
         assert c.post("/v1/completions", json={"prompt": "x"}).status_code == 401
+        ollama = c.post("/api/generate", json={"model": "code-tiny-block", "prompt": "x"})
+        assert ollama.status_code == 401 and isinstance(ollama.json()["error"], str)  # its shape
+        assert ollama.headers["www-authenticate"] == "Bearer"
         r = c.post("/v1/completions", content=b"{nope", headers={"Authorization": "Bearer k"})
         assert r.status_code == 400 and "JSON" in r.json()["error"]["message"]
 

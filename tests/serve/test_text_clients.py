@@ -89,13 +89,18 @@ def test_include_usage_ends_the_stream_with_the_usage_and_echo_counts_no_prompt(
 
 
 @pytest.mark.parametrize(
-    ("text", "stops", "cut"),
-    [("a)\r\nb\r\n\r\nc", ["\n"], "a)"), ("a)\r\nb\r\n\r\nc", ["\n\n"], "a)\r\nb"),
-     ("a)\r\nb", ["\r\n"], "a)"), ("x\r\ny", ["y"], "x\r\n")],
+    ("text", "stops", "cut", "eol"),
+    [("a)\r\nb\r\n\r\nc", ["\n"], "a)", "\r\n"), ("a)\r\nb\r\n\r\nc", ["\n\n"], "a)\r\nb", "\r\n"),
+     ("a)\r\nb", ["\r\n"], "a)", "\r\n"), ("x\r\ny", ["y"], "x\r\n", "\r\n"),
+     ("os\r\nimport", ["\r"], "os", "\r\n"), ("subprocess\r\nimport", ["ss\r"], "subproce", "\r\n"),
+     ("time\rimport time\r", ["\r"], "time", "\r"), ("a\rb\r\rc", ["\n\n"], "a\rb", "\r"),
+     ("a\rb\r\rc", ["\r\r"], "a\rb", "\r")],
 )  # fmt: skip
-def test_stops_in_a_crlf_file_match_its_line_breaks(text, stops, cut):
-    assert visible(text, stops, final=True, eol="\r\n") == cut
-    streamed = visible(text[:-1], stops, final=False, eol="\r\n")
+def test_stops_in_a_crlf_or_cr_file_match_its_line_breaks(text, stops, cut, eol):
+    """A stop's line breaks, as LF, CR or CRLF, are the file's: "\r" in a CR file is its line
+    break, and in a CRLF file the start of one."""
+    assert visible(text, stops, final=True, eol=eol) == cut
+    streamed = visible(text[:-1], stops, final=False, eol=eol)
     assert cut.startswith(streamed) or streamed.startswith(cut)
 
 
@@ -411,9 +416,46 @@ def test_a_compressed_body_is_a_415_and_ollamas_answer_has_its_counts(make_app):
 
 
 def test_usage_counts_the_prompt_tokens_the_model_reads(make_app, models):
-    window = models.text().context
+    """A prompt longer than the window is read as far as the middle leaves room for
+    (`infilling.fit_context`): window − 16 for a 16-token hole, on every route."""
+    window, prompt = models.text().context, "x = 1\n" * 2000
     with TestClient(make_app()) as c:
-        long = c.post("/v1/completions", json={"prompt": "x = 1\n" * 2000, "max_tokens": 2})
+        long = c.post("/v1/completions", json={"prompt": prompt, "length": 16, "n": 2})
+        streamed = c.post(
+            "/v1/completions",
+            json={
+                "prompt": prompt,
+                "length": 16,
+                "stream": True,
+                "stream_options": {"include_usage": True},
+            },
+        )
+        infill = c.post("/infill", json={"input_prefix": prompt, "input_suffix": "", "length": 16})
         short = c.post("/v1/completions", json={"prompt": "x = ", "max_tokens": 2})
-    assert long.json()["usage"]["prompt_tokens"] == window  # cut to the model's window
+    assert long.json()["usage"]["prompt_tokens"] == window - 16  # cut to the room it leaves
+    last = json.loads([ln for ln in streamed.text.splitlines() if ln.startswith("data: {")][-1][6:])
+    assert last["usage"]["prompt_tokens"] == window - 16
+    assert infill.json()["tokens_evaluated"] == window - 16
     assert 0 < short.json()["usage"]["prompt_tokens"] < window
+
+
+def test_errors_name_the_field_the_client_sent(make_app):
+    """/infill checks each of its fields before they are put together; Ollama's bound names
+    its option; /api/show without a model asks for one."""
+    bad = "x \ud83d"
+    with TestClient(make_app()) as c:
+        got = {
+            field: c.post("/infill", content=json.dumps(body),
+                          headers={"Content-Type": "application/json"}).json()["error"]["message"]
+            for field, body in [("'input_suffix'", {"input_prefix": "a", "input_suffix": bad}),
+                                ("'input_extra[1].text'", {"input_prefix": "a", "input_extra": [
+                                    {"filename": "a.py", "text": "ok"}, {"text": bad}]}),
+                                ("'prompt'", {"input_prefix": "a", "prompt": bad})]
+        }  # fmt: skip
+        big = c.post("/api/generate", json={"model": "code-tiny-block", "prompt": "x = ",
+                                            "options": {"num_predict": 10**6}})  # fmt: skip
+        show = c.post("/api/show", json={})
+    for field, message in got.items():
+        assert message.startswith(f"{field} holds an unpaired surrogate"), (field, message)
+    assert big.status_code == 400 and "'options.num_predict' must be at most" in big.json()["error"]
+    assert show.status_code == 400 and "'model' is required" in show.json()["error"]

@@ -2,6 +2,7 @@
 (`mdiff.text.model.loaders`), through `CodeModel.from_pretrained` and `mdiff complete --model`.
 Tiny random models and an offline word-level tokenizer, saved by transformers itself."""
 
+import importlib.util
 import json
 import sys
 import types
@@ -242,6 +243,76 @@ def test_folders_that_do_not_add_up_are_refused_at_load(tmp_path):
     small = T.LlamaForCausalLM(T.LlamaConfig(**{**SIZES, "vocab_size": 12}, num_key_value_heads=2))
     with pytest.raises(CheckpointError, match="tokenizer has 17 tokens, the model's vocabulary 12"):
         loaders.load_transformers(save(tmp_path, "small", small))
+
+
+def test_folders_missing_tensors_are_refused_not_started_at_random(tmp_path, home, capsys):
+    """A base model without its LM head (sentence-transformers folders) or a config.json with
+    more layers than its weights: transformers would fill the gap with random tensors."""
+    torch.manual_seed(0)
+    base = save(tmp_path, "bert-base", T.BertModel(T.BertConfig(**SIZES, pad_token_id=PAD)))
+    with pytest.raises(CheckpointError, match=r"lack \d+ tensor\(s\) BertForMaskedLM.*cls\."):
+        loaders.load_transformers(base)
+
+    def deeper(cfg):
+        cfg["num_hidden_layers"] = 2
+
+    folder = save(tmp_path, "llama-deeper", llama(), edit=deeper)
+    with pytest.raises(CheckpointError, match=r"lack 9 tensor\(s\).*layers\.1\..* and 6 more"):
+        loaders.load_transformers(folder)
+    src = tmp_path / "todo.py"
+    src.write_text("y = <FILL>\n", encoding="utf-8")
+    capsys.readouterr()  # saving printed a progress bar
+    code = cli.main(["--home", str(home), "complete", str(src), "--model", str(folder)])
+    err = capsys.readouterr().err
+    assert code == cli.EXIT_ERROR and "lack 9 tensor(s)" in err
+    assert [ln for ln in err.splitlines() if "LOAD REPORT" in ln or "MISSING" in ln] == []
+
+
+def test_tokens_added_without_resizing_the_model_are_named(tmp_path):
+    """A mask token (or a word) added to the tokenizer after the model's 17 rows: the mask is
+    refused at load, a word past the rows when a text holds it — both saying why."""
+    torch.manual_seed(0)
+    lm = T.LlamaForCausalLM(T.LlamaConfig(**{**SIZES, "vocab_size": len(WORDS)},
+                                          num_key_value_heads=2))  # fmt: skip
+    tok = tokenizer(mask=False)
+    tok.add_special_tokens({"mask_token": "<|mask|>"})  # id 17, no row
+    with pytest.raises(CheckpointError, match="mask token \\(id 17\\) is past the model's 17"):
+        loaders.load_transformers(save(tmp_path, "mask-past", lm, tok))
+    tok = tokenizer()
+    tok.add_tokens(["NEWWORD"])  # id 17
+    cm = CodeModel.from_pretrained(save(tmp_path, "word-past", lm, tok))
+    assert cm.fill("x = <FILL>", length=2).text.startswith("x = ")
+    with pytest.raises(InvalidInputError, match="got 17 — a token the tokenizer has and the"):
+        cm.fill("x = NEWWORD + <FILL>", length=2)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("sentencepiece") is not None,
+                    reason="sentencepiece installed: the folder loads")  # fmt: skip
+def test_a_sentencepiece_only_tokenizer_says_what_it_needs(tmp_path):
+    folder = save(tmp_path, "spm", llama())
+    (folder / "tokenizer.json").unlink()
+    (folder / "tokenizer.model").write_bytes(b"\x0a\x05hello")  # (never read)
+    with pytest.raises(CheckpointError, match="SentencePiece model.*pip install sentencepiece"):
+        loaders.load_transformers(folder)
+
+
+@torch.no_grad()
+def test_roberta_positions_past_the_padding_offset_bound_the_canvas(tmp_path):
+    """RoBERTa's positions start at padding_idx + 1 (here 1; roberta-base's 2 of 514): of 34
+    position rows, 33 are a canvas's."""
+    torch.manual_seed(0)
+    lm = T.RobertaForMaskedLM(T.RobertaConfig(**{**SIZES, "max_position_embeddings": 34},
+                                              pad_token_id=PAD))  # fmt: skip
+    cm = CodeModel.from_pretrained(save(tmp_path, "roberta-34", lm))
+    prefix = "x = 1 + " * 20  # 80 tokens: cut to the window's
+    done = cm.infill(prefix, " + 2", 4)
+    assert done.text == prefix + done.middles[0] + " + 2"
+    with pytest.raises(InvalidInputError, match="does not fit the model's 33 positions"):
+        cm.infill("x = ", "\n", 40)
+    done = cm.generate(prefix, 6)  # the prompt's last 27 tokens are read
+    assert done.text.startswith(prefix)  # (before: an IndexError from the position table)
+    with pytest.raises(InvalidInputError, match="no room for the prompt in the model's 33"):
+        cm.generate("x = ", 33)
 
 
 def test_code_model_infill_fills_one_hole_and_says_where_batches_go(tmp_path):

@@ -91,8 +91,11 @@ class InfillResult:
 
 
 def _max_len(model) -> int:
+    """The positions a canvas may use: the config's, less a RoBERTa-style offset (positions
+    start at ``padding_idx + 1``, `adapters.HFAdapter`)."""
     cfg = getattr(model, "config", None)
-    return int(getattr(cfg, "max_len", 0) or getattr(cfg, "max_position_embeddings", 0) or 1024)
+    n = int(getattr(cfg, "max_len", 0) or getattr(cfg, "max_position_embeddings", 0) or 1024)
+    return n - int(getattr(model, "position_offset", 0) or 0)
 
 
 def window(model, context: int | None = None) -> int:

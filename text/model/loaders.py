@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import importlib.util
 import inspect
 import json
 from collections.abc import Callable
@@ -157,7 +158,7 @@ def load_transformers(path: str | Path, *, spec: DenoiserSpec | None = None, dev
     if spec is None and kind == "masked-lm" and _mask_id(cfg, tok) is None:
         raise CheckpointError(f"{model_type}: the folder's tokenizer names no mask token; {HOW}")
     model = _load_model(path, cfg, kind, device)
-    _check_vocab(path, tok, int(model.config.vocab_size))
+    _check_vocab(path, tok, int(model.config.vocab_size), None if spec else _mask_id(cfg, tok))
     if spec is None and name == "masked-lm":
         adapter = from_masked_lm(model, tok)
     else:
@@ -237,14 +238,21 @@ def _spec(name: str, vocab: int, cfg: dict, tok) -> DenoiserSpec:
     return dataclasses.replace(spec, text_vocab=text_vocab(tok, vocab))
 
 
-def _check_vocab(path: Path, tok, vocab: int) -> None:
+def _check_vocab(path: Path, tok, vocab: int, mask: int | None = None) -> None:
     """A tokenizer whose own vocabulary (added tokens aside) is larger than the model's is not
-    the model's (a `CheckpointError`)."""
+    the model's; a mask token past the model's rows was added without resizing them (each a
+    `CheckpointError`)."""
     base = getattr(tok, "vocab_size", None)
     if isinstance(base, int) and base > vocab:
         raise CheckpointError(
             f"{path}: the tokenizer has {base} tokens, the model's vocabulary {vocab}: they "
             "do not belong together (is the tokenizer the model's?)"
+        )
+    if mask is not None and not 0 <= mask < vocab:
+        raise CheckpointError(
+            f"{path}: the mask token (id {mask}) is past the model's {vocab} embedding rows: it "
+            "was added to the tokenizer without `model.resize_token_embeddings(len(tokenizer))`"
+            " (and the model never learned it)"
         )
 
 
@@ -319,6 +327,14 @@ def _tokenizer(path: Path):
     # a model type transformers does not know (llada, Dream): its config is read as a plain
     # one, with a warning that the model "may yield errors" — not so for the tokenizer
     known = (_read_config(path, quiet=True) or {}).get("model_type") in CONFIG_MAPPING_NAMES
+    spm = (path / "tokenizer.model").is_file() and not (path / "tokenizer.json").is_file()
+    if spm and importlib.util.find_spec("sentencepiece") is None:
+        raise CheckpointError(
+            f"{path}: its tokenizer is a SentencePiece model (tokenizer.model, no tokenizer.json)"
+            ", which needs `pip install sentencepiece` to read — or save the tokenizer as "
+            "tokenizer.json (`AutoTokenizer.from_pretrained(...).save_pretrained(...)` where "
+            "sentencepiece is installed)"
+        )
     level = hf_logging.get_verbosity()
     if not known:
         hf_logging.set_verbosity_error()
@@ -383,10 +399,30 @@ def _load_model(path: Path, cfg: dict, kind: str, device):
             cls = T.Qwen2ForCausalLM
         else:
             cls = T.AutoModelForMaskedLM if kind == "masked-lm" else T.AutoModelForCausalLM
-        model = cls.from_pretrained(str(path), **kw)
+        quiet = T.logging.get_verbosity()
+        T.logging.set_verbosity_error()  # its load report: what it says is refused below
+        try:
+            model, info = cls.from_pretrained(str(path), output_loading_info=True, **kw)
+        finally:
+            T.logging.set_verbosity(quiet)
     except (OSError, ValueError, KeyError, TypeError, RuntimeError) as e:
         raise CheckpointError(f"{path}: cannot load the model ({e})") from None
+    _check_complete(path, model, info)
     return model.to(device).eval() if device is not None else model.eval()
+
+
+def _check_complete(path: Path, model, info: dict) -> None:
+    """Refuse a model some of whose tensors the folder lacks (transformers would start them at
+    random: a base model without its LM head, a config with more layers than the weights)."""
+    missing = sorted(info.get("missing_keys") or ())
+    if missing:
+        more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+        shown = ", ".join(missing[:3]) + more
+        raise CheckpointError(
+            f"{path}: the weights lack {len(missing)} tensor(s) {type(model).__name__} needs "
+            f"({shown}); they would start at random — is this a base model without its "
+            "language-model head, or a config.json that does not match its weights?"
+        )
 
 
 def _takes(fn, name: str) -> bool:
