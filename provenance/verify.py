@@ -256,7 +256,7 @@ def verify(
         raise InvalidInputError(f"{path} is a folder: verify one file at a time")
     kind = media.kind_of(path)
     if not path.is_file():
-        raise InvalidInputError(f"no such file: {path}")
+        raise InvalidInputError(_not_a_file(path))
     _check_prompt_args(prompt, prompt_opening)
     trust = trust or keys.TrustConfig.default(home)
     manifest = inspect.read_manifest(path, sidecar=sidecar, trust=trust)  # the manifest first
@@ -285,6 +285,15 @@ def verify(
         status, verdict = _with_prompt(status, verdict, check)
     return ProvenanceReport(str(path), kind, path.stat().st_size, manifest, wm, matches,
                             verdict, EXIT_CODES[status], notes, check)  # fmt: skip
+
+
+def _not_a_file(path: Path) -> str:
+    """Why ``path`` (not a regular file) cannot be verified."""
+    if path.is_symlink():
+        return f"{path} is a link to nothing (its target is missing, or links loop)"
+    if path.exists():
+        return f"{path} is not a regular file (a pipe, socket or device): verify a file"
+    return f"no such file: {path}"
 
 
 def _check_prompt_args(prompt, opening) -> None:

@@ -148,6 +148,25 @@ class BodyEncoded(InvalidInputError):
     """A request body sent compressed (``Content-Encoding``; answered 415)."""
 
 
+async def read_json(request):
+    """The JSON body, read up to ``Limits.max_body_bytes`` (`BodyTooLarge` beyond)."""
+    coding = request.headers.get("content-encoding", "identity").strip().lower()
+    if coding not in ("", "identity"):
+        raise BodyEncoded(f"the body is sent with Content-Encoding {coding}; send the JSON "
+                          "uncompressed")  # fmt: skip
+    limit, data = request.app.state.config.limits.max_body_bytes, bytearray()
+    async for chunk in request.stream():
+        data += chunk
+        if len(data) > limit:
+            raise BodyTooLarge(f"the body is larger than {limit} bytes (Limits.max_body_bytes)")
+    try:
+        return json.loads(bytes(data) or b"null")
+    except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError; an int past 4300 digits
+        raise InvalidInputError(f"the body is not valid JSON: {e}") from None
+    except RecursionError:
+        raise InvalidInputError("the body's JSON is nested too deeply") from None
+
+
 def api_error(status: int, message: str, kind: str = "invalid_request_error", *,
               param: str | None = None, code: str | None = None,
               headers: dict | None = None) -> JSONResponse:  # fmt: skip

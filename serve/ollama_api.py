@@ -22,9 +22,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from mdiff.errors import InvalidInputError
-from mdiff.serve.app import client_shaped
+from mdiff.serve.app import client_shaped, read_json
 from mdiff.serve.text_api import (
-    _body,
     _events,
     _fail,
     _prompt_tokens,
@@ -97,7 +96,7 @@ async def version():
 @router.post("/api/show")
 async def show(request: Request):
     cfg = request.app.state.config
-    body = await _body(request)
+    body = await read_json(request)
     asked = body.get("model") or body.get("name") if isinstance(body, dict) else None
     if asked is None:
         return JSONResponse({"error": f"'model' is required; this server has "
@@ -131,7 +130,7 @@ async def _load_answer(request: Request, body: dict):
 @router.post("/api/generate")
 async def generate(request: Request):
     start = time.perf_counter_ns()
-    body = await _body(request)
+    body = await read_json(request)
     if _loading(body):
         return await _load_answer(request, body)
     admitted = await _submit(request, parse_generate, body)

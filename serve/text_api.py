@@ -31,7 +31,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from mdiff.errors import InvalidInputError
-from mdiff.serve.app import BodyEncoded, BodyTooLarge, api_error
+from mdiff.serve.app import api_error, read_json
 from mdiff.serve.batching import Batcher, QueueFull
 from mdiff.serve.store import artifact_store
 from mdiff.serve.text_requests import TextRequest, parse_completion, parse_infill
@@ -50,25 +50,6 @@ def text_service(app) -> Batcher:
             limits = app.state.config.limits
             app.state.batcher = Batcher(app.state.models.text(), queue_size=limits.queue_size)
         return app.state.batcher
-
-
-async def _body(request: Request):
-    """The JSON body, read up to ``Limits.max_body_bytes`` (`BodyTooLarge` beyond)."""
-    coding = request.headers.get("content-encoding", "identity").strip().lower()
-    if coding not in ("", "identity"):
-        raise BodyEncoded(f"the body is sent with Content-Encoding {coding}; send the JSON "
-                          "uncompressed")  # fmt: skip
-    limit, data = request.app.state.config.limits.max_body_bytes, bytearray()
-    async for chunk in request.stream():
-        data += chunk
-        if len(data) > limit:
-            raise BodyTooLarge(f"the body is larger than {limit} bytes (Limits.max_body_bytes)")
-    try:
-        return json.loads(bytes(data) or b"null")
-    except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError; an int past 4300 digits
-        raise InvalidInputError(f"the body is not valid JSON: {e}") from None
-    except RecursionError:
-        raise InvalidInputError("the body's JSON is nested too deeply") from None
 
 
 def _model_id(request: Request, body) -> str:
@@ -142,7 +123,7 @@ def _served_name(request: Request, body) -> JSONResponse | str:
 
 async def _submit(request: Request, parse, body=_READ):
     """Parse, admit (or an error response) and queue one request (``body``: already read)."""
-    body = await _body(request) if body is _READ else body
+    body = await read_json(request) if body is _READ else body
     model = _served_name(request, body)
     if isinstance(model, JSONResponse):
         return model

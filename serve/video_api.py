@@ -23,6 +23,7 @@ every live generation and waits until its file is signed (the app's shutdown cal
 from __future__ import annotations
 
 import asyncio
+import json
 import tempfile
 import threading
 import uuid
@@ -35,7 +36,7 @@ from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 
 from mdiff.errors import InvalidInputError, MdiffError
 from mdiff.serve import compute
-from mdiff.serve.app import api_error
+from mdiff.serve.app import api_error, read_json
 from mdiff.serve.video_requests import parse_request
 
 __all__ = ["VideoJob", "VideoService", "finalize_all", "router", "service"]
@@ -61,6 +62,7 @@ class VideoJob:
     status: str = "queued"  # queued | in_progress | completed | interrupted | failed
     error: str | None = None
     frames: int = 0
+    seed: int = 0
 
     def check(self, _progress) -> None:
         """The solver callback: stop at the next step once asked to."""
@@ -111,7 +113,7 @@ class VideoService:
             if self.live() >= self.limits.max_running_videos + self.limits.queue_size:
                 raise _Busy()
             job_id = uuid.uuid4().hex
-            job = VideoJob(job_id, self.root / f"{job_id}.mp4")
+            job = VideoJob(job_id, self.root / f"{job_id}.mp4", seed=kwargs["seed"])
             self._prune()
             self.jobs[job.id] = job
         try:
@@ -248,9 +250,11 @@ def _start(app, body) -> VideoJob | JSONResponse:
 
 
 @router.post("/v1/videos")
-def create_video(request: Request, body: dict):
-    """Start a generation and answer with its live fMP4 (id in ``X-Mdiff-Id``)."""
-    job = _start(request.app, body)
+async def create_video(request: Request):
+    """Start a generation and answer with its live fMP4 (id in ``X-Mdiff-Id``). The body is
+    read as the text routes read theirs: bounded (413), uncompressed (415), JSON (400)."""
+    body = await read_json(request)
+    job = await asyncio.to_thread(_start, request.app, body)
     if isinstance(job, JSONResponse):
         return job
 
@@ -261,7 +265,7 @@ def create_video(request: Request, body: dict):
         finally:  # the client went away (or the stream ended): stop at the next step
             job.stop.set()
 
-    headers = {"X-Mdiff-Id": job.id, "Cache-Control": "no-store"}
+    headers = {"X-Mdiff-Id": job.id, "X-Mdiff-Seed": str(job.seed), "Cache-Control": "no-store"}
     return StreamingResponse(stream(), media_type="video/mp4", headers=headers)
 
 
@@ -287,13 +291,31 @@ def _error_message(exc: BaseException) -> dict:
     return {"type": "error", "error": {"message": str(exc), "type": "invalid_request_error"}}
 
 
+async def _message(ws: WebSocket):
+    """The next JSON message; `InvalidInputError` for a frame that is none (binary, not JSON),
+    which the session answers with an error message and outlives."""
+    got = await ws.receive()
+    if got["type"] == "websocket.disconnect":
+        raise WebSocketDisconnect(got.get("code", 1000))
+    if got.get("text") is None:
+        raise InvalidInputError("send JSON text messages ({'type': 'start', ...}), not binary")
+    try:
+        return json.loads(got["text"])
+    except ValueError:
+        raise InvalidInputError("the message is not valid JSON") from None
+
+
 @router.websocket("/v1/realtime/video")
 async def realtime_video(ws: WebSocket):
     """start → started, init segment, segments, done; stop ends early (signed)."""
     await ws.accept()
     try:
         while True:
-            message = await ws.receive_json()
+            try:
+                message = await _message(ws)
+            except InvalidInputError as exc:
+                await ws.send_json(_error_message(exc))
+                continue
             if not isinstance(message, dict) or message.get("type") != "start":
                 await ws.send_json(_error_message(InvalidInputError("send {'type': 'start'}")))
                 continue
@@ -313,14 +335,22 @@ async def realtime_video(ws: WebSocket):
 
 
 async def _session(ws: WebSocket, job: VideoJob) -> None:
-    await ws.send_json({"type": "started", "id": job.id})
+    await ws.send_json({"type": "started", "id": job.id, "seed": job.seed})
 
     async def listen():
         try:
             while True:
-                message = await ws.receive_json()
-                if isinstance(message, dict) and message.get("type") == "stop":
+                try:
+                    message = await _message(ws)
+                except InvalidInputError as exc:  # a bad frame: said, and the session goes on
+                    await ws.send_json(_error_message(exc))
+                    continue
+                kind = message.get("type") if isinstance(message, dict) else None
+                if kind == "stop":
                     job.stop.set()
+                elif kind == "start":
+                    busy = f"video {job.id} is streaming on this socket: send stop first"
+                    await ws.send_json(_error_message(InvalidInputError(busy)))
         except (WebSocketDisconnect, RuntimeError):
             job.stop.set()
 

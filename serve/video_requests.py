@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import secrets
 
 import numpy as np
 import torch
@@ -29,6 +30,14 @@ def _int(body: dict, name: str, low: int, high: int | None = None) -> int | None
     if high is not None and value > high:
         raise InvalidInputError(f"{name} must be at most {high}, got {value}")
     return value
+
+
+def _seed(body: dict) -> int:
+    """``seed`` (default 0: a video is reproducible unless asked otherwise); ``-1``, as on the
+    text routes, a random one (in the record, and in ``X-Mdiff-Seed``)."""
+    if body.get("seed") == -1 and not isinstance(body.get("seed"), bool):
+        return secrets.randbelow(2**31)
+    return _int(body, "seed", 0) or 0
 
 
 def parse_request(body: dict, limits, model: str, name: str | None = None) -> dict:
@@ -59,7 +68,7 @@ def parse_request(body: dict, limits, model: str, name: str | None = None) -> di
     if width is not None and height is not None and width * height > limits.max_pixels:
         raise InvalidInputError(f"{width}x{height} exceeds {limits.max_pixels} pixels per frame")
     out = {"prompt": prompt, "num_frames": _int(body, "frames", 1, limits.max_frames),
-           "width": width, "height": height, "seed": _int(body, "seed", 0) or 0,
+           "width": width, "height": height, "seed": _seed(body),
            "steps": _int(body, "steps", 1, 1000)}  # fmt: skip
     guidance = body.get("guidance")
     if guidance is not None:
@@ -87,6 +96,8 @@ def decode_image(text, limits) -> torch.Tensor:
             if im.width * im.height > limits.max_pixels:
                 raise InvalidInputError(f"image exceeds {limits.max_pixels} pixels")
             array = np.asarray(im.convert("RGB"), dtype=np.uint8)
+    except Image.DecompressionBombError:  # PIL's own bound, checked in its header
+        raise InvalidInputError(f"image exceeds {limits.max_pixels} pixels") from None
     except (binascii.Error, ValueError, OSError) as exc:
         raise InvalidInputError(f"image is not a base64-encoded PNG/JPEG: {exc}") from None
     return torch.from_numpy(array.copy())

@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import os
 
 import pytest
 import torch
@@ -380,3 +381,14 @@ def test_a_model_named_for_the_text_mark_must_be_found_and_readable(home, tmp_pa
     with pytest.raises(InvalidInputError, match="is a folder"):
         verify(tmp_path, home=home)
     assert verify(path, home=home).exit_code == 3  # no model named: nothing to find, no error
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs here")
+def test_a_pipe_or_a_dangling_link_is_named_for_what_it_is(tmp_path):
+    os.mkfifo(tmp_path / "pipe")
+    (tmp_path / "a").symlink_to(tmp_path / "b")
+    (tmp_path / "b").symlink_to(tmp_path / "a")  # a loop
+    for name, words in [("pipe", "is not a regular file"), ("a", "is a link to nothing"),
+                        ("gone", "no such file")]:  # fmt: skip
+        with pytest.raises(InvalidInputError, match=words):
+            verify(tmp_path / name)

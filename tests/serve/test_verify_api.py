@@ -294,3 +294,23 @@ def test_api_key_is_required(make_client, signed):
     client.headers["Authorization"] = "Bearer k-test"
     assert post(client, signed).json()["exit_code"] == 0
     assert client.get(f"/v1/files/{aid}").content == b"hello"
+
+
+def test_an_image_past_the_servers_pixels_has_its_manifest_checked_and_its_mark_left_unread(
+        make_client, home, tmp_path):  # fmt: skip
+    """The detector holds ~100 bytes a pixel: past ``max_verify_pixels`` the route checks the
+    manifest only and says so; at the bound it reads the mark as the CLI does."""
+    from mdiff.provenance.stamp import Stamper
+    from mdiff.record import GenerationRecord
+
+    st = Stamper(home=home)
+    image = torch.randint(0, 256, (1, 128, 128, 3), generator=torch.Generator().manual_seed(0),
+                          dtype=torch.uint8)  # fmt: skip
+    rec = GenerationRecord.create("image", "test-model", prompt="a red disc", seed=1)
+    png = st.save(st.frames(image, rec), tmp_path / "signed.png")
+    big = post(make_client(limits={"max_verify_pixels": 128 * 128 - 1}), png).json()
+    fits = post(make_client(limits={"max_verify_pixels": 128 * 128}), png).json()
+    assert big["manifest"]["state"] == fits["manifest"]["state"] == "trusted"
+    assert any("16,384 pixels, more than this server reads (16,383" in n for n in big["notes"])
+    assert not any("server reads" in n for n in fits["notes"])
+    assert fits["watermark"] is not None and big["watermark"] is None

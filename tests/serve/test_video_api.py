@@ -299,3 +299,65 @@ def test_preload_readies_both_models_without_a_request(home):
     broken = Models(ServeConfig(home=str(home), text_model="no-such-model"))
     broken.warm()  # logged, not raised: the first request reports it
     assert broken._text is None
+
+
+def test_video_bodies_are_read_bounded_and_bad_ones_get_openais_shape(make_app):
+    """/v1/videos reads its body as the text routes do: 413 past the bound (read no further),
+    415 compressed, 400 for JSON that is not an object; a decompression bomb is a 400; seed -1
+    is a random seed, sent back in X-Mdiff-Seed."""
+    import base64
+
+    from PIL import Image
+
+    app = make_app(max_body_bytes=10_000)
+    bomb = io.BytesIO()
+    Image.new("1", (20000, 20000)).save(bomb, format="PNG")  # 20000² pixels in a few kB
+    with TestClient(app) as c:
+        big = c.post("/v1/videos", json={"prompt": "x", "pad": "a" * 20_000})
+        bad = c.post("/v1/videos", content=b"{bad", headers={"Content-Type": "application/json"})
+        listed = c.post("/v1/videos", json=[1, 2])
+        gz = c.post("/v1/videos", content=b"x", headers={"Content-Encoding": "gzip"})
+        image = base64.b64encode(bomb.getvalue()).decode()
+        boom = TestClient(make_app()).post("/v1/videos", json={"prompt": "x", "image": image})
+    assert big.status_code == 413 and big.json()["error"]["message"].startswith("the body is")
+    assert bad.status_code == 400 and "not valid JSON" in bad.json()["error"]["message"]
+    assert listed.status_code == 400 and "JSON object" in listed.json()["error"]["message"]
+    assert gz.status_code == 415
+    assert boom.status_code == 400 and "pixels" in boom.json()["error"]["message"]
+    seeds = set()
+    with live_server(make_app()) as base, httpx.Client(base_url=base, timeout=60) as c:
+        for _ in range(2):
+            body = {"prompt": PROMPT, "frames": 1, "size": "64x64", "steps": 1, "seed": -1}
+            with c.stream("POST", "/v1/videos", json=body) as r:
+                assert r.status_code == 200
+                seeds.add(int(r.headers["x-mdiff-seed"]))
+                r.read()
+    assert len(seeds) == 2 and all(0 <= s < 2**31 for s in seeds)
+
+
+def test_websocket_bad_frames_get_an_error_and_the_session_goes_on(make_app):
+    """Binary frames, text that is not JSON and a second start while streaming each get an
+    error message; the socket stays open and a stop still stops."""
+    with TestClient(make_app()) as c, c.websocket_connect("/v1/realtime/video") as ws:
+        ws.send_bytes(b"\x00\x01")
+        first = ws.receive_json()
+        ws.send_text("{nope")
+        second = ws.receive_json()
+        ws.send_json({"type": "start", "prompt": PROMPT, "frames": 33, "size": "64x64",
+                      "steps": 2})  # fmt: skip
+        assert ws.receive_json()["type"] == "started"
+        ws.send_text("{nope")
+        ws.send_json({"type": "start", "prompt": PROMPT})
+        ws.send_json({"type": "stop"})
+        errors, done = [], None
+        while done is None:
+            m = ws.receive()
+            if m.get("text") is not None:
+                msg = json.loads(m["text"])
+                errors += [msg["error"]["message"]] if msg["type"] == "error" else []
+                done = msg if msg["type"] == "done" else None
+    assert "not binary" in first["error"]["message"]
+    assert "not valid JSON" in second["error"]["message"]
+    assert any("not valid JSON" in e for e in errors)
+    assert any("send stop first" in e for e in errors)
+    assert done["interrupted"] is True and done["frames"] < 33
