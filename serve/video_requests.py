@@ -35,7 +35,7 @@ def _int(body: dict, name: str, low: int, high: int | None = None) -> int | None
 def _seed(body: dict) -> int:
     """``seed`` (default 0: a video is reproducible unless asked otherwise); ``-1``, as on the
     text routes, a random one (in the record, and in ``X-Mdiff-Seed``)."""
-    if body.get("seed") == -1 and not isinstance(body.get("seed"), bool):
+    if type(body.get("seed")) is int and body["seed"] == -1:
         return secrets.randbelow(2**31)
     return _int(body, "seed", 0) or 0
 
