@@ -99,6 +99,7 @@ def own_infill(cm, job: Job):
                           settings, done.nfe, done.tokens_per_forward, edited=True,
                           seed=job.seed)  # fmt: skip
     n = int((done.record.sizes or {}).get("tokens", 0))  # the tokens its hole held
+    done.length = n
     done.finish_reason = finish_reason(job, n, stopped)
     done.stop_word = word
     return done

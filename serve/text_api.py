@@ -101,7 +101,7 @@ def _prompt_tokens(batcher: Batcher, req: TextRequest, dones) -> int:
     total = 0
     for i, (p, s) in enumerate(req.prompts):
         mine = [d for d in dones[i * req.n : (i + 1) * req.n] if d is not None]
-        n = min((getattr(d, "length", 0) or 0 for d in mine), default=0)
+        n = min((d.length for d in mine), default=0)
         total += min(len(cm.tokenizer.encode(p)) + cm.count_tokens(s), window - n)
     return total
 

@@ -15,14 +15,14 @@ __all__ = ["DraftSink", "Sink", "stopped_by", "visible"]
 def stopped_by(text: str, stops, eol: str = "\n") -> tuple[str, str] | None:
     """``(text before its first stop string, that stop as the client wrote it)``, or None.
     With ``eol`` other than ``"\n"`` (the middle of a CRLF or CR file, written so) the stops
-    are matched on its LF text, as the client wrote them for a line break: ``"\n"`` cuts
-    before the ``"\r\n"``, ``"\n\n"`` at a blank line."""
-    lf = text if eol == "\n" else text.replace(eol, "\n")
+    are matched on its LF text, as the client wrote them for a line break (`_as_lf`): ``"\n"``
+    cuts before the ``"\r\n"``, ``"\n\n"`` at a blank line."""
+    lf = text.replace(eol, "\n")
     hits = [(i, s) for s in stops if s and (i := lf.find(_as_lf(s, eol))) >= 0]
     if not hits:
         return None
     i, stop = min(hits, key=lambda h: h[0])
-    return (lf[:i] if eol == "\n" else lf[:i].replace("\n", eol)), stop
+    return lf[:i].replace("\n", eol), stop
 
 
 def visible(text: str, stops, *, final: bool, eol: str = "\n") -> str:
@@ -36,9 +36,8 @@ def visible(text: str, stops, *, final: bool, eol: str = "\n") -> str:
     hold = max(len(_as_lf(s, eol)) for s in stops) - 1
     if not hold:
         return text
-    lf = text if eol == "\n" else text.replace(eol, "\n")
-    kept = lf[: len(lf) - hold]
-    return kept if eol == "\n" else kept.replace("\n", eol)
+    lf = text.replace(eol, "\n")
+    return lf[: len(lf) - hold].replace("\n", eol)
 
 
 def _as_lf(stop: str, eol: str) -> str:

@@ -239,10 +239,10 @@ class CodeModel:
         check_seed(seed)
         ids = self.tokenizer.encode(prompt) or [self.tokenizer.bos_id]
         room = _infill.window(self.model)  # the model's positions
-        if type(gen_length) is int and gen_length >= room:
-            raise InvalidInputError(f"a {gen_length}-token continuation leaves no room for the "
-                                    f"prompt in the model's {room} positions")  # fmt: skip
-        if type(gen_length) is int:
+        if type(gen_length) is int:  # (other values: the sampler says what is wrong)
+            if gen_length >= room:
+                raise InvalidInputError(f"a {gen_length}-token continuation leaves no room for "
+                                        f"the prompt in the model's {room} positions")  # fmt: skip
             ids = ids[max(0, len(ids) + gen_length - room) :]  # the prompt's end, as FIM cuts
         with torch.no_grad():
             out = generate(self.model, [ids], config=config, gen_length=gen_length, seed=seed,

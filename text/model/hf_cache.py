@@ -52,12 +52,8 @@ def cache_unsupported(model, spec, accepts: set[str], mask_4d: bool) -> str | No
     if "position_ids" not in accepts or cache_kwarg(model) is None:
         return f"{type(model).__name__}.forward takes no position_ids or no cache"
     layer_types = getattr(cfg, "layer_types", None) or ()
-    mistral_window = model_type == "mistral" and getattr(cfg, "sliding_window", None)
-    if (
-        getattr(cfg, "use_sliding_window", False)
-        or "sliding_attention" in layer_types
-        or (mistral_window)
-    ):
+    sliding = getattr(cfg, "use_sliding_window", False) or "sliding_attention" in layer_types
+    if sliding or (model_type == "mistral" and getattr(cfg, "sliding_window", None)):
         return "sliding-window layers drop cached keys by slot"
     return None
 

@@ -42,13 +42,15 @@ def _left_padded(real: Tensor) -> bool:
     return bool((real[:, 1:].long() >= real[:, :-1].long()).all()) if real.shape[1] > 1 else True
 
 
-def _outside(ids: Tensor, vocab: int) -> str:
-    """Why ids outside [0, vocab) are refused, naming one."""
+def _check_ids(ids: Tensor, vocab: int) -> None:
+    """`InvalidInputError` naming an id outside [0, vocab), if ``ids`` hold one."""
+    if not ids.numel() or (int(ids.min()) >= 0 and int(ids.max()) < vocab):
+        return
     bad = int(ids[(ids < 0) | (ids >= vocab)][0])
     hint = (" — a token the tokenizer has and the model's embedding lacks: added to the "
             "tokenizer without `model.resize_token_embeddings`? Remove it from the text, or "
             "use the model's own tokenizer") if bad >= vocab else ""  # fmt: skip
-    return f"token ids must lie in [0, {vocab}); got {bad}{hint}"
+    raise InvalidInputError(f"token ids must lie in [0, {vocab}); got {bad}{hint}")
 
 
 def check_canvas(x, attention_mask, spec) -> tuple[Tensor, Tensor]:
@@ -58,8 +60,7 @@ def check_canvas(x, attention_mask, spec) -> tuple[Tensor, Tensor]:
     x = x[None] if x.dim() == 1 else x
     if x.numel() == 0:
         raise InvalidInputError(f"x must be non-empty, got shape {tuple(x.shape)}")
-    if int(x.min()) < 0 or int(x.max()) >= spec.vocab_size:
-        raise InvalidInputError(_outside(x, spec.vocab_size))
+    _check_ids(x, spec.vocab_size)
     if attention_mask is None:
         return x, torch.ones_like(x, dtype=torch.bool)
     if not torch.is_tensor(attention_mask):
@@ -121,8 +122,7 @@ def canvas_from_prompts(input_ids, attention_mask, spec, gen_length: int, device
         if not rows:
             raise InvalidInputError("no prompts given")
         for r in rows:
-            if r.numel() and (int(r.min()) < 0 or int(r.max()) >= spec.vocab_size):
-                raise InvalidInputError(_outside(r, spec.vocab_size))
+            _check_ids(r, spec.vocab_size)
     S = max(r.numel() for r in rows)
     if spec.attention == "block_causal":
         S = -(-S // spec.block_size) * spec.block_size
